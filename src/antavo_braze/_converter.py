@@ -1,0 +1,210 @@
+"""The one cattrs converter: config files ↔ mapping models, Antavo dicts → inputs, wire objects → JSON.
+
+Built by :func:`make_converter`; nothing here uses cattrs' global converter. Wire details (key
+names such as ``as`` or ``_update_existing_only``, Antavo's envelope keys) live here, not in the
+models.
+"""
+
+from __future__ import annotations
+
+from collections import abc
+from typing import Any
+
+from cattrs import Converter
+from cattrs.errors import IterableValidationError, IterableValidationNote
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._types import BrazeType
+from .models import (
+    AttributesObject,
+    EventMapping,
+    EventObject,
+    LoyaltyEvent,
+    LoyaltyMember,
+    PurchaseObject,
+    TriggerCondition,
+)
+
+__all__ = ["make_converter", "unstructure_attributes", "unstructure_event", "unstructure_purchase"]
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _structure_braze_type(value: Any, _: type) -> BrazeType:
+    return BrazeType.parse(value)
+
+
+def _structure_condition(value: Any, _: type) -> TriggerCondition:
+    if not isinstance(value, abc.Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    extra = set(value) - {"action", "where"}
+    if extra:
+        raise ValueError(f"unknown key(s) {', '.join(map(repr, sorted(extra)))}")
+    if "action" not in value:
+        raise KeyError("action")
+    action = value["action"]
+    actions = (action,) if isinstance(action, str) else action
+    if not isinstance(actions, (list, tuple)) or not actions or not all(
+        isinstance(a, str) and a for a in actions
+    ):
+        raise ValueError("'action' must be an action name or a non-empty list of names")
+    where = value.get("where", {})
+    if not isinstance(where, abc.Mapping) or not all(isinstance(k, str) for k in where):
+        raise ValueError("'where' must map paths to the values they must equal")
+    return TriggerCondition(action=tuple(actions), where=dict(where))
+
+
+def _unstructure_condition(condition: TriggerCondition) -> dict[str, Any]:
+    action: str | list[str] = (
+        condition.action[0] if len(condition.action) == 1 else list(condition.action)
+    )
+    out: dict[str, Any] = {"action": action}
+    if condition.where:
+        out["where"] = dict(condition.where)
+    return out
+
+
+# --- Antavo inputs --------------------------------------------------------------------------
+
+
+def _structure_member(value: Any, _: type) -> LoyaltyMember:
+    if isinstance(value, LoyaltyMember):
+        return value
+    if not isinstance(value, abc.Mapping):
+        raise TypeError(f"a member must be a dict or LoyaltyMember, got {type(value).__name__}")
+    member_id = value.get("id")
+    if member_id is None:
+        raise KeyError("id")
+    if isinstance(member_id, bool) or not isinstance(member_id, (str, int)):
+        raise TypeError(f"member 'id' must be a string, got {type(member_id).__name__}")
+    return LoyaltyMember(id=str(member_id), fields=value)
+
+
+def _structure_event(value: Any, _: type) -> LoyaltyEvent:
+    if isinstance(value, LoyaltyEvent):
+        return value
+    if not isinstance(value, abc.Mapping):
+        raise TypeError(f"an event must be a dict or LoyaltyEvent, got {type(value).__name__}")
+    for key in ("customer", "action"):
+        if value.get(key) in (None, ""):
+            raise KeyError(key)
+    customer, action = value["customer"], value["action"]
+    if isinstance(customer, bool) or not isinstance(customer, (str, int)):
+        raise TypeError(f"event 'customer' must be a string, got {type(customer).__name__}")
+    if not isinstance(action, str):
+        raise TypeError(f"event 'action' must be a string, got {type(action).__name__}")
+    data = value.get("data") or {}
+    if not isinstance(data, abc.Mapping):
+        raise TypeError(f"event 'data' must be an object, got {type(data).__name__}")
+    return LoyaltyEvent(
+        customer_id=str(customer), action=action, data=data, time=value.get("timestamp")
+    )
+
+
+# --- Braze wire objects (hand-written: they run once per object on the hot path) ------------
+
+
+def unstructure_attributes(obj: AttributesObject) -> dict[str, Any]:
+    """The JSON form of a user-attributes object."""
+    out = {"external_id": obj.external_id}
+    out.update(obj.attributes)
+    if obj.update_existing_only is not None:
+        out["_update_existing_only"] = obj.update_existing_only
+    return out
+
+
+def unstructure_event(obj: EventObject) -> dict[str, Any]:
+    """The JSON form of a custom event object."""
+    out: dict[str, Any] = {"external_id": obj.external_id, "name": obj.name, "time": obj.time}
+    if obj.properties:
+        out["properties"] = obj.properties
+    if obj.app_id is not None:
+        out["app_id"] = obj.app_id
+    if obj.update_existing_only is not None:
+        out["_update_existing_only"] = obj.update_existing_only
+    return out
+
+
+def unstructure_purchase(obj: PurchaseObject) -> dict[str, Any]:
+    """The JSON form of a purchase object."""
+    out: dict[str, Any] = {
+        "external_id": obj.external_id,
+        "product_id": obj.product_id,
+        "currency": obj.currency,
+        "price": obj.price,
+        "quantity": obj.quantity,
+        "time": obj.time,
+    }
+    if obj.properties:
+        out["properties"] = obj.properties
+    if obj.app_id is not None:
+        out["app_id"] = obj.app_id
+    if obj.update_existing_only is not None:
+        out["_update_existing_only"] = obj.update_existing_only
+    return out
+
+
+def _structure_attributes(value: Any, _: type) -> AttributesObject:
+    data = dict(value)
+    update_only = data.pop("_update_existing_only", None)
+    return AttributesObject(
+        external_id=data.pop("external_id"), attributes=data, update_existing_only=update_only
+    )
+
+
+def make_converter() -> Converter:
+    """Build the SDK's converter (strict: unknown keys and wrong scalar types are errors)."""
+    converter = Converter(forbid_extra_keys=True, omit_if_default=True)
+    converter.register_structure_hook(str, _structure_str)
+    converter.register_structure_hook(BrazeType, _structure_braze_type)
+    converter.register_unstructure_hook(BrazeType, lambda t: t.value)
+
+    def is_homogeneous_tuple(cl: Any) -> bool:
+        return getattr(cl, "__origin__", None) is tuple
+
+    def structure_tuple(value: Any, cl: Any) -> tuple[Any, ...]:
+        # Like cattrs' own, but a string or mapping is an error instead of being iterated.
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        item_type = cl.__args__[0]
+        hook = converter.get_structure_hook(item_type)
+        errors: list[Exception] = []
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(hook(item, item_type))
+            except Exception as exc:
+                note = IterableValidationNote(f"Structuring {cl} @ index {index}", index, item_type)
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {cl!r}", errors, cl)
+        return tuple(items)
+
+    converter.register_structure_hook_func(is_homogeneous_tuple, structure_tuple)
+
+    converter.register_structure_hook(
+        EventMapping,
+        make_dict_structure_fn(EventMapping, converter, as_=override(rename="as")),
+    )
+    converter.register_unstructure_hook(
+        EventMapping,
+        make_dict_unstructure_fn(
+            EventMapping, converter, _cattrs_omit_if_default=True, as_=override(rename="as")
+        ),
+    )
+    converter.register_structure_hook(TriggerCondition, _structure_condition)
+    converter.register_unstructure_hook(TriggerCondition, _unstructure_condition)
+
+    converter.register_structure_hook(LoyaltyMember, _structure_member)
+    converter.register_structure_hook(LoyaltyEvent, _structure_event)
+
+    converter.register_unstructure_hook(AttributesObject, unstructure_attributes)
+    converter.register_unstructure_hook(EventObject, unstructure_event)
+    converter.register_unstructure_hook(PurchaseObject, unstructure_purchase)
+    converter.register_structure_hook(AttributesObject, _structure_attributes)
+    return converter

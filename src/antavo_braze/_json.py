@@ -1,0 +1,32 @@
+"""JSON encoding: orjson when installed (the ``fast`` extra), else the standard library."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["BACKEND", "dumps", "loads"]
+
+dumps: Callable[[Any], bytes]
+loads: Callable[[bytes | str], Any]
+
+try:
+    import orjson
+except ModuleNotFoundError:  # pragma: no cover - exercised in the no-orjson CI leg
+    BACKEND = "json"
+    _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+    def dumps(value: Any) -> bytes:
+        """Compact UTF-8 JSON."""
+        return _encoder.encode(value).encode()
+
+    loads = json.loads
+else:
+    BACKEND = "orjson"
+
+    def dumps(value: Any) -> bytes:
+        """Compact UTF-8 JSON."""
+        return orjson.dumps(value)
+
+    loads = orjson.loads

@@ -1,0 +1,393 @@
+"""The mapper: Antavo members and events → Braze wire objects. Pure: no I/O.
+
+A :class:`Mapper` compiles a :class:`~antavo_braze.Mapping` once into a plan of
+``(remote_field, getter, coercer)`` steps, so mapping a record does no per-value type dispatch.
+Bad values raise :class:`~antavo_braze.CoercionError` located at the record and field.
+"""
+
+from __future__ import annotations
+
+from collections import abc
+from collections.abc import Callable
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Final
+
+from attrs import frozen
+
+from ._coerce import (
+    DEFAULT_MAX_ARRAY_ITEMS,
+    Coercer,
+    coerce_date,
+    coerce_number,
+    coerce_properties,
+    coercer_for,
+    standard_coercer,
+)
+from ._mapping import Mapping
+from .exceptions import CoercionError
+from .models import (
+    AttributesObject,
+    BrazeObject,
+    EventMapping,
+    EventObject,
+    FieldMapping,
+    LoyaltyEvent,
+    LoyaltyMember,
+    PurchaseObject,
+    Trigger,
+)
+
+__all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "utc_now"]
+
+MISSING: Final = object()
+MAX_EXTERNAL_ID_BYTES = 987
+MAX_PURCHASE_QUANTITY = 100
+_PURCHASE_RESERVED = frozenset({"time", "event_name", "product_id", "quantity", "price", "currency"})
+
+Getter = Callable[[Any], Any]
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def get_path(record: Any, path: str) -> Any:
+    """Read a dotted ``path`` (digits index lists) from ``record``; :data:`MISSING` if absent."""
+    return _compile_getter(path)(record)
+
+
+def _compile_getter(path: str) -> Getter:
+    parts = path.split(".")
+    if len(parts) == 1:
+        key = parts[0]
+
+        def get_key(record: Any) -> Any:
+            return record.get(key, MISSING)
+
+        return get_key
+
+    def get_nested(record: Any) -> Any:
+        # Flat records (CSV columns) may hold the dotted path as one key.
+        flat = record.get(path, MISSING) if isinstance(record, abc.Mapping) else MISSING
+        if flat is not MISSING:
+            return flat
+        current = record
+        for part in parts:
+            if isinstance(current, abc.Mapping):
+                current = current.get(part, MISSING)
+            elif isinstance(current, (list, tuple)) and part.isdigit():
+                index = int(part)
+                current = current[index] if index < len(current) else MISSING
+            else:
+                return MISSING
+            if current is MISSING:
+                return MISSING
+        return current
+
+    return get_nested
+
+
+@frozen
+class _FieldStep:
+    remote_field: str
+    loyalty_field: str
+    get: Getter
+    coerce: Coercer
+
+
+@frozen
+class MappedEvent:
+    """What one Antavo event becomes: the Braze objects to send (none when ``skipped``)."""
+
+    objects: tuple[BrazeObject, ...]
+    skipped: bool = False
+
+
+def _external_id(value: Any, field: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise CoercionError(value, "external_id", "expected a string id", field=field)
+    text = str(value)
+    if not text.strip():
+        raise CoercionError(value, "external_id", "the id is empty", field=field)
+    if len(text.encode()) > MAX_EXTERNAL_ID_BYTES:
+        raise CoercionError(
+            value, "external_id", f"longer than Braze's {MAX_EXTERNAL_ID_BYTES} bytes", field=field
+        )
+    return text
+
+
+class Mapper:
+    """Maps members and events with a compiled :class:`Mapping`. Pure and thread-safe.
+
+    ``app_id`` is added to events and purchases; ``clock`` gives "now" for events without a time.
+    """
+
+    def __init__(
+        self,
+        mapping: Mapping,
+        *,
+        app_id: str | None = None,
+        max_array_items: int = DEFAULT_MAX_ARRAY_ITEMS,
+        truncate_strings: bool = False,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.mapping = mapping
+        self.app_id = app_id
+        self._clock = clock
+        self._options = {"max_array_items": max_array_items, "truncate_strings": truncate_strings}
+        self._fields = self._compile_fields(mapping.fields)
+        self._events: dict[str, tuple[EventMapping, tuple[_FieldStep, ...] | None]] = {}
+        for entry in mapping.events:
+            steps = None if entry.properties is None else self._compile_fields(entry.properties)
+            self._events[entry.action] = (entry, steps)
+        self._wildcard = self._events.pop("*", None)
+        self._triggers = [
+            (trigger, self._compile_fields(trigger.attributes),
+             [(_compile_getter(path), value) for path, value in trigger.when.where.items()])
+            for trigger in mapping.triggers
+        ]
+
+    def _compile_fields(self, fields: tuple[FieldMapping, ...]) -> tuple[_FieldStep, ...]:
+        steps = []
+        for item in fields:
+            coercer = standard_coercer(
+                item.remote_field, truncate_strings=self._options["truncate_strings"]
+            )
+            if coercer is None:
+                coercer = coercer_for(item.type, **self._options)  # type: ignore[arg-type]
+            steps.append(
+                _FieldStep(item.remote_field, item.loyalty_field,
+                           _compile_getter(item.loyalty_field), coercer)
+            )
+        return tuple(steps)
+
+    # --- members ----------------------------------------------------------------------------
+
+    def member_id(self, member: Any) -> str:
+        """The ``external_id`` of a member (dict with ``id`` or :class:`LoyaltyMember`)."""
+        if isinstance(member, LoyaltyMember):
+            return _external_id(member.id, "id")
+        if isinstance(member, abc.Mapping):
+            if "id" not in member:
+                raise CoercionError(member, "member", "the record has no 'id'", field="id")
+            return _external_id(member["id"], "id")
+        raise CoercionError(
+            member, "member", f"expected a dict or LoyaltyMember, got {type(member).__name__}"
+        )
+
+    def member_values(self, member: Any) -> dict[str, Any]:
+        """The coerced Braze attribute values of every mapped field present in ``member``."""
+        fields = member.fields if isinstance(member, LoyaltyMember) else member
+        return self._apply(self._fields, fields, None)
+
+    def map_member(self, member: Any) -> AttributesObject:
+        """Map one member to its attributes object (every mapped field present)."""
+        external_id = self.member_id(member)
+        try:
+            values = self.member_values(member)
+        except CoercionError as exc:
+            raise exc.at(record_id=external_id) from None
+        return AttributesObject(external_id=external_id, attributes=values)
+
+    @staticmethod
+    def _apply(steps: tuple[_FieldStep, ...], record: Any, prefix: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for step in steps:
+            value = step.get(record)
+            if value is MISSING:
+                continue
+            try:
+                out[step.remote_field] = step.coerce(value)
+            except CoercionError as exc:
+                field = step.loyalty_field if prefix is None else f"{prefix}.{step.loyalty_field}"
+                raise exc.at(field) from None
+        return out
+
+    def attributes(
+        self,
+        member_id: Any,
+        values: abc.Mapping[str, Any],
+        types: abc.Mapping[str, Any] | None = None,
+    ) -> AttributesObject:
+        """A one-off attributes object for values outside the mapping (types inferred if absent)."""
+        external_id = _external_id(member_id, "member_id")
+        types = types or {}
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            coercer = standard_coercer(name, truncate_strings=self._options["truncate_strings"])
+            if coercer is None:
+                coercer = coercer_for(types.get(name), **self._options)  # type: ignore[arg-type]
+            try:
+                out[name] = coercer(value)
+            except CoercionError as exc:
+                raise exc.at(name, external_id) from None
+        return AttributesObject(external_id=external_id, attributes=out)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def event_customer(self, event: Any) -> str:
+        """The ``external_id`` an event belongs to."""
+        if isinstance(event, LoyaltyEvent):
+            return _external_id(event.customer_id, "customer")
+        if isinstance(event, abc.Mapping):
+            return _external_id(event.get("customer"), "customer")
+        raise CoercionError(
+            event, "event", f"expected a dict or LoyaltyEvent, got {type(event).__name__}"
+        )
+
+    def map_event(self, event: Any) -> MappedEvent:
+        """Map one Antavo event to its custom event or purchases, plus trigger attributes."""
+        external_id = self.event_customer(event)
+        try:
+            return self._map_event(event, external_id)
+        except CoercionError as exc:
+            raise exc.at(record_id=external_id) from None
+
+    def _map_event(self, event: Any, external_id: str) -> MappedEvent:
+        envelope = event.envelope() if isinstance(event, LoyaltyEvent) else event
+        action = envelope.get("action")
+        if not isinstance(action, str) or not action:
+            raise CoercionError(action, "event", "the event has no 'action'", field="action")
+        data = envelope.get("data")
+        if data is None:
+            data = {}
+        if not isinstance(data, abc.Mapping):
+            raise CoercionError(data, "event", "'data' must be an object", field="data")
+        entry = self._events.get(action, self._wildcard)
+        triggers = [t for t in self._triggers if self._matches(t[0], t[2], action, envelope)]
+        if entry is None and not triggers:
+            return MappedEvent(objects=(), skipped=True)
+        time = self._event_time(envelope, data)
+        objects: list[BrazeObject] = []
+        if entry is not None:
+            mapping, steps = entry
+            if mapping.as_ == "purchase":
+                objects.extend(self._purchases(mapping, steps, data, external_id, time))
+            else:
+                objects.append(self._custom_event(mapping, steps, action, data, external_id, time))
+        if triggers:
+            view = dict(envelope)
+            view.setdefault("timestamp", time)
+            values: dict[str, Any] = {}
+            for _, steps_, _ in triggers:
+                values.update(self._apply(steps_, view, None))
+            if values:
+                objects.insert(0, AttributesObject(external_id=external_id, attributes=values))
+        return MappedEvent(objects=tuple(objects), skipped=not objects)
+
+    @staticmethod
+    def _matches(
+        trigger: Trigger, where: list[tuple[Getter, Any]], action: str, envelope: Any
+    ) -> bool:
+        return action in trigger.when.action and all(get(envelope) == v for get, v in where)
+
+    def _event_time(self, envelope: abc.Mapping[str, Any], data: abc.Mapping[str, Any]) -> str:
+        for field, raw in (("timestamp", envelope.get("timestamp")),
+                           ("data.effective_timestamp", data.get("effective_timestamp"))):
+            if raw is not None:
+                try:
+                    return coerce_date(raw)  # type: ignore[return-value]
+                except CoercionError as exc:
+                    raise exc.at(field) from None
+        return coerce_date(self._clock())  # type: ignore[return-value]
+
+    def _custom_event(
+        self,
+        mapping: EventMapping,
+        steps: tuple[_FieldStep, ...] | None,
+        action: str,
+        data: abc.Mapping[str, Any],
+        external_id: str,
+        time: str,
+    ) -> EventObject:
+        name = mapping.name if mapping.name is not None else action
+        if name.startswith("$") or len(name) > 255:
+            raise CoercionError(name, "event", "not a valid Braze event name", field="action")
+        if steps is None:
+            try:
+                properties = coerce_properties(data)
+            except CoercionError as exc:
+                raise exc.at("data") from None
+        else:
+            properties = self._apply(steps, data, "data")
+        return EventObject(external_id=external_id, name=name, time=time,
+                           properties=properties or None, app_id=self.app_id)
+
+    def _purchases(
+        self,
+        mapping: EventMapping,
+        steps: tuple[_FieldStep, ...] | None,
+        data: abc.Mapping[str, Any],
+        external_id: str,
+        time: str,
+    ) -> list[PurchaseObject]:
+        currency = data.get("currency") or mapping.currency
+        if not isinstance(currency, str) or len(currency.strip()) != 3 or not currency.isalpha():
+            raise CoercionError(currency, "purchase", "needs an ISO 4217 currency such as 'EUR'",
+                                field="data.currency")
+        currency = currency.strip().upper()
+        shared = {} if steps is None else self._apply(steps, data, "data")
+        if steps is None and data.get("transaction_id") is not None:
+            shared["transaction_id"] = data["transaction_id"]
+        items = data.get("items")
+        if not items:
+            items = [{"product_id": mapping.braze_name, "price": data.get("total"), "quantity": 1}]
+        elif not isinstance(items, (list, tuple)):
+            raise CoercionError(items, "purchase", "'items' must be a list", field="data.items")
+        out: list[PurchaseObject] = []
+        for index, item in enumerate(items):
+            try:
+                out.extend(self._line_purchases(item, shared, steps is None, external_id,
+                                                currency, time))
+            except CoercionError as exc:
+                raise exc.at(f"data.items[{index}]") from None
+        return out
+
+    def _line_purchases(
+        self,
+        item: Any,
+        shared: dict[str, Any],
+        pass_through: bool,
+        external_id: str,
+        currency: str,
+        time: str,
+    ) -> list[PurchaseObject]:
+        if not isinstance(item, abc.Mapping):
+            raise CoercionError(item, "purchase", "a line item must be an object")
+        product_id = item.get("product_id", item.get("sku"))
+        if isinstance(product_id, (int, Decimal)) and not isinstance(product_id, bool):
+            product_id = str(product_id)
+        if not isinstance(product_id, str) or not product_id or len(product_id) > 255:
+            raise CoercionError(product_id, "purchase", "product_id must be a string of 1-255 chars",
+                                field="product_id")
+        price = item.get("price")
+        try:
+            price_value = coerce_number(price)
+        except CoercionError as exc:
+            raise exc.at("price") from None
+        if price_value is None:
+            raise CoercionError(price, "purchase", "a purchase needs a price", field="price")
+        raw_quantity = item.get("quantity", 1)
+        quantity = coerce_number(raw_quantity)
+        if quantity is None or quantity < 1 or quantity != int(quantity):
+            raise CoercionError(raw_quantity, "purchase", "quantity must be a whole number >= 1",
+                                field="quantity")
+        quantity = int(quantity)
+        properties = dict(shared)
+        if pass_through:
+            extra = {k: v for k, v in item.items() if k not in _PURCHASE_RESERVED}
+            properties.update(coerce_properties(extra, _PURCHASE_RESERVED))
+        out = []
+        # Braze caps quantity at 100 per purchase object: split larger lines, keeping revenue.
+        chunks = [MAX_PURCHASE_QUANTITY] * (quantity // MAX_PURCHASE_QUANTITY)
+        if quantity % MAX_PURCHASE_QUANTITY:
+            chunks.append(quantity % MAX_PURCHASE_QUANTITY)
+        for chunk in chunks:
+            out.append(PurchaseObject(
+                external_id=external_id, product_id=product_id, currency=currency,
+                price=float(price_value),
+                time=time, quantity=chunk, properties=properties or None, app_id=self.app_id,
+            ))
+        return out

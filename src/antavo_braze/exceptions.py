@@ -1,0 +1,168 @@
+"""Every error the SDK raises, rooted at :class:`AntavoBrazeError`.
+
+The tree::
+
+    AntavoBrazeError
+    ├── ConfigurationError        bad endpoint, key, option or environment
+    │   └── MappingError          invalid mapping config (lists every problem with its path)
+    ├── CoercionError             a value cannot take its Braze type (names value, type, reason)
+    ├── BrazeAPIError             Braze answered with an error status (status_code, body)
+    │   ├── AuthenticationError   401: the key is invalid or from another workspace/instance
+    │   ├── PermissionDeniedError 403: the key lacks the endpoint's permission
+    │   ├── BadRequestError       400 (also 413/415): the request itself is malformed
+    │   ├── RateLimitError        429 after every retry, or a wait longer than allowed
+    │   └── ServerError           5xx after every retry
+    └── TransportError            connection errors and timeouts after every retry
+
+Messages never contain the API key: bodies echoed by Braze are redacted before they are stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AntavoBrazeError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BrazeAPIError",
+    "CoercionError",
+    "ConfigurationError",
+    "MappingError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServerError",
+    "TransportError",
+]
+
+_MAX_SHOWN_VALUE = 80
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    if len(text) > _MAX_SHOWN_VALUE:
+        return text[: _MAX_SHOWN_VALUE - 3] + "..."
+    return text
+
+
+class AntavoBrazeError(Exception):
+    """Root of every error raised by antavo_braze."""
+
+
+class ConfigurationError(AntavoBrazeError):
+    """The SDK was configured wrongly (endpoint, key, options, environment)."""
+
+
+class MappingError(ConfigurationError):
+    """A mapping config is invalid; ``problems`` lists each one as ``"<path>: <message>"``."""
+
+    def __init__(self, problems: list[str] | tuple[str, ...]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        count = len(self.problems)
+        header = f"invalid mapping ({count} problem{'s' if count != 1 else ''})"
+        super().__init__(header + "".join(f"\n  {p}" for p in self.problems))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        items = "".join(f"<li><code>{escape(p)}</code></li>" for p in self.problems)
+        return f"<b>MappingError</b>: {len(self.problems)} problem(s)<ul>{items}</ul>"
+
+
+class CoercionError(AntavoBrazeError, ValueError):
+    """A value cannot be coerced to its Braze type.
+
+    ``value``, ``type`` (the Braze type name) and ``reason`` say what went wrong; ``field`` is the
+    path of the offending value inside its record when known (e.g. ``score`` or ``items[2].price``)
+    and ``record_id`` the member or event it belongs to.
+    """
+
+    def __init__(
+        self,
+        value: object,
+        type: str,
+        reason: str,
+        *,
+        field: str | None = None,
+        record_id: str | None = None,
+    ) -> None:
+        self.value = value
+        self.type = type
+        self.reason = reason
+        self.field = field
+        self.record_id = record_id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = ""
+        if self.record_id is not None:
+            where += f"record {self.record_id!r}: "
+        if self.field is not None:
+            where += f"field {self.field!r}: "
+        return f"{where}cannot coerce {_short_repr(self.value)} to {self.type}: {self.reason}"
+
+    def at(self, field: str | None = None, record_id: str | None = None) -> CoercionError:
+        """Return a copy located at ``field`` (prefixed to an inner path) of ``record_id``."""
+        if field is not None and self.field is not None:
+            joiner = "" if self.field.startswith("[") else "."
+            field = f"{field}{joiner}{self.field}"
+        elif field is None:
+            field = self.field
+        return CoercionError(
+            self.value,
+            self.type,
+            self.reason,
+            field=field,
+            record_id=record_id if record_id is not None else self.record_id,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_coercion_error, (self.value, self.type, self.reason, self.field,
+                                          self.record_id))
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        return f"<b>CoercionError</b>: {escape(str(self))}"
+
+
+def _rebuild_coercion_error(
+    value: object, type: str, reason: str, field: str | None, record_id: str | None
+) -> CoercionError:
+    return CoercionError(value, type, reason, field=field, record_id=record_id)
+
+
+class BrazeAPIError(AntavoBrazeError):
+    """Braze answered with an error status; ``status_code`` and the (redacted) ``body``."""
+
+    def __init__(self, status_code: int, body: str, message: str | None = None) -> None:
+        self.status_code = status_code
+        self.body = body
+        super().__init__(message or f"Braze answered HTTP {status_code}: {body[:300]}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.status_code, self.body, str(self)))
+
+
+class AuthenticationError(BrazeAPIError):
+    """401: the API key is invalid, from another workspace, or the instance URL is wrong."""
+
+
+class PermissionDeniedError(BrazeAPIError):
+    """403: the API key lacks the permission this endpoint needs."""
+
+
+class BadRequestError(BrazeAPIError):
+    """400 (and 413/415): Braze refused the request itself; retrying cannot help."""
+
+
+class RateLimitError(BrazeAPIError):
+    """429 after every retry, or Braze asked for a wait longer than ``max_rate_limit_wait``."""
+
+
+class ServerError(BrazeAPIError):
+    """5xx after every retry."""
+
+
+class TransportError(AntavoBrazeError):
+    """Connection errors and timeouts after every retry."""
