@@ -333,7 +333,9 @@ class Mapper:
             shared["transaction_id"] = data["transaction_id"]
         items = data.get("items")
         if not items:
-            items = [{"product_id": mapping.braze_name, "price": data.get("total"), "quantity": 1}]
+            # An order without line items is one purchase of the order (coupon_redeem: amount).
+            price = data.get("total", data.get("amount"))
+            items = [{"product_id": mapping.braze_name, "price": price, "quantity": 1}]
         elif not isinstance(items, (list, tuple)):
             raise CoercionError(items, "purchase", "'items' must be a list", field="data.items")
         out: list[PurchaseObject] = []

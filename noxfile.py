@@ -1,0 +1,61 @@
+"""Sessions: tests, lint, typing, docs, bench. Each installs what it needs into its own venv."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+# Coverage floor for the I/O modules (client, pacing, retries, FakeBraze), branch coverage.
+IO_MODULES = "*/_client.py,*/_ratelimit.py,*/_retry.py,*/testing/*"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite with branch coverage; then the JSON-sensitive tests again with orjson."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "orjson", silent=True)
+    session.run(
+        "pytest", "--cov=antavo_braze", "--cov-branch", "--cov-report=",
+        *session.posargs, env={"COVERAGE_FILE": ".coverage"},
+    )
+    session.run("coverage", "report", "--fail-under=90")
+    session.run("coverage", "report", f"--include={IO_MODULES}", "--fail-under=95")
+    if not session.posargs:
+        session.install("orjson")
+        session.run("pytest", "-q", "tests/test_client.py", "tests/test_sync.py",
+                    "tests/test_json.py")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package and the user-facing typing examples."""
+    session.install("-e", ".[typing]")
+    session.run("mypy", "--strict", "src", "tests/typing")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs with warnings as errors, and run every snippet and example."""
+    session.install("-e", ".[docs,test]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "--doctest-glob=*.md", "docs",
+                "tests/test_examples.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print figures (never asserted). Pass names to run a subset."""
+    session.install("-e", ".[fast]", "psutil")
+    names = session.posargs or ["pipeline", "end_to_end", "memory", "rate_limit"]
+    for name in names:
+        session.run("python", f"benchmarks/{name}.py")

@@ -1,0 +1,46 @@
+"""Shared fixtures: a FakeBraze per test, its client, and the sample Antavo data."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import antavo_braze as ab
+from antavo_braze.testing import FakeBraze
+
+DATA = Path(__file__).parent / "data"
+
+
+def load(name: str) -> Any:
+    """Load a JSON fixture from tests/data."""
+    return json.loads((DATA / name).read_text())
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBraze]:
+    """A running FakeBraze with the key 'test-key' holding every permission."""
+    with FakeBraze(api_key="test-key") as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake: FakeBraze) -> Iterator[ab.BrazeClient]:
+    """A client wired to the fake, with fast retries."""
+    with fake.client() as braze:
+        yield braze
+
+
+@pytest.fixture
+def mapping() -> ab.Mapping:
+    """The DESIGN.md example mapping."""
+    return ab.Mapping.from_file(DATA / "mapping.json")
+
+
+@pytest.fixture
+def full_mapping() -> ab.Mapping:
+    """A mapping covering every Braze type and standard attributes."""
+    return ab.Mapping.from_file(DATA / "full_mapping.json")
