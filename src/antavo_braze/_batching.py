@@ -125,6 +125,9 @@ def pack(
         for item in group:
             item_bytes = len(item.payload) + 1
             if item_bytes > budget:
+                if current:  # keep the input order
+                    yield _make_batch(current)
+                    current, counts, size = [], dict.fromkeys(ARRAYS, 0), 0
                 yield _make_batch([item], oversize=True)
                 continue
             if current and not fits({item.array: 1}, 1, item_bytes):

@@ -375,10 +375,13 @@ class BrazeClient:
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, requests.Response]:
         response = self.request("GET", path, params=params)
         try:
-            return loads(response.content), response
+            payload = loads(response.content)
         except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
             raise BrazeAPIError(response.status_code, self._key.redact(response.text[:300]),
-                                f"Braze answered {path} with invalid JSON") from None
+                                f"Braze answered {path} with invalid JSON")
+        return payload, response
 
     # --- /users/track ----------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ class Fault:
 
     status: int | None = None
     headers: Mapping[str, str] = field(factory=dict)
-    body: Any = None
+    body: Any = None  # JSON-ready data, or bytes sent as they are
     drop: bool = False
     delay: float = 0.0
     path: str | None = None
@@ -67,6 +67,16 @@ class Fault:
 
 class _Invalid(Exception):
     pass
+
+
+_UNPARSED: Any = object()
+
+
+def _loads_or_unparsed(raw: bytes) -> Any:
+    try:
+        return loads(raw)
+    except ValueError:
+        return _UNPARSED
 
 
 def _parse_time(value: Any) -> datetime:
@@ -318,6 +328,10 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     fake: FakeBraze
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout, dropped connection) is normal here, not an error.
+        pass
+
 
 class FakeBraze:
     """An in-process Braze look-alike on ``127.0.0.1`` (random port), for tests and demos.
@@ -377,6 +391,8 @@ class FakeBraze:
         self.event_names: set[str] = set()
         self.status_counts: Counter[int] = Counter()
         self.objects_received = 0
+        self.overlapping_requests = 0  # track requests that touched a profile already in flight
+        self._in_flight_ids: dict[str, int] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -519,6 +535,43 @@ class FakeBraze:
             except OSError:  # pragma: no cover - already closed by the peer
                 pass
             return
+        body: Any = _UNPARSED
+        ids: set[str] = set()
+        if path == "/users/track" and method == "POST":
+            body = _loads_or_unparsed(raw)
+            ids = self._claim(body)
+        try:
+            self._respond(handler, method, path, query, fault, key, key_valid, raw, body)
+        finally:
+            self._release(ids)
+
+    def _claim(self, body: Any) -> set[str]:
+        """Note which profiles this request touches, counting overlaps with requests in flight."""
+        ids = set()
+        if isinstance(body, dict):
+            for objects in body.values():
+                if isinstance(objects, list):
+                    ids.update(o["external_id"] for o in objects
+                               if isinstance(o, dict) and isinstance(o.get("external_id"), str))
+        with self._lock:
+            overlap = ids & self._in_flight_ids.keys()
+            self.overlapping_requests += bool(overlap)
+            for external_id in ids:
+                self._in_flight_ids[external_id] = self._in_flight_ids.get(external_id, 0) + 1
+        return ids
+
+    def _release(self, ids: set[str]) -> None:
+        with self._lock:
+            for external_id in ids:
+                left = self._in_flight_ids[external_id] - 1
+                if left:
+                    self._in_flight_ids[external_id] = left
+                else:
+                    del self._in_flight_ids[external_id]
+
+    def _respond(self, handler: _Handler, method: str, path: str, query: Mapping[str, str],
+                 fault: Fault | None, key: str | None, key_valid: bool, raw: bytes,
+                 body: Any) -> None:
         if self.latency:
             time.sleep(self.latency)
         if fault is not None and fault.status is not None:
@@ -553,9 +606,9 @@ class FakeBraze:
                 self._reply(handler, method, path, query, None, True, 429,
                             {"message": "Rate Limited"}, headers)
                 return
-        status, payload, extra, body = action(raw, query, handler)
+        status, payload, extra, recorded = action(raw, query, handler, body)
         headers.update(extra)
-        self._reply(handler, method, path, query, body, True, status, payload, headers)
+        self._reply(handler, method, path, query, recorded, True, status, payload, headers)
 
     def _record(self, method: str, path: str, query: Mapping[str, str], body: Any, status: int,
                 key_valid: bool, handler: _Handler) -> None:
@@ -569,7 +622,7 @@ class FakeBraze:
                body: Any, key_valid: bool, status: int, payload: Any,
                headers: Mapping[str, str] | None = None) -> None:
         self._record(method, path, query, body, status, key_valid, handler)
-        data = dumps(payload)
+        data = payload if isinstance(payload, bytes) else dumps(payload)
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
@@ -580,15 +633,13 @@ class FakeBraze:
 
     # --- /users/track ----------------------------------------------------------------------
 
-    def _track(self, raw: bytes, query: Mapping[str, str],
-               handler: _Handler) -> tuple[int, Any, dict[str, str], Any]:
+    def _track(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
+               body: Any) -> tuple[int, Any, dict[str, str], Any]:
         if len(raw) > self.max_body_bytes:
             return 413, {"message": "Request Entity Too Large"}, {}, None
         if "application/json" not in (handler.headers.get("Content-Type") or ""):
             return 415, {"message": "Unsupported Media Type"}, {}, None
-        try:
-            body = loads(raw)
-        except ValueError:
+        if body is _UNPARSED:
             return 400, {"message": "Invalid JSON: syntax or parse error"}, {}, None
         if not isinstance(body, dict) or set(body) - {"attributes", "events", "purchases"}:
             return 400, {"message": "Invalid request body"}, {}, body
@@ -672,8 +723,8 @@ class FakeBraze:
         with self._lock:
             return sorted(self.event_names)
 
-    def _events_list(self, raw: bytes, query: Mapping[str, str],
-                     handler: _Handler) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_list(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
+                     body: Any) -> tuple[int, Any, dict[str, str], Any]:
         try:
             page = int(query.get("page", "0"))
         except ValueError:
@@ -681,8 +732,8 @@ class FakeBraze:
         names = self._sorted_event_names()[page * 250:(page + 1) * 250]
         return 200, {"message": "success", "events": names}, {}, None
 
-    def _events_get(self, raw: bytes, query: Mapping[str, str],
-                    handler: _Handler) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_get(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
+                    body: Any) -> tuple[int, Any, dict[str, str], Any]:
         names = self._sorted_event_names()
         try:
             start = int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
@@ -705,8 +756,8 @@ class FakeBraze:
     def _cursor(offset: int) -> str:
         return base64.urlsafe_b64encode(str(offset).encode()).decode()
 
-    def _data_series(self, raw: bytes, query: Mapping[str, str],
-                     handler: _Handler) -> tuple[int, Any, dict[str, str], Any]:
+    def _data_series(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
+                     body: Any) -> tuple[int, Any, dict[str, str], Any]:
         try:
             name = query["event"]
             length = int(query["length"])
