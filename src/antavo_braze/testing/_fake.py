@@ -643,7 +643,7 @@ class FakeBraze:
             return 400, {"message": "Invalid JSON: syntax or parse error"}, {}, None
         if not isinstance(body, dict) or set(body) - {"attributes", "events", "purchases"}:
             return 400, {"message": "Invalid request body"}, {}, body
-        arrays = {name: body.get(name) or [] for name in ("attributes", "events", "purchases")}
+        arrays = {name: body.get(name, []) for name in ("attributes", "events", "purchases")}
         if not all(isinstance(a, list) for a in arrays.values()):
             return 400, {"message": "attributes, events and purchases must be arrays"}, {}, body
         counts = [len(a) for a in arrays.values()]
