@@ -401,7 +401,7 @@ class Syncer:
         run.tick(force=True)
         return SyncReport(
             total=run.total, succeeded=run.succeeded, failed=run.failed, skipped=run.skipped,
-            requests=run.requests, failures=tuple(run.failures),
+            requests=run.requests, failures=tuple(sorted(run.failures, key=_by_index)),
             attribute_values=run.attribute_values, attribute_values_saved=run.saved,
             warnings=tuple(run.warnings), elapsed=time.perf_counter() - run.started,
         )
@@ -558,3 +558,7 @@ def _wire_object(entry: dict[str, Any]) -> Any:
     if array not in ARRAYS or not isinstance(wire, dict):
         raise ValueError("dead-letter object without 'array' and 'object'")
     return _RawObject(array, wire)
+
+
+def _by_index(failure: RecordFailure) -> int:
+    return failure.index
