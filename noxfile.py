@@ -18,15 +18,20 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", "orjson", silent=True)
     session.run(
-        "pytest", "--cov=antavo_braze", "--cov-branch", "--cov-report=",
-        *session.posargs, env={"COVERAGE_FILE": ".coverage"},
+        "pytest",
+        "--cov=antavo_braze",
+        "--cov-branch",
+        "--cov-report=",
+        *session.posargs,
+        env={"COVERAGE_FILE": ".coverage"},
     )
     session.run("coverage", "report", "--fail-under=90")
     session.run("coverage", "report", f"--include={IO_MODULES}", "--fail-under=95")
     if not session.posargs:
         session.install("orjson")
-        session.run("pytest", "-q", "tests/test_client.py", "tests/test_sync.py",
-                    "tests/test_json.py")
+        session.run(
+            "pytest", "-q", "tests/test_client.py", "tests/test_sync.py", "tests/test_json.py"
+        )
 
 
 @nox.session
@@ -48,8 +53,15 @@ def docs(session: nox.Session) -> None:
     """Build the docs with warnings as errors, and run every snippet and example."""
     session.install("-e", ".[docs,test]")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
-    session.run("pytest", "-q", "-p", "no:cacheprovider", "--doctest-glob=*.md", "docs",
-                "tests/test_examples.py")
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--doctest-glob=*.md",
+        "docs",
+        "tests/test_examples.py",
+    )
 
 
 @nox.session

@@ -10,8 +10,18 @@ from pathlib import Path
 import antavo_braze as ab
 
 SRC = Path(ab.__file__).parent
-PURE = ["_types.py", "_coerce.py", "models.py", "_mapping.py", "_mapper.py", "_converter.py",
-        "_batching.py", "_retry.py", "_json.py", "exceptions.py"]
+PURE = [
+    "_types.py",
+    "_coerce.py",
+    "models.py",
+    "_mapping.py",
+    "_mapper.py",
+    "_converter.py",
+    "_batching.py",
+    "_retry.py",
+    "_json.py",
+    "exceptions.py",
+]
 NETWORK = {"requests", "urllib3", "http", "socket"}
 
 
@@ -62,8 +72,13 @@ def test_public_names_are_sorted_and_importable() -> None:
 def test_exception_tree() -> None:
     """The exception hierarchy matches the contract."""
     assert issubclass(ab.MappingError, ab.ConfigurationError)
-    for error in (ab.AuthenticationError, ab.PermissionDeniedError, ab.BadRequestError,
-                  ab.RateLimitError, ab.ServerError):
+    for error in (
+        ab.AuthenticationError,
+        ab.PermissionDeniedError,
+        ab.BadRequestError,
+        ab.RateLimitError,
+        ab.ServerError,
+    ):
         assert issubclass(error, ab.BrazeAPIError)
     for error in (ab.ConfigurationError, ab.CoercionError, ab.BrazeAPIError, ab.TransportError):
         assert issubclass(error, ab.AntavoBrazeError)

@@ -80,15 +80,28 @@ group_strategy = st.lists(
 )
 
 
-@given(groups=group_strategy, mode=st.sampled_from(["combined", "legacy"]),
-       max_objects=st.integers(1, 75), max_bytes=st.integers(300, 5000))
-def test_packing_invariants(groups: list[list[tuple[str, int]]], mode: str, max_objects: int,
-                            max_bytes: int) -> None:
+@given(
+    groups=group_strategy,
+    mode=st.sampled_from(["combined", "legacy"]),
+    max_objects=st.integers(1, 75),
+    max_bytes=st.integers(300, 5000),
+)
+def test_packing_invariants(
+    groups: list[list[tuple[str, int]]], mode: str, max_objects: int, max_bytes: int
+) -> None:
     """Every item comes out exactly once, in order, and no batch breaks a limit."""
-    built = [[item(a, s, eid=f"e{g}", tag=(g, i)) for i, (a, s) in enumerate(grp)]
-             for g, grp in enumerate(groups)]
-    batches = list(pack(built, mode=mode, max_objects=max_objects,  # type: ignore[arg-type]
-                        max_bytes=max_bytes))
+    built = [
+        [item(a, s, eid=f"e{g}", tag=(g, i)) for i, (a, s) in enumerate(grp)]
+        for g, grp in enumerate(groups)
+    ]
+    batches = list(
+        pack(
+            built,
+            mode=mode,
+            max_objects=max_objects,  # type: ignore[arg-type]
+            max_bytes=max_bytes,
+        )
+    )
     out = [it.tag for b in batches for it in b.items]
     assert out == [it.tag for grp in built for it in grp]
     for batch in batches:

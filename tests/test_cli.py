@@ -20,8 +20,14 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     """Run the CLI with the given arguments."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "antavo_braze.cli", *args], capture_output=True,
-                          text=True, env=full_env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "antavo_braze.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
 
 
 def braze_env(fake: FakeBraze) -> dict[str, str]:
@@ -44,8 +50,9 @@ def test_validate(tmp_path: Path) -> None:
     assert good.returncode == 0
     assert "valid mapping (18 fields, 4 events, 2 triggers)" in good.stdout
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"fields": [{"loyalty_field": "a", "remote_field": "$x",
-                                           "type": "nubmer"}]}))
+    bad.write_text(
+        json.dumps({"fields": [{"loyalty_field": "a", "remote_field": "$x", "type": "nubmer"}]})
+    )
     result = run("validate", str(bad))
     assert result.returncode == 2
     assert "$.fields[0].type: unknown type 'nubmer'" in result.stderr
@@ -64,8 +71,17 @@ def test_sync_members_jsonl_with_progress_and_dead_letter(fake: FakeBraze, tmp_p
     rows[10]["score"] = "lots"
     members.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dead = tmp_path / "dead.jsonl"
-    result = run("sync", "members", "--mapping", str(mapping), "--input", str(members),
-                 "--dead-letter", str(dead), env=braze_env(fake))
+    result = run(
+        "sync",
+        "members",
+        "--mapping",
+        str(mapping),
+        "--input",
+        str(members),
+        "--dead-letter",
+        str(dead),
+        env=braze_env(fake),
+    )
     assert result.returncode == 1, result.stderr
     assert "500 records: 499 succeeded, 1 failed" in result.stdout
     assert len(fake.profiles) == 499
@@ -76,12 +92,22 @@ def test_sync_members_jsonl_with_progress_and_dead_letter(fake: FakeBraze, tmp_p
 def test_sync_events_csv_dry_run(tmp_path: Path) -> None:
     """A CSV dry run needs no credentials and sends nothing."""
     events = tmp_path / "events.csv"
-    events.write_text("customer,action,timestamp,data.points\n"
-                      "m-1,point_add,2026-01-01T00:00:00Z,10\n"
-                      "m-2,point_add,,x\n"
-                      "m-3,daily_login,2026-01-01T00:00:00Z,\n")
-    result = run("sync", "events", "--mapping", str(DATA / "mapping.json"), "--input",
-                 str(events), "--dry-run", "--quiet")
+    events.write_text(
+        "customer,action,timestamp,data.points\n"
+        "m-1,point_add,2026-01-01T00:00:00Z,10\n"
+        "m-2,point_add,,x\n"
+        "m-3,daily_login,2026-01-01T00:00:00Z,\n"
+    )
+    result = run(
+        "sync",
+        "events",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(events),
+        "--dry-run",
+        "--quiet",
+    )
     assert result.returncode == 1
     assert "dry run: 1 request bodies would be sent" in result.stdout
     assert "3 records: 1 succeeded, 1 failed, 1 skipped" in result.stdout
@@ -91,8 +117,19 @@ def test_sync_with_state(fake: FakeBraze, tmp_path: Path) -> None:
     """A second run with --state sends nothing for unchanged members."""
     members = tmp_path / "m.csv"
     members.write_text("id,score,tiers.0.name\na,1,Gold\nb,2,Silver\n")
-    args = ["sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", str(members),
-            "--state", str(tmp_path / "s.db"), "--send", "changed", "--quiet"]
+    args = [
+        "sync",
+        "members",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(members),
+        "--state",
+        str(tmp_path / "s.db"),
+        "--send",
+        "changed",
+        "--quiet",
+    ]
     assert run(*args, env=braze_env(fake)).returncode == 0
     second = run(*args, env=braze_env(fake))
     assert "2 records: 0 succeeded, 0 failed, 2 skipped" in second.stdout
@@ -102,8 +139,16 @@ def test_sync_with_state(fake: FakeBraze, tmp_path: Path) -> None:
 def test_replay(fake: FakeBraze, tmp_path: Path) -> None:
     """replay resends a dead letter's retryable records."""
     dead = tmp_path / "dead.jsonl"
-    dead.write_text(json.dumps({"record_id": "a", "retryable": True, "objects": [
-        {"array": "attributes", "object": {"external_id": "a", "x": 1}}]}) + "\n")
+    dead.write_text(
+        json.dumps(
+            {
+                "record_id": "a",
+                "retryable": True,
+                "objects": [{"array": "attributes", "object": {"external_id": "a", "x": 1}}],
+            }
+        )
+        + "\n"
+    )
     result = run("replay", str(dead), "--quiet", env=braze_env(fake))
     assert result.returncode == 0, result.stderr
     assert fake.profiles["a"] == {"x": 1}
@@ -129,8 +174,14 @@ def test_check(fake: FakeBraze) -> None:
     "args",
     [
         ["sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", "nope.jsonl"],
-        ["sync", "members", "--mapping", str(DATA / "mapping.json"), "--input",
-         str(DATA / "mapping.json").replace(".json", ".txt")],
+        [
+            "sync",
+            "members",
+            "--mapping",
+            str(DATA / "mapping.json"),
+            "--input",
+            str(DATA / "mapping.json").replace(".json", ".txt"),
+        ],
         ["check"],
     ],
 )
@@ -146,8 +197,9 @@ def test_broken_jsonl_line(tmp_path: Path) -> None:
     """A broken input line is reported with its number."""
     bad = tmp_path / "m.jsonl"
     bad.write_text('{"id": "a"}\n{oops\n')
-    result = run("sync", "members", "--mapping", str(DATA / "mapping.json"), "--input",
-                 str(bad), "--dry-run")
+    result = run(
+        "sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", str(bad), "--dry-run"
+    )
     assert result.returncode == 2
     assert "m.jsonl:2: not valid JSON" in result.stderr
 

@@ -106,8 +106,9 @@ def test_empty_key_is_refused() -> None:
 
 def test_from_env() -> None:
     """from_env reads the three variables and names the missing ones."""
-    client = ab.BrazeClient.from_env({"BRAZE_REST_ENDPOINT": "EU-02", "BRAZE_API_KEY": "k",
-                                      "BRAZE_APP_ID": "app"})
+    client = ab.BrazeClient.from_env(
+        {"BRAZE_REST_ENDPOINT": "EU-02", "BRAZE_API_KEY": "k", "BRAZE_APP_ID": "app"}
+    )
     assert (client.endpoint, client.app_id) == ("https://rest.fra-02.braze.eu", "app")
     with pytest.raises(ab.ConfigurationError, match="BRAZE_API_KEY"):
         ab.BrazeClient.from_env({"BRAZE_REST_ENDPOINT": "EU-02"})
@@ -172,17 +173,21 @@ def test_partial_errors_map_back_to_inputs(fake: FakeBraze, client: ab.BrazeClie
     bad_event = ab.EventObject("m-3", "$reserved", "2026-01-01T00:00:00Z")
     result = client.track(attributes=attrs(3), events=[event("m-0"), bad_event])
     assert [(r.input_array, r.index, r.stage) for r in result.rejected] == [
-        ("attributes", 1, "braze"), ("events", 1, "braze")]
+        ("attributes", 1, "braze"),
+        ("events", 1, "braze"),
+    ]
     assert "BLACKLISTED" in result.rejected[0].reason
     assert result.accepted == 3
     assert "m-1" not in fake.profiles
 
 
-def test_unattributed_errors_are_warnings(fake: FakeBraze, client: ab.BrazeClient,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_unattributed_errors_are_warnings(
+    fake: FakeBraze, client: ab.BrazeClient, caplog: pytest.LogCaptureFixture
+) -> None:
     """Errors without input_array/index fail nothing but are logged."""
-    fake.inject(status=201, body={"message": "success", "errors": ["something odd",
-                                                                     {"type": "odd"}]})
+    fake.inject(
+        status=201, body={"message": "success", "errors": ["something odd", {"type": "odd"}]}
+    )
     with caplog.at_level(logging.WARNING, logger="antavo_braze"):
         result = client.track(attributes=attrs(1))
     assert result.ok
@@ -190,8 +195,9 @@ def test_unattributed_errors_are_warnings(fake: FakeBraze, client: ab.BrazeClien
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 415])
-def test_client_errors_are_not_retried(fake: FakeBraze, client: ab.BrazeClient,
-                                       status: int) -> None:
+def test_client_errors_are_not_retried(
+    fake: FakeBraze, client: ab.BrazeClient, status: int
+) -> None:
     """4xx other than 429 fail at once, with the status in the reason."""
     fake.inject(status=status)
     result = client.track(attributes=attrs(2))
@@ -202,9 +208,13 @@ def test_client_errors_are_not_retried(fake: FakeBraze, client: ab.BrazeClient,
 
 def test_request_raises_typed_errors(fake: FakeBraze, client: ab.BrazeClient) -> None:
     """request() raises the exception class for each status."""
-    for status, error in [(400, ab.BadRequestError), (404, ab.BrazeAPIError),
-                          (403, ab.PermissionDeniedError), (401, ab.AuthenticationError),
-                          (418, ab.BrazeAPIError)]:
+    for status, error in [
+        (400, ab.BadRequestError),
+        (404, ab.BrazeAPIError),
+        (403, ab.PermissionDeniedError),
+        (401, ab.AuthenticationError),
+        (418, ab.BrazeAPIError),
+    ]:
         fake.inject(status=status)
         with pytest.raises(error) as info:
             client.request("GET", "/events/list")
@@ -213,9 +223,11 @@ def test_request_raises_typed_errors(fake: FakeBraze, client: ab.BrazeClient) ->
 
 def test_401_raises_and_redacts_the_echoed_key(fake: FakeBraze) -> None:
     """A bad key raises AuthenticationError at once, and the echoed key is redacted."""
-    with fake.client(api_key="wrong-secret-key") as client:
-        with pytest.raises(ab.AuthenticationError) as info:
-            client.track(attributes=attrs(1))
+    with (
+        fake.client(api_key="wrong-secret-key") as client,
+        pytest.raises(ab.AuthenticationError) as info,
+    ):
+        client.track(attributes=attrs(1))
     assert "wrong-secret-key" not in str(info.value)
     assert "wrong-secret-key" not in info.value.body
     assert "[REDACTED]" in info.value.body
@@ -290,9 +302,12 @@ def test_429_longer_than_allowed_fails_fast(fake: FakeBraze) -> None:
 def test_429_storm_exhausts_into_rate_limit_error(fake: FakeBraze) -> None:
     """429 on every attempt ends as RateLimitError."""
     fake.inject(times=3, status=429)
-    with fake.client(retry=ab.RetryPolicy(attempts=3, wait_initial=0, wait_jitter=0),
-                     sleep=Sleeper()) as client, pytest.raises(ab.RateLimitError,
-                                                                match="after 3 attempt"):
+    with (
+        fake.client(
+            retry=ab.RetryPolicy(attempts=3, wait_initial=0, wait_jitter=0), sleep=Sleeper()
+        ) as client,
+        pytest.raises(ab.RateLimitError, match="after 3 attempt"),
+    ):
         client.request("POST", "/users/track", body=b'{"attributes":[]}')
 
 
@@ -323,8 +338,7 @@ def test_slow_replies_time_out_and_retry(fake: FakeBraze) -> None:
     with fake.client(timeout=0.1, sleep=Sleeper()) as client:
         assert client.track(attributes=attrs(1)).ok
     fake.inject(times=2, delay=0.3)
-    with fake.client(timeout=0.05, sleep=Sleeper(),
-                     retry=ab.RetryPolicy(attempts=2)) as client:
+    with fake.client(timeout=0.05, sleep=Sleeper(), retry=ab.RetryPolicy(attempts=2)) as client:
         result = client.track(attributes=attrs(1))
     assert result.rejected[0].stage == "transport"
     assert "Timeout" in result.rejected[0].reason
@@ -332,8 +346,9 @@ def test_slow_replies_time_out_and_retry(fake: FakeBraze) -> None:
 
 def test_connection_refused_is_a_transport_error() -> None:
     """Nothing listening: TransportError after the attempts, with no key in the message."""
-    client = ab.BrazeClient("http://127.0.0.1:9", "secret-123",
-                            retry=ab.RetryPolicy(attempts=2), sleep=lambda s: None)
+    client = ab.BrazeClient(
+        "http://127.0.0.1:9", "secret-123", retry=ab.RetryPolicy(attempts=2), sleep=lambda s: None
+    )
     with pytest.raises(ab.TransportError) as info:
         client.request("GET", "/events/list")
     assert "secret-123" not in str(info.value)
@@ -424,8 +439,10 @@ def test_pacing_keeps_429s_under_one_percent() -> None:
 
 def test_pacing_with_seconds_remaining_reset() -> None:
     """The MAU reading of X-RateLimit-Reset (seconds remaining) paces as well."""
-    with FakeBraze(rate_limit=10, rate_window=1.0, reset_style="seconds") as fake, \
-            fake.client(max_in_flight=2) as client:
+    with (
+        FakeBraze(rate_limit=10, rate_window=1.0, reset_style="seconds") as fake,
+        fake.client(max_in_flight=2) as client,
+    ):
         result = client.track(attributes=attrs(2_000))
     assert result.accepted == 2_000
     assert fake.status_counts[429] <= 1
@@ -474,16 +491,31 @@ def test_list_events_under_a_path_prefix() -> None:
 
 def test_event_series(fake: FakeBraze, client: ab.BrazeClient) -> None:
     """data_series counts recorded events per day."""
-    client.track(events=[ab.EventObject("m", "loyalty_enrolled", "2026-11-20T10:00:00Z"),
-                         ab.EventObject("m", "loyalty_enrolled", "2026-11-20T11:00:00Z"),
-                         ab.EventObject("m", "loyalty_enrolled", "2026-11-21T11:00:00Z")])
+    client.track(
+        events=[
+            ab.EventObject("m", "loyalty_enrolled", "2026-11-20T10:00:00Z"),
+            ab.EventObject("m", "loyalty_enrolled", "2026-11-20T11:00:00Z"),
+            ab.EventObject("m", "loyalty_enrolled", "2026-11-21T11:00:00Z"),
+        ]
+    )
     series = client.event_series("loyalty_enrolled", length=3, ending_at="2026-11-22T00:00:00Z")
-    assert series == [{"time": "2026-11-20", "count": 2}, {"time": "2026-11-21", "count": 1},
-                      {"time": "2026-11-22", "count": 0}]
-    hourly = client.event_series("loyalty_enrolled", length=2, unit="hour",
-                                 ending_at="2026-11-20T11:30:00Z", app_id="a", segment_id="s")
-    assert hourly == [{"time": "2026-11-20T10:00:00Z", "count": 1},
-                      {"time": "2026-11-20T11:00:00Z", "count": 1}]
+    assert series == [
+        {"time": "2026-11-20", "count": 2},
+        {"time": "2026-11-21", "count": 1},
+        {"time": "2026-11-22", "count": 0},
+    ]
+    hourly = client.event_series(
+        "loyalty_enrolled",
+        length=2,
+        unit="hour",
+        ending_at="2026-11-20T11:30:00Z",
+        app_id="a",
+        segment_id="s",
+    )
+    assert hourly == [
+        {"time": "2026-11-20T10:00:00Z", "count": 1},
+        {"time": "2026-11-20T11:00:00Z", "count": 1},
+    ]
     with pytest.raises(ab.ConfigurationError):
         client.event_series("x", length=0)
     with pytest.raises(ab.ConfigurationError):
@@ -494,11 +526,16 @@ def test_check_permissions(fake: FakeBraze) -> None:
     """Full keys have all four; limited keys show what is missing; probes change no data."""
     with fake.client() as client:
         assert client.check_permissions() == dict.fromkeys(
-            ["users.track", "events.list", "events.data_series", "events.get"], True)
+            ["users.track", "events.list", "events.data_series", "events.get"], True
+        )
     fake.add_key("partial", ["users.track", "events.get"])
     with fake.client(api_key="partial") as client:
-        assert client.check_permissions() == {"users.track": True, "events.list": False,
-                                              "events.data_series": False, "events.get": True}
+        assert client.check_permissions() == {
+            "users.track": True,
+            "events.list": False,
+            "events.data_series": False,
+            "events.get": True,
+        }
     with fake.client(api_key="nope") as client, pytest.raises(ab.AuthenticationError):
         client.check_permissions()
     assert fake.profiles == {}

@@ -15,21 +15,31 @@ HEADERS = {"Authorization": "Bearer test-key", "Content-Type": "application/json
 T = "2026-01-01T00:00:00Z"
 
 
-def post(fake: FakeBraze, body: Any, headers: dict[str, str] | None = None,
-         raw: bytes | None = None) -> requests.Response:
+def post(
+    fake: FakeBraze, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
+) -> requests.Response:
     """POST /users/track to the fake."""
     data = raw if raw is not None else json.dumps(body).encode()
-    return requests.post(fake.url + "/users/track", data=data, headers=headers or HEADERS,
-                         timeout=5)
+    return requests.post(
+        fake.url + "/users/track", data=data, headers=headers or HEADERS, timeout=5
+    )
 
 
 def test_valid_request_answers_201_with_counts(fake: FakeBraze) -> None:
     """A good request gets 201 and per-array processed counts."""
-    response = post(fake, {"attributes": [{"external_id": "a", "x": 1}],
-                           "events": [{"external_id": "a", "name": "e", "time": T}]})
+    response = post(
+        fake,
+        {
+            "attributes": [{"external_id": "a", "x": 1}],
+            "events": [{"external_id": "a", "name": "e", "time": T}],
+        },
+    )
     assert response.status_code == 201
-    assert response.json() == {"message": "success", "attributes_processed": 1,
-                               "events_processed": 1}
+    assert response.json() == {
+        "message": "success",
+        "attributes_processed": 1,
+        "events_processed": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -76,41 +86,72 @@ def test_invalid_attribute_objects(fake: FakeBraze, obj: Any, error: str) -> Non
         ("events", {"external_id": "a", "name": "$e", "time": T}, "event name"),
         ("events", {"external_id": "a", "name": "e"}, "time"),
         ("events", {"external_id": "a", "name": "e", "time": "yesterday"}, "invalid time"),
-        ("events", {"external_id": "a", "name": "e", "time": T, "properties": {"time": 1}},
-         "properties"),
+        (
+            "events",
+            {"external_id": "a", "name": "e", "time": T, "properties": {"time": 1}},
+            "properties",
+        ),
         ("events", {"external_id": "a", "name": "e", "time": T, "properties": []}, "properties"),
         ("events", {"external_id": "a", "name": "e", "time": T, "app_id": 3}, "app_id"),
-        ("purchases", {"external_id": "a", "currency": "EUR", "price": 1, "time": T},
-         "product_id"),
-        ("purchases", {"external_id": "a", "product_id": "p", "currency": "EURO", "price": 1,
-                       "time": T}, "currency"),
-        ("purchases", {"external_id": "a", "product_id": "p", "currency": "EUR", "price": "1",
-                       "time": T}, "price"),
-        ("purchases", {"external_id": "a", "product_id": "p", "currency": "EUR", "price": 1,
-                       "quantity": 101, "time": T}, "quantity"),
-        ("purchases", {"external_id": "a", "product_id": "p", "currency": "EUR", "price": 1,
-                       "time": T, "properties": {"price": 1}}, "properties"),
+        ("purchases", {"external_id": "a", "currency": "EUR", "price": 1, "time": T}, "product_id"),
+        (
+            "purchases",
+            {"external_id": "a", "product_id": "p", "currency": "EURO", "price": 1, "time": T},
+            "currency",
+        ),
+        (
+            "purchases",
+            {"external_id": "a", "product_id": "p", "currency": "EUR", "price": "1", "time": T},
+            "price",
+        ),
+        (
+            "purchases",
+            {
+                "external_id": "a",
+                "product_id": "p",
+                "currency": "EUR",
+                "price": 1,
+                "quantity": 101,
+                "time": T,
+            },
+            "quantity",
+        ),
+        (
+            "purchases",
+            {
+                "external_id": "a",
+                "product_id": "p",
+                "currency": "EUR",
+                "price": 1,
+                "time": T,
+                "properties": {"price": 1},
+            },
+            "properties",
+        ),
     ],
 )
-def test_invalid_events_and_purchases(fake: FakeBraze, array: str, obj: dict[str, Any],
-                                      error: str) -> None:
+def test_invalid_events_and_purchases(
+    fake: FakeBraze, array: str, obj: dict[str, Any], error: str
+) -> None:
     """Events and purchases are validated like Braze does."""
     response = post(fake, {array: [obj]})
     (item,) = response.json()["errors"]
     assert (item["input_array"], item["index"]) == (array, 0)
     assert error in item["type"]
-    assert fake.events == [] and fake.purchases == []
+    assert fake.events == []
+    assert fake.purchases == []
 
 
 def test_request_level_errors(fake: FakeBraze) -> None:
     """Bad JSON 400, wrong content type 415, too many objects 400, unknown keys 400."""
     assert post(fake, None, raw=b"{nope").status_code == 400
     assert post(fake, {}, headers={"Authorization": "Bearer test-key"}).status_code == 415
-    many = {"attributes": [{"external_id": str(i)} for i in range(50)],
-            "events": [{"external_id": str(i), "name": "e", "time": T} for i in range(26)]}
+    many = {
+        "attributes": [{"external_id": str(i)} for i in range(50)],
+        "events": [{"external_id": str(i), "name": "e", "time": T} for i in range(26)],
+    }
     response = post(fake, many)
-    assert (response.status_code, response.json()["message"]) == (400,
-                                                                  "Max Input Length Exceeded")
+    assert (response.status_code, response.json()["message"]) == (400, "Max Input Length Exceeded")
     assert post(fake, {"attributes": [], "other": []}).status_code == 400
     assert post(fake, {"attributes": {}}).status_code == 400
     assert post(fake, [1]).status_code == 400
@@ -119,79 +160,161 @@ def test_request_level_errors(fake: FakeBraze) -> None:
 def test_legacy_limit(fake: FakeBraze) -> None:
     """In legacy mode 75 per array pass and 76 in one array do not."""
     with FakeBraze(batch_mode="legacy") as legacy:
-        ok = {"attributes": [{"external_id": str(i)} for i in range(75)],
-              "events": [{"external_id": str(i), "name": "e", "time": T} for i in range(75)]}
+        ok = {
+            "attributes": [{"external_id": str(i)} for i in range(75)],
+            "events": [{"external_id": str(i), "name": "e", "time": T} for i in range(75)],
+        }
         assert post(legacy, ok).status_code == 201
-        assert post(legacy, {"attributes": [{"external_id": str(i)} for i in range(76)]}
-                    ).status_code == 400
+        assert (
+            post(legacy, {"attributes": [{"external_id": str(i)} for i in range(76)]}).status_code
+            == 400
+        )
 
 
 def test_body_over_limit_is_413() -> None:
     """Bodies over the byte limit get 413."""
     with FakeBraze(max_body_bytes=100) as fake:
-        assert post(fake, {"attributes": [{"external_id": "a", "s": "x" * 200}]}
-                    ).status_code == 413
+        assert post(fake, {"attributes": [{"external_id": "a", "s": "x" * 200}]}).status_code == 413
 
 
 def test_auth_and_permissions(fake: FakeBraze) -> None:
     """Unknown keys 401 (echoing the key), missing permission 403, unknown path 404."""
-    response = post(fake, {}, headers={"Authorization": "Bearer other",
-                                       "Content-Type": "application/json"})
+    response = post(
+        fake, {}, headers={"Authorization": "Bearer other", "Content-Type": "application/json"}
+    )
     assert response.status_code == 401
     assert "other" in response.json()["message"]
     assert post(fake, {}, headers={"Content-Type": "application/json"}).status_code == 401
     fake.add_key("reader", ["events.list"])
-    assert post(fake, {}, headers={"Authorization": "Bearer reader",
-                                   "Content-Type": "application/json"}).status_code == 403
+    assert (
+        post(
+            fake, {}, headers={"Authorization": "Bearer reader", "Content-Type": "application/json"}
+        ).status_code
+        == 403
+    )
     assert requests.get(fake.url + "/nothing", headers=HEADERS, timeout=5).status_code == 404
     assert [r.key_valid for r in fake.requests] == [False, False, True, True]
 
 
 def test_profile_updates(fake: FakeBraze) -> None:
     """null removes, objects replace or merge, arrays add/remove, inc increments."""
-    post(fake, {"attributes": [{"external_id": "a", "s": "x", "o": {"k": 1, "n": {"a": 1}},
-                                "arr": ["a", "b", "d"], "n": 5}]})
-    post(fake, {"attributes": [{"external_id": "a", "s": None, "_merge_objects": True,
-                                "o": {"n": {"b": 2}}, "arr": {"add": ["a", "c"],
-                                                             "remove": ["b"]},
-                                "n": {"inc": 3}}]})
-    assert fake.profiles["a"] == {"o": {"k": 1, "n": {"a": 1, "b": 2}}, "arr": ["d", "a", "c"],
-                                  "n": 8}
+    post(
+        fake,
+        {
+            "attributes": [
+                {
+                    "external_id": "a",
+                    "s": "x",
+                    "o": {"k": 1, "n": {"a": 1}},
+                    "arr": ["a", "b", "d"],
+                    "n": 5,
+                }
+            ]
+        },
+    )
+    post(
+        fake,
+        {
+            "attributes": [
+                {
+                    "external_id": "a",
+                    "s": None,
+                    "_merge_objects": True,
+                    "o": {"n": {"b": 2}},
+                    "arr": {"add": ["a", "c"], "remove": ["b"]},
+                    "n": {"inc": 3},
+                }
+            ]
+        },
+    )
+    assert fake.profiles["a"] == {
+        "o": {"k": 1, "n": {"a": 1, "b": 2}},
+        "arr": ["d", "a", "c"],
+        "n": 8,
+    }
     post(fake, {"attributes": [{"external_id": "a", "o": {"z": 1}}]})
     assert fake.profiles["a"]["o"] == {"z": 1}
 
 
 def test_array_of_objects_operators(fake: FakeBraze) -> None:
     """$add, $remove and $update change arrays of objects in Braze's order."""
-    post(fake, {"attributes": [{"external_id": "a", "pets": [{"id": 1, "n": "x"},
-                                                             {"id": 2, "n": "y"}]}]})
-    post(fake, {"attributes": [{"external_id": "a", "pets": {
-        "$add": [{"id": 3, "n": "z"}],
-        "$remove": [{"$identifier_key": "id", "$identifier_value": 1}],
-        "$update": [{"$identifier_key": "id", "$identifier_value": 2,
-                     "$new_object": {"n": "w"}}]}}]})
+    post(
+        fake,
+        {"attributes": [{"external_id": "a", "pets": [{"id": 1, "n": "x"}, {"id": 2, "n": "y"}]}]},
+    )
+    post(
+        fake,
+        {
+            "attributes": [
+                {
+                    "external_id": "a",
+                    "pets": {
+                        "$add": [{"id": 3, "n": "z"}],
+                        "$remove": [{"$identifier_key": "id", "$identifier_value": 1}],
+                        "$update": [
+                            {
+                                "$identifier_key": "id",
+                                "$identifier_value": 2,
+                                "$new_object": {"n": "w"},
+                            }
+                        ],
+                    },
+                }
+            ]
+        },
+    )
     assert fake.profiles["a"]["pets"] == [{"n": "w", "id": 2}, {"id": 3, "n": "z"}]
-    post(fake, {"attributes": [{"external_id": "a", "_merge_objects": True, "pets": {
-        "$update": [{"$identifier_key": "id", "$identifier_value": 3,
-                     "$new_object": {"age": 4}}]}}]})
+    post(
+        fake,
+        {
+            "attributes": [
+                {
+                    "external_id": "a",
+                    "_merge_objects": True,
+                    "pets": {
+                        "$update": [
+                            {
+                                "$identifier_key": "id",
+                                "$identifier_value": 3,
+                                "$new_object": {"age": 4},
+                            }
+                        ]
+                    },
+                }
+            ]
+        },
+    )
     assert fake.profiles["a"]["pets"][1] == {"id": 3, "n": "z", "age": 4}
 
 
 def test_update_existing_only(fake: FakeBraze) -> None:
     """_update_existing_only does not create profiles."""
-    post(fake, {"attributes": [{"external_id": "new", "x": 1, "_update_existing_only": True}],
-                "events": [{"external_id": "new2", "name": "e", "time": T,
-                            "_update_existing_only": True}]})
+    post(
+        fake,
+        {
+            "attributes": [{"external_id": "new", "x": 1, "_update_existing_only": True}],
+            "events": [
+                {"external_id": "new2", "name": "e", "time": T, "_update_existing_only": True}
+            ],
+        },
+    )
     assert fake.profiles == {}
     assert fake.events == []
 
 
 def test_other_identifiers_and_email_attribute(fake: FakeBraze) -> None:
     """Aliases, braze_id and email-only objects are accepted; email with external_id is stored."""
-    response = post(fake, {"attributes": [
-        {"user_alias": {"alias_name": "n", "alias_label": "l"}, "x": 1},
-        {"braze_id": "b1", "x": 2}, {"email": "a@example.com", "x": 3},
-        {"external_id": "e", "email": "e@example.com"}]})
+    response = post(
+        fake,
+        {
+            "attributes": [
+                {"user_alias": {"alias_name": "n", "alias_label": "l"}, "x": 1},
+                {"braze_id": "b1", "x": 2},
+                {"email": "a@example.com", "x": 3},
+                {"external_id": "e", "email": "e@example.com"},
+            ]
+        },
+    )
     assert "errors" not in response.json()
     assert fake.profiles["e"] == {"email": "e@example.com"}
     assert fake.profiles["alias:l:n"] == {"x": 1}
@@ -199,9 +322,15 @@ def test_other_identifiers_and_email_attribute(fake: FakeBraze) -> None:
 
 def test_future_event_times_become_now(fake: FakeBraze) -> None:
     """Events in the future are stored with the current time, as Braze does."""
-    post(fake, {"events": [{"external_id": "a", "name": "e", "time": "2999-01-01T00:00:00Z"}],
-                "purchases": [{"external_id": "a", "product_id": "p", "currency": "EUR",
-                               "price": 1, "time": T}]})
+    post(
+        fake,
+        {
+            "events": [{"external_id": "a", "name": "e", "time": "2999-01-01T00:00:00Z"}],
+            "purchases": [
+                {"external_id": "a", "product_id": "p", "currency": "EUR", "price": 1, "time": T}
+            ],
+        },
+    )
     assert fake.events[0]["time"] < "2999"
     assert fake.purchases[0]["time"] == T
 
@@ -274,7 +403,14 @@ def test_prefix_and_lifecycle() -> None:
         _ = fake.url
     with fake:
         assert fake.url.endswith("/braze")
-        assert requests.post(fake.url.removesuffix("/braze") + "/users/track", data=b"{}",
-                             headers=HEADERS, timeout=5).status_code == 404
+        assert (
+            requests.post(
+                fake.url.removesuffix("/braze") + "/users/track",
+                data=b"{}",
+                headers=HEADERS,
+                timeout=5,
+            ).status_code
+            == 404
+        )
         assert "profiles=0" in repr(fake)
     fake.stop()

@@ -61,8 +61,12 @@ def test_bad_value_names_record_and_field(mapping: ab.Mapping) -> None:
     with pytest.raises(ab.CoercionError) as info:
         make_mapper(mapping).map_member({"id": "m-9", "score": "lots"})
     error = info.value
-    assert (error.record_id, error.field, error.value, error.type) == ("m-9", "score", "lots",
-                                                                       "number")
+    assert (error.record_id, error.field, error.value, error.type) == (
+        "m-9",
+        "score",
+        "lots",
+        "number",
+    )
     assert "record 'm-9': field 'score': cannot coerce 'lots' to number" in str(error)
 
 
@@ -107,12 +111,21 @@ def test_sample_events(full_mapping: ab.Mapping) -> None:
     """The sample events map to custom events, purchases, trigger attributes or skips."""
     mapped = events_by_action(full_mapping)
     opt_in = mapped["opt_in"].objects
-    assert [unstructure_event(o) for o in opt_in] == [{  # type: ignore[arg-type]
-        "external_id": "m-1", "name": "loyalty_enrolled", "time": "2026-11-01T10:00:00Z",
-        "app_id": "app-1",
-        "properties": {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
-                       "source": "web", "terms_and_conditions": "Yes"},
-    }]
+    assert [unstructure_event(o) for o in opt_in] == [
+        {  # type: ignore[arg-type]
+            "external_id": "m-1",
+            "name": "loyalty_enrolled",
+            "time": "2026-11-01T10:00:00Z",
+            "app_id": "app-1",
+            "properties": {
+                "email": "ada@example.com",
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+                "source": "web",
+                "terms_and_conditions": "Yes",
+            },
+        }
+    ]
     checkout = mapped["checkout"].objects
     assert checkout[0] == ab.AttributesObject(
         "m-1", {"last_purchase_total": 129.9, "last_purchase_at": "2025-11-01T12:26:40Z"}
@@ -123,17 +136,33 @@ def test_sample_events(full_mapping: ab.Mapping) -> None:
     assert event.properties is not None
     assert event.properties["items"][0]["product_id"] == "p-1"
     point_add = mapped["point_add"].objects[0]
-    assert point_add == ab.EventObject("m-1", "loyalty_points_earned", "2025-11-01T12:28:20Z",
-                                       {"points": 325}, "app-1")
+    assert point_add == ab.EventObject(
+        "m-1", "loyalty_points_earned", "2025-11-01T12:28:20Z", {"points": 325}, "app-1"
+    )
     coupon = mapped["coupon_redeem"].objects
-    assert coupon == (ab.PurchaseObject(
-        "m-1", "coupon_redeem", "EUR", 10.0, "2025-11-01T12:35:00Z", 1,
-        {"transaction_id": "tx-1002"}, "app-1"),)
+    assert coupon == (
+        ab.PurchaseObject(
+            "m-1",
+            "coupon_redeem",
+            "EUR",
+            10.0,
+            "2025-11-01T12:35:00Z",
+            1,
+            {"transaction_id": "tx-1002"},
+            "app-1",
+        ),
+    )
     assert mapped["opt_out"].objects == (
         ab.AttributesObject("m-1", {"loyalty_status_change": "opt_out"}),
     )
-    for action in ("point_spend", "checkout_accept", "refund_item", "profile", "reward",
-                   "tier_change"):
+    for action in (
+        "point_spend",
+        "checkout_accept",
+        "refund_item",
+        "profile",
+        "reward",
+        "tier_change",
+    ):
         assert mapped[action].skipped, action
         assert mapped[action].objects == ()
 
@@ -158,26 +187,45 @@ def test_event_time_falls_back_to_now(mapping: ab.Mapping) -> None:
 def test_loyalty_event_model(mapping: ab.Mapping) -> None:
     """LoyaltyEvent maps like its envelope dict."""
     mapper = make_mapper(mapping)
-    model = ab.LoyaltyEvent(customer_id="m", action="point_add", data={"points": "5"},
-                            time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    model = ab.LoyaltyEvent(
+        customer_id="m",
+        action="point_add",
+        data={"points": "5"},
+        time=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    )
     mapped = mapper.map_event(model)
-    assert mapped.objects == (ab.EventObject("m", "loyalty_points_earned",
-                                             "2026-01-01T00:00:00Z", {"points": 5}),)
+    assert mapped.objects == (
+        ab.EventObject("m", "loyalty_points_earned", "2026-01-01T00:00:00Z", {"points": 5}),
+    )
     assert mapped == mapper.map_event(model.envelope())
 
 
 def test_triggers_with_where_and_lists() -> None:
     """Triggers fire on listed actions when every where-equality holds, merging attributes."""
-    mapping = ab.Mapping.from_dict({"triggers": [
-        {"when": {"action": ["checkout", "checkout_accept"], "where": {"data.currency": "EUR"}},
-         "attributes": [{"loyalty_field": "data.total", "remote_field": "last_eur_total"}]},
-        {"when": {"action": "checkout"},
-         "attributes": [{"loyalty_field": "customer", "remote_field": "last_buyer"}]},
-    ]})
+    mapping = ab.Mapping.from_dict(
+        {
+            "triggers": [
+                {
+                    "when": {
+                        "action": ["checkout", "checkout_accept"],
+                        "where": {"data.currency": "EUR"},
+                    },
+                    "attributes": [
+                        {"loyalty_field": "data.total", "remote_field": "last_eur_total"}
+                    ],
+                },
+                {
+                    "when": {"action": "checkout"},
+                    "attributes": [{"loyalty_field": "customer", "remote_field": "last_buyer"}],
+                },
+            ]
+        }
+    )
     mapper = make_mapper(mapping)
     eur = {"customer": "m", "action": "checkout", "data": {"currency": "EUR", "total": 5}}
     assert mapper.map_event(eur).objects == (
-        ab.AttributesObject("m", {"last_eur_total": 5, "last_buyer": "m"}),)
+        ab.AttributesObject("m", {"last_eur_total": 5, "last_buyer": "m"}),
+    )
     usd = {"customer": "m", "action": "checkout", "data": {"currency": "USD", "total": 5}}
     assert mapper.map_event(usd).objects == (ab.AttributesObject("m", {"last_buyer": "m"}),)
     assert mapper.map_event({"customer": "m", "action": "opt_in"}).skipped
@@ -185,24 +233,51 @@ def test_triggers_with_where_and_lists() -> None:
 
 def test_trigger_timestamp_defaults_to_event_time() -> None:
     """A trigger reading 'timestamp' gets the resolved event time when the envelope has none."""
-    mapping = ab.Mapping.from_dict({"triggers": [{"when": {"action": "point_add"}, "attributes": [
-        {"loyalty_field": "timestamp", "remote_field": "last_points_at", "type": "date"}]}]})
+    mapping = ab.Mapping.from_dict(
+        {
+            "triggers": [
+                {
+                    "when": {"action": "point_add"},
+                    "attributes": [
+                        {
+                            "loyalty_field": "timestamp",
+                            "remote_field": "last_points_at",
+                            "type": "date",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     event = {"customer": "m", "action": "point_add", "data": {"effective_timestamp": 0}}
     assert make_mapper(mapping).map_event(event).objects == (
-        ab.AttributesObject("m", {"last_points_at": "1970-01-01T00:00:00Z"}),)
+        ab.AttributesObject("m", {"last_points_at": "1970-01-01T00:00:00Z"}),
+    )
 
 
 def test_purchases_one_per_line_item_split_at_100() -> None:
     """'as': 'purchase' sends one purchase per line, quantities over 100 split."""
     mapping = ab.Mapping.from_dict({"events": [{"action": "checkout", "as": "purchase"}]})
-    event = {"customer": "m", "action": "checkout", "timestamp": 0, "data": {
-        "transaction_id": "tx", "currency": "eur",
-        "items": [{"product_id": "p1", "price": "9.5", "quantity": 250, "sku": "S1"},
-                  {"product_id": 7, "price": 1}]}}
+    event = {
+        "customer": "m",
+        "action": "checkout",
+        "timestamp": 0,
+        "data": {
+            "transaction_id": "tx",
+            "currency": "eur",
+            "items": [
+                {"product_id": "p1", "price": "9.5", "quantity": 250, "sku": "S1"},
+                {"product_id": 7, "price": 1},
+            ],
+        },
+    }
     purchases = make_mapper(mapping).map_event(event).objects
     assert [(p.product_id, p.quantity, p.price, p.currency) for p in purchases] == [  # type: ignore[union-attr]
-        ("p1", 100, 9.5, "EUR"), ("p1", 100, 9.5, "EUR"), ("p1", 50, 9.5, "EUR"),
-        ("7", 1, 1.0, "EUR")]
+        ("p1", 100, 9.5, "EUR"),
+        ("p1", 100, 9.5, "EUR"),
+        ("p1", 50, 9.5, "EUR"),
+        ("7", 1, 1.0, "EUR"),
+    ]
     assert purchases[0].properties == {"transaction_id": "tx", "sku": "S1"}  # type: ignore[union-attr]
 
 
@@ -212,12 +287,15 @@ def test_purchases_one_per_line_item_split_at_100() -> None:
         ({"items": [{"product_id": "p", "price": 1}]}, "data.currency"),
         ({"currency": "EUR", "items": [{"price": 1}]}, "data.items[0].product_id"),
         ({"currency": "EUR", "items": [{"product_id": "p"}]}, "data.items[0].price"),
-        ({"currency": "EUR", "items": [{"product_id": "p", "price": "x"}]},
-         "data.items[0].price"),
-        ({"currency": "EUR", "items": [{"product_id": "p", "price": 1, "quantity": 0}]},
-         "data.items[0].quantity"),
-        ({"currency": "EUR", "items": [{"product_id": "p", "price": 1, "quantity": 1.5}]},
-         "data.items[0].quantity"),
+        ({"currency": "EUR", "items": [{"product_id": "p", "price": "x"}]}, "data.items[0].price"),
+        (
+            {"currency": "EUR", "items": [{"product_id": "p", "price": 1, "quantity": 0}]},
+            "data.items[0].quantity",
+        ),
+        (
+            {"currency": "EUR", "items": [{"product_id": "p", "price": 1, "quantity": 1.5}]},
+            "data.items[0].quantity",
+        ),
         ({"currency": "EUR", "items": "p"}, "data.items"),
         ({"currency": "EUR", "items": [3]}, "data.items[0]"),
     ],
@@ -233,11 +311,24 @@ def test_purchase_problems(data: dict[str, Any], field: str) -> None:
 
 def test_mapped_purchase_properties() -> None:
     """Listed properties are read from the order data and shared by its purchases."""
-    mapping = ab.Mapping.from_dict({"events": [{
-        "action": "checkout", "as": "purchase", "currency": "USD",
-        "properties": [{"loyalty_field": "transaction_id", "remote_field": "order"}]}]})
-    event = {"customer": "m", "action": "checkout", "timestamp": 0,
-             "data": {"transaction_id": "t1", "items": [{"product_id": "p", "price": 2}]}}
+    mapping = ab.Mapping.from_dict(
+        {
+            "events": [
+                {
+                    "action": "checkout",
+                    "as": "purchase",
+                    "currency": "USD",
+                    "properties": [{"loyalty_field": "transaction_id", "remote_field": "order"}],
+                }
+            ]
+        }
+    )
+    event = {
+        "customer": "m",
+        "action": "checkout",
+        "timestamp": 0,
+        "data": {"transaction_id": "t1", "items": [{"product_id": "p", "price": 2}]},
+    }
     (purchase,) = make_mapper(mapping).map_event(event).objects
     assert purchase.properties == {"order": "t1"}  # type: ignore[union-attr]
     assert purchase.currency == "USD"  # type: ignore[union-attr]
@@ -263,10 +354,14 @@ def test_event_problems(mapping: ab.Mapping, event: Any, message: str) -> None:
 def test_one_off_attributes(mapping: ab.Mapping) -> None:
     """attributes() coerces values outside the mapping, with optional declared types."""
     mapper = make_mapper(mapping)
-    obj = mapper.attributes("m", {"last_purchase": "2026-01-01", "gender": "male", "n": "5"},
-                            {"last_purchase": "date", "n": ab.BrazeType.NUMBER})
+    obj = mapper.attributes(
+        "m",
+        {"last_purchase": "2026-01-01", "gender": "male", "n": "5"},
+        {"last_purchase": "date", "n": ab.BrazeType.NUMBER},
+    )
     assert obj == ab.AttributesObject(
-        "m", {"last_purchase": "2026-01-01T00:00:00Z", "gender": "M", "n": 5})
+        "m", {"last_purchase": "2026-01-01T00:00:00Z", "gender": "M", "n": 5}
+    )
     with pytest.raises(ab.CoercionError) as info:
         mapper.attributes("m", {"n": "x"}, {"n": "number"})
     assert (info.value.field, info.value.record_id) == ("n", "m")

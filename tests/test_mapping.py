@@ -54,17 +54,19 @@ def test_empty_mapping_is_valid() -> None:
 
 def test_every_problem_is_listed_with_its_path() -> None:
     """All problems at once, each with its JSON path."""
-    problems = problems_of({
-        "fields": [
-            {"loyalty_field": "a", "remote_field": "x"},
-            {"loyalty_field": "b", "remote_field": "x", "extra": 1},
-            {"loyalty_field": "c", "remote_field": "$y", "type": "nubmer"},
-            {"remote_field": 5},
-        ],
-        "events": [{"action": "a", "as": "foo"}, {"action": "a"}],
-        "triggers": [{"when": {"action": []}, "attributes": []}],
-        "oops": 1,
-    })
+    problems = problems_of(
+        {
+            "fields": [
+                {"loyalty_field": "a", "remote_field": "x"},
+                {"loyalty_field": "b", "remote_field": "x", "extra": 1},
+                {"loyalty_field": "c", "remote_field": "$y", "type": "nubmer"},
+                {"remote_field": 5},
+            ],
+            "events": [{"action": "a", "as": "foo"}, {"action": "a"}],
+            "triggers": [{"when": {"action": []}, "attributes": []}],
+            "oops": 1,
+        }
+    )
     assert "$.fields[2].type: unknown type 'nubmer'" in problems[1]
     expected_starts = [
         "$.fields[1]: unknown key(s) 'extra'",
@@ -112,10 +114,18 @@ def test_field_problems(field: dict[str, Any], message: str) -> None:
     [
         ({"action": "a", "name": "$bad"}, "cannot start with '$'"),
         ({"action": ""}, "cannot be empty"),
-        ({"action": "a", "properties": [{"loyalty_field": "t", "remote_field": "time"}]},
-         "reserved by Braze"),
-        ({"action": "a", "as": "purchase",
-          "properties": [{"loyalty_field": "p", "remote_field": "price"}]}, "reserved"),
+        (
+            {"action": "a", "properties": [{"loyalty_field": "t", "remote_field": "time"}]},
+            "reserved by Braze",
+        ),
+        (
+            {
+                "action": "a",
+                "as": "purchase",
+                "properties": [{"loyalty_field": "p", "remote_field": "price"}],
+            },
+            "reserved",
+        ),
         ({"action": "a", "as": "purchase", "currency": "euro"}, "ISO 4217"),
         ({"action": "a", "currency": "EUR"}, "only purchases"),
         ({"action": "a", "properties": {}}, "expected a list"),
@@ -130,17 +140,33 @@ def test_event_problems(event: dict[str, Any], message: str) -> None:
 
 def test_trigger_shapes() -> None:
     """Triggers take an action name or a list, and optional where equalities."""
-    mapping = ab.Mapping.from_dict({"triggers": [{
-        "when": {"action": ["checkout", "checkout_accept"], "where": {"data.currency": "EUR"}},
-        "attributes": [{"loyalty_field": "data.total", "remote_field": "last_total"}],
-    }]})
+    mapping = ab.Mapping.from_dict(
+        {
+            "triggers": [
+                {
+                    "when": {
+                        "action": ["checkout", "checkout_accept"],
+                        "where": {"data.currency": "EUR"},
+                    },
+                    "attributes": [{"loyalty_field": "data.total", "remote_field": "last_total"}],
+                }
+            ]
+        }
+    )
     assert mapping.triggers[0].when.action == ("checkout", "checkout_accept")
     assert mapping.to_dict()["triggers"][0]["when"]["action"] == ["checkout", "checkout_accept"]
     problems = problems_of({"triggers": [{"when": {"action": "x", "if": 1}, "attributes": []}]})
     assert any("unknown key(s) 'if'" in p for p in problems)
-    problems = problems_of({"triggers": [{"when": {"action": "x", "where": []},
-                                          "attributes": [{"loyalty_field": "a",
-                                                          "remote_field": "b"}]}]})
+    problems = problems_of(
+        {
+            "triggers": [
+                {
+                    "when": {"action": "x", "where": []},
+                    "attributes": [{"loyalty_field": "a", "remote_field": "b"}],
+                }
+            ]
+        }
+    )
     assert any("'where' must map" in p for p in problems)
     problems = problems_of({"triggers": [{"when": {}, "attributes": []}]})
     assert any(p.startswith("$.triggers[0].when") for p in problems)
@@ -162,8 +188,9 @@ def test_wrong_container_types() -> None:
 def test_from_file_json_and_toml(tmp_path: Path) -> None:
     """JSON and TOML files load; problems name the file."""
     toml = tmp_path / "m.toml"
-    toml.write_text('[[fields]]\nloyalty_field = "score"\nremote_field = "points"\n'
-                    'type = "number"\n')
+    toml.write_text(
+        '[[fields]]\nloyalty_field = "score"\nremote_field = "points"\ntype = "number"\n'
+    )
     assert ab.Mapping.from_file(toml).fields[0].remote_field == "points"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"fields": [{"loyalty_field": "a"}]}))
@@ -195,12 +222,16 @@ def test_mapping_html(full_mapping: ab.Mapping) -> None:
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12)
 field_entries = st.builds(
     lambda lf, rf, t: {"loyalty_field": lf, "remote_field": rf, **({"type": t} if t else {})},
-    names, names.map(lambda n: "c_" + n), st.sampled_from([None, *[t.value for t in ab.BrazeType]]),
+    names,
+    names.map(lambda n: "c_" + n),
+    st.sampled_from([None, *[t.value for t in ab.BrazeType]]),
 )
 
 
-@given(st.lists(field_entries, max_size=6, unique_by=lambda f: f["remote_field"]),
-       st.lists(names, max_size=4, unique=True))
+@given(
+    st.lists(field_entries, max_size=6, unique_by=lambda f: f["remote_field"]),
+    st.lists(names, max_size=4, unique=True),
+)
 def test_round_trip_property(fields: list[dict[str, Any]], actions: list[str]) -> None:
     """Any valid config survives from_dict → to_dict → from_dict unchanged."""
     config = {"fields": fields, "events": [{"action": a} for a in actions], "triggers": []}

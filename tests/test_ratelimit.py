@@ -45,8 +45,14 @@ def test_holds_until_reset_when_remaining_is_zero() -> None:
     clock = FakeTime()
     p = pacer(clock)
     p.acquire()
-    p.observe(201, {"X-RateLimit-Limit": "10", "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": str(int(clock.now + 3))})
+    p.observe(
+        201,
+        {
+            "X-RateLimit-Limit": "10",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(clock.now + 3)),
+        },
+    )
     p.acquire()
     assert clock.slept == [3.0]
     assert p.waited == 3.0
@@ -78,8 +84,14 @@ def test_budget_is_spent_locally() -> None:
     clock = FakeTime()
     p = pacer(clock)
     p.acquire()
-    p.observe(201, {"X-RateLimit-Limit": "4", "X-RateLimit-Remaining": "3",
-                    "X-RateLimit-Reset": str(int(clock.now + 1))})
+    p.observe(
+        201,
+        {
+            "X-RateLimit-Limit": "4",
+            "X-RateLimit-Remaining": "3",
+            "X-RateLimit-Reset": str(int(clock.now + 1)),
+        },
+    )
     for _ in range(3):
         p.acquire()
     assert clock.slept == []
@@ -100,8 +112,9 @@ def test_429_pauses_everyone() -> None:
 def test_429_longer_than_max_wait_is_not_held() -> None:
     """A wait over max_wait is left to the client to fail, not held here."""
     clock = FakeTime()
-    p = ab.InProcessPacer(clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep,
-                          max_wait=10)
+    p = ab.InProcessPacer(
+        clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep, max_wait=10
+    )
     p.acquire()
     p.observe(429, {"Retry-After": "3600"})
     p.acquire()
@@ -113,8 +126,14 @@ def test_fresh_window_uses_the_known_limit() -> None:
     clock = FakeTime()
     p = pacer(clock)
     p.acquire()
-    p.observe(201, {"X-RateLimit-Limit": "2", "X-RateLimit-Remaining": "0",
-                    "X-RateLimit-Reset": str(int(clock.now + 1))})
+    p.observe(
+        201,
+        {
+            "X-RateLimit-Limit": "2",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(int(clock.now + 1)),
+        },
+    )
     p.acquire()  # waits for the reset, takes 1 of 2
     p.acquire()  # takes 2 of 2
     assert clock.slept == [1.0]
@@ -122,8 +141,14 @@ def test_fresh_window_uses_the_known_limit() -> None:
     waiter.start()
     waiter.join(0.05)
     assert waiter.is_alive()
-    p.observe(201, {"X-RateLimit-Limit": "2", "X-RateLimit-Remaining": "5",
-                    "X-RateLimit-Reset": str(int(clock.now + 1))})
+    p.observe(
+        201,
+        {
+            "X-RateLimit-Limit": "2",
+            "X-RateLimit-Remaining": "5",
+            "X-RateLimit-Reset": str(int(clock.now + 1)),
+        },
+    )
     waiter.join(2)
     assert not waiter.is_alive()
 

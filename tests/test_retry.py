@@ -22,8 +22,13 @@ NOW = 1_800_000_000.0
 def test_defaults_match_the_contract() -> None:
     """RetryPolicy() has the documented defaults."""
     policy = ab.RetryPolicy()
-    assert (policy.attempts, policy.wait_initial, policy.wait_max, policy.wait_jitter,
-            policy.max_rate_limit_wait) == (5, 0.5, 30.0, 1.0, 300.0)
+    assert (
+        policy.attempts,
+        policy.wait_initial,
+        policy.wait_max,
+        policy.wait_jitter,
+        policy.max_rate_limit_wait,
+    ) == (5, 0.5, 30.0, 1.0, 300.0)
 
 
 def test_policy_validates() -> None:
@@ -36,8 +41,20 @@ def test_policy_validates() -> None:
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(429, True), (500, True), (502, True), (503, True), (504, True), (408, True),
-     (400, False), (401, False), (403, False), (404, False), (413, False), (415, False)],
+    [
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (504, True),
+        (408, True),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (413, False),
+        (415, False),
+    ],
 )
 def test_retryable_statuses(status: int, retryable: bool) -> None:
     """429, 408 and 5xx retry; 400/401/403/404 never."""
@@ -52,10 +69,16 @@ def test_backoff_doubles_and_caps() -> None:
     assert backoff_delay(policy, 10, 0.99) == 4.0
 
 
-@given(retry=st.integers(1, 10_000), jitter=st.floats(0, 1, exclude_max=True),
-       initial=st.floats(0, 10), maximum=st.floats(0, 100), spread=st.floats(0, 5))
-def test_backoff_is_bounded_and_monotonic(retry: int, jitter: float, initial: float,
-                                          maximum: float, spread: float) -> None:
+@given(
+    retry=st.integers(1, 10_000),
+    jitter=st.floats(0, 1, exclude_max=True),
+    initial=st.floats(0, 10),
+    maximum=st.floats(0, 100),
+    spread=st.floats(0, 5),
+)
+def test_backoff_is_bounded_and_monotonic(
+    retry: int, jitter: float, initial: float, maximum: float, spread: float
+) -> None:
     """The wait is never negative, never over wait_max, and never shrinks with more retries."""
     policy = ab.RetryPolicy(wait_initial=initial, wait_max=maximum, wait_jitter=spread)
     delay = backoff_delay(policy, retry, jitter)

@@ -24,8 +24,9 @@ def check_invariant(report: ab.SyncReport) -> None:
     assert report.ok is (report.failed == 0)
 
 
-def test_members_end_to_end(fake: FakeBraze, client: ab.BrazeClient,
-                            full_mapping: ab.Mapping) -> None:
+def test_members_end_to_end(
+    fake: FakeBraze, client: ab.BrazeClient, full_mapping: ab.Mapping
+) -> None:
     """The sample member lands in Braze exactly as mapped."""
     report = ab.Syncer(client, full_mapping).sync_members([load("member.json")])
     check_invariant(report)
@@ -36,8 +37,9 @@ def test_members_end_to_end(fake: FakeBraze, client: ab.BrazeClient,
     assert report.attribute_values == len(expected)
 
 
-def test_bad_record_fails_alone(fake: FakeBraze, client: ab.BrazeClient,
-                                mapping: ab.Mapping) -> None:
+def test_bad_record_fails_alone(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping
+) -> None:
     """A record that fails validation fails alone; its batch-mates are delivered."""
     members = [{"id": f"m-{i}", "score": i} for i in range(10)]
     members[4] = {"id": "m-4", "score": "lots"}
@@ -54,44 +56,49 @@ def test_bad_record_fails_alone(fake: FakeBraze, client: ab.BrazeClient,
     assert len(fake.profiles) == 9
 
 
-def test_braze_rejections_fail_their_records(fake: FakeBraze, client: ab.BrazeClient,
-                                             mapping: ab.Mapping) -> None:
+def test_braze_rejections_fail_their_records(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping
+) -> None:
     """Objects Braze rejects fail their records with stage 'braze'."""
     fake.block("m-2")
-    report = ab.Syncer(client, mapping).sync_members({"id": f"m-{i}", "score": i}
-                                                      for i in range(5))
+    report = ab.Syncer(client, mapping).sync_members({"id": f"m-{i}", "score": i} for i in range(5))
     check_invariant(report)
     assert [(f.index, f.record_id, f.stage) for f in report.failures] == [(2, "m-2", "braze")]
     assert "BLACKLISTED" in report.failures[0].reason
 
 
-def test_request_failures_fail_every_record_in_it(fake: FakeBraze, mapping: ab.Mapping,
-                                                  tmp_path: Path) -> None:
+def test_request_failures_fail_every_record_in_it(
+    fake: FakeBraze, mapping: ab.Mapping, tmp_path: Path
+) -> None:
     """A request that fails after retries fails its records (retryable), others succeed."""
     fake.inject(times=5, status=503)
     dead = tmp_path / "dead.jsonl"
     with fake.client(max_in_flight=1) as client:
         report = ab.Syncer(client, mapping, dead_letter=dead).sync_members(
-            {"id": f"m-{i}", "score": i} for i in range(100))
+            {"id": f"m-{i}", "score": i} for i in range(100)
+        )
     check_invariant(report)
     assert (report.succeeded, report.failed) == (25, 75)
     assert {f.stage for f in report.failures} == {"braze"}
     assert all(f.retryable for f in report.failures)
     entries = [json.loads(line) for line in dead.read_text().splitlines()]
     assert len(entries) == 75
-    assert entries[0]["objects"] == [{"array": "attributes",
-                                      "object": {"external_id": "m-0", "loyalty_points": 0}}]
+    assert entries[0]["objects"] == [
+        {"array": "attributes", "object": {"external_id": "m-0", "loyalty_points": 0}}
+    ]
     assert "test-key" not in dead.read_text()
 
 
-def test_replay_resends_retryable_records(fake: FakeBraze, mapping: ab.Mapping,
-                                          tmp_path: Path) -> None:
+def test_replay_resends_retryable_records(
+    fake: FakeBraze, mapping: ab.Mapping, tmp_path: Path
+) -> None:
     """replay() resends retryable dead letters; validation failures are skipped."""
     dead = tmp_path / "dead.jsonl"
     fake.inject(times=5, drop=True)
     with fake.client(max_in_flight=1) as client:
         first = ab.Syncer(client, mapping, dead_letter=dead).sync_members(
-            [{"id": "a", "score": 1}, {"id": "b", "score": "bad"}])
+            [{"id": "a", "score": 1}, {"id": "b", "score": "bad"}]
+        )
     assert [f.stage for f in first.failures] == ["transport", "validation"]
     assert "a" not in fake.profiles
     with fake.client() as client:
@@ -107,7 +114,8 @@ def test_dead_letter_sink_object(client: ab.BrazeClient, mapping: ab.Mapping) ->
     """Any object with write() is a sink; entries carry stage, reason, time and the record."""
     sink = ab.MemoryDeadLetter()
     ab.Syncer(client, mapping, dead_letter=sink).sync_members(
-        [ab.LoyaltyMember("m", {"score": "x"})])
+        [ab.LoyaltyMember("m", {"score": "x"})]
+    )
     (entry,) = sink.entries
     assert entry["stage"] == "validation"
     assert entry["record"] == {"score": "x", "id": "m"}
@@ -116,31 +124,56 @@ def test_dead_letter_sink_object(client: ab.BrazeClient, mapping: ab.Mapping) ->
         ab.Syncer(client, mapping, dead_letter=42)  # type: ignore[arg-type]
 
 
-def test_events_end_to_end(fake: FakeBraze, client: ab.BrazeClient,
-                           full_mapping: ab.Mapping) -> None:
+def test_events_end_to_end(
+    fake: FakeBraze, client: ab.BrazeClient, full_mapping: ab.Mapping
+) -> None:
     """Events, purchases and trigger attributes all arrive; unmapped actions are skipped."""
     report = ab.Syncer(client, full_mapping).sync_events(load("events.json"))
     check_invariant(report)
     assert (report.total, report.succeeded, report.skipped) == (11, 5, 6)
     assert [e["name"] for e in fake.events] == [
-        "loyalty_enrolled", "loyalty_purchase", "loyalty_points_earned"]
+        "loyalty_enrolled",
+        "loyalty_purchase",
+        "loyalty_points_earned",
+    ]
     assert fake.purchases[0]["product_id"] == "coupon_redeem"
-    assert fake.profiles["m-1"] == {"last_purchase_total": 129.9,
-                                    "last_purchase_at": "2025-11-01T12:26:40Z",
-                                    "loyalty_status_change": "opt_out"}
+    assert fake.profiles["m-1"] == {
+        "last_purchase_total": 129.9,
+        "last_purchase_at": "2025-11-01T12:26:40Z",
+        "loyalty_status_change": "opt_out",
+    }
 
 
 def test_event_fails_if_any_of_its_objects_fails(fake: FakeBraze, client: ab.BrazeClient) -> None:
     """An event whose trigger attributes are rejected counts as one failed record."""
-    mapping = ab.Mapping.from_dict({
-        "events": [{"action": "checkout", "as": "purchase"}],
-        "triggers": [{"when": {"action": "checkout"},
-                      "attributes": [{"loyalty_field": "data.total", "remote_field": "t"}]}]})
-    fake.inject(status=201, body={"message": "success", "errors": [
-        {"type": "odd", "input_array": "purchases", "index": 1}]})
-    event = {"customer": "m", "action": "checkout", "timestamp": 0, "data": {
-        "total": 3, "currency": "EUR",
-        "items": [{"product_id": "a", "price": 1}, {"product_id": "b", "price": 2}]}}
+    mapping = ab.Mapping.from_dict(
+        {
+            "events": [{"action": "checkout", "as": "purchase"}],
+            "triggers": [
+                {
+                    "when": {"action": "checkout"},
+                    "attributes": [{"loyalty_field": "data.total", "remote_field": "t"}],
+                }
+            ],
+        }
+    )
+    fake.inject(
+        status=201,
+        body={
+            "message": "success",
+            "errors": [{"type": "odd", "input_array": "purchases", "index": 1}],
+        },
+    )
+    event = {
+        "customer": "m",
+        "action": "checkout",
+        "timestamp": 0,
+        "data": {
+            "total": 3,
+            "currency": "EUR",
+            "items": [{"product_id": "a", "price": 1}, {"product_id": "b", "price": 2}],
+        },
+    }
     report = ab.Syncer(client, mapping).sync_events([event])
     assert (report.total, report.failed) == (1, 1)
     assert report.failures[0].reason == "odd"
@@ -149,8 +182,9 @@ def test_event_fails_if_any_of_its_objects_fails(fake: FakeBraze, client: ab.Bra
 def test_sync_attributes(fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     """A one-off attribute sync outside the mapping."""
     syncer = ab.Syncer(client, mapping)
-    report = syncer.sync_attributes("m-1", {"last_purchase_sku": "S1", "vip": "yes"},
-                                    types={"vip": "boolean"})
+    report = syncer.sync_attributes(
+        "m-1", {"last_purchase_sku": "S1", "vip": "yes"}, types={"vip": "boolean"}
+    )
     assert (report.total, report.succeeded) == (1, 1)
     assert fake.profiles["m-1"] == {"last_purchase_sku": "S1", "vip": True}
     bad = syncer.sync_attributes("m-1", {"vip": "perhaps"}, types={"vip": "boolean"})
@@ -160,8 +194,9 @@ def test_sync_attributes(fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Ma
 def test_preview_is_offline(fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     """preview_* return the bodies that would be sent and send nothing."""
     syncer = ab.Syncer(client, mapping)
-    bodies = syncer.preview_members([{"id": f"m-{i}", "score": i} for i in range(80)]
-                                    + [{"id": "bad", "score": "x"}])
+    bodies = syncer.preview_members(
+        [{"id": f"m-{i}", "score": i} for i in range(80)] + [{"id": "bad", "score": "x"}]
+    )
     assert [len(b["attributes"]) for b in bodies] == [75, 5]
     assert bodies[0]["attributes"][1] == {"external_id": "m-1", "loyalty_points": 1}
     events = syncer.preview_events(load("events.json"))
@@ -180,8 +215,9 @@ def test_auth_errors_raise_at_once(fake: FakeBraze, mapping: ab.Mapping) -> None
         ab.Syncer(client, mapping).sync_members([{"id": "a", "score": 1}])
 
 
-def test_state_skips_unchanged_members(fake: FakeBraze, client: ab.BrazeClient,
-                                       mapping: ab.Mapping, tmp_path: Path) -> None:
+def test_state_skips_unchanged_members(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping, tmp_path: Path
+) -> None:
     """With a state store, unchanged members are skipped on the next sync."""
     state = ab.SqliteStateStore(tmp_path / "state.db")
     syncer = ab.Syncer(client, mapping, state=state)
@@ -198,8 +234,9 @@ def test_state_skips_unchanged_members(fake: FakeBraze, client: ab.BrazeClient,
     assert last == [{"external_id": "m-3", "loyalty_points": 300, "loyalty_tier": "Gold"}]
 
 
-def test_changed_mode_sends_only_changed_fields(fake: FakeBraze, client: ab.BrazeClient,
-                                                mapping: ab.Mapping) -> None:
+def test_changed_mode_sends_only_changed_fields(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping
+) -> None:
     """send='changed' sends just the fields whose values changed."""
     state = ab.MemoryStateStore()
     syncer = ab.Syncer(client, mapping, state=state, send="changed")
@@ -213,8 +250,9 @@ def test_changed_mode_sends_only_changed_fields(fake: FakeBraze, client: ab.Braz
     assert fake.requests[-1].body["attributes"] == [{"external_id": "m", "loyalty_points": 1.0}]
 
 
-def test_state_only_records_accepted_members(fake: FakeBraze, client: ab.BrazeClient,
-                                             mapping: ab.Mapping) -> None:
+def test_state_only_records_accepted_members(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping
+) -> None:
     """A member Braze rejected is not remembered, so it is sent again next time."""
     state = ab.MemoryStateStore()
     syncer = ab.Syncer(client, mapping, state=state)
@@ -256,22 +294,24 @@ def test_streaming_input_is_consumed_lazily(fake: FakeBraze, mapping: ab.Mapping
     with fake.client(max_in_flight=2) as client:
         report = ab.Syncer(client, mapping).sync_members(members())
     assert report.succeeded == 3000
-    assert most_ahead <= 75 * (2 + 2)  # batch size × (in flight + one being built + one waiting)
+    assert most_ahead <= 75 * (2 + 2)  # batch size x (in flight + one being built + one waiting)
 
 
 def test_progress_callback(client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     """The progress callback sees the final counts."""
     seen: list[ab.Progress] = []
     ab.Syncer(client, mapping, progress=seen.append).sync_members(
-        {"id": f"m-{i}", "score": i} for i in range(200))
+        {"id": f"m-{i}", "score": i} for i in range(200)
+    )
     assert seen[-1].done == 200
     assert seen[-1].succeeded == 200
     assert seen[-1].rate > 0
     assert "200 records" in seen[-1].line()
 
 
-def test_progress_true_without_tqdm(client: ab.BrazeClient, mapping: ab.Mapping,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_true_without_tqdm(
+    client: ab.BrazeClient, mapping: ab.Mapping, capsys: pytest.CaptureFixture[str]
+) -> None:
     """progress=True shows a bar (tqdm) or, without tqdm, a line on stderr."""
     ab.Syncer(client, mapping, progress=True).sync_members([{"id": "a", "score": 1}])
     assert "1" in capsys.readouterr().err
@@ -280,7 +320,8 @@ def test_progress_true_without_tqdm(client: ab.BrazeClient, mapping: ab.Mapping,
 def test_report_renderings(client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     """Reports read well as text, HTML and rows."""
     report = ab.Syncer(client, mapping).sync_members(
-        [{"id": "a", "score": 1}] + [{"id": f"b{i}", "score": "x"} for i in range(25)])
+        [{"id": "a", "score": 1}] + [{"id": f"b{i}", "score": "x"} for i in range(25)]
+    )
     text = str(report)
     assert text.startswith("26 records: 1 succeeded, 25 failed, 0 skipped")
     assert "and 5 more failures" in text
@@ -295,7 +336,8 @@ def test_demo_data_syncs_cleanly(fake: FakeBraze, client: ab.BrazeClient) -> Non
     syncer = ab.Syncer(client, DEMO_MAPPING)
     members = syncer.sync_members(sample_members(300))
     events = syncer.sync_events(sample_events(200))
-    assert members.ok and events.ok
+    assert members.ok
+    assert events.ok
     assert members.succeeded == 300
     assert events.skipped == 50
 
@@ -304,9 +346,13 @@ def test_concurrent_syncers_share_a_client(fake: FakeBraze, mapping: ab.Mapping)
     """Several threads syncing through one client account for every record."""
     reports: list[ab.SyncReport] = []
     with fake.client(max_in_flight=4) as client:
+
         def work(n: int) -> None:
-            reports.append(ab.Syncer(client, mapping).sync_members(
-                {"id": f"t{n}-{i}", "score": i} for i in range(300)))
+            reports.append(
+                ab.Syncer(client, mapping).sync_members(
+                    {"id": f"t{n}-{i}", "score": i} for i in range(300)
+                )
+            )
 
         threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
         for t in threads:

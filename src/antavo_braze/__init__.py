@@ -17,7 +17,7 @@ from ._mapping import Mapping
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
-from ._sync import Progress, RecordFailure, SyncReport, Syncer
+from ._sync import Progress, RecordFailure, Syncer, SyncReport
 from ._types import BrazeType
 from ._version import __version__
 from .exceptions import (

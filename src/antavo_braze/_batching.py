@@ -96,7 +96,7 @@ def pack(
         raise ValueError(f"batch mode must be 'combined' or 'legacy', not {mode!r}")
     budget = max_bytes - _BODY_OVERHEAD
     current: list[Item] = []
-    counts = {name: 0 for name in ARRAYS}
+    counts = dict.fromkeys(ARRAYS, 0)
     size = 0
 
     def fits(item_counts: dict[str, int], total: int, extra_bytes: int) -> bool:

@@ -219,7 +219,9 @@ class BrazeClient:
         if max_in_flight < 1:
             raise ConfigurationError("max_in_flight must be at least 1")
         if batch_mode not in ("combined", "legacy"):
-            raise ConfigurationError(f"batch_mode must be 'combined' or 'legacy', not {batch_mode!r}")
+            raise ConfigurationError(
+                f"batch_mode must be 'combined' or 'legacy', not {batch_mode!r}"
+            )
         if not 1 <= max_objects <= MAX_OBJECTS:
             raise ConfigurationError(f"max_objects must be between 1 and {MAX_OBJECTS}")
         if timeout <= 0:
@@ -235,16 +237,23 @@ class BrazeClient:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._jitter = jitter
-        self.pacer: Pacer = pacer if pacer is not None else InProcessPacer(
-            clock=clock, wall_clock=wall_clock, sleep=sleep,
-            max_wait=self.retry.max_rate_limit_wait,
+        self.pacer: Pacer = (
+            pacer
+            if pacer is not None
+            else InProcessPacer(
+                clock=clock,
+                wall_clock=wall_clock,
+                sleep=sleep,
+                max_wait=self.retry.max_rate_limit_wait,
+            )
         )
         self.user_agent = f"antavo-braze-python/{__version__} requests/{requests.__version__}"
         self._session = requests.Session()
         self._session.verify = True
         self._session.trust_env = False  # proxies/netrc from the environment could leak the key
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_in_flight, max_retries=0,
-                              pool_block=True)
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=max_in_flight, max_retries=0, pool_block=True
+        )
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
         self._executor: ThreadPoolExecutor | None = None
@@ -259,8 +268,12 @@ class BrazeClient:
         missing = [n for n in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not env.get(n)]
         if missing:
             raise ConfigurationError(f"set {' and '.join(missing)} in the environment")
-        return cls(env["BRAZE_REST_ENDPOINT"], env["BRAZE_API_KEY"],
-                   env.get("BRAZE_APP_ID") or None, **kwargs)
+        return cls(
+            env["BRAZE_REST_ENDPOINT"],
+            env["BRAZE_API_KEY"],
+            env.get("BRAZE_APP_ID") or None,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -294,7 +307,9 @@ class BrazeClient:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def _error(self, response: requests.Response, path: str, message: str | None = None) -> BrazeAPIError:
+    def _error(
+        self, response: requests.Response, path: str, message: str | None = None
+    ) -> BrazeAPIError:
         status = response.status_code
         body = self._key.redact(response.text or "")
         text = message or f"Braze answered HTTP {status} to {path}: {body[:300]}"
@@ -330,8 +345,14 @@ class BrazeClient:
                 self.requests_sent += 1
             try:
                 response = self._session.request(
-                    method, url, params=params, data=body, headers=headers,
-                    timeout=self.timeout, verify=True, allow_redirects=False,
+                    method,
+                    url,
+                    params=params,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    verify=True,
+                    allow_redirects=False,
                 )
             except requests.RequestException as exc:
                 self.pacer.observe(None, {})
@@ -354,12 +375,16 @@ class BrazeClient:
                 delay_or_none = retry_after_seconds(response.headers, self._wall_clock())
                 if delay_or_none is not None and delay_or_none > policy.max_rate_limit_wait:
                     raise self._error(
-                        response, path,
+                        response,
+                        path,
                         f"rate limited: Braze asked to wait {delay_or_none:.0f}s, more than "
                         f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
                     )
-                delay = (backoff_delay(policy, attempt, self._jitter())
-                         if delay_or_none is None else delay_or_none)
+                delay = (
+                    backoff_delay(policy, attempt, self._jitter())
+                    if delay_or_none is None
+                    else delay_or_none
+                )
             else:
                 delay = backoff_delay(policy, attempt, self._jitter())
             if attempt >= policy.attempts:
@@ -372,15 +397,20 @@ class BrazeClient:
             log.warning("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
             self._sleep(delay)
 
-    def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, requests.Response]:
+    def _get_json(
+        self, path: str, params: Mapping[str, Any] | None = None
+    ) -> tuple[Any, requests.Response]:
         response = self.request("GET", path, params=params)
         try:
             payload = loads(response.content)
         except ValueError:
             payload = None
         if not isinstance(payload, dict):
-            raise BrazeAPIError(response.status_code, self._key.redact(response.text[:300]),
-                                f"Braze answered {path} with invalid JSON")
+            raise BrazeAPIError(
+                response.status_code,
+                self._key.redact(response.text[:300]),
+                f"Braze answered {path} with invalid JSON",
+            )
         return payload, response
 
     # --- /users/track ----------------------------------------------------------------------
@@ -395,15 +425,20 @@ class BrazeClient:
 
     def pack(self, groups: Iterable[Sequence[Item]]) -> Iterator[Batch]:
         """Pack groups of items into request batches with this client's limits."""
-        return pack(groups, mode=self.batch_mode, max_objects=self.max_objects,
-                    max_bytes=MAX_BODY_BYTES)
+        return pack(
+            groups, mode=self.batch_mode, max_objects=self.max_objects, max_bytes=MAX_BODY_BYTES
+        )
 
     def send_batch(self, batch: Batch) -> BatchOutcome:
         """Send one batch; failures become the outcome (only 401/403 raise)."""
         if batch.oversize:
-            return BatchOutcome(batch, error=BadRequestError(
-                413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"),
-                stage="validation")
+            return BatchOutcome(
+                batch,
+                error=BadRequestError(
+                    413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"
+                ),
+                stage="validation",
+            )
         try:
             response = self.request("POST", "/users/track", body=batch.body)
         except (AuthenticationError, PermissionDeniedError):
@@ -487,10 +522,14 @@ class BrazeClient:
         purchases: Iterable[PurchaseObject] = (),
     ) -> TrackResult:
         """Send Braze objects, batched; return which ones Braze rejected (by array and index)."""
+        arrays: tuple[tuple[str, Iterable[BrazeObject]], ...] = (
+            ("attributes", attributes),
+            ("events", events),
+            ("purchases", purchases),
+        )
         groups = [
             [to_item(obj, (array, index))]
-            for array, objects in (("attributes", attributes), ("events", events),
-                                   ("purchases", purchases))
+            for array, objects in arrays
             for index, obj in enumerate(objects)
         ]
         rejected: list[RejectedObject] = []
@@ -505,8 +544,11 @@ class BrazeClient:
                     array, index = item.tag
                     rejected.append(RejectedObject(array, index, *failure))
         rejected.sort(key=lambda r: (r.input_array, r.index))
-        return TrackResult(requests=self.requests_sent - requests_before, accepted=accepted,
-                           rejected=tuple(rejected))
+        return TrackResult(
+            requests=self.requests_sent - requests_before,
+            accepted=accepted,
+            rejected=tuple(rejected),
+        )
 
     # --- read endpoints --------------------------------------------------------------------
 
@@ -574,8 +616,10 @@ class BrazeClient:
             "users.track": lambda: self.request("POST", "/users/track", body=b'{"attributes":[]}'),
             "events.list": lambda: self.request("GET", "/events/list", params={"page": 0}),
             "events.data_series": lambda: self.request(
-                "GET", "/events/data_series",
-                params={"event": "antavo_braze_permission_probe", "length": 1}),
+                "GET",
+                "/events/data_series",
+                params={"event": "antavo_braze_permission_probe", "length": 1},
+            ),
             "events.get": lambda: self.request("GET", "/events"),
         }
         result: dict[str, bool] = {}

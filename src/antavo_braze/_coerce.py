@@ -55,7 +55,9 @@ _TRUE = frozenset({"true", "t", "yes", "1"})
 _FALSE = frozenset({"false", "f", "no", "0"})
 
 
-def _fail(value: object, type: BrazeType | str, reason: str, field: str | None = None) -> CoercionError:
+def _fail(
+    value: object, type: BrazeType | str, reason: str, field: str | None = None
+) -> CoercionError:
     return CoercionError(value, str(type), reason, field=field)
 
 
@@ -93,14 +95,18 @@ def coerce_number(value: Any) -> int | float | None:
                 return number
             raise _fail(value, BrazeType.NUMBER, "the number is too large to store")
         raise _fail(value, BrazeType.NUMBER, "not a numeric string")
-    raise _fail(value, BrazeType.NUMBER, f"expected int, float, Decimal or numeric str, got {cls.__name__}")
+    raise _fail(
+        value, BrazeType.NUMBER, f"expected int, float, Decimal or numeric str, got {cls.__name__}"
+    )
 
 
 def _decimal_to_number(value: Decimal, original: object) -> int | float:
     if not value.is_finite():
         raise _fail(original, BrazeType.NUMBER, "NaN and infinity are not numbers Braze can store")
     if value == value.to_integral_value():
-        return coerce_number(int(value))
+        whole = coerce_number(int(value))
+        assert whole is not None
+        return whole
     number = float(value)
     if not math.isfinite(number):  # pragma: no cover - only for absurd exponents
         raise _fail(original, BrazeType.NUMBER, "the number is too large to store")
@@ -123,7 +129,9 @@ def _make_string_coercer(truncate: bool) -> Coercer:
             text = str(value)
         elif isinstance(value, (int, float, Decimal)):
             if isinstance(value, float) and not math.isfinite(value):
-                raise _fail(value, BrazeType.STRING, "NaN and infinity have no string form in Braze")
+                raise _fail(
+                    value, BrazeType.STRING, "NaN and infinity have no string form in Braze"
+                )
             text = str(value)
         else:
             raise _fail(
@@ -151,7 +159,7 @@ coerce_string = _make_string_coercer(truncate=False)
 def coerce_boolean(value: Any) -> bool | None:
     """bool; ints 0/1; strings true/false/t/f/yes/no/1/0 in any case."""
     if value is True or value is False or value is None:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, bool):  # pragma: no cover - numpy-like bool subclasses
         return bool(value)
     if isinstance(value, int):
@@ -165,7 +173,11 @@ def coerce_boolean(value: Any) -> bool | None:
         if text in _FALSE:
             return False
         raise _fail(value, BrazeType.BOOLEAN, "expected true/false, t/f, yes/no or 1/0")
-    raise _fail(value, BrazeType.BOOLEAN, f"expected bool, 0/1 or a yes/no string, got {type(value).__name__}")
+    raise _fail(
+        value,
+        BrazeType.BOOLEAN,
+        f"expected bool, 0/1 or a yes/no string, got {type(value).__name__}",
+    )
 
 
 # --- date -----------------------------------------------------------------------------------
@@ -189,7 +201,8 @@ def to_datetime(value: Any) -> datetime | None:
         raise _fail(
             value,
             BrazeType.DATE,
-            f"expected datetime, date, unix seconds or an ISO 8601 string, got {type(value).__name__}",
+            "expected datetime, date, unix seconds or an ISO 8601 string, "
+            f"got {type(value).__name__}",
         )
     if not MIN_YEAR <= moment.year <= MAX_YEAR:
         raise _fail(value, BrazeType.DATE, f"year {moment.year} is outside {MIN_YEAR}-{MAX_YEAR}")
@@ -330,7 +343,9 @@ def _array_scalar(item: Any, string: Coercer) -> tuple[Any, str]:
             BrazeType.ARRAY,
             "arrays hold scalars only; nested lists and objects need type 'array_of_objects'",
         )
-    raise _fail(item, BrazeType.ARRAY, f"arrays hold str, numbers or bools, not {type(item).__name__}")
+    raise _fail(
+        item, BrazeType.ARRAY, f"arrays hold str, numbers or bools, not {type(item).__name__}"
+    )
 
 
 # --- object and array of objects -------------------------------------------------------------
@@ -368,7 +383,9 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Callable[[Any, Braze
             raise _fail(value, owner, f"nested deeper than {_MAX_DEPTH} levels")
         if value is None:
             raise _fail(
-                value, owner, "null inside an object makes Braze drop the whole update; omit the key"
+                value,
+                owner,
+                "null inside an object makes Braze drop the whole update; omit the key",
             )
         if isinstance(value, bool):
             return value
@@ -395,7 +412,9 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Callable[[Any, Braze
         if isinstance(value, (list, tuple, set, frozenset)):
             items = _sorted_if_set(value)
             if len(items) > max_items:
-                raise _fail(value, owner, f"{len(items)} items is more than the limit of {max_items}")
+                raise _fail(
+                    value, owner, f"{len(items)} items is more than the limit of {max_items}"
+                )
             result = []
             for index, item in enumerate(items):
                 try:
@@ -439,13 +458,18 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
             return None
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
             raise _fail(
-                value, BrazeType.ARRAY_OF_OBJECTS, f"expected a list of mappings, got {type_name(value)}"
+                value,
+                BrazeType.ARRAY_OF_OBJECTS,
+                f"expected a list of mappings, got {type_name(value)}",
             )
         out: list[dict[str, Any]] = []
         for index, item in enumerate(value):
             if not isinstance(item, Mapping) or _is_time_wrapper(item):
                 raise _fail(
-                    item, BrazeType.ARRAY_OF_OBJECTS, "every item must be a mapping", field=f"[{index}]"
+                    item,
+                    BrazeType.ARRAY_OF_OBJECTS,
+                    "every item must be a mapping",
+                    field=f"[{index}]",
                 )
             try:
                 out.append(nested(item, BrazeType.ARRAY_OF_OBJECTS, 1))
@@ -630,7 +654,9 @@ def coercer_for(
         BrazeType.DATE: coerce_date,
         BrazeType.ARRAY: _make_array_coercer(max_array_items, truncate_strings),
         BrazeType.OBJECT: _make_object_coercer(truncate_strings, max_array_items),
-        BrazeType.ARRAY_OF_OBJECTS: _make_array_of_objects_coercer(truncate_strings, max_array_items),
+        BrazeType.ARRAY_OF_OBJECTS: _make_array_of_objects_coercer(
+            truncate_strings, max_array_items
+        ),
     }
     result = _make_inferring_coercer(table) if braze_type is None else table[braze_type]
     _CACHE[key] = result
@@ -695,8 +721,9 @@ def _property_value(value: Any, depth: int) -> Any:
         result = []
         for index, item in enumerate(_sorted_if_set(value)):
             if isinstance(item, (datetime, date)):
-                raise _fail(item, EVENT_PROPERTY, "Braze allows no dates inside arrays",
-                            field=f"[{index}]")
+                raise _fail(
+                    item, EVENT_PROPERTY, "Braze allows no dates inside arrays", field=f"[{index}]"
+                )
             try:
                 result.append(_property_value(item, depth + 1))
             except CoercionError as exc:
@@ -711,7 +738,9 @@ def _check_property_key(key: Any) -> str:
     if key.startswith("$"):
         raise _fail(key, EVENT_PROPERTY, "property keys cannot start with '$'")
     if len(key) > MAX_STRING_LENGTH:
-        raise _fail(key, EVENT_PROPERTY, f"property keys are limited to {MAX_STRING_LENGTH} characters")
+        raise _fail(
+            key, EVENT_PROPERTY, f"property keys are limited to {MAX_STRING_LENGTH} characters"
+        )
     return key
 
 
@@ -738,7 +767,9 @@ def coerce_properties(
             raise exc.at(name) from None
     if len(out) > MAX_PROPERTIES:
         raise _fail(
-            data, EVENT_PROPERTY, f"{len(out)} properties is more than Braze keeps ({MAX_PROPERTIES})"
+            data,
+            EVENT_PROPERTY,
+            f"{len(out)} properties is more than Braze keeps ({MAX_PROPERTIES})",
         )
     size = _json_size(out)
     if size > MAX_OBJECT_BYTES:

@@ -1,4 +1,4 @@
-"""The one cattrs converter: config files ↔ mapping models, Antavo dicts → inputs, wire objects → JSON.
+"""The one cattrs converter: config ↔ mapping models, Antavo dicts → inputs, wire objects → JSON.
 
 Built by :func:`make_converter`; nothing here uses cattrs' global converter. Wire details (key
 names such as ``as`` or ``_update_existing_only``, Antavo's envelope keys) live here, not in the
@@ -48,8 +48,10 @@ def _structure_condition(value: Any, _: type) -> TriggerCondition:
         raise KeyError("action")
     action = value["action"]
     actions = (action,) if isinstance(action, str) else action
-    if not isinstance(actions, (list, tuple)) or not actions or not all(
-        isinstance(a, str) and a for a in actions
+    if (
+        not isinstance(actions, (list, tuple))
+        or not actions
+        or not all(isinstance(a, str) and a for a in actions)
     ):
         raise ValueError("'action' must be an action name or a non-empty list of names")
     where = value.get("where", {})
@@ -110,7 +112,7 @@ def _structure_event(value: Any, _: type) -> LoyaltyEvent:
 
 def unstructure_attributes(obj: AttributesObject) -> dict[str, Any]:
     """The JSON form of a user-attributes object."""
-    out = {"external_id": obj.external_id}
+    out: dict[str, Any] = {"external_id": obj.external_id}
     out.update(obj.attributes)
     if obj.update_existing_only is not None:
         out["_update_existing_only"] = obj.update_existing_only
@@ -179,7 +181,7 @@ def make_converter() -> Converter:
                 items.append(hook(item, item_type))
             except Exception as exc:
                 note = IterableValidationNote(f"Structuring {cl} @ index {index}", index, item_type)
-                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]  # type: ignore[attr-defined]
                 errors.append(exc)
         if errors:
             raise IterableValidationError(f"While structuring {cl!r}", errors, cl)

@@ -11,7 +11,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from .exceptions import ConfigurationError
 
-__all__ = ["DeadLetterSink", "JsonlDeadLetter", "MemoryDeadLetter", "open_sink", "read_dead_letters"]
+__all__ = [
+    "DeadLetterSink",
+    "JsonlDeadLetter",
+    "MemoryDeadLetter",
+    "open_sink",
+    "read_dead_letters",
+]
 
 
 @runtime_checkable

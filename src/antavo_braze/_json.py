@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["BACKEND", "dumps", "loads"]
 
@@ -27,6 +27,6 @@ else:
 
     def dumps(value: Any) -> bytes:
         """Compact UTF-8 JSON."""
-        return orjson.dumps(value)
+        return cast(bytes, orjson.dumps(value))
 
     loads = orjson.loads

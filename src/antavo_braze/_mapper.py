@@ -25,6 +25,7 @@ from ._coerce import (
     standard_coercer,
 )
 from ._mapping import Mapping
+from ._types import BrazeTypeLike
 from .exceptions import CoercionError
 from .models import (
     AttributesObject,
@@ -43,7 +44,9 @@ __all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "utc_now"]
 MISSING: Final = object()
 MAX_EXTERNAL_ID_BYTES = 987
 MAX_PURCHASE_QUANTITY = 100
-_PURCHASE_RESERVED = frozenset({"time", "event_name", "product_id", "quantity", "price", "currency"})
+_PURCHASE_RESERVED = frozenset(
+    {"time", "event_name", "product_id", "quantity", "price", "currency"}
+)
 
 Getter = Callable[[Any], Any]
 
@@ -136,7 +139,8 @@ class Mapper:
         self.mapping = mapping
         self.app_id = app_id
         self._clock = clock
-        self._options = {"max_array_items": max_array_items, "truncate_strings": truncate_strings}
+        self._max_array_items = max_array_items
+        self._truncate_strings = truncate_strings
         self._fields = self._compile_fields(mapping.fields)
         self._events: dict[str, tuple[EventMapping, tuple[_FieldStep, ...] | None]] = {}
         for entry in mapping.events:
@@ -144,22 +148,34 @@ class Mapper:
             self._events[entry.action] = (entry, steps)
         self._wildcard = self._events.pop("*", None)
         self._triggers = [
-            (trigger, self._compile_fields(trigger.attributes),
-             [(_compile_getter(path), value) for path, value in trigger.when.where.items()])
+            (
+                trigger,
+                self._compile_fields(trigger.attributes),
+                [(_compile_getter(path), value) for path, value in trigger.when.where.items()],
+            )
             for trigger in mapping.triggers
         ]
+
+    def _coercer(self, braze_type: BrazeTypeLike | None) -> Coercer:
+        return coercer_for(
+            braze_type,
+            max_array_items=self._max_array_items,
+            truncate_strings=self._truncate_strings,
+        )
 
     def _compile_fields(self, fields: tuple[FieldMapping, ...]) -> tuple[_FieldStep, ...]:
         steps = []
         for item in fields:
-            coercer = standard_coercer(
-                item.remote_field, truncate_strings=self._options["truncate_strings"]
-            )
+            coercer = standard_coercer(item.remote_field, truncate_strings=self._truncate_strings)
             if coercer is None:
-                coercer = coercer_for(item.type, **self._options)  # type: ignore[arg-type]
+                coercer = self._coercer(item.type)
             steps.append(
-                _FieldStep(item.remote_field, item.loyalty_field,
-                           _compile_getter(item.loyalty_field), coercer)
+                _FieldStep(
+                    item.remote_field,
+                    item.loyalty_field,
+                    _compile_getter(item.loyalty_field),
+                    coercer,
+                )
             )
         return tuple(steps)
 
@@ -216,9 +232,9 @@ class Mapper:
         types = types or {}
         out: dict[str, Any] = {}
         for name, value in values.items():
-            coercer = standard_coercer(name, truncate_strings=self._options["truncate_strings"])
+            coercer = standard_coercer(name, truncate_strings=self._truncate_strings)
             if coercer is None:
-                coercer = coercer_for(types.get(name), **self._options)  # type: ignore[arg-type]
+                coercer = self._coercer(types.get(name))
             try:
                 out[name] = coercer(value)
             except CoercionError as exc:
@@ -284,8 +300,10 @@ class Mapper:
         return action in trigger.when.action and all(get(envelope) == v for get, v in where)
 
     def _event_time(self, envelope: abc.Mapping[str, Any], data: abc.Mapping[str, Any]) -> str:
-        for field, raw in (("timestamp", envelope.get("timestamp")),
-                           ("data.effective_timestamp", data.get("effective_timestamp"))):
+        for field, raw in (
+            ("timestamp", envelope.get("timestamp")),
+            ("data.effective_timestamp", data.get("effective_timestamp")),
+        ):
             if raw is not None:
                 try:
                     return coerce_date(raw)  # type: ignore[return-value]
@@ -312,8 +330,13 @@ class Mapper:
                 raise exc.at("data") from None
         else:
             properties = self._apply(steps, data, "data")
-        return EventObject(external_id=external_id, name=name, time=time,
-                           properties=properties or None, app_id=self.app_id)
+        return EventObject(
+            external_id=external_id,
+            name=name,
+            time=time,
+            properties=properties or None,
+            app_id=self.app_id,
+        )
 
     def _purchases(
         self,
@@ -325,8 +348,12 @@ class Mapper:
     ) -> list[PurchaseObject]:
         currency = data.get("currency") or mapping.currency
         if not isinstance(currency, str) or len(currency.strip()) != 3 or not currency.isalpha():
-            raise CoercionError(currency, "purchase", "needs an ISO 4217 currency such as 'EUR'",
-                                field="data.currency")
+            raise CoercionError(
+                currency,
+                "purchase",
+                "needs an ISO 4217 currency such as 'EUR'",
+                field="data.currency",
+            )
         currency = currency.strip().upper()
         shared = {} if steps is None else self._apply(steps, data, "data")
         if steps is None and data.get("transaction_id") is not None:
@@ -341,8 +368,9 @@ class Mapper:
         out: list[PurchaseObject] = []
         for index, item in enumerate(items):
             try:
-                out.extend(self._line_purchases(item, shared, steps is None, external_id,
-                                                currency, time))
+                out.extend(
+                    self._line_purchases(item, shared, steps is None, external_id, currency, time)
+                )
             except CoercionError as exc:
                 raise exc.at(f"data.items[{index}]") from None
         return out
@@ -362,8 +390,12 @@ class Mapper:
         if isinstance(product_id, (int, Decimal)) and not isinstance(product_id, bool):
             product_id = str(product_id)
         if not isinstance(product_id, str) or not product_id or len(product_id) > 255:
-            raise CoercionError(product_id, "purchase", "product_id must be a string of 1-255 chars",
-                                field="product_id")
+            raise CoercionError(
+                product_id,
+                "purchase",
+                "product_id must be a string of 1-255 chars",
+                field="product_id",
+            )
         price = item.get("price")
         try:
             price_value = coerce_number(price)
@@ -374,8 +406,9 @@ class Mapper:
         raw_quantity = item.get("quantity", 1)
         quantity = coerce_number(raw_quantity)
         if quantity is None or quantity < 1 or quantity != int(quantity):
-            raise CoercionError(raw_quantity, "purchase", "quantity must be a whole number >= 1",
-                                field="quantity")
+            raise CoercionError(
+                raw_quantity, "purchase", "quantity must be a whole number >= 1", field="quantity"
+            )
         quantity = int(quantity)
         properties = dict(shared)
         if pass_through:
@@ -387,9 +420,16 @@ class Mapper:
         if quantity % MAX_PURCHASE_QUANTITY:
             chunks.append(quantity % MAX_PURCHASE_QUANTITY)
         for chunk in chunks:
-            out.append(PurchaseObject(
-                external_id=external_id, product_id=product_id, currency=currency,
-                price=float(price_value),
-                time=time, quantity=chunk, properties=properties or None, app_id=self.app_id,
-            ))
+            out.append(
+                PurchaseObject(
+                    external_id=external_id,
+                    product_id=product_id,
+                    currency=currency,
+                    price=float(price_value),
+                    time=time,
+                    quantity=chunk,
+                    properties=properties or None,
+                    app_id=self.app_id,
+                )
+            )
         return out

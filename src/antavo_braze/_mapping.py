@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections import abc
 from html import escape
 from os import PathLike
@@ -52,7 +53,7 @@ def _format_exception(exc: BaseException, type: type | None) -> str:
         return f"unknown key(s) {', '.join(repr(k) for k in sorted(exc.extra_fields))}"
     if isinstance(exc, KeyError):
         return "required key missing"
-    if isinstance(exc, (TypeError, AttributeError)) and "iterable" in str(exc) or (
+    if (isinstance(exc, (TypeError, AttributeError)) and "iterable" in str(exc)) or (
         isinstance(exc, AttributeError) and "items" in str(exc)
     ):
         return "expected an object"
@@ -107,12 +108,11 @@ class Mapping:
         except OSError as exc:
             raise MappingError([f"{file}: cannot read ({exc.strerror})"]) from None
         try:
-            if file.suffix.lower() == ".toml":
-                config = _load_toml(text)
-            else:
-                config = json.loads(text)
+            config = _load_toml(text) if file.suffix.lower() == ".toml" else json.loads(text)
         except ValueError as exc:
-            raise MappingError([f"{file}: not valid {file.suffix.lstrip('.') or 'JSON'} ({exc})"]) from None
+            raise MappingError(
+                [f"{file}: not valid {file.suffix.lstrip('.') or 'JSON'} ({exc})"]
+            ) from None
         try:
             return cls.from_dict(config)
         except MappingError as exc:
@@ -149,11 +149,11 @@ class Mapping:
 
 
 def _load_toml(text: str) -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    else:  # pragma: no cover - Python 3.10
         try:
-            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+            import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
         except ModuleNotFoundError:
             raise ValueError("TOML needs Python 3.11+ or the 'tomli' package") from None
     return tomllib.loads(text)
@@ -212,7 +212,9 @@ def _event_problems(
     is_purchase = entry.get("as") == "purchase"
     currency = entry.get("currency")
     if isinstance(currency, str) and not _CURRENCY.match(currency):
-        problems.append(f"{path}.currency: expected an ISO 4217 code such as 'EUR', got {currency!r}")
+        problems.append(
+            f"{path}.currency: expected an ISO 4217 code such as 'EUR', got {currency!r}"
+        )
     if currency is not None and not is_purchase:
         problems.append(f"{path}.currency: only purchases ('as': 'purchase') take a currency")
     properties = entry.get("properties")
@@ -222,7 +224,9 @@ def _event_problems(
         def property_name_problem(name: str, declared_type: object) -> str | None:
             problem = _key_problem(name)
             if problem is None and name in reserved:
-                problem = f"{name!r} is reserved by Braze for {'purchases' if is_purchase else 'events'}"
+                problem = (
+                    f"{name!r} is reserved by Braze for {'purchases' if is_purchase else 'events'}"
+                )
             return problem
 
         problems += _field_list_problems(properties, f"{path}.properties", property_name_problem)
@@ -239,13 +243,13 @@ def _field_list_problems(
         if not isinstance(entry, abc.Mapping):
             continue
         loyalty_field = entry.get("loyalty_field")
-        if isinstance(loyalty_field, str):
-            if not loyalty_field or not all(
-                _PATH_SEGMENT.fullmatch(s) for s in loyalty_field.split(".")
-            ):
-                problems.append(
-                    f"{here}.loyalty_field: {loyalty_field!r} is not a field name or dotted path"
-                )
+        if isinstance(loyalty_field, str) and (
+            not loyalty_field
+            or not all(_PATH_SEGMENT.fullmatch(s) for s in loyalty_field.split("."))
+        ):
+            problems.append(
+                f"{here}.loyalty_field: {loyalty_field!r} is not a field name or dotted path"
+            )
         remote = entry.get("remote_field")
         if isinstance(remote, str):
             problem = name_problem(remote, entry.get("type"))
@@ -253,7 +257,8 @@ def _field_list_problems(
                 problems.append(f"{here}.remote_field: {problem}")
             elif remote in seen:
                 problems.append(
-                    f"{here}.remote_field: duplicate remote_field {remote!r} (also at {seen[remote]})"
+                    f"{here}.remote_field: duplicate remote_field {remote!r} "
+                    f"(also at {seen[remote]})"
                 )
             else:
                 seen[remote] = f"{here}.remote_field"
@@ -284,7 +289,10 @@ def _attribute_name_problem(name: str, declared_type: object) -> str | None:
         return f"{name!r} is a Braze identifier, not an attribute"
     if name in STANDARD_ATTRIBUTES and isinstance(declared_type, str):
         allowed = _STANDARD_TYPES.get(name, frozenset({BrazeType.STRING}))
-        if declared_type in {t.value for t in BrazeType} and BrazeType(declared_type) not in allowed:
+        if (
+            declared_type in {t.value for t in BrazeType}
+            and BrazeType(declared_type) not in allowed
+        ):
             return (
                 f"{name!r} is a Braze standard attribute with its own format; "
                 f"type {declared_type!r} does not fit it (omit the type)"

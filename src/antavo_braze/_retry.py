@@ -7,8 +7,14 @@ from collections.abc import Mapping
 
 from attrs import field, frozen, validators
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "backoff_delay", "is_retryable_status",
-           "retry_after_seconds", "reset_in_seconds"]
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "RetryPolicy",
+    "backoff_delay",
+    "is_retryable_status",
+    "reset_in_seconds",
+    "retry_after_seconds",
+]
 
 # Statuses worth another try: rate limited, request timeout and every server error.
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -38,7 +44,7 @@ def is_retryable_status(status: int) -> bool:
 
 
 def backoff_delay(policy: RetryPolicy, retry: int, jitter_fraction: float) -> float:
-    """The wait before retry number ``retry`` (1 = the first retry); ``jitter_fraction`` in [0, 1)."""
+    """The wait before retry number ``retry`` (1 = first); ``jitter_fraction`` is in [0, 1)."""
     exponent = min(retry - 1, 64)  # past this, wait_max has long been reached
     base = policy.wait_initial * (2.0**exponent)
     return min(policy.wait_max, base + policy.wait_jitter * jitter_fraction)

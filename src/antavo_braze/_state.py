@@ -79,9 +79,11 @@ class SqliteStateStore:
         return db
 
     def get(self, member_id: str) -> dict[str, str] | None:
-        row = self._connection().execute(
-            "SELECT fields FROM member_state WHERE external_id = ?", (member_id,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT fields FROM member_state WHERE external_id = ?", (member_id,))
+            .fetchone()
+        )
         return None if row is None else dict(json.loads(row[0]))
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:

@@ -1,7 +1,7 @@
 """The Syncer: mapper + client, streaming, with one outcome per input record.
 
 Every input record ends as exactly one of succeeded, failed (with stage and reason, and in the
-dead letter) or skipped. Memory is bounded by batch size × requests in flight.
+dead letter) or skipped. Memory is bounded by batch size times requests in flight.
 """
 
 from __future__ import annotations
@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping as AbcMapping
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Mapping as AbcMapping
 from datetime import datetime, timezone
 from html import escape
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from attrs import field, frozen
+from attrs import frozen
 
 from ._batching import ARRAYS, Item
 from ._client import BrazeClient, to_item
@@ -26,7 +27,7 @@ from ._mapper import Mapper
 from ._mapping import Mapping
 from ._state import StateStore, fingerprint
 from .exceptions import CoercionError, ConfigurationError
-from .models import AttributesObject, BrazeObject
+from .models import AttributesObject
 
 __all__ = ["Progress", "RecordFailure", "SyncReport", "Syncer"]
 
@@ -95,9 +96,7 @@ class SyncReport:
 
     def _repr_html_(self) -> str:
         colour = "green" if self.ok else "firebrick"
-        head = (
-            f"<p style='color:{colour}'><b>{escape(self.summary())}</b></p>"
-        )
+        head = f"<p style='color:{colour}'><b>{escape(self.summary())}</b></p>"
         if not self.failures:
             return head
         rows = "".join(
@@ -113,8 +112,13 @@ class SyncReport:
     def failures_table(self) -> list[dict[str, Any]]:
         """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
         return [
-            {"index": f.index, "record_id": f.record_id, "stage": f.stage, "reason": f.reason,
-             "retryable": f.retryable}
+            {
+                "index": f.index,
+                "record_id": f.record_id,
+                "stage": f.stage,
+                "reason": f.reason,
+                "retryable": f.retryable,
+            }
             for f in self.failures
         ]
 
@@ -179,8 +183,11 @@ class _Run:
     def snapshot(self) -> Progress:
         return Progress(
             done=self.succeeded + self.failed + self.skipped,
-            succeeded=self.succeeded, failed=self.failed, skipped=self.skipped,
-            requests=self.requests, elapsed=time.perf_counter() - self.started,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=self.skipped,
+            requests=self.requests,
+            elapsed=time.perf_counter() - self.started,
         )
 
     def tick(self, force: bool = False) -> None:
@@ -283,16 +290,22 @@ class Syncer:
             mapping = Mapping.from_dict(mapping)
         self.client = client
         self.mapping = mapping
-        self.mapper = Mapper(mapping, app_id=client.app_id, truncate_strings=truncate_strings,
-                             max_array_items=max_array_items)
+        self.mapper = Mapper(
+            mapping,
+            app_id=client.app_id,
+            truncate_strings=truncate_strings,
+            max_array_items=max_array_items,
+        )
         self.dead_letter = open_sink(dead_letter)
         self.state = state
         self.send = send
         self._progress = _progress_callback(progress)
 
     def __repr__(self) -> str:
-        return (f"Syncer(client={self.client!r}, fields={len(self.mapping.fields)}, "
-                f"events={len(self.mapping.events)}, send={self.send!r})")
+        return (
+            f"Syncer(client={self.client!r}, fields={len(self.mapping.fields)}, "
+            f"events={len(self.mapping.events)}, send={self.send!r})"
+        )
 
     # --- building Braze objects from records ------------------------------------------------
 
@@ -322,22 +335,33 @@ class Syncer:
 
     # --- the pipeline -----------------------------------------------------------------------
 
-    def _fail(self, run: _Run, index: int, record_id: str | None, stage: str, reason: str,
-              record: Any, objects: Iterable[dict[str, Any]] | None, retryable: bool) -> None:
+    def _fail(
+        self,
+        run: _Run,
+        index: int,
+        record_id: str | None,
+        stage: str,
+        reason: str,
+        record: Any,
+        objects: Iterable[dict[str, Any]] | None,
+        retryable: bool,
+    ) -> None:
         run.failed += 1
         run.failures.append(RecordFailure(index, record_id, stage, reason, retryable))  # type: ignore[arg-type]
         if self.dead_letter is not None:
-            self.dead_letter.write({
-                "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-                "kind": run.kind,
-                "index": index,
-                "record_id": record_id,
-                "stage": stage,
-                "reason": reason,
-                "retryable": retryable,
-                "record": _record_view(record),
-                "objects": list(objects) if objects is not None else None,
-            })
+            self.dead_letter.write(
+                {
+                    "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+                    "kind": run.kind,
+                    "index": index,
+                    "record_id": record_id,
+                    "stage": stage,
+                    "reason": reason,
+                    "retryable": retryable,
+                    "record": _record_view(record),
+                    "objects": list(objects) if objects is not None else None,
+                }
+            )
 
     def _groups(
         self,
@@ -353,13 +377,29 @@ class Syncer:
                 built = build(record, run)
                 items = [] if built is None else [_item(o, index) for o in built.objects]
             except CoercionError as exc:
-                self._fail(run, index, exc.record_id or _safe_id(record_id_of, record),
-                           "validation", str(exc), record, None, False)
+                self._fail(
+                    run,
+                    index,
+                    exc.record_id or _safe_id(record_id_of, record),
+                    "validation",
+                    str(exc),
+                    record,
+                    None,
+                    False,
+                )
                 run.tick()
                 continue
             except Exception as exc:  # a bad record fails alone, whatever is wrong with it
-                self._fail(run, index, _safe_id(record_id_of, record), "validation",
-                           f"{type(exc).__name__}: {exc}", record, None, False)
+                self._fail(
+                    run,
+                    index,
+                    _safe_id(record_id_of, record),
+                    "validation",
+                    f"{type(exc).__name__}: {exc}",
+                    record,
+                    None,
+                    False,
+                )
                 run.tick()
                 continue
             if built is None or not items:
@@ -400,14 +440,25 @@ class Syncer:
         run.requests = self.client.requests_sent - run.requests_at_start
         run.tick(force=True)
         return SyncReport(
-            total=run.total, succeeded=run.succeeded, failed=run.failed, skipped=run.skipped,
-            requests=run.requests, failures=tuple(sorted(run.failures, key=_by_index)),
-            attribute_values=run.attribute_values, attribute_values_saved=run.saved,
-            warnings=tuple(run.warnings), elapsed=time.perf_counter() - run.started,
+            total=run.total,
+            succeeded=run.succeeded,
+            failed=run.failed,
+            skipped=run.skipped,
+            requests=run.requests,
+            failures=tuple(sorted(run.failures, key=_by_index)),
+            attribute_values=run.attribute_values,
+            attribute_values_saved=run.saved,
+            warnings=tuple(run.warnings),
+            elapsed=time.perf_counter() - run.started,
         )
 
-    def _finish(self, run: _Run, index: int, entry: _Pending,
-                state_updates: list[tuple[str, dict[str, str]]]) -> None:
+    def _finish(
+        self,
+        run: _Run,
+        index: int,
+        entry: _Pending,
+        state_updates: list[tuple[str, dict[str, str]]],
+    ) -> None:
         built = entry.built
         if entry.failure is None:
             run.succeeded += 1
@@ -418,8 +469,10 @@ class Syncer:
                 state_updates.append(built.state)
             return
         stage, reason, retryable = entry.failure
-        objects = [{"array": item.array, "object": loads(item.payload)}
-                   for item in map(_item, built.objects)]
+        objects = [
+            {"array": item.array, "object": loads(item.payload)}
+            for item in map(_item, built.objects)
+        ]
         self._fail(run, index, built.record_id, stage, reason, entry.record, objects, retryable)
 
     # --- public API -------------------------------------------------------------------------
@@ -444,8 +497,9 @@ class Syncer:
             obj = self.mapper.attributes(member_id, values, types)
             return _Built(obj.external_id, (obj,))
 
-        return self._run("attributes", [{"id": member_id, **values}], build,
-                         lambda record: str(member_id))
+        return self._run(
+            "attributes", [{"id": member_id, **values}], build, lambda record: str(member_id)
+        )
 
     def preview_members(self, members: Iterable[Any]) -> list[dict[str, Any]]:
         """The ``/users/track`` bodies a member sync would send; no network (records that
@@ -456,8 +510,12 @@ class Syncer:
         """The ``/users/track`` bodies an event sync would send; no network."""
         return self._preview(events, self._build_event, _event_id)
 
-    def _preview(self, records: Iterable[Any], build: Callable[[Any, _Run], _Built | None],
-                 record_id_of: Callable[[Any], str | None]) -> list[dict[str, Any]]:
+    def _preview(
+        self,
+        records: Iterable[Any],
+        build: Callable[[Any, _Run], _Built | None],
+        record_id_of: Callable[[Any], str | None],
+    ) -> list[dict[str, Any]]:
         return [loads(batch.body) for batch in self.plan(records, build, record_id_of)[0]]
 
     def plan(
@@ -473,8 +531,9 @@ class Syncer:
 
         def batches() -> Iterator[Any]:
             try:
-                for batch in self.client.pack(self._groups(records, build, run, pending,
-                                                           record_id_of)):
+                for batch in self.client.pack(
+                    self._groups(records, build, run, pending, record_id_of)
+                ):
                     for item in batch.items:
                         if pending.pop(item.tag, None) is not None:
                             run.succeeded += 1
@@ -491,9 +550,15 @@ class Syncer:
         record_id_of = _member_id if kind == "members" else _event_id
         batches, run = self.plan(records, build, record_id_of)
         count = sum(1 for _ in batches)
-        return SyncReport(total=run.total, succeeded=run.succeeded, failed=run.failed,
-                          skipped=run.skipped, requests=count, failures=tuple(run.failures),
-                          elapsed=time.perf_counter() - run.started)
+        return SyncReport(
+            total=run.total,
+            succeeded=run.succeeded,
+            failed=run.failed,
+            skipped=run.skipped,
+            requests=count,
+            failures=tuple(run.failures),
+            elapsed=time.perf_counter() - run.started,
+        )
 
     def replay(self, path: str | PathLike[str]) -> SyncReport:
         """Resend the retryable records of a dead-letter file; the rest count as skipped."""
@@ -508,8 +573,9 @@ class Syncer:
                 return None
             return _Built(str(entry.get("record_id")), tuple(_wire_object(o) for o in objects))
 
-        return self._run("replay", read_dead_letters(source), build,
-                         lambda entry: entry.get("record_id"))
+        return self._run(
+            "replay", read_dead_letters(source), build, lambda entry: entry.get("record_id")
+        )
 
 
 def _safe_id(record_id_of: Callable[[Any], str | None], record: Any) -> str | None:
@@ -520,10 +586,7 @@ def _safe_id(record_id_of: Callable[[Any], str | None], record: Any) -> str | No
 
 
 def _member_id(record: Any) -> str | None:
-    if isinstance(record, AbcMapping):
-        value = record.get("id")
-    else:
-        value = getattr(record, "id", None)
+    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
     return None if value is None else str(value)
 
 

@@ -19,7 +19,7 @@ from . import _demo
 from ._client import BrazeClient
 from ._mapping import Mapping
 from ._state import SqliteStateStore
-from ._sync import Progress, SyncReport, Syncer
+from ._sync import Progress, Syncer, SyncReport
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
@@ -181,8 +181,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
     state = SqliteStateStore(args.state) if args.state else None
     with client:
         try:
-            syncer = Syncer(client, mapping, dead_letter=args.dead_letter, state=state,
-                            send=args.send, progress=progress)
+            syncer = Syncer(
+                client,
+                mapping,
+                dead_letter=args.dead_letter,
+                state=state,
+                send=args.send,
+                progress=progress,
+            )
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         try:
@@ -248,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--dry-run", action="store_true", help="validate and batch; send nothing")
     sync.add_argument("--dead-letter", help="write failed records here (JSON Lines)")
     sync.add_argument("--state", help="SQLite file for change detection")
-    sync.add_argument("--send", choices=["full", "changed"], default="full",
-                      help="with --state: send all mapped fields or only changed ones")
+    sync.add_argument(
+        "--send",
+        choices=["full", "changed"],
+        default="full",
+        help="with --state: send all mapped fields or only changed ones",
+    )
     sync.add_argument("--max-in-flight", type=int, default=8, help="concurrent requests (8)")
     sync.add_argument("--quiet", action="store_true", help="no progress line")
     sync.set_defaults(func=cmd_sync)

@@ -117,8 +117,10 @@ class CoercionError(AntavoBrazeError, ValueError):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_coercion_error, (self.value, self.type, self.reason, self.field,
-                                          self.record_id))
+        return (
+            _rebuild_coercion_error,
+            (self.value, self.type, self.reason, self.field, self.record_id),
+        )
 
     def _repr_html_(self) -> str:
         from html import escape

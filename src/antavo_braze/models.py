@@ -39,7 +39,7 @@ def _to_mapping(value: abc.Mapping[str, Any] | None) -> abc.Mapping[str, Any]:
 
 @frozen
 class LoyaltyMember:
-    """An Antavo loyalty member: ``id`` becomes Braze's ``external_id``; ``fields`` are its values."""
+    """An Antavo member: ``id`` becomes Braze's ``external_id``; ``fields`` are its values."""
 
     id: str
     fields: abc.Mapping[str, Any] = field(factory=dict, converter=_to_mapping)
@@ -60,8 +60,11 @@ class LoyaltyEvent:
 
     def envelope(self) -> dict[str, Any]:
         """The Antavo envelope form (``customer``/``action``/``data``/``timestamp``)."""
-        out: dict[str, Any] = {"customer": self.customer_id, "action": self.action,
-                               "data": dict(self.data)}
+        out: dict[str, Any] = {
+            "customer": self.customer_id,
+            "action": self.action,
+            "data": dict(self.data),
+        }
         if self.time is not None:
             out["timestamp"] = self.time
         return out

@@ -15,16 +15,23 @@ def sync_one_member() -> ab.SyncReport:
     points: int | float | None = ab.coerce("10", ab.BrazeType.NUMBER)
     assert points == 10
     with FakeBraze() as fake, fake.client(max_in_flight=2) as client:
-        syncer = ab.Syncer(client, mapping, dead_letter=ab.MemoryDeadLetter(),
-                           state=ab.MemoryStateStore(), send="changed")
+        syncer = ab.Syncer(
+            client,
+            mapping,
+            dead_letter=ab.MemoryDeadLetter(),
+            state=ab.MemoryStateStore(),
+            send="changed",
+        )
         report = syncer.sync_members([ab.LoyaltyMember(id="m-1", fields={"score": "5"})])
-        event = ab.LoyaltyEvent(customer_id="m-1", action="opt_in",
-                                time=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        event = ab.LoyaltyEvent(
+            customer_id="m-1", action="opt_in", time=datetime(2026, 1, 1, tzinfo=timezone.utc)
+        )
         events: ab.SyncReport = syncer.sync_events([event])
         failures: tuple[ab.RecordFailure, ...] = events.failures
         assert not failures
         result: ab.TrackResult = client.track(
-            attributes=[ab.AttributesObject("m-1", {"vip": True})])
+            attributes=[ab.AttributesObject("m-1", {"vip": True})]
+        )
         assert result.ok
         permissions: dict[str, bool] = client.check_permissions()
         assert all(permissions.values())

@@ -7,6 +7,7 @@ serves the custom-event read endpoints, sends rate-limit headers, and injects fa
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import random
 import socket
@@ -25,15 +26,17 @@ from .._client import PERMISSIONS, BrazeClient
 from .._json import dumps, loads
 from .._retry import RetryPolicy
 
-__all__ = ["Fault", "FakeBraze", "RecordedRequest"]
+__all__ = ["FakeBraze", "Fault", "RecordedRequest"]
 
 _PRIMARY_IDS = ("external_id", "user_alias", "braze_id")
 _SECONDARY_IDS = ("email", "phone")
-_CONTROL_KEYS = frozenset({*_PRIMARY_IDS, *_SECONDARY_IDS, "_update_existing_only",
-                           "_merge_objects", "app_id"})
+_CONTROL_KEYS = frozenset(
+    {*_PRIMARY_IDS, *_SECONDARY_IDS, "_update_existing_only", "_merge_objects", "app_id"}
+)
 _EVENT_RESERVED = frozenset({"time", "event_name"})
-_PURCHASE_RESERVED = frozenset({"time", "product_id", "quantity", "event_name", "price",
-                                "currency"})
+_PURCHASE_RESERVED = frozenset(
+    {"time", "product_id", "quantity", "event_name", "price", "currency"}
+)
 _MAX_STRING = 255
 _MAX_ARRAY = 500
 _MAX_NESTED_BYTES = 100 * 1024
@@ -65,7 +68,7 @@ class Fault:
     path: str | None = None
 
 
-class _Invalid(Exception):
+class _InvalidError(Exception):
     pass
 
 
@@ -81,36 +84,38 @@ def _loads_or_unparsed(raw: bytes) -> Any:
 
 def _parse_time(value: Any) -> datetime:
     if not isinstance(value, str) or not value:
-        raise _Invalid("time must be an ISO 8601 string")
+        raise _InvalidError("time must be an ISO 8601 string")
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise _Invalid(f"invalid time {value!r}") from None
+        raise _InvalidError(f"invalid time {value!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=_UTC)
     if not 0 < moment.year <= 3000:
-        raise _Invalid(f"time {value!r} is out of range")
+        raise _InvalidError(f"time {value!r} is out of range")
     return moment.astimezone(_UTC)
 
 
 def _check_identifiers(obj: dict[str, Any]) -> str:
     primaries = [k for k in _PRIMARY_IDS if k in obj]
     if len(primaries) > 1:
-        raise _Invalid("more than one primary identifier")
+        raise _InvalidError("more than one primary identifier")
     if not primaries and not any(k in obj for k in _SECONDARY_IDS):
-        raise _Invalid("missing identifier (external_id, user_alias, braze_id, email or phone)")
+        raise _InvalidError(
+            "missing identifier (external_id, user_alias, braze_id, email or phone)"
+        )
     if "external_id" in obj:
         external_id = obj["external_id"]
         if not isinstance(external_id, str) or not external_id:
-            raise _Invalid("external_id must be a non-empty string")
+            raise _InvalidError("external_id must be a non-empty string")
         if len(external_id.encode()) > 987:
-            raise _Invalid("EXTERNAL_USER_ID_TOO_LARGE")
+            raise _InvalidError("EXTERNAL_USER_ID_TOO_LARGE")
         return external_id
     if "user_alias" in obj:
         alias = obj["user_alias"]
         if not isinstance(alias, dict) or set(alias) != {"alias_name", "alias_label"}:
-            raise _Invalid("user_alias needs alias_name and alias_label")
+            raise _InvalidError("user_alias needs alias_name and alias_label")
         return f"alias:{alias['alias_label']}:{alias['alias_name']}"
     if "braze_id" in obj:
         return f"braze:{obj['braze_id']}"
@@ -119,21 +124,21 @@ def _check_identifiers(obj: dict[str, Any]) -> str:
 
 def _check_key(key: Any, where: str) -> None:
     if not isinstance(key, str) or not key:
-        raise _Invalid(f"{where}: keys must be non-empty strings")
+        raise _InvalidError(f"{where}: keys must be non-empty strings")
     if len(key) > _MAX_STRING:
-        raise _Invalid(f"{where}: key longer than 255 characters")
+        raise _InvalidError(f"{where}: key longer than 255 characters")
 
 
 def _check_scalar_string(value: str, where: str) -> None:
     if len(value) > _MAX_STRING:
-        raise _Invalid(f"{where}: string longer than 255 characters")
+        raise _InvalidError(f"{where}: string longer than 255 characters")
 
 
 def _check_nested(value: Any, where: str, depth: int = 0) -> None:
     if depth > 50:
-        raise _Invalid(f"{where}: nested too deep")
+        raise _InvalidError(f"{where}: nested too deep")
     if value is None:
-        raise _Invalid(f"{where}: null inside a nested attribute")
+        raise _InvalidError(f"{where}: null inside a nested attribute")
     if isinstance(value, str):
         _check_scalar_string(value, where)
     elif isinstance(value, dict):
@@ -143,13 +148,13 @@ def _check_nested(value: Any, where: str, depth: int = 0) -> None:
         for key, item in value.items():
             _check_key(key, where)
             if key.startswith("$") or "." in key:
-                raise _Invalid(f"{where}: nested keys cannot start with '$' or contain '.'")
+                raise _InvalidError(f"{where}: nested keys cannot start with '$' or contain '.'")
             _check_nested(item, f"{where}.{key}", depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _check_nested(item, f"{where}[{index}]", depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
-        raise _Invalid(f"{where}: not a finite number")
+        raise _InvalidError(f"{where}: not a finite number")
 
 
 def _size(value: Any) -> int:
@@ -159,12 +164,12 @@ def _size(value: Any) -> int:
 def _check_attribute(name: str, value: Any) -> None:
     _check_key(name, "attribute")
     if name.startswith("$"):
-        raise _Invalid(f"attribute {name!r}: names cannot start with '$'")
+        raise _InvalidError(f"attribute {name!r}: names cannot start with '$'")
     if value is None or isinstance(value, (bool, int)):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Invalid(f"attribute {name!r}: not a finite number")
+            raise _InvalidError(f"attribute {name!r}: not a finite number")
         return
     if isinstance(value, str):
         _check_scalar_string(value, f"attribute {name!r}")
@@ -176,85 +181,89 @@ def _check_attribute(name: str, value: Any) -> None:
         else:
             for item in value:
                 if isinstance(item, (dict, list)) or item is None:
-                    raise _Invalid(f"attribute {name!r}: arrays hold scalars only")
+                    raise _InvalidError(f"attribute {name!r}: arrays hold scalars only")
                 if isinstance(item, str):
                     _check_scalar_string(item, f"attribute {name!r}")
             if len(value) != len({(type(v) is bool, v) for v in value}):
-                raise _Invalid(f"attribute {name!r}: array values must be unique")
+                raise _InvalidError(f"attribute {name!r}: array values must be unique")
             if len(value) > _MAX_ARRAY:
-                raise _Invalid(f"attribute {name!r}: more than {_MAX_ARRAY} items")
+                raise _InvalidError(f"attribute {name!r}: more than {_MAX_ARRAY} items")
         if _size(value) > _MAX_NESTED_BYTES:
-            raise _Invalid(f"attribute {name!r}: over 100 KB")
+            raise _InvalidError(f"attribute {name!r}: over 100 KB")
         return
     if isinstance(value, dict):
         ops = set(value)
         if ops and ops <= {"add", "remove"}:
             for op in ops:
                 if not isinstance(value[op], list):
-                    raise _Invalid(f"attribute {name!r}: '{op}' takes a list")
+                    raise _InvalidError(f"attribute {name!r}: '{op}' takes a list")
             return
         if ops == {"inc"}:
             if not isinstance(value["inc"], int) or isinstance(value["inc"], bool):
-                raise _Invalid(f"attribute {name!r}: 'inc' takes an integer")
+                raise _InvalidError(f"attribute {name!r}: 'inc' takes an integer")
             return
         if ops and ops <= {"$add", "$remove", "$update"}:
             for op in ops:
                 if not isinstance(value[op], list):
-                    raise _Invalid(f"attribute {name!r}: '{op}' takes a list")
+                    raise _InvalidError(f"attribute {name!r}: '{op}' takes a list")
             for item in value.get("$add", []):
                 _check_nested(item, f"attribute {name!r}.$add")
             for item in value.get("$remove", []) + value.get("$update", []):
                 if not isinstance(item, dict) or "$identifier_key" not in item:
-                    raise _Invalid(f"attribute {name!r}: operator items need $identifier_key")
+                    raise _InvalidError(f"attribute {name!r}: operator items need $identifier_key")
             return
         if set(value) == {"$time"}:
             _parse_time(value["$time"])
             return
         _check_nested(value, f"attribute {name!r}")
         if _size(value) > _MAX_NESTED_BYTES:
-            raise _Invalid(f"attribute {name!r}: over 100 KB")
+            raise _InvalidError(f"attribute {name!r}: over 100 KB")
         return
-    raise _Invalid(f"attribute {name!r}: unsupported value")  # pragma: no cover - JSON has no more
+    raise _InvalidError(
+        f"attribute {name!r}: unsupported value"
+    )  # pragma: no cover - JSON has no more
 
 
 def _check_properties(value: Any, reserved: frozenset[str], limit: int) -> None:
     if value is None:
         return
     if not isinstance(value, dict):
-        raise _Invalid("Invalid 'properties' field: must be an object")
+        raise _InvalidError("Invalid 'properties' field: must be an object")
     for key, item in value.items():
         _check_key(key, "properties")
         if key.startswith("$") or key in reserved:
-            raise _Invalid(f"Invalid 'properties' field: {key!r} is reserved or starts with '$'")
+            raise _InvalidError(
+                f"Invalid 'properties' field: {key!r} is reserved or starts with '$'"
+            )
         if isinstance(item, str):
             _check_scalar_string(item, f"property {key!r}")
     if _size(value) > limit:
-        raise _Invalid("Invalid 'properties' field: too large")
+        raise _InvalidError("Invalid 'properties' field: too large")
 
 
 def _check_event(obj: dict[str, Any]) -> None:
     name = obj.get("name")
     if not isinstance(name, str) or not name or len(name) > _MAX_STRING or name.startswith("$"):
-        raise _Invalid("invalid event name")
+        raise _InvalidError("invalid event name")
     _parse_time(obj.get("time"))
     _check_properties(obj.get("properties"), _EVENT_RESERVED, _MAX_NESTED_BYTES)
     if "app_id" in obj and not isinstance(obj["app_id"], str):
-        raise _Invalid("app_id must be a string")
+        raise _InvalidError("app_id must be a string")
 
 
 def _check_purchase(obj: dict[str, Any]) -> None:
     product_id = obj.get("product_id")
     if not isinstance(product_id, str) or not product_id or len(product_id) > _MAX_STRING:
-        raise _Invalid("invalid product_id")
+        raise _InvalidError("invalid product_id")
     currency = obj.get("currency")
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
-        raise _Invalid("invalid currency")
+        raise _InvalidError("invalid currency")
     price = obj.get("price")
     if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price):
-        raise _Invalid("invalid price")
+        raise _InvalidError("invalid price")
     quantity = obj.get("quantity", 1)
     if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100:
-        raise _Invalid("quantity must be an integer from 1 to 100")
+        raise _InvalidError("quantity must be an integer from 1 to 100")
     _parse_time(obj.get("time"))
     _check_properties(obj.get("properties"), _PURCHASE_RESERVED, 50 * 1024)
 
@@ -277,8 +286,11 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
     if isinstance(value, dict):
         ops = set(value)
         if ops and ops <= {"add", "remove"}:
-            items = [v for v in current if v not in value.get("remove", [])] if isinstance(
-                current, list) else []
+            items = (
+                [v for v in current if v not in value.get("remove", [])]
+                if isinstance(current, list)
+                else []
+            )
             for item in value.get("add", []):
                 if item in items:
                     items.remove(item)  # an existing value moves to the end
@@ -297,8 +309,12 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
             for rule in value.get("$update", []):
                 key, match = rule["$identifier_key"], rule.get("$identifier_value")
                 new = rule.get("$new_object", {})
-                objects = [(_deep_merge(o, new) if merge else {**new, key: match})
-                           if o.get(key) == match else o for o in objects]
+                objects = [
+                    (_deep_merge(o, new) if merge else {**new, key: match})
+                    if o.get(key) == match
+                    else o
+                    for o in objects
+                ]
             if _size(objects) <= _MAX_NESTED_BYTES:  # over the limit: dropped, still "success"
                 profile[name] = objects
             return
@@ -312,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read fake.requests instead
 
     def do_GET(self) -> None:
@@ -403,8 +419,10 @@ class FakeBraze:
             server.fake = self
             self._server = server
             self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                name="FakeBraze", daemon=True,
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name="FakeBraze",
+                daemon=True,
             )
             self._thread.start()
         return self
@@ -423,15 +441,17 @@ class FakeBraze:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"FakeBraze(url={self.url if self._server else None!r}, profiles={len(self.profiles)})"
+        return (
+            f"FakeBraze(url={self.url if self._server else None!r}, profiles={len(self.profiles)})"
+        )
 
     @property
     def url(self) -> str:
         """The base URL to use as the Braze REST endpoint."""
         if self._server is None:
             raise RuntimeError("FakeBraze is not running; use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self.prefix}"
+        port = self._server.server_address[1]
+        return f"http://{self._host}:{port}{self.prefix}"
 
     def client(self, **kwargs: Any) -> BrazeClient:
         """A :class:`BrazeClient` wired to this server (fast retries unless ``retry`` is given)."""
@@ -481,8 +501,10 @@ class FakeBraze:
             for index, fault in enumerate(self._faults):
                 if fault.path is None or fault.path == path:
                     return self._faults.pop(index)
-            if self._fault_rate and path == "/users/track" and (
-                self._random.random() < self._fault_rate
+            if (
+                self._fault_rate
+                and path == "/users/track"
+                and (self._random.random() < self._fault_rate)
             ):
                 return Fault(status=self._fault_status, body={"message": "Service Unavailable"})
         return None
@@ -520,20 +542,19 @@ class FakeBraze:
         key_valid = key is not None and key in self._keys
         if self.prefix:
             if not path.startswith(self.prefix + "/"):
-                self._reply(handler, method, path, query, None, key_valid, 404,
-                            {"message": "Not Found"})
+                self._reply(
+                    handler, method, path, query, None, key_valid, 404, {"message": "Not Found"}
+                )
                 return
-            path = path[len(self.prefix):]
+            path = path[len(self.prefix) :]
         fault = self._take_fault(path)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
         if fault is not None and fault.drop:
             self._record(method, path, query, None, 0, key_valid, handler)
             handler.close_connection = True
-            try:
+            with contextlib.suppress(OSError):  # already closed by the peer
                 handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:  # pragma: no cover - already closed by the peer
-                pass
             return
         body: Any = _UNPARSED
         ids: set[str] = set()
@@ -547,12 +568,15 @@ class FakeBraze:
 
     def _claim(self, body: Any) -> set[str]:
         """Note which profiles this request touches, counting overlaps with requests in flight."""
-        ids = set()
+        ids: set[str] = set()
         if isinstance(body, dict):
             for objects in body.values():
                 if isinstance(objects, list):
-                    ids.update(o["external_id"] for o in objects
-                               if isinstance(o, dict) and isinstance(o.get("external_id"), str))
+                    ids.update(
+                        o["external_id"]
+                        for o in objects
+                        if isinstance(o, dict) and isinstance(o.get("external_id"), str)
+                    )
         with self._lock:
             overlap = ids & self._in_flight_ids.keys()
             self.overlapping_requests += bool(overlap)
@@ -569,20 +593,45 @@ class FakeBraze:
                 else:
                     del self._in_flight_ids[external_id]
 
-    def _respond(self, handler: _Handler, method: str, path: str, query: Mapping[str, str],
-                 fault: Fault | None, key: str | None, key_valid: bool, raw: bytes,
-                 body: Any) -> None:
+    def _respond(
+        self,
+        handler: _Handler,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        fault: Fault | None,
+        key: str | None,
+        key_valid: bool,
+        raw: bytes,
+        body: Any,
+    ) -> None:
         if self.latency:
             time.sleep(self.latency)
         if fault is not None and fault.status is not None:
-            self._reply(handler, method, path, query, None, key_valid, fault.status,
-                        fault.body if fault.body is not None else {"message": "injected fault"},
-                        dict(fault.headers))
+            self._reply(
+                handler,
+                method,
+                path,
+                query,
+                None,
+                key_valid,
+                fault.status,
+                fault.body if fault.body is not None else {"message": "injected fault"},
+                dict(fault.headers),
+            )
             return
         if not key_valid:
             # Braze echoes the key it did not recognise; the client must redact it.
-            self._reply(handler, method, path, query, None, False, 401,
-                        {"message": f"Invalid API key: {key}"})
+            self._reply(
+                handler,
+                method,
+                path,
+                query,
+                None,
+                False,
+                401,
+                {"message": f"Invalid API key: {key}"},
+            )
             return
         route = {
             ("POST", "/users/track"): ("users.track", self._track),
@@ -596,31 +645,65 @@ class FakeBraze:
         permission, action = route
         assert key is not None
         if permission not in self._keys[key]:
-            self._reply(handler, method, path, query, None, True, 403,
-                        {"message": "Access Denied"})
+            self._reply(handler, method, path, query, None, True, 403, {"message": "Access Denied"})
             return
         headers: dict[str, str] = {}
         if permission == "users.track":
             allowed, headers = self._rate_headers()
             if not allowed:
-                self._reply(handler, method, path, query, None, True, 429,
-                            {"message": "Rate Limited"}, headers)
+                self._reply(
+                    handler,
+                    method,
+                    path,
+                    query,
+                    None,
+                    True,
+                    429,
+                    {"message": "Rate Limited"},
+                    headers,
+                )
                 return
         status, payload, extra, recorded = action(raw, query, handler, body)
         headers.update(extra)
         self._reply(handler, method, path, query, recorded, True, status, payload, headers)
 
-    def _record(self, method: str, path: str, query: Mapping[str, str], body: Any, status: int,
-                key_valid: bool, handler: _Handler) -> None:
+    def _record(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: Any,
+        status: int,
+        key_valid: bool,
+        handler: _Handler,
+    ) -> None:
         with self._lock:
             self.status_counts[status] += 1
             if self.record:
-                self.requests.append(RecordedRequest(method, path, query, body, status, key_valid,
-                                                     handler.headers.get("User-Agent")))
+                self.requests.append(
+                    RecordedRequest(
+                        method,
+                        path,
+                        query,
+                        body,
+                        status,
+                        key_valid,
+                        handler.headers.get("User-Agent"),
+                    )
+                )
 
-    def _reply(self, handler: _Handler, method: str, path: str, query: Mapping[str, str],
-               body: Any, key_valid: bool, status: int, payload: Any,
-               headers: Mapping[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        handler: _Handler,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: Any,
+        key_valid: bool,
+        status: int,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self._record(method, path, query, body, status, key_valid, handler)
         data = payload if isinstance(payload, bytes) else dumps(payload)
         handler.send_response(status)
@@ -633,8 +716,9 @@ class FakeBraze:
 
     # --- /users/track ----------------------------------------------------------------------
 
-    def _track(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
-               body: Any) -> tuple[int, Any, dict[str, str], Any]:
+    def _track(
+        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
+    ) -> tuple[int, Any, dict[str, str], Any]:
         if len(raw) > self.max_body_bytes:
             return 413, {"message": "Request Entity Too Large"}, {}, None
         if "application/json" not in (handler.headers.get("Content-Type") or ""):
@@ -652,25 +736,31 @@ class FakeBraze:
             return 400, {"message": "Max Input Length Exceeded"}, {}, body
         errors: list[dict[str, Any]] = []
         accepted: dict[str, list[dict[str, Any]]] = {name: [] for name in arrays}
-        checks = {"attributes": self._check_attributes_object, "events": _check_event,
-                  "purchases": _check_purchase}
+        checks = {
+            "attributes": self._check_attributes_object,
+            "events": _check_event,
+            "purchases": _check_purchase,
+        }
         for name, objects in arrays.items():
             for index, obj in enumerate(objects):
                 try:
                     if not isinstance(obj, dict):
-                        raise _Invalid("objects must be JSON objects")
+                        raise _InvalidError("objects must be JSON objects")
                     profile_id = _check_identifiers(obj)
                     if profile_id in self._blocked:
-                        raise _Invalid("BLACKLISTED_EXTERNAL_USER_ID")
+                        raise _InvalidError("BLACKLISTED_EXTERNAL_USER_ID")
                     checks[name](obj)
-                except _Invalid as exc:
+                except _InvalidError as exc:
                     errors.append({"type": str(exc), "input_array": name, "index": index})
                 else:
                     accepted[name].append(obj)
         self._store(accepted)
         payload: dict[str, Any] = {"message": "success"}
-        for name, key in (("attributes", "attributes_processed"),
-                          ("events", "events_processed"), ("purchases", "purchases_processed")):
+        for name, key in (
+            ("attributes", "attributes_processed"),
+            ("events", "events_processed"),
+            ("purchases", "purchases_processed"),
+        ):
             if arrays[name]:
                 payload[key] = len(accepted[name])
         if errors:
@@ -680,7 +770,7 @@ class FakeBraze:
     @staticmethod
     def _check_attributes_object(obj: dict[str, Any]) -> None:
         if "_update_existing_only" in obj and not isinstance(obj["_update_existing_only"], bool):
-            raise _Invalid("_update_existing_only must be a boolean")
+            raise _InvalidError("_update_existing_only must be a boolean")
         for name, value in obj.items():
             if name not in _CONTROL_KEYS:
                 _check_attribute(name, value)
@@ -699,8 +789,9 @@ class FakeBraze:
                 profile = self.profiles.setdefault(profile_id, {})
                 merge = obj.get("_merge_objects") is True
                 for name, value in obj.items():
-                    if name not in _CONTROL_KEYS or name in _SECONDARY_IDS and (
-                        "external_id" in obj):
+                    if name not in _CONTROL_KEYS or (
+                        name in _SECONDARY_IDS and ("external_id" in obj)
+                    ):
                         _apply_attribute(profile, name, value, merge)
             for name in ("events", "purchases"):
                 for obj in accepted[name]:
@@ -709,8 +800,11 @@ class FakeBraze:
                         continue
                     self.profiles.setdefault(profile_id, {})
                     record = dict(obj)
-                    record["time"] = min(_parse_time(obj["time"]),
-                                         datetime.now(_UTC)).isoformat().replace("+00:00", "Z")
+                    record["time"] = (
+                        min(_parse_time(obj["time"]), datetime.now(_UTC))
+                        .isoformat()
+                        .replace("+00:00", "Z")
+                    )
                     if name == "events":
                         self.event_names.add(obj["name"])
                         self.events.append(record)
@@ -723,29 +817,43 @@ class FakeBraze:
         with self._lock:
             return sorted(self.event_names)
 
-    def _events_list(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
-                     body: Any) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_list(
+        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
+    ) -> tuple[int, Any, dict[str, str], Any]:
         try:
             page = int(query.get("page", "0"))
         except ValueError:
             return 400, {"message": "page must be an integer"}, {}, None
-        names = self._sorted_event_names()[page * 250:(page + 1) * 250]
+        names = self._sorted_event_names()[page * 250 : (page + 1) * 250]
         return 200, {"message": "success", "events": names}, {}, None
 
-    def _events_get(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
-                    body: Any) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_get(
+        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
+    ) -> tuple[int, Any, dict[str, str], Any]:
         names = self._sorted_event_names()
         try:
-            start = int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
+            start = (
+                int(base64.urlsafe_b64decode(query["cursor"]).decode()) if "cursor" in query else 0
+            )
         except (ValueError, UnicodeDecodeError):
             return 400, {"message": "invalid cursor"}, {}, None
-        page = names[start:start + 50]
-        events = [{"name": n, "description": None, "included_in_analytics_report": False,
-                   "status": "Active", "tag_names": []} for n in page]
+        page = names[start : start + 50]
+        events: list[dict[str, Any]] = [
+            {
+                "name": n,
+                "description": None,
+                "included_in_analytics_report": False,
+                "status": "Active",
+                "tag_names": [],
+            }
+            for n in page
+        ]
         headers = {}
         links = []
         if start > 0:
-            links.append(f'<{self.url}/events?cursor={self._cursor(max(0, start - 50))}>; rel="prev"')
+            links.append(
+                f'<{self.url}/events?cursor={self._cursor(max(0, start - 50))}>; rel="prev"'
+            )
         if start + 50 < len(names):
             links.append(f'<{self.url}/events?cursor={self._cursor(start + 50)}>; rel="next"')
         if links:
@@ -756,14 +864,15 @@ class FakeBraze:
     def _cursor(offset: int) -> str:
         return base64.urlsafe_b64encode(str(offset).encode()).decode()
 
-    def _data_series(self, raw: bytes, query: Mapping[str, str], handler: _Handler,
-                     body: Any) -> tuple[int, Any, dict[str, str], Any]:
+    def _data_series(
+        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
+    ) -> tuple[int, Any, dict[str, str], Any]:
         try:
             name = query["event"]
             length = int(query["length"])
             unit = query.get("unit", "day")
             ending = _parse_time(query["ending_at"]) if "ending_at" in query else datetime.now(_UTC)
-        except (KeyError, ValueError, _Invalid) as exc:
+        except (KeyError, ValueError, _InvalidError) as exc:
             return 400, {"message": f"invalid parameters: {exc}"}, {}, None
         if unit not in ("day", "hour") or not 1 <= length <= 100:
             return 400, {"message": "unit must be day or hour; length 1-100"}, {}, None
@@ -778,7 +887,10 @@ class FakeBraze:
         data = []
         for start in starts:
             count = sum(1 for t in times if start <= t < start + step)
-            label = start.date().isoformat() if unit == "day" else start.isoformat().replace(
-                "+00:00", "Z")
+            label = (
+                start.date().isoformat()
+                if unit == "day"
+                else start.isoformat().replace("+00:00", "Z")
+            )
             data.append({"time": label, "count": count})
         return 200, {"message": "success", "data": data}, {}, None
