@@ -12,9 +12,8 @@ from antavo_braze._batching import ARRAYS, Item, build_body, pack
 
 
 def item(array: str = "attributes", size: int = 10, eid: str = "m", tag: object = None) -> Item:
-    """An item whose payload is valid JSON of about ``size`` bytes."""
-    payload = json.dumps({"external_id": eid, "p": "x" * max(0, size - 30)}).encode()
-    return Item(array, payload, eid, tag)
+    """An item whose JSON is about ``size`` bytes."""
+    return Item(array, {"external_id": eid, "p": "x" * max(0, size - 30)}, eid, tag)
 
 
 def test_body_layout_and_positions() -> None:
@@ -57,8 +56,9 @@ def test_oversize_group_is_split_and_oversize_item_marked() -> None:
     batches = list(pack([big_group]))
     assert [len(b.items) for b in batches] == [75, 5]
     huge = item(size=200)
-    batches = list(pack([[huge], [item()]], max_bytes=150))
-    assert [b.oversize for b in batches] == [True, False]
+    batches = list(pack([[item(tag=1)], [huge], [item(tag=2)]], max_bytes=150))
+    assert [b.oversize for b in batches] == [False, True, False]
+    assert [b.items[0].tag for b in batches] == [1, None, 2]
 
 
 def test_bytes_limit() -> None:
@@ -107,6 +107,7 @@ def test_packing_invariants(
     for batch in batches:
         if batch.oversize:
             assert len(batch.items) == 1
+            assert len(batch.body) > max_bytes
             continue
         assert len(batch.body) <= max_bytes
         counts = {a: sum(1 for it in batch.items if it.array == a) for a in ARRAYS}

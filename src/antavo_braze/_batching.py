@@ -7,10 +7,12 @@ not order separate requests).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from attrs import frozen
+
+from . import _json
 
 __all__ = [
     "ARRAYS",
@@ -27,16 +29,14 @@ ARRAYS = ("attributes", "events", "purchases")
 MAX_OBJECTS = 75
 MAX_BODY_BYTES = 4_000_000
 BatchMode = Literal["combined", "legacy"]
-# Fixed bytes of a body: braces, plus per array its quoted name, colon, brackets and a comma.
-_BODY_OVERHEAD = 2 + sum(len(name) + 6 for name in ARRAYS)
 
 
 @frozen
 class Item:
-    """One serialized Braze object: its array, JSON bytes, the profile it touches, a caller tag."""
+    """One Braze object in wire form: its array, the JSON-ready dict, its profile, a caller tag."""
 
     array: str
-    payload: bytes
+    obj: Mapping[str, Any]
     external_id: str
     tag: Any = None
 
@@ -52,31 +52,40 @@ class Batch:
     oversize: bool = False
 
 
-def build_body(items: Sequence[Item]) -> tuple[bytes, tuple[tuple[str, int], ...]]:
-    """The request body for ``items`` and each item's position in it."""
-    by_array: dict[str, list[bytes]] = {}
+def build_body(
+    items: Sequence[Item], dumps: Callable[[Any], bytes] = _json.dumps
+) -> tuple[bytes, tuple[tuple[str, int], ...]]:
+    """The request body for ``items`` (serialized in one call) and each item's position in it."""
+    by_array: dict[str, list[Any]] = {}
     positions: list[tuple[str, int]] = []
     for item in items:
-        payloads = by_array.setdefault(item.array, [])
-        positions.append((item.array, len(payloads)))
-        payloads.append(item.payload)
-    parts = [
-        b'"' + name.encode() + b'":[' + b",".join(by_array[name]) + b"]"
-        for name in ARRAYS
-        if name in by_array
-    ]
-    return b"{" + b",".join(parts) + b"}", tuple(positions)
+        objects = by_array.get(item.array)
+        if objects is None:
+            objects = by_array[item.array] = []
+        positions.append((item.array, len(objects)))
+        objects.append(item.obj)
+    body = {name: by_array[name] for name in ARRAYS if name in by_array}
+    return dumps(body), tuple(positions)
 
 
-def _make_batch(items: list[Item], oversize: bool = False) -> Batch:
-    body, positions = build_body(items)
-    return Batch(
-        items=tuple(items),
-        body=body,
-        positions=positions,
-        external_ids=frozenset(item.external_id for item in items),
-        oversize=oversize,
-    )
+def _batches(
+    items: list[Item], max_bytes: int, dumps: Callable[[Any], bytes]
+) -> Iterator[Batch]:
+    """Batches for ``items``, halving (in order) any body over ``max_bytes``."""
+    body, positions = build_body(items, dumps)
+    if len(body) <= max_bytes:
+        yield Batch(
+            items=tuple(items),
+            body=body,
+            positions=positions,
+            external_ids=frozenset([item.external_id for item in items]),
+        )
+    elif len(items) == 1:
+        yield Batch(tuple(items), body, positions, frozenset([items[0].external_id]), True)
+    else:
+        middle = len(items) // 2
+        yield from _batches(items[:middle], max_bytes, dumps)
+        yield from _batches(items[middle:], max_bytes, dumps)
 
 
 def pack(
@@ -85,56 +94,40 @@ def pack(
     mode: BatchMode = "combined",
     max_objects: int = MAX_OBJECTS,
     max_bytes: int = MAX_BODY_BYTES,
+    dumps: Callable[[Any], bytes] = _json.dumps,
 ) -> Iterator[Batch]:
     """Pack groups of items into batches within Braze's object and byte limits.
 
     ``combined``: at most ``max_objects`` objects per request across all arrays (current rule);
-    ``legacy``: at most ``max_objects`` per array. An object that alone exceeds ``max_bytes``
-    comes out as a batch of its own marked ``oversize`` (it can never be sent).
+    ``legacy``: at most ``max_objects`` per array. Each body is serialized once; the rare body
+    over ``max_bytes`` is split in halves, and an object that alone exceeds it comes out as a
+    batch of its own marked ``oversize`` (it can never be sent).
     """
     if mode not in ("combined", "legacy"):
         raise ValueError(f"batch mode must be 'combined' or 'legacy', not {mode!r}")
-    budget = max_bytes - _BODY_OVERHEAD
     current: list[Item] = []
     counts = dict.fromkeys(ARRAYS, 0)
-    size = 0
-
-    def fits(item_counts: dict[str, int], total: int, extra_bytes: int) -> bool:
-        if size + extra_bytes > budget:
-            return False
-        if mode == "combined":
-            return len(current) + total <= max_objects
-        return all(counts[a] + n <= max_objects for a, n in item_counts.items())
-
+    combined = mode == "combined"
     for group in groups:
-        group_counts: dict[str, int] = {}
-        group_bytes = 0
-        for item in group:
-            group_counts[item.array] = group_counts.get(item.array, 0) + 1
-            group_bytes += len(item.payload) + 1
-        if current and not fits(group_counts, len(group), group_bytes):
-            yield _make_batch(current)
-            current, counts, size = [], dict.fromkeys(ARRAYS, 0), 0
-        if fits(group_counts, len(group), group_bytes):
-            current.extend(group)
-            for name, n in group_counts.items():
-                counts[name] += n
-            size += group_bytes
-            continue
-        # The group alone is over a limit: split it item by item.
-        for item in group:
-            item_bytes = len(item.payload) + 1
-            if item_bytes > budget:
-                if current:  # keep the input order
-                    yield _make_batch(current)
-                    current, counts, size = [], dict.fromkeys(ARRAYS, 0), 0
-                yield _make_batch([item], oversize=True)
-                continue
-            if current and not fits({item.array: 1}, 1, item_bytes):
-                yield _make_batch(current)
-                current, counts, size = [], dict.fromkeys(ARRAYS, 0), 0
+        if combined:
+            fits = len(current) + len(group) <= max_objects
+        else:
+            needed = dict.fromkeys(ARRAYS, 0)
+            for item in group:
+                needed[item.array] += 1
+            fits = all(counts[a] + needed[a] <= max_objects for a in ARRAYS)
+        if not fits and current:
+            yield from _batches(current, max_bytes, dumps)
+            current, counts = [], dict.fromkeys(ARRAYS, 0)
+        for item in group:  # a group over the object limit alone is split item by item
+            if combined:
+                full = len(current) >= max_objects
+            else:
+                full = counts[item.array] >= max_objects
+            if full:
+                yield from _batches(current, max_bytes, dumps)
+                current, counts = [], dict.fromkeys(ARRAYS, 0)
             current.append(item)
             counts[item.array] += 1
-            size += item_bytes
     if current:
-        yield _make_batch(current)
+        yield from _batches(current, max_bytes, dumps)

@@ -130,13 +130,14 @@ def resolve_endpoint(endpoint: str) -> str:
 
 
 def to_item(obj: BrazeObject, tag: Any = None) -> Item:
-    """Serialize a Braze wire object once into a batchable :class:`Item`."""
-    if isinstance(obj, AttributesObject):
-        return Item("attributes", dumps(unstructure_attributes(obj)), obj.external_id, tag)
-    if isinstance(obj, EventObject):
-        return Item("events", dumps(unstructure_event(obj)), obj.external_id, tag)
-    if isinstance(obj, PurchaseObject):
-        return Item("purchases", dumps(unstructure_purchase(obj)), obj.external_id, tag)
+    """A Braze wire object in its JSON-ready form, ready to batch."""
+    cls = obj.__class__
+    if cls is AttributesObject:
+        return Item("attributes", unstructure_attributes(obj), obj.external_id, tag)  # type: ignore[arg-type]
+    if cls is EventObject:
+        return Item("events", unstructure_event(obj), obj.external_id, tag)  # type: ignore[arg-type]
+    if cls is PurchaseObject:
+        return Item("purchases", unstructure_purchase(obj), obj.external_id, tag)  # type: ignore[arg-type]
     raise TypeError(f"not a Braze object: {type(obj).__name__}")
 
 

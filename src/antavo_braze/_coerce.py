@@ -311,9 +311,7 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
                 BrazeType.ARRAY,
                 f"{len(out)} unique items is more than the limit of {max_items}",
             )
-        size = _json_size(out)
-        if size > MAX_OBJECT_BYTES:
-            raise _fail(value, BrazeType.ARRAY, f"{size} bytes is over Braze's 100 KB limit")
+        _check_size(out, value, BrazeType.ARRAY, len(out))
         return out
 
     return coerce_array
@@ -375,41 +373,51 @@ def _is_time_wrapper(value: Mapping[Any, Any]) -> bool:
     return len(value) == 1 and "$time" in value
 
 
-def _make_nested_coercer(truncate: bool, max_items: int) -> Callable[[Any, BrazeType, int], Any]:
+def _plain_key(key: Any) -> bool:
+    # The common case in one expression; _check_key explains any failure.
+    return (
+        key.__class__ is str
+        and 0 < len(key) <= MAX_STRING_LENGTH
+        and key[0] != "$"
+        and "." not in key
+        and " " not in key
+    )
+
+
+Nested = Callable[[Any, BrazeType, int, list[int]], Any]
+
+
+def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
     string = _make_string_coercer(truncate)
 
-    def nested(value: Any, owner: BrazeType, depth: int) -> Any:
+    def nested(value: Any, owner: BrazeType, depth: int, nodes: list[int]) -> Any:
+        nodes[0] += 1
+        cls = value.__class__
+        # Fast paths for JSON-shaped data, by exact class.
+        if cls is str:
+            return value if len(value) <= MAX_STRING_LENGTH else string(value)
+        if cls is int or cls is float:
+            return coerce_number(value)
+        if cls is bool:
+            return value
         if depth > _MAX_DEPTH:
             raise _fail(value, owner, f"nested deeper than {_MAX_DEPTH} levels")
-        if value is None:
-            raise _fail(
-                value,
-                owner,
-                "null inside an object makes Braze drop the whole update; omit the key",
-            )
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            return string(value)
-        if isinstance(value, (int, float, Decimal)):
-            return coerce_number(value)
-        if isinstance(value, (datetime, date)):
-            return {"$time": coerce_date(value)}
-        if isinstance(value, Mapping):
-            if _is_time_wrapper(value):
+        if cls is dict or isinstance(value, Mapping):
+            if len(value) == 1 and "$time" in value:
                 try:
                     return {"$time": coerce_date(value["$time"])}
                 except CoercionError as exc:
                     raise exc.at("$time") from None
             out: dict[str, Any] = {}
             for key, item in value.items():
-                name = _check_key(key, owner)
+                if not _plain_key(key):
+                    _check_key(key, owner)
                 try:
-                    out[name] = nested(item, owner, depth + 1)
+                    out[key] = nested(item, owner, depth + 1, nodes)
                 except CoercionError as exc:
-                    raise exc.at(name) from None
+                    raise exc.at(key) from None
             return out
-        if isinstance(value, (list, tuple, set, frozenset)):
+        if cls is list or isinstance(value, (list, tuple, set, frozenset)):
             items = _sorted_if_set(value)
             if len(items) > max_items:
                 raise _fail(
@@ -418,13 +426,42 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Callable[[Any, Braze
             result = []
             for index, item in enumerate(items):
                 try:
-                    result.append(nested(item, owner, depth + 1))
+                    result.append(nested(item, owner, depth + 1, nodes))
                 except CoercionError as exc:
                     raise exc.at(f"[{index}]") from None
             return result
+        if value is None:
+            raise _fail(
+                value,
+                owner,
+                "null inside an object makes Braze drop the whole update; omit the key",
+            )
+        if isinstance(value, bool):  # pragma: no cover - bool subclasses
+            return bool(value)
+        if isinstance(value, str):
+            return string(str(value))
+        if isinstance(value, (int, float, Decimal)):
+            return coerce_number(value)
+        if isinstance(value, (datetime, date)):
+            return {"$time": coerce_date(value)}
         raise _fail(value, owner, f"cannot store a {type_name(value)} inside an object")
 
     return nested
+
+
+# No JSON node of a coerced value is longer than this (a 255-character string or key, every
+# character escaped as \uXXXX, plus quotes and punctuation): below the node count this allows,
+# a value cannot reach 100 KB, and the exact (costly) size check is skipped.
+_MAX_NODE_BYTES = 2 * (6 * MAX_STRING_LENGTH + 4)
+_SMALL_NODES = MAX_OBJECT_BYTES // _MAX_NODE_BYTES
+
+
+def _check_size(value: Any, original: Any, type: BrazeType, nodes: int) -> None:
+    if nodes <= _SMALL_NODES:
+        return
+    size = _json_size(value)
+    if size > MAX_OBJECT_BYTES:
+        raise _fail(original, type, f"{size} bytes is over Braze's 100 KB limit")
 
 
 def _json_size(value: Any) -> int:
@@ -439,12 +476,11 @@ def _make_object_coercer(truncate: bool, max_items: int) -> Coercer:
             return None
         if not isinstance(value, Mapping):
             raise _fail(value, BrazeType.OBJECT, f"expected a mapping, got {type_name(value)}")
-        out: dict[str, Any] = nested(value, BrazeType.OBJECT, 0)
+        nodes = [0]
+        out: dict[str, Any] = nested(value, BrazeType.OBJECT, 0, nodes)
         if "$time" in out:
             raise _fail(value, BrazeType.OBJECT, "a bare {'$time': ...} is a date; use type 'date'")
-        size = _json_size(out)
-        if size > MAX_OBJECT_BYTES:
-            raise _fail(value, BrazeType.OBJECT, f"{size} bytes is over Braze's 100 KB limit")
+        _check_size(out, value, BrazeType.OBJECT, nodes[0])
         return out
 
     return coerce_object
@@ -463,6 +499,7 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
                 f"expected a list of mappings, got {type_name(value)}",
             )
         out: list[dict[str, Any]] = []
+        nodes = [0]
         for index, item in enumerate(value):
             if not isinstance(item, Mapping) or _is_time_wrapper(item):
                 raise _fail(
@@ -472,14 +509,10 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
                     field=f"[{index}]",
                 )
             try:
-                out.append(nested(item, BrazeType.ARRAY_OF_OBJECTS, 1))
+                out.append(nested(item, BrazeType.ARRAY_OF_OBJECTS, 1, nodes))
             except CoercionError as exc:
                 raise exc.at(f"[{index}]") from None
-        size = _json_size(out)
-        if size > MAX_OBJECT_BYTES:
-            raise _fail(
-                value, BrazeType.ARRAY_OF_OBJECTS, f"{size} bytes is over Braze's 100 KB limit"
-            )
+        _check_size(out, value, BrazeType.ARRAY_OF_OBJECTS, nodes[0])
         return out
 
     return coerce_array_of_objects
@@ -771,7 +804,9 @@ def coerce_properties(
             EVENT_PROPERTY,
             f"{len(out)} properties is more than Braze keeps ({MAX_PROPERTIES})",
         )
-    size = _json_size(out)
-    if size > MAX_OBJECT_BYTES:
-        raise _fail(data, EVENT_PROPERTY, f"{size} bytes of properties is over Braze's 100 KB")
+    # Braze's 100 KB applies to properties holding arrays or objects.
+    if any(v.__class__ is dict or v.__class__ is list for v in out.values()):
+        size = _json_size(out)
+        if size > MAX_OBJECT_BYTES:
+            raise _fail(data, EVENT_PROPERTY, f"{size} bytes of properties is over Braze's 100 KB")
     return out

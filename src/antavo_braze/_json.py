@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -12,6 +13,9 @@ dumps: Callable[[Any], bytes]
 loads: Callable[[bytes | str], Any]
 
 try:
+    # ANTAVO_BRAZE_JSON=json forces the standard library (benchmarks, debugging).
+    if os.environ.get("ANTAVO_BRAZE_JSON") == "json":
+        raise ModuleNotFoundError("orjson disabled by ANTAVO_BRAZE_JSON")
     import orjson
 except ModuleNotFoundError:  # pragma: no cover - exercised in the no-orjson CI leg
     BACKEND = "json"

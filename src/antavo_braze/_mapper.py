@@ -11,7 +11,7 @@ from collections import abc
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from attrs import frozen
 
@@ -92,12 +92,12 @@ def _compile_getter(path: str) -> Getter:
     return get_nested
 
 
-@frozen
-class _FieldStep:
+class _FieldStep(NamedTuple):
     remote_field: str
-    loyalty_field: str
+    key: str | None  # the record key when the path is a plain key (read inline, no call)
     get: Getter
     coerce: Coercer
+    loyalty_field: str
 
 
 @frozen
@@ -172,9 +172,10 @@ class Mapper:
             steps.append(
                 _FieldStep(
                     item.remote_field,
-                    item.loyalty_field,
+                    None if "." in item.loyalty_field else item.loyalty_field,
                     _compile_getter(item.loyalty_field),
                     coercer,
+                    item.loyalty_field,
                 )
             )
         return tuple(steps)
@@ -210,15 +211,14 @@ class Mapper:
     @staticmethod
     def _apply(steps: tuple[_FieldStep, ...], record: Any, prefix: str | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for step in steps:
-            value = step.get(record)
+        for remote_field, key, get, coerce, loyalty_field in steps:
+            value = get(record) if key is None else record.get(key, MISSING)
             if value is MISSING:
                 continue
             try:
-                out[step.remote_field] = step.coerce(value)
+                out[remote_field] = coerce(value)
             except CoercionError as exc:
-                field = step.loyalty_field if prefix is None else f"{prefix}.{step.loyalty_field}"
-                raise exc.at(field) from None
+                raise exc.at(loyalty_field if prefix is None else f"{prefix}.{loyalty_field}") from None
         return out
 
     def attributes(

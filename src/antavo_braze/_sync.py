@@ -470,7 +470,7 @@ class Syncer:
             return
         stage, reason, retryable = entry.failure
         objects = [
-            {"array": item.array, "object": loads(item.payload)}
+            {"array": item.array, "object": _json_safe(item.obj)}
             for item in map(_item, built.objects)
         ]
         self._fail(run, index, built.record_id, stage, reason, entry.record, objects, retryable)
@@ -611,7 +611,7 @@ class _RawObject:
 
 def _item(obj: Any, tag: Any = None) -> Item:
     if isinstance(obj, _RawObject):
-        return Item(obj.array, dumps(obj.wire), obj.external_id, tag)
+        return Item(obj.array, obj.wire, obj.external_id, tag)
     return to_item(obj, tag)
 
 

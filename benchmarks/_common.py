@@ -1,0 +1,60 @@
+"""Shared helpers for the benchmarks: the 10-field mapping, member generation, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+from collections.abc import Iterator
+from typing import Any
+
+# Ten fields covering all seven Braze types.
+MAPPING: dict[str, Any] = {
+    "fields": [
+        {"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"},
+        {"loyalty_field": "spendable", "remote_field": "loyalty_spendable", "type": "number"},
+        {"loyalty_field": "tier", "remote_field": "loyalty_tier", "type": "string"},
+        {"loyalty_field": "status", "remote_field": "loyalty_status", "type": "string"},
+        {"loyalty_field": "newsletter", "remote_field": "newsletter", "type": "boolean"},
+        {"loyalty_field": "optin_at", "remote_field": "loyalty_optin_at", "type": "date"},
+        {"loyalty_field": "last_visit", "remote_field": "last_visit_at", "type": "date"},
+        {"loyalty_field": "interests", "remote_field": "interests", "type": "array"},
+        {"loyalty_field": "tier_status", "remote_field": "tier_status", "type": "object"},
+        {"loyalty_field": "accounts", "remote_field": "accounts", "type": "array_of_objects"},
+    ]
+}
+FIELDS = [(f["loyalty_field"], f["remote_field"]) for f in MAPPING["fields"]]
+
+
+def member(number: int, rng: random.Random) -> dict[str, Any]:
+    """One generated Antavo member with the ten mapped fields and a few unmapped ones."""
+    score = rng.randrange(60_000)
+    return {
+        "id": f"member-{number:08d}",
+        "email": f"m{number}@example.com",
+        "score": score,
+        "spendable": str(score // 2),
+        "tier": rng.choice(("Bronze", "Silver", "Gold")),
+        "status": "active",
+        "newsletter": rng.choice((True, False, "yes")),
+        "optin_at": 1_700_000_000 + number,
+        "last_visit": "2026-11-02 17:45:00",
+        "interests": ["running", "yoga"],
+        "tier_status": {"name": "Gold", "next": {"name": "Platinum", "points": 5000}},
+        "accounts": [{"id": "main", "earned": score, "spendable": score // 2}],
+    }
+
+
+def members(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
+    """``count`` members, lazily."""
+    rng = random.Random(seed)
+    for number in range(count):
+        yield member(number, rng)
+
+
+def machine() -> str:
+    """A line describing this machine."""
+    return (
+        f"nproc={os.cpu_count()} python={platform.python_version()} "
+        f"machine={platform.machine()}"
+    )

@@ -1,0 +1,85 @@
+"""Pipeline benchmark (no network): map + coerce + batch + serialize 100,000 members.
+
+Compares the SDK with the simplest hand-written loop (no validation, json.dumps into 75-object
+bodies). Runs itself twice, with and without orjson (ANTAVO_BRAZE_JSON=json forces the stdlib).
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import FIELDS, MAPPING, machine, members  # noqa: E402
+
+import antavo_braze as ab  # noqa: E402
+from antavo_braze import _json  # noqa: E402
+
+N = int(os.environ.get("BENCH_N", "100000"))
+ROUNDS = 3
+
+
+def sdk(records: list[dict[str, object]]) -> int:
+    client = ab.BrazeClient("http://127.0.0.1:1", "bench")
+    syncer = ab.Syncer(client, MAPPING)
+    report = syncer.dry_run("members", records)
+    assert report.succeeded == len(records), report
+    return report.requests
+
+
+def reference(records: list[dict[str, object]]) -> int:
+    bodies = 0
+    chunk: list[dict[str, object]] = []
+    for record in records:
+        obj = {"external_id": record["id"]}
+        for loyalty, remote in FIELDS:
+            if loyalty in record:
+                obj[remote] = record[loyalty]
+        chunk.append(obj)
+        if len(chunk) == 75:
+            json.dumps({"attributes": chunk}).encode()
+            bodies += 1
+            chunk = []
+    if chunk:
+        json.dumps({"attributes": chunk}).encode()
+        bodies += 1
+    return bodies
+
+
+def best(function, records) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        function(records)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def run_once() -> None:
+    records = list(members(N))
+    sdk_time = best(sdk, records)
+    ref_time = best(reference, records)
+    print(
+        f"  json={_json.BACKEND:6}  sdk {N / sdk_time:>9,.0f} members/s   "
+        f"reference {N / ref_time:>9,.0f} members/s   ratio {ref_time / sdk_time:.2f}"
+    )
+
+
+def main() -> None:
+    if os.environ.get("BENCH_CHILD"):
+        run_once()
+        return
+    print(f"pipeline: N={N:,} members, 10 fields (all 7 types), best of {ROUNDS}; {machine()}")
+    for backend in ("json", "orjson"):
+        env = {**os.environ, "BENCH_CHILD": "1", "ANTAVO_BRAZE_JSON": backend}
+        subprocess.run([sys.executable, __file__], env=env, check=True)
+
+
+if __name__ == "__main__":
+    main()
