@@ -38,7 +38,8 @@ def member(number: int, rng: random.Random) -> dict[str, Any]:
         "status": "active",
         "newsletter": rng.choice((True, False, "yes")),
         "optin_at": 1_700_000_000 + number,
-        "last_visit": "2026-11-02 17:45:00",
+        "last_visit": f"2026-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d} "
+        f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}",
         "interests": ["running", "yoga"],
         "tier_status": {"name": "Gold", "next": {"name": "Platinum", "points": 5000}},
         "accounts": [{"id": "main", "earned": score, "spendable": score // 2}],

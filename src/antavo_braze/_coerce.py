@@ -7,6 +7,7 @@ specialised function for a type once, so hot loops do no per-value dispatch on t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -185,9 +186,14 @@ def coerce_boolean(value: Any) -> bool | None:
 
 def to_datetime(value: Any) -> datetime | None:
     """Parse any accepted date input into an aware UTC datetime (``None`` passes through)."""
-    if value is None:
+    cls = value.__class__
+    if cls is str:
+        moment = _parse_date_string(value)
+    elif cls is int:
+        moment = _from_unix(value, value)
+    elif value is None:
         return None
-    if isinstance(value, datetime):
+    elif isinstance(value, datetime):
         moment = value.replace(tzinfo=_UTC) if value.tzinfo is None else value.astimezone(_UTC)
     elif isinstance(value, date):
         moment = datetime(value.year, value.month, value.day, tzinfo=_UTC)
@@ -274,8 +280,17 @@ def format_datetime(moment: datetime) -> str:
 
 def coerce_date(value: Any) -> str | None:
     """Any accepted date input -> ISO 8601 UTC string."""
+    if value.__class__ is str:
+        return _coerce_date_string(value)
     moment = to_datetime(value)
     return None if moment is None else format_datetime(moment)
+
+
+@functools.lru_cache(maxsize=8192)
+def _coerce_date_string(value: str) -> str:
+    moment = to_datetime(value)
+    assert moment is not None
+    return format_datetime(moment)
 
 
 # --- array ----------------------------------------------------------------------------------
@@ -287,21 +302,26 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
     def coerce_array(value: Any) -> list[Any] | None:
         if value is None:
             return None
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(
-            value, (list, tuple, set, frozenset)
+        if value.__class__ is not list and (
+            isinstance(value, (str, bytes, Mapping))
+            or not isinstance(value, (list, tuple, set, frozenset))
         ):
             raise _fail(
                 value, BrazeType.ARRAY, f"expected a list, tuple or set, got {type(value).__name__}"
             )
         items = _sorted_if_set(value)
-        seen: set[tuple[str, Any]] = set()
+        seen: set[Any] = set()
         out: list[Any] = []
         for index, item in enumerate(items):
-            try:
-                scalar, kind = _array_scalar(item, string)
-            except CoercionError as exc:
-                raise exc.at(f"[{index}]") from None
-            key = (kind, scalar)
+            if item.__class__ is str and len(item) <= MAX_STRING_LENGTH:
+                # A str never equals the tuple keys of numbers and bools: it is its own key.
+                scalar, key = item, item
+            else:
+                try:
+                    scalar, kind = _array_scalar(item, string)
+                except CoercionError as exc:
+                    raise exc.at(f"[{index}]") from None
+                key = scalar if kind == "s" else (kind, scalar)
             if key not in seen:
                 seen.add(key)
                 out.append(scalar)
@@ -369,21 +389,6 @@ def type_name(value: object) -> str:
     return type(value).__name__
 
 
-def _is_time_wrapper(value: Mapping[Any, Any]) -> bool:
-    return len(value) == 1 and "$time" in value
-
-
-def _plain_key(key: Any) -> bool:
-    # The common case in one expression; _check_key explains any failure.
-    return (
-        key.__class__ is str
-        and 0 < len(key) <= MAX_STRING_LENGTH
-        and key[0] != "$"
-        and "." not in key
-        and " " not in key
-    )
-
-
 Nested = Callable[[Any, BrazeType, int, list[int]], Any]
 
 
@@ -410,8 +415,24 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
                     raise exc.at("$time") from None
             out: dict[str, Any] = {}
             for key, item in value.items():
-                if not _plain_key(key):
+                if not (
+                    key.__class__ is str
+                    and 0 < len(key) <= MAX_STRING_LENGTH
+                    and key[0] != "$"
+                    and "." not in key
+                    and " " not in key
+                ):
                     _check_key(key, owner)
+                item_class = item.__class__
+                # Scalars inline: most leaves are short strings, ints and bools.
+                if (
+                    (item_class is str and len(item) <= MAX_STRING_LENGTH)
+                    or (item_class is int and _INT_MIN <= item <= _INT_MAX)
+                    or item_class is bool
+                ):
+                    nodes[0] += 1
+                    out[key] = item
+                    continue
                 try:
                     out[key] = nested(item, owner, depth + 1, nodes)
                 except CoercionError as exc:
@@ -474,7 +495,7 @@ def _make_object_coercer(truncate: bool, max_items: int) -> Coercer:
     def coerce_object(value: Any) -> dict[str, Any] | None:
         if value is None:
             return None
-        if not isinstance(value, Mapping):
+        if value.__class__ is not dict and not isinstance(value, Mapping):
             raise _fail(value, BrazeType.OBJECT, f"expected a mapping, got {type_name(value)}")
         nodes = [0]
         out: dict[str, Any] = nested(value, BrazeType.OBJECT, 0, nodes)
@@ -492,7 +513,9 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
     def coerce_array_of_objects(value: Any) -> list[dict[str, Any]] | None:
         if value is None:
             return None
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        if value.__class__ is not list and (
+            isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple))
+        ):
             raise _fail(
                 value,
                 BrazeType.ARRAY_OF_OBJECTS,
@@ -501,7 +524,9 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
         out: list[dict[str, Any]] = []
         nodes = [0]
         for index, item in enumerate(value):
-            if not isinstance(item, Mapping) or _is_time_wrapper(item):
+            if (item.__class__ is not dict and not isinstance(item, Mapping)) or (
+                len(item) == 1 and "$time" in item
+            ):
                 raise _fail(
                     item,
                     BrazeType.ARRAY_OF_OBJECTS,

@@ -109,6 +109,8 @@ class MappedEvent:
 
 
 def _external_id(value: Any, field: str) -> str:
+    if value.__class__ is str and 0 < len(value) <= MAX_EXTERNAL_ID_BYTES // 4 and value.strip():
+        return value  # short enough that its UTF-8 cannot exceed the byte limit
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CoercionError(value, "external_id", "expected a string id", field=field)
     text = str(value)
@@ -184,19 +186,22 @@ class Mapper:
 
     def member_id(self, member: Any) -> str:
         """The ``external_id`` of a member (dict with ``id`` or :class:`LoyaltyMember`)."""
-        if isinstance(member, LoyaltyMember):
-            return _external_id(member.id, "id")
-        if isinstance(member, abc.Mapping):
+        if member.__class__ is dict or isinstance(member, abc.Mapping):
             if "id" not in member:
                 raise CoercionError(member, "member", "the record has no 'id'", field="id")
             return _external_id(member["id"], "id")
+        if isinstance(member, LoyaltyMember):
+            return _external_id(member.id, "id")
         raise CoercionError(
             member, "member", f"expected a dict or LoyaltyMember, got {type(member).__name__}"
         )
 
     def member_values(self, member: Any) -> dict[str, Any]:
         """The coerced Braze attribute values of every mapped field present in ``member``."""
-        fields = member.fields if isinstance(member, LoyaltyMember) else member
+        if member.__class__ is dict:
+            fields = member
+        else:
+            fields = member.fields if isinstance(member, LoyaltyMember) else member
         return self._apply(self._fields, fields, None)
 
     def map_member(self, member: Any) -> AttributesObject:
