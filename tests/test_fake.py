@@ -414,3 +414,12 @@ def test_prefix_and_lifecycle() -> None:
         )
         assert "profiles=0" in repr(fake)
     fake.stop()
+
+
+def test_validate_off_accepts_and_counts() -> None:
+    """validate=False skips object checks (load tests) but still counts objects."""
+    with FakeBraze(validate=False, record=False) as fake:
+        response = post(fake, {"attributes": [{"x": 1}, {"external_id": "a"}]})
+        assert response.json() == {"message": "success"}
+        assert fake.objects_received == 2
+        assert post(fake, {"attributes": [{"x": 1}] * 76}).status_code == 400

@@ -52,6 +52,10 @@ _DATE_RE = re.compile(
     r"(?:[T ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.:,](?P<frac>\d{1,9}))?)?"
     r"\s*(?P<tz>Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?)?\Z"
 )
+# YYYY-MM-DD, optionally with hh:mm:ss, in UTC (no offset, Z or +00:00); years 1000-2999.
+_PLAIN_DATE_RE = re.compile(
+    r"([12]\d{3})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}))?(?:Z|\+00:00)?\Z"
+)
 _TRUE = frozenset({"true", "t", "yes", "1"})
 _FALSE = frozenset({"false", "f", "no", "0"})
 
@@ -229,7 +233,7 @@ def _from_unix(seconds: int | float | Decimal, original: object) -> datetime:
 
 def _parse_date_string(value: str) -> datetime:
     text = value.strip()
-    if _FLOAT_RE.match(text) and "e" not in text.lower():
+    if "-" not in text[1:] and _FLOAT_RE.match(text) and "e" not in text.lower():
         return _from_unix(Decimal(text), value)
     match = _DATE_RE.match(text)
     if match is None:
@@ -274,20 +278,40 @@ def _parse_offset(text: str | None, original: str) -> timezone:
 
 
 def format_datetime(moment: datetime) -> str:
-    """ISO 8601 in UTC with a ``Z`` suffix; fractions only when present."""
-    return moment.replace(tzinfo=None).isoformat() + "Z"
+    """ISO 8601 in UTC with a ``Z`` suffix; fractions only when present (``moment`` in UTC)."""
+    return moment.isoformat()[:-6] + "Z"  # drop "+00:00"
 
 
 def coerce_date(value: Any) -> str | None:
     """Any accepted date input -> ISO 8601 UTC string."""
-    if value.__class__ is str:
+    cls = value.__class__
+    if cls is str:
         return _coerce_date_string(value)
+    if cls is int:  # unix seconds, Antavo's optin_at: straight through C
+        try:
+            moment = datetime.fromtimestamp(value, _UTC)
+        except (OverflowError, OSError, ValueError):
+            moment = None
+        if moment is not None and MIN_YEAR <= moment.year <= MAX_YEAR:
+            return moment.isoformat()[:-6] + "Z"
     moment = to_datetime(value)
     return None if moment is None else format_datetime(moment)
 
 
 @functools.lru_cache(maxsize=8192)
 def _coerce_date_string(value: str) -> str:
+    # Fast path for the common UTC shapes: the matched digits already are the output.
+    match = _PLAIN_DATE_RE.match(value)
+    if match is not None:
+        year, month, day, hour, minute, second = match.groups()
+        try:
+            datetime(
+                int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
+            )
+        except ValueError:
+            pass  # the full parser explains
+        else:
+            return f"{year}-{month}-{day}T{hour or '00'}:{minute or '00'}:{second or '00'}Z"
     moment = to_datetime(value)
     assert moment is not None
     return format_datetime(moment)

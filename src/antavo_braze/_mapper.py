@@ -223,7 +223,9 @@ class Mapper:
             try:
                 out[remote_field] = coerce(value)
             except CoercionError as exc:
-                raise exc.at(loyalty_field if prefix is None else f"{prefix}.{loyalty_field}") from None
+                raise exc.at(
+                    loyalty_field if prefix is None else f"{prefix}.{loyalty_field}"
+                ) from None
         return out
 
     def attributes(

@@ -1,0 +1,86 @@
+"""Latency-modelled end-to-end benchmark: members/s and requests/s through a real HTTP stack.
+
+FakeBraze runs in its own process (no validation, no recording) and answers every request after
+LATENCY seconds, like a real round trip; the SDK syncs generated members with max_in_flight
+1, 8, 32 and 128. Without added latency the SDK is compared with a hand-written loop of
+`requests` posts (no validation, one request at a time). Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import FIELDS, MAPPING, machine, members  # noqa: E402
+from _server import fake_braze_process  # noqa: E402
+
+import antavo_braze as ab  # noqa: E402
+from antavo_braze import _json  # noqa: E402
+
+N = int(os.environ.get("BENCH_N", "200000"))
+LATENCY = float(os.environ.get("BENCH_LATENCY", "0.1"))
+
+
+def run_sdk(url: str, count: int, in_flight: int) -> tuple[float, ab.SyncReport]:
+    with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
+        syncer = ab.Syncer(client, MAPPING)
+        started = time.perf_counter()
+        report = syncer.sync_members(members(count))
+        return time.perf_counter() - started, report
+
+
+def run_reference(url: str, count: int) -> float:
+    session = requests.Session()
+    headers = {"Authorization": "Bearer test-key", "Content-Type": "application/json"}
+    started = time.perf_counter()
+    chunk: list[dict[str, object]] = []
+    for record in members(count):
+        obj = {"external_id": record["id"]}
+        for loyalty, remote in FIELDS:
+            if loyalty in record:
+                obj[remote] = record[loyalty]
+        chunk.append(obj)
+        if len(chunk) == 75:
+            session.post(url + "/users/track", data=json.dumps({"attributes": chunk}),
+                         headers=headers, timeout=30).raise_for_status()
+            chunk = []
+    if chunk:
+        session.post(url + "/users/track", data=json.dumps({"attributes": chunk}),
+                     headers=headers, timeout=30).raise_for_status()
+    return time.perf_counter() - started
+
+
+def row(label: str, count: int, seconds: float, requests_sent: int) -> None:
+    print(f"  {label:34} N={count:>7,}  {requests_sent / seconds:>7,.0f} requests/s  "
+          f"{count / seconds:>8,.0f} members/s  ({seconds:.1f} s)")
+
+
+def main() -> None:
+    print(f"end-to-end: json={_json.BACKEND}, FakeBraze in its own process; {machine()}")
+    print(f" latency {LATENCY * 1000:.0f} ms per request:")
+    with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
+        for in_flight in (1, 8, 32, 128):
+            # At one request per round trip, 200,000 members would take minutes: scale N down.
+            count = min(N, int(75 * in_flight / LATENCY * 8)) if LATENCY else N
+            seconds, report = run_sdk(url, count, in_flight)
+            assert report.ok and report.succeeded == count, report
+            row(f"sdk max_in_flight={in_flight}", count, seconds, report.requests)
+    print(" no added latency:")
+    with fake_braze_process(latency=0.0, record=False, validate=False) as (url, _):
+        seconds = run_reference(url, N)
+        row("hand-written requests loop", N, seconds, -(-N // 75))
+        for in_flight in (1, 4, 8):
+            seconds, report = run_sdk(url, N, in_flight)
+            assert report.ok, report
+            row(f"sdk max_in_flight={in_flight}", N, seconds, report.requests)
+
+
+if __name__ == "__main__":
+    main()
