@@ -55,7 +55,4 @@ def members(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
 
 def machine() -> str:
     """A line describing this machine."""
-    return (
-        f"nproc={os.cpu_count()} python={platform.python_version()} "
-        f"machine={platform.machine()}"
-    )
+    return f"nproc={os.cpu_count()} python={platform.python_version()} machine={platform.machine()}"

@@ -14,8 +14,9 @@ def _serve(options: dict[str, Any], pipe: Any) -> None:
     with FakeBraze(**options) as fake:
         pipe.send(fake.url)
         pipe.recv()  # wait for "stop"
-        pipe.send({"status_counts": dict(fake.status_counts),
-                   "objects_received": fake.objects_received})
+        pipe.send(
+            {"status_counts": dict(fake.status_counts), "objects_received": fake.objects_received}
+        )
 
 
 @contextmanager

@@ -18,11 +18,11 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import FIELDS, MAPPING, machine, members  # noqa: E402
-from _server import fake_braze_process  # noqa: E402
+from _common import FIELDS, MAPPING, machine, members
+from _server import fake_braze_process
 
-import antavo_braze as ab  # noqa: E402
-from antavo_braze import _json  # noqa: E402
+import antavo_braze as ab
+from antavo_braze import _json
 
 N = int(os.environ.get("BENCH_N", "200000"))
 LATENCY = float(os.environ.get("BENCH_LATENCY", "0.1"))
@@ -48,18 +48,28 @@ def run_reference(url: str, count: int) -> float:
                 obj[remote] = record[loyalty]
         chunk.append(obj)
         if len(chunk) == 75:
-            session.post(url + "/users/track", data=json.dumps({"attributes": chunk}),
-                         headers=headers, timeout=30).raise_for_status()
+            session.post(
+                url + "/users/track",
+                data=json.dumps({"attributes": chunk}),
+                headers=headers,
+                timeout=30,
+            ).raise_for_status()
             chunk = []
     if chunk:
-        session.post(url + "/users/track", data=json.dumps({"attributes": chunk}),
-                     headers=headers, timeout=30).raise_for_status()
+        session.post(
+            url + "/users/track",
+            data=json.dumps({"attributes": chunk}),
+            headers=headers,
+            timeout=30,
+        ).raise_for_status()
     return time.perf_counter() - started
 
 
 def row(label: str, count: int, seconds: float, requests_sent: int) -> None:
-    print(f"  {label:34} N={count:>7,}  {requests_sent / seconds:>7,.0f} requests/s  "
-          f"{count / seconds:>8,.0f} members/s  ({seconds:.1f} s)")
+    print(
+        f"  {label:34} N={count:>7,}  {requests_sent / seconds:>7,.0f} requests/s  "
+        f"{count / seconds:>8,.0f} members/s  ({seconds:.1f} s)"
+    )
 
 
 def main() -> None:
@@ -70,7 +80,8 @@ def main() -> None:
             # At one request per round trip, 200,000 members would take minutes: scale N down.
             count = min(N, int(75 * in_flight / LATENCY * 8)) if LATENCY else N
             seconds, report = run_sdk(url, count, in_flight)
-            assert report.ok and report.succeeded == count, report
+            assert report.ok, report
+            assert report.succeeded == count, report
             row(f"sdk max_in_flight={in_flight}", count, seconds, report.requests)
     print(" no added latency:")
     with fake_braze_process(latency=0.0, record=False, validate=False) as (url, _):

@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import FIELDS, MAPPING, machine, members  # noqa: E402
+from _common import FIELDS, MAPPING, machine, members
 
-import antavo_braze as ab  # noqa: E402
-from antavo_braze import _json  # noqa: E402
+import antavo_braze as ab
+from antavo_braze import _json
 
 N = int(os.environ.get("BENCH_N", "100000"))
 ROUNDS = 3

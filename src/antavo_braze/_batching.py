@@ -120,10 +120,7 @@ def pack(
             yield from _batches(current, max_bytes, dumps)
             current, counts = [], dict.fromkeys(ARRAYS, 0)
         for item in group:  # a group over the object limit alone is split item by item
-            if combined:
-                full = len(current) >= max_objects
-            else:
-                full = counts[item.array] >= max_objects
+            full = len(current) >= max_objects if combined else counts[item.array] >= max_objects
             if full:
                 yield from _batches(current, max_bytes, dumps)
                 current, counts = [], dict.fromkeys(ARRAYS, 0)

@@ -21,15 +21,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
-from attrs import field, frozen
 import urllib3
+from attrs import field, frozen
 from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
 from ._batching import MAX_BODY_BYTES, MAX_OBJECTS, Batch, BatchMode, Item, pack
 from ._coerce import coerce_date
 from ._converter import unstructure_attributes, unstructure_event, unstructure_purchase
-from ._json import dumps, loads
+from ._json import loads
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy, backoff_delay, is_retryable_status, retry_after_seconds
 from ._version import __version__

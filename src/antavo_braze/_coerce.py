@@ -336,6 +336,7 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
         items = _sorted_if_set(value)
         seen: set[Any] = set()
         out: list[Any] = []
+        key: Any
         for index, item in enumerate(items):
             if item.__class__ is str and len(item) <= MAX_STRING_LENGTH:
                 # A str never equals the tuple keys of numbers and bools: it is its own key.

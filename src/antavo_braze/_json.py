@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 __all__ = ["BACKEND", "dumps", "loads"]
 
@@ -31,6 +31,6 @@ else:
 
     def dumps(value: Any) -> bytes:
         """Compact UTF-8 JSON."""
-        return cast(bytes, orjson.dumps(value))
+        return orjson.dumps(value)
 
     loads = orjson.loads

@@ -198,6 +198,7 @@ class Mapper:
 
     def member_values(self, member: Any) -> dict[str, Any]:
         """The coerced Braze attribute values of every mapped field present in ``member``."""
+        fields: abc.Mapping[str, Any]
         if member.__class__ is dict:
             fields = member
         else:
