@@ -14,9 +14,14 @@ ROOT = Path(__file__).parents[1]
 
 def test_notebook_runs(tmp_path: Path) -> None:
     """examples/notebook.py executes against FakeBraze and prints its report."""
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "notebook.py")],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "notebook.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "201 records: 200 succeeded, 1 failed, 0 skipped" in result.stdout
 
