@@ -423,3 +423,13 @@ def test_validate_off_accepts_and_counts() -> None:
         assert response.json() == {"message": "success"}
         assert fake.objects_received == 2
         assert post(fake, {"attributes": [{"x": 1}] * 76}).status_code == 400
+
+
+def test_recorded_requests_read_as_data(fake: FakeBraze) -> None:
+    """Recorded requests read by attribute or by key."""
+    post(fake, {"attributes": [{"external_id": "a", "x": 1}]})
+    request = fake.requests[0]
+    assert request["body"] == request.body == {"attributes": [{"external_id": "a", "x": 1}]}
+    assert (request["method"], request["path"], request["status"]) == ("POST", "/users/track", 201)
+    with pytest.raises(KeyError):
+        request["nope"]

@@ -55,6 +55,17 @@ class RecordedRequest:
     key_valid: bool
     user_agent: str | None = None
 
+    def __getitem__(self, key: str) -> Any:
+        # Plain-data access too: request["body"] is request.body.
+        if key not in _RECORDED_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+_RECORDED_FIELDS = frozenset(
+    {"method", "path", "query", "body", "status", "key_valid", "user_agent"}
+)
+
 
 @frozen
 class Fault:
