@@ -10,12 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import queue
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -509,6 +510,8 @@ class BrazeClient:
             return
         executor = self._executor_for_sends()
         in_flight: dict[Future[BatchOutcome], Batch] = {}
+        # Finished futures arrive here (cheaper than concurrent.futures.wait over all of them).
+        finished: queue.SimpleQueue[Future[BatchOutcome]] = queue.SimpleQueue()
         busy: set[str] = set()
         source = iter(batches)
         waiting: Batch | None = None
@@ -525,15 +528,16 @@ class BrazeClient:
                             break
                     if not busy.isdisjoint(waiting.external_ids):
                         break  # same profile in flight: wait for it
-                    in_flight[executor.submit(self.send_batch, waiting)] = waiting
+                    future = executor.submit(self.send_batch, waiting)
+                    in_flight[future] = waiting
+                    future.add_done_callback(finished.put)
                     busy |= waiting.external_ids
                     waiting = None
                 if not in_flight:
                     return
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    busy -= in_flight.pop(future).external_ids
-                    yield future.result()
+                done = finished.get()
+                busy -= in_flight.pop(done).external_ids
+                yield done.result()
         finally:
             for future in in_flight:
                 future.cancel()
