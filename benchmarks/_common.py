@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 # Ten fields covering all seven Braze types.
@@ -51,6 +52,22 @@ def members(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
     rng = random.Random(seed)
     for number in range(count):
         yield member(number, rng)
+
+
+def reference_bodies(records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """The bare-Python reference: copy mapped fields (no validation), json.dumps 75 at a time."""
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        obj = {"external_id": record["id"]}
+        for loyalty, remote in FIELDS:
+            if loyalty in record:
+                obj[remote] = record[loyalty]
+        chunk.append(obj)
+        if len(chunk) == 75:
+            yield json.dumps({"attributes": chunk}).encode()
+            chunk = []
+    if chunk:
+        yield json.dumps({"attributes": chunk}).encode()
 
 
 def machine() -> str:

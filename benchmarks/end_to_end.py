@@ -8,7 +8,6 @@ LATENCY seconds, like a real round trip; the SDK syncs generated members with ma
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import FIELDS, MAPPING, machine, members
+from _common import MAPPING, machine, members, reference_bodies
 from _server import fake_braze_process
 
 import antavo_braze as ab
@@ -40,28 +39,8 @@ def run_reference(url: str, count: int) -> float:
     session = requests.Session()
     headers = {"Authorization": "Bearer test-key", "Content-Type": "application/json"}
     started = time.perf_counter()
-    chunk: list[dict[str, object]] = []
-    for record in members(count):
-        obj = {"external_id": record["id"]}
-        for loyalty, remote in FIELDS:
-            if loyalty in record:
-                obj[remote] = record[loyalty]
-        chunk.append(obj)
-        if len(chunk) == 75:
-            session.post(
-                url + "/users/track",
-                data=json.dumps({"attributes": chunk}),
-                headers=headers,
-                timeout=30,
-            ).raise_for_status()
-            chunk = []
-    if chunk:
-        session.post(
-            url + "/users/track",
-            data=json.dumps({"attributes": chunk}),
-            headers=headers,
-            timeout=30,
-        ).raise_for_status()
+    for body in reference_bodies(members(count)):
+        session.post(url + "/users/track", data=body, headers=headers, timeout=30)
     return time.perf_counter() - started
 
 

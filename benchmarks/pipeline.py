@@ -7,7 +7,6 @@ Prints figures; asserts nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import FIELDS, MAPPING, machine, members
+from _common import MAPPING, machine, members, reference_bodies
 
 import antavo_braze as ab
 from antavo_braze import _json
@@ -34,22 +33,7 @@ def sdk(records: list[dict[str, object]]) -> int:
 
 
 def reference(records: list[dict[str, object]]) -> int:
-    bodies = 0
-    chunk: list[dict[str, object]] = []
-    for record in records:
-        obj = {"external_id": record["id"]}
-        for loyalty, remote in FIELDS:
-            if loyalty in record:
-                obj[remote] = record[loyalty]
-        chunk.append(obj)
-        if len(chunk) == 75:
-            json.dumps({"attributes": chunk}).encode()
-            bodies += 1
-            chunk = []
-    if chunk:
-        json.dumps({"attributes": chunk}).encode()
-        bodies += 1
-    return bodies
+    return sum(1 for _ in reference_bodies(records))
 
 
 def best(function, records) -> float:  # type: ignore[no-untyped-def]

@@ -335,6 +335,32 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
     profile[name] = value
 
 
+class _Exchange:
+    """One request being answered: what came in, and the parsed body of a track request."""
+
+    __slots__ = ("body", "handler", "key", "key_valid", "method", "path", "query", "raw")
+
+    def __init__(
+        self,
+        *,
+        handler: _Handler,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        raw: bytes,
+        key: str | None,
+        key_valid: bool,
+    ) -> None:
+        self.handler = handler
+        self.method = method
+        self.path = path
+        self.query = query
+        self.raw = raw
+        self.key = key
+        self.key_valid = key_valid
+        self.body: Any = _UNPARSED
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without this, Nagle's algorithm and the
@@ -549,36 +575,38 @@ class FakeBraze:
 
     def _handle(self, handler: _Handler, method: str) -> None:
         parts = urlsplit(handler.path)
-        path = parts.path
-        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         length = int(handler.headers.get("Content-Length") or 0)
-        raw = handler.rfile.read(length) if length else b""
         auth = handler.headers.get("Authorization") or ""
         key = auth[7:] if auth.startswith("Bearer ") else None
-        key_valid = key is not None and key in self._keys
+        ex = _Exchange(
+            handler=handler,
+            method=method,
+            path=parts.path,
+            query={k: v[0] for k, v in parse_qs(parts.query).items()},
+            raw=handler.rfile.read(length) if length else b"",
+            key=key,
+            key_valid=key is not None and key in self._keys,
+        )
         if self.prefix:
-            if not path.startswith(self.prefix + "/"):
-                self._reply(
-                    handler, method, path, query, None, key_valid, 404, {"message": "Not Found"}
-                )
+            if not ex.path.startswith(self.prefix + "/"):
+                self._reply(ex, 404, {"message": "Not Found"})
                 return
-            path = path[len(self.prefix) :]
-        fault = self._take_fault(path)
+            ex.path = ex.path[len(self.prefix) :]
+        fault = self._take_fault(ex.path)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
         if fault is not None and fault.drop:
-            self._record(method, path, query, None, 0, key_valid, handler)
+            self._record(ex, 0)
             handler.close_connection = True
             with contextlib.suppress(OSError):  # already closed by the peer
                 handler.connection.shutdown(socket.SHUT_RDWR)
             return
-        body: Any = _UNPARSED
         ids: set[str] = set()
-        if path == "/users/track" and method == "POST":
-            body = _loads_or_unparsed(raw)
-            ids = self._claim(body)
+        if ex.path == "/users/track" and method == "POST":
+            ex.body = _loads_or_unparsed(ex.raw)
+            ids = self._claim(ex.body)
         try:
-            self._respond(handler, method, path, query, fault, key, key_valid, raw, body)
+            self._respond(ex, fault)
         finally:
             self._release(ids)
 
@@ -609,119 +637,68 @@ class FakeBraze:
                 else:
                     del self._in_flight_ids[external_id]
 
-    def _respond(
-        self,
-        handler: _Handler,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        fault: Fault | None,
-        key: str | None,
-        key_valid: bool,
-        raw: bytes,
-        body: Any,
-    ) -> None:
+    def _respond(self, ex: _Exchange, fault: Fault | None) -> None:
         if self.latency:
             time.sleep(self.latency)
         if fault is not None and fault.status is not None:
-            self._reply(
-                handler,
-                method,
-                path,
-                query,
-                None,
-                key_valid,
-                fault.status,
-                fault.body if fault.body is not None else {"message": "injected fault"},
-                dict(fault.headers),
-            )
+            payload = fault.body if fault.body is not None else {"message": "injected fault"}
+            self._reply(ex, fault.status, payload, dict(fault.headers))
             return
-        if not key_valid:
+        if not ex.key_valid:
             # Braze echoes the key it did not recognise; the client must redact it.
-            self._reply(
-                handler,
-                method,
-                path,
-                query,
-                None,
-                False,
-                401,
-                {"message": f"Invalid API key: {key}"},
-            )
+            self._reply(ex, 401, {"message": f"Invalid API key: {ex.key}"})
             return
         route = {
             ("POST", "/users/track"): ("users.track", self._track),
             ("GET", "/events/list"): ("events.list", self._events_list),
             ("GET", "/events"): ("events.get", self._events_get),
             ("GET", "/events/data_series"): ("events.data_series", self._data_series),
-        }.get((method, path))
+        }.get((ex.method, ex.path))
         if route is None:
-            self._reply(handler, method, path, query, None, True, 404, {"message": "Not Found"})
+            self._reply(ex, 404, {"message": "Not Found"})
             return
         permission, action = route
-        assert key is not None
-        if permission not in self._keys[key]:
-            self._reply(handler, method, path, query, None, True, 403, {"message": "Access Denied"})
+        assert ex.key is not None
+        if permission not in self._keys[ex.key]:
+            self._reply(ex, 403, {"message": "Access Denied"})
             return
         headers: dict[str, str] = {}
         if permission == "users.track":
             allowed, headers = self._rate_headers()
             if not allowed:
-                self._reply(
-                    handler,
-                    method,
-                    path,
-                    query,
-                    None,
-                    True,
-                    429,
-                    {"message": "Rate Limited"},
-                    headers,
-                )
+                self._reply(ex, 429, {"message": "Rate Limited"}, headers)
                 return
-        status, payload, extra, recorded = action(raw, query, handler, body)
+        status, payload, extra, recorded = action(ex)
         headers.update(extra)
-        self._reply(handler, method, path, query, recorded, True, status, payload, headers)
+        self._reply(ex, status, payload, headers, recorded)
 
-    def _record(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        body: Any,
-        status: int,
-        key_valid: bool,
-        handler: _Handler,
-    ) -> None:
+    def _record(self, ex: _Exchange, status: int, recorded: Any = None) -> None:
         with self._lock:
             self.status_counts[status] += 1
             if self.record:
                 self.requests.append(
                     RecordedRequest(
-                        method,
-                        path,
-                        query,
-                        body,
+                        ex.method,
+                        ex.path,
+                        ex.query,
+                        recorded,
                         status,
-                        key_valid,
-                        handler.headers.get("User-Agent"),
+                        ex.key_valid,
+                        ex.handler.headers.get("User-Agent"),
                     )
                 )
 
     def _reply(
         self,
-        handler: _Handler,
-        method: str,
-        path: str,
-        query: Mapping[str, str],
-        body: Any,
-        key_valid: bool,
+        ex: _Exchange,
         status: int,
         payload: Any,
         headers: Mapping[str, str] | None = None,
+        recorded: Any = None,
     ) -> None:
-        self._record(method, path, query, body, status, key_valid, handler)
+        self._record(ex, status, recorded)
         data = payload if isinstance(payload, bytes) else dumps(payload)
+        handler = ex.handler
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
@@ -732,9 +709,8 @@ class FakeBraze:
 
     # --- /users/track ----------------------------------------------------------------------
 
-    def _track(
-        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
-    ) -> tuple[int, Any, dict[str, str], Any]:
+    def _track(self, ex: _Exchange) -> tuple[int, Any, dict[str, str], Any]:
+        raw, handler, body = ex.raw, ex.handler, ex.body
         if len(raw) > self.max_body_bytes:
             return 413, {"message": "Request Entity Too Large"}, {}, None
         if "application/json" not in (handler.headers.get("Content-Type") or ""):
@@ -837,9 +813,8 @@ class FakeBraze:
         with self._lock:
             return sorted(self.event_names)
 
-    def _events_list(
-        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
-    ) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_list(self, ex: _Exchange) -> tuple[int, Any, dict[str, str], Any]:
+        query = ex.query
         try:
             page = int(query.get("page", "0"))
         except ValueError:
@@ -847,9 +822,8 @@ class FakeBraze:
         names = self._sorted_event_names()[page * 250 : (page + 1) * 250]
         return 200, {"message": "success", "events": names}, {}, None
 
-    def _events_get(
-        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
-    ) -> tuple[int, Any, dict[str, str], Any]:
+    def _events_get(self, ex: _Exchange) -> tuple[int, Any, dict[str, str], Any]:
+        query = ex.query
         names = self._sorted_event_names()
         try:
             start = (
@@ -884,9 +858,8 @@ class FakeBraze:
     def _cursor(offset: int) -> str:
         return base64.urlsafe_b64encode(str(offset).encode()).decode()
 
-    def _data_series(
-        self, raw: bytes, query: Mapping[str, str], handler: _Handler, body: Any
-    ) -> tuple[int, Any, dict[str, str], Any]:
+    def _data_series(self, ex: _Exchange) -> tuple[int, Any, dict[str, str], Any]:
+        query = ex.query
         try:
             name = query["event"]
             length = int(query["length"])
