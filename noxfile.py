@@ -69,6 +69,6 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures (never asserted). Pass names to run a subset."""
     session.install("-e", ".[fast]", "psutil")
-    names = session.posargs or ["pipeline", "end_to_end", "memory", "rate_limit"]
+    names = session.posargs or ["pipeline", "end_to_end", "memory", "rate_limit", "data_points"]
     for name in names:
         session.run("python", f"benchmarks/{name}.py")
