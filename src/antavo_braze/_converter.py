@@ -150,14 +150,6 @@ def unstructure_purchase(obj: PurchaseObject) -> dict[str, Any]:
     return out
 
 
-def _structure_attributes(value: Any, _: type) -> AttributesObject:
-    data = dict(value)
-    update_only = data.pop("_update_existing_only", None)
-    return AttributesObject(
-        external_id=data.pop("external_id"), attributes=data, update_existing_only=update_only
-    )
-
-
 def make_converter() -> Converter:
     """Build the SDK's converter (strict: unknown keys and wrong scalar types are errors)."""
     converter = Converter(forbid_extra_keys=True, omit_if_default=True)
@@ -208,5 +200,4 @@ def make_converter() -> Converter:
     converter.register_unstructure_hook(AttributesObject, unstructure_attributes)
     converter.register_unstructure_hook(EventObject, unstructure_event)
     converter.register_unstructure_hook(PurchaseObject, unstructure_purchase)
-    converter.register_structure_hook(AttributesObject, _structure_attributes)
     return converter

@@ -516,9 +516,9 @@ class Syncer:
         build: Callable[[Any, _Run], _Built | None],
         record_id_of: Callable[[Any], str | None],
     ) -> list[dict[str, Any]]:
-        return [loads(batch.body) for batch in self.plan(records, build, record_id_of)[0]]
+        return [loads(batch.body) for batch in self._plan(records, build, record_id_of)[0]]
 
-    def plan(
+    def _plan(
         self,
         records: Iterable[Any],
         build: Callable[[Any, _Run], _Built | None],
@@ -548,7 +548,7 @@ class Syncer:
         that would go and whose failures are the validation failures."""
         build = self._build_member if kind == "members" else self._build_event
         record_id_of = _member_id if kind == "members" else _event_id
-        batches, run = self.plan(records, build, record_id_of)
+        batches, run = self._plan(records, build, record_id_of)
         count = sum(1 for _ in batches)
         return SyncReport(
             total=run.total,
