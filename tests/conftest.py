@@ -20,6 +20,24 @@ def load(name: str) -> Any:
     return json.loads((DATA / name).read_text())
 
 
+class FakeClock:
+    """Monotonic and wall time that move only when slept: retry and pacing tests never wait."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeBraze]:
     """A running FakeBraze with the key 'test-key' holding every permission."""

@@ -13,6 +13,8 @@ import antavo_braze as ab
 from antavo_braze._client import resolve_endpoint
 from antavo_braze.testing import FakeBraze
 
+from .conftest import FakeClock
+
 KEY = "test-key"
 
 
@@ -26,24 +28,6 @@ class Sleeper:
     def __call__(self, seconds: float) -> None:
         with self.lock:
             self.waits.append(seconds)
-
-
-class FakeClock:
-    """Monotonic and wall time that only move when slept."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.waits: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 def attrs(n: int, prefix: str = "m") -> list[ab.AttributesObject]:

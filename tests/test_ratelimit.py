@@ -6,43 +6,27 @@ import threading
 
 import antavo_braze as ab
 
-
-class FakeTime:
-    """A clock whose sleep advances time instantly."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-        self.slept: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
+from .conftest import FakeClock
 
 
-def pacer(clock: FakeTime) -> ab.InProcessPacer:
+def pacer(clock: FakeClock) -> ab.InProcessPacer:
     """An InProcessPacer on the fake clock."""
     return ab.InProcessPacer(clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep)
 
 
 def test_sends_freely_without_headers() -> None:
     """With no rate-limit information nothing waits."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     for _ in range(100):
         p.acquire()
         p.observe(201, {})
-    assert clock.slept == []
+    assert clock.waits == []
 
 
 def test_holds_until_reset_when_remaining_is_zero() -> None:
     """Remaining 0 holds the next request until the window resets (epoch reading)."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     p.acquire()
     p.observe(
@@ -54,34 +38,34 @@ def test_holds_until_reset_when_remaining_is_zero() -> None:
         },
     )
     p.acquire()
-    assert clock.slept == [3.0]
+    assert clock.waits == [3.0]
     assert p.waited == 3.0
 
 
 def test_seconds_remaining_reading() -> None:
     """A small X-RateLimit-Reset is read as seconds remaining (MAU contracts)."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     p.acquire()
     p.observe(201, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
     p.acquire()
-    assert clock.slept == [2.0]
+    assert clock.waits == [2.0]
 
 
 def test_budget_counts_requests_in_flight() -> None:
     """With 2 left and 2 more already in flight, the next request waits for the reset."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     for _ in range(3):
         p.acquire()
     p.observe(201, {"X-RateLimit-Remaining": "2", "X-RateLimit-Reset": str(int(clock.now + 5))})
     p.acquire()
-    assert clock.slept == [5.0]
+    assert clock.waits == [5.0]
 
 
 def test_budget_is_spent_locally() -> None:
     """Remaining N lets exactly N more requests go before the reset."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     p.acquire()
     p.observe(
@@ -94,36 +78,36 @@ def test_budget_is_spent_locally() -> None:
     )
     for _ in range(3):
         p.acquire()
-    assert clock.slept == []
+    assert clock.waits == []
     p.acquire()
-    assert clock.slept == [1.0]
+    assert clock.waits == [1.0]
 
 
 def test_429_pauses_everyone() -> None:
     """After a 429 asking for 4 s, every sender waits that long."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     p.acquire()
     p.observe(429, {"X-Ratelimit-Retry-After": "4"})
     p.acquire()
-    assert clock.slept == [4.0]
+    assert clock.waits == [4.0]
 
 
 def test_429_longer_than_max_wait_is_not_held() -> None:
     """A wait over max_wait is left to the client to fail, not held here."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = ab.InProcessPacer(
         clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep, max_wait=10
     )
     p.acquire()
     p.observe(429, {"Retry-After": "3600"})
     p.acquire()
-    assert clock.slept == []
+    assert clock.waits == []
 
 
 def test_fresh_window_uses_the_known_limit() -> None:
     """After a reset the budget is the last known limit, so a burst cannot overshoot it."""
-    clock = FakeTime()
+    clock = FakeClock()
     p = pacer(clock)
     p.acquire()
     p.observe(
@@ -136,7 +120,7 @@ def test_fresh_window_uses_the_known_limit() -> None:
     )
     p.acquire()  # waits for the reset, takes 1 of 2
     p.acquire()  # takes 2 of 2
-    assert clock.slept == [1.0]
+    assert clock.waits == [1.0]
     waiter = threading.Thread(target=p.acquire)  # third: must wait for a response
     waiter.start()
     waiter.join(0.05)
@@ -155,5 +139,5 @@ def test_fresh_window_uses_the_known_limit() -> None:
 
 def test_pacer_protocol() -> None:
     """InProcessPacer satisfies the Pacer protocol a shared budget would implement."""
-    assert isinstance(pacer(FakeTime()), ab.Pacer)
-    assert "budget" in repr(pacer(FakeTime()))
+    assert isinstance(pacer(FakeClock()), ab.Pacer)
+    assert "budget" in repr(pacer(FakeClock()))
