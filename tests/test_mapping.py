@@ -49,7 +49,9 @@ def test_full_mapping_round_trips(full_mapping: ab.Mapping) -> None:
 def test_empty_mapping_is_valid() -> None:
     """An empty config is a mapping with nothing in it."""
     assert ab.Mapping.from_dict({}) == ab.Mapping()
-    assert ab.Mapping().to_dict() == {"fields": [], "events": [], "triggers": []}
+    assert ab.Mapping().to_dict() == {}
+    only_fields = {"fields": [{"loyalty_field": "a", "remote_field": "b"}]}
+    assert ab.Mapping.from_dict(only_fields).to_dict() == only_fields
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
@@ -234,7 +236,8 @@ field_entries = st.builds(
 )
 def test_round_trip_property(fields: list[dict[str, Any]], actions: list[str]) -> None:
     """Any valid config survives from_dict → to_dict → from_dict unchanged."""
-    config = {"fields": fields, "events": [{"action": a} for a in actions], "triggers": []}
+    config: dict[str, Any] = {"fields": fields, "events": [{"action": a} for a in actions]}
+    config = {key: value for key, value in config.items() if value}  # empty sections are omitted
     mapping = ab.Mapping.from_dict(config)
     assert mapping.to_dict() == config
     assert ab.Mapping.from_dict(mapping.to_dict()) == mapping

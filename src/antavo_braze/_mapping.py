@@ -119,10 +119,11 @@ class Mapping:
             raise MappingError([f"{file}: {p}" for p in exc.problems]) from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as plain data; ``Mapping.from_dict(m.to_dict()) == m``."""
+        """The config as plain data; ``Mapping.from_dict(m.to_dict()) == m``.
+
+        Empty sections and default values are left out, as in a hand-written config.
+        """
         out: dict[str, Any] = _converter.unstructure(self)
-        for key in ("fields", "events", "triggers"):
-            out.setdefault(key, [])
         return out
 
     def _repr_html_(self) -> str:
