@@ -414,12 +414,8 @@ class BrazeClient:
             else:
                 delay = backoff_delay(policy, attempt, self._jitter())
             if attempt >= policy.attempts:
-                error = self._error(response, path)
-                if status == 429:
-                    error = RateLimitError(
-                        status, error.body, f"rate limited: HTTP 429 after {attempt} attempt(s)"
-                    )
-                raise error
+                exhausted = f"rate limited: HTTP 429 after {attempt} attempt(s)"
+                raise self._error(response, path, exhausted if status == 429 else None)
             log.warning("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
             self._sleep(delay)
 

@@ -1,8 +1,8 @@
-"""The one cattrs converter: config ↔ mapping models, Antavo dicts → inputs, wire objects → JSON.
+"""The one cattrs converter: config ↔ mapping models, and Braze wire objects → JSON.
 
 Built by :func:`make_converter`; nothing here uses cattrs' global converter. Wire details (key
-names such as ``as`` or ``_update_existing_only``, Antavo's envelope keys) live here, not in the
-models.
+names such as ``as`` or ``_update_existing_only``) live here, not in the models. Antavo inputs
+are read by the mapper straight from their dicts, on the hot path.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from .models import (
     AttributesObject,
     EventMapping,
     EventObject,
-    LoyaltyEvent,
-    LoyaltyMember,
     PurchaseObject,
     TriggerCondition,
 )
@@ -68,43 +66,6 @@ def _unstructure_condition(condition: TriggerCondition) -> dict[str, Any]:
     if condition.where:
         out["where"] = dict(condition.where)
     return out
-
-
-# --- Antavo inputs --------------------------------------------------------------------------
-
-
-def _structure_member(value: Any, _: type) -> LoyaltyMember:
-    if isinstance(value, LoyaltyMember):
-        return value
-    if not isinstance(value, abc.Mapping):
-        raise TypeError(f"a member must be a dict or LoyaltyMember, got {type(value).__name__}")
-    member_id = value.get("id")
-    if member_id is None:
-        raise KeyError("id")
-    if isinstance(member_id, bool) or not isinstance(member_id, (str, int)):
-        raise TypeError(f"member 'id' must be a string, got {type(member_id).__name__}")
-    return LoyaltyMember(id=str(member_id), fields=value)
-
-
-def _structure_event(value: Any, _: type) -> LoyaltyEvent:
-    if isinstance(value, LoyaltyEvent):
-        return value
-    if not isinstance(value, abc.Mapping):
-        raise TypeError(f"an event must be a dict or LoyaltyEvent, got {type(value).__name__}")
-    for key in ("customer", "action"):
-        if value.get(key) in (None, ""):
-            raise KeyError(key)
-    customer, action = value["customer"], value["action"]
-    if isinstance(customer, bool) or not isinstance(customer, (str, int)):
-        raise TypeError(f"event 'customer' must be a string, got {type(customer).__name__}")
-    if not isinstance(action, str):
-        raise TypeError(f"event 'action' must be a string, got {type(action).__name__}")
-    data = value.get("data") or {}
-    if not isinstance(data, abc.Mapping):
-        raise TypeError(f"event 'data' must be an object, got {type(data).__name__}")
-    return LoyaltyEvent(
-        customer_id=str(customer), action=action, data=data, time=value.get("timestamp")
-    )
 
 
 # --- Braze wire objects (hand-written: they run once per object on the hot path) ------------
@@ -193,9 +154,6 @@ def make_converter() -> Converter:
     )
     converter.register_structure_hook(TriggerCondition, _structure_condition)
     converter.register_unstructure_hook(TriggerCondition, _unstructure_condition)
-
-    converter.register_structure_hook(LoyaltyMember, _structure_member)
-    converter.register_structure_hook(LoyaltyEvent, _structure_event)
 
     converter.register_unstructure_hook(AttributesObject, unstructure_attributes)
     converter.register_unstructure_hook(EventObject, unstructure_event)

@@ -205,7 +205,7 @@ def _event_problems(
             seen_actions[action] = f"{path}.action"
     name = entry.get("name")
     if isinstance(name, str):
-        problem = _event_name_problem(name)
+        problem = _key_problem(name)
         if problem:
             problems.append(f"{path}.name: {problem}")
     elif name is None and isinstance(action, str) and action != "*" and action.startswith("$"):
@@ -276,10 +276,6 @@ def _key_problem(name: str) -> str | None:
     if name != name.strip():
         return f"{name!r} has leading or trailing spaces (Braze strips them)"
     return None
-
-
-def _event_name_problem(name: str) -> str | None:
-    return _key_problem(name)
 
 
 def _attribute_name_problem(name: str, declared_type: object) -> str | None:

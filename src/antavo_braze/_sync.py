@@ -177,7 +177,6 @@ class _Run:
         self.started = time.perf_counter()
         self.progress = progress
         self.next_progress = self.started + _PROGRESS_EVERY
-        self.requests_at_start = 0
         self.requests = 0
 
     def snapshot(self) -> Progress:
@@ -417,11 +416,11 @@ class Syncer:
         record_id_of: Callable[[Any], str | None],
     ) -> SyncReport:
         run = _Run(kind, self._progress)
-        run.requests_at_start = self.client.requests_sent
+        requests_before = self.client.requests_sent
         pending: dict[int, _Pending] = {}
         groups = self._groups(records, build, run, pending, record_id_of)
         for outcome in self.client.send_batches(self.client.pack(groups)):
-            run.requests = self.client.requests_sent - run.requests_at_start
+            run.requests = self.client.requests_sent - requests_before
             run.warnings.extend(outcome.warnings)
             state_updates: list[tuple[str, dict[str, str]]] = []
             for number, item in enumerate(outcome.batch.items):
@@ -437,7 +436,7 @@ class Syncer:
             if state_updates and self.state is not None:
                 self.state.put_many(state_updates)
             run.tick()
-        run.requests = self.client.requests_sent - run.requests_at_start
+        run.requests = self.client.requests_sent - requests_before
         run.tick(force=True)
         return SyncReport(
             total=run.total,

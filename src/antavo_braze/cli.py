@@ -19,7 +19,7 @@ from . import _demo
 from ._client import BrazeClient
 from ._mapping import Mapping
 from ._state import SqliteStateStore
-from ._sync import Progress, Syncer, SyncReport
+from ._sync import Progress, Syncer
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
@@ -104,10 +104,6 @@ class _ProgressLine:
             self._stream.write("\n")
 
 
-def _print_report(report: SyncReport, out: TextIO) -> None:
-    print(str(report), file=out)
-
-
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
     try:
         return BrazeClient.from_env(max_in_flight=args.max_in_flight)
@@ -133,10 +129,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         members.append({"id": "member-broken", "score": "lots", "first_name": "Bad"})
         report = syncer.sync_members(members)
         print("\nMembers:", file=out)
-        _print_report(report, out)
+        print(report, file=out)
         events = syncer.sync_events(_demo.sample_events(args.events))
         print("\nEvents:", file=out)
-        _print_report(events, out)
+        print(events, file=out)
         member_id = members[0]["id"]
         print(f"\nWhat Braze now holds for {member_id}:", file=out)
         print(json.dumps(fake.profiles.get(member_id, {}), indent=2, sort_keys=True), file=out)
@@ -203,7 +199,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 progress.close()
     if args.dry_run:
         print(f"dry run: {report.requests} request bodies would be sent")
-    _print_report(report, sys.stdout)
+    print(report)
     if report.failures and args.dead_letter:
         print(f"failed records written to {args.dead_letter}")
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -222,7 +218,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
-    _print_report(report, sys.stdout)
+    print(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
