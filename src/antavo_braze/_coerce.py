@@ -52,10 +52,6 @@ _DATE_RE = re.compile(
     r"(?:[T ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.:,](?P<frac>\d{1,9}))?)?"
     r"\s*(?P<tz>Z|z|UTC|[+-]\d{2}(?::?\d{2})?)?)?\Z"
 )
-# YYYY-MM-DD, optionally with hh:mm:ss, in UTC (no offset, Z or +00:00); years 1000-2999.
-_PLAIN_DATE_RE = re.compile(
-    r"([12]\d{3})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2}):(\d{2}))?(?:Z|\+00:00)?\Z"
-)
 _TRUE = frozenset({"true", "t", "yes", "1"})
 _FALSE = frozenset({"false", "f", "no", "0"})
 
@@ -80,6 +76,8 @@ def coerce_number(value: Any) -> int | float | None:
         if math.isfinite(value):
             return value  # type: ignore[no-any-return]
         raise _fail(value, BrazeType.NUMBER, "NaN and infinity are not numbers Braze can store")
+    if cls is str and len(value) < 19 and value.isdigit() and value.isascii():
+        return int(value)  # Antavo sends some counters as digit strings; 18 digits fit 64 bits
     if value is None:
         return None
     if isinstance(value, bool):
@@ -285,33 +283,54 @@ def format_datetime(moment: datetime) -> str:
 def coerce_date(value: Any) -> str | None:
     """Any accepted date input -> ISO 8601 UTC string."""
     cls = value.__class__
+    if cls is int:  # unix seconds, Antavo's optin_at: cached day prefix + time-of-day tables
+        day, second = divmod(value, 86_400)
+        prefix: str | None = _DAY_PREFIXES.get(day)
+        if prefix is None:
+            prefix = _unix_day_prefix(value, day)
+        time_of_day: str = _MINUTES_OF_DAY[second // 60] + _SECONDS[second % 60]
+        return prefix + time_of_day
     if cls is str:
-        return _coerce_date_string(value)
-    if cls is int:  # unix seconds, Antavo's optin_at: straight through C
-        try:
-            moment = datetime.fromtimestamp(value, _UTC)
-        except (OverflowError, OSError, ValueError):
-            moment = None
-        if moment is not None and MIN_YEAR <= moment.year <= MAX_YEAR:
-            return moment.isoformat()[:-6] + "Z"
+        text: str = value
+        # The common UTC shapes, whose digits already are the output.
+        if len(text) == 19 and _DATE_TIME_RE.match(text) is not None:
+            return text[:10] + "T" + text[11:] + "Z"
+        match = _COMMON_DATE_RE.match(text)
+        if match is not None:
+            day_text, time_text = match.groups()
+            return f"{day_text}T{time_text or '00:00:00'}Z"
+        return _coerce_date_string(text)
     moment = to_datetime(value)
     return None if moment is None else format_datetime(moment)
 
 
+# Unix seconds -> "YYYY-MM-DDT" for that day (bounded), then "hh:mm:" and "ssZ" from tables.
+_DAY_PREFIXES: dict[int, str] = {}
+_MAX_CACHED_DAYS = 20_000
+_MINUTES_OF_DAY = [f"{m // 60:02d}:{m % 60:02d}:" for m in range(1440)]
+_SECONDS = [f"{s:02d}Z" for s in range(60)]
+
+
+def _unix_day_prefix(value: int, day: int) -> str:
+    moment = to_datetime(value)  # raises the explained error for out-of-range values
+    assert moment is not None
+    prefix = f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+    if len(_DAY_PREFIXES) < _MAX_CACHED_DAYS:
+        _DAY_PREFIXES[day] = prefix
+    return prefix
+
+
+# The common UTC shapes whose digits are the output: YYYY-MM-DD, optionally with hh:mm:ss,
+# optionally Z or +00:00. Days 29-31 (month lengths, leap years) go through the full parser.
+_DAY = r"[12]\d{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])"
+_TIME = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+# ASCII: other scripts' digits must go through int() in the full parser, not be copied.
+_DATE_TIME_RE = re.compile(rf"{_DAY}[T ]{_TIME}", re.ASCII)  # on 19-character strings only
+_COMMON_DATE_RE = re.compile(rf"({_DAY})(?:[T ]({_TIME}))?(?:Z|\+00:00)?\Z", re.ASCII)
+
+
 @functools.lru_cache(maxsize=8192)
 def _coerce_date_string(value: str) -> str:
-    # Fast path for the common UTC shapes: the matched digits already are the output.
-    match = _PLAIN_DATE_RE.match(value)
-    if match is not None:
-        year, month, day, hour, minute, second = match.groups()
-        try:
-            datetime(
-                int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
-            )
-        except ValueError:
-            pass  # the full parser explains
-        else:
-            return f"{year}-{month}-{day}T{hour or '00'}:{minute or '00'}:{second or '00'}Z"
     moment = to_datetime(value)
     assert moment is not None
     return format_datetime(moment)
@@ -322,8 +341,17 @@ def _coerce_date_string(value: str) -> str:
 
 def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
     string = _make_string_coercer(truncate)
+    small = min(max_items, _SMALL_NODES)
 
     def coerce_array(value: Any) -> list[Any] | None:
+        if value.__class__ is list and len(value) <= small:
+            # Fast path: a short list of distinct, short strings is already what Braze takes.
+            for item in value:
+                if item.__class__ is not str or len(item) > MAX_STRING_LENGTH:
+                    break
+            else:
+                if len(value) < 2 or len(set(value)) == len(value):
+                    return value
         if value is None:
             return None
         if value.__class__ is not list and (
@@ -514,10 +542,95 @@ def _json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+# Keys already found valid (bounded): most objects reuse a handful of key names.
+_VALID_KEYS: set[str] = set()
+_MAX_VALID_KEYS = 10_000
+
+
+def _clean_nodes(value: dict[Any, Any], depth: int, max_items: int) -> int:
+    """The node count of a dict that is already valid Braze JSON as it is, or -1 if it is not.
+
+    The fast path of objects: no copy, no error messages. Anything unusual (other classes,
+    nulls, bad keys, long strings, ``$time``, deep nesting) answers -1, and the full coercer
+    then converts or explains.
+    """
+    if depth > _MAX_DEPTH:
+        return -1
+    nodes = 1 + len(value)
+    for key, item in value.items():
+        if key not in _VALID_KEYS:
+            if not (
+                key.__class__ is str
+                and 0 < len(key) <= MAX_STRING_LENGTH
+                and key[0] != "$"
+                and "." not in key
+                and " " not in key
+            ):
+                return -1
+            if len(_VALID_KEYS) < _MAX_VALID_KEYS:
+                _VALID_KEYS.add(key)
+        cls = item.__class__
+        if cls is str:
+            if len(item) > MAX_STRING_LENGTH:
+                return -1
+        elif cls is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return -1
+        elif cls is dict:
+            count = _clean_nodes(item, depth + 1, max_items)
+            if count < 0:
+                return -1
+            nodes += count
+        elif cls is list:
+            count = _clean_list_nodes(item, depth + 1, max_items)
+            if count < 0:
+                return -1
+            nodes += count
+        elif cls is float:
+            if item - item != 0:  # NaN or infinity
+                return -1
+        elif cls is not bool:
+            return -1
+    return nodes
+
+
+def _clean_list_nodes(value: list[Any], depth: int, max_items: int) -> int:
+    """Like :func:`_clean_nodes`, for a list inside an object."""
+    if depth > _MAX_DEPTH or len(value) > max_items:
+        return -1
+    nodes = 1 + len(value)
+    for item in value:
+        cls = item.__class__
+        if cls is str:
+            if len(item) > MAX_STRING_LENGTH:
+                return -1
+        elif cls is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return -1
+        elif cls is dict:
+            count = _clean_nodes(item, depth + 1, max_items)
+            if count < 0:
+                return -1
+            nodes += count
+        elif cls is list:
+            count = _clean_list_nodes(item, depth + 1, max_items)
+            if count < 0:
+                return -1
+            nodes += count
+        elif cls is float:
+            if item - item != 0:
+                return -1
+        elif cls is not bool:
+            return -1
+    return nodes
+
+
 def _make_object_coercer(truncate: bool, max_items: int) -> Coercer:
     nested = _make_nested_coercer(truncate, max_items)
 
     def coerce_object(value: Any) -> dict[str, Any] | None:
+        if value.__class__ is dict and 0 <= _clean_nodes(value, 0, max_items) <= _SMALL_NODES:
+            return value
         if value is None:
             return None
         if value.__class__ is not dict and not isinstance(value, Mapping):
@@ -536,6 +649,16 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
     nested = _make_nested_coercer(truncate, max_items)
 
     def coerce_array_of_objects(value: Any) -> list[dict[str, Any]] | None:
+        if value.__class__ is list:
+            total = 0
+            for item in value:
+                count = _clean_nodes(item, 1, max_items) if item.__class__ is dict else -1
+                if count < 0:
+                    break
+                total += count
+            else:
+                if total <= _SMALL_NODES:
+                    return value
         if value is None:
             return None
         if value.__class__ is not list and (

@@ -23,7 +23,14 @@ from .models import (
     TriggerCondition,
 )
 
-__all__ = ["make_converter", "unstructure_attributes", "unstructure_event", "unstructure_purchase"]
+__all__ = [
+    "EXTERNAL_ID",
+    "attributes_wire",
+    "make_converter",
+    "unstructure_attributes",
+    "unstructure_event",
+    "unstructure_purchase",
+]
 
 
 def _structure_str(value: Any, _: type) -> str:
@@ -70,13 +77,21 @@ def _unstructure_condition(condition: TriggerCondition) -> dict[str, Any]:
 
 # --- Braze wire objects (hand-written: they run once per object on the hot path) ------------
 
+EXTERNAL_ID = "external_id"  # the first key of every wire object
+
 
 def unstructure_attributes(obj: AttributesObject) -> dict[str, Any]:
     """The JSON form of a user-attributes object."""
-    out: dict[str, Any] = {"external_id": obj.external_id}
-    out.update(obj.attributes)
-    if obj.update_existing_only is not None:
-        out["_update_existing_only"] = obj.update_existing_only
+    return attributes_wire(obj.external_id, obj.attributes, obj.update_existing_only)
+
+
+def attributes_wire(
+    external_id: str, attributes: abc.Mapping[str, Any], update_existing_only: bool | None = None
+) -> dict[str, Any]:
+    """The JSON form of a user-attributes object from its parts (no object on the hot path)."""
+    out: dict[str, Any] = {EXTERNAL_ID: external_id, **attributes}
+    if update_existing_only is not None:
+        out["_update_existing_only"] = update_existing_only
     return out
 
 

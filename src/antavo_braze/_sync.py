@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from datetime import datetime, timezone
 from html import escape
@@ -21,19 +21,21 @@ from attrs import frozen
 
 from ._batching import ARRAYS, Item
 from ._client import BrazeClient, to_item
+from ._converter import EXTERNAL_ID, attributes_wire
 from ._deadletter import DeadLetterSink, open_sink, read_dead_letters
 from ._json import dumps, loads
 from ._mapper import Mapper
 from ._mapping import Mapping
 from ._state import StateStore, fingerprint
 from .exceptions import CoercionError, ConfigurationError
-from .models import AttributesObject
+from .models import AttributesObject, BrazeObject
 
 __all__ = ["Progress", "RecordFailure", "SyncReport", "Syncer"]
 
 Stage = Literal["validation", "braze", "transport"]
 SendMode = Literal["full", "changed"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
+ATTRIBUTES = "attributes"
 
 
 @frozen
@@ -147,21 +149,30 @@ class Progress:
         )
 
 
-@frozen
-class _Built:
-    record_id: str
-    objects: tuple[Any, ...]  # BrazeObject, or _RawObject when replaying
-    state: tuple[str, dict[str, str]] | None = None  # (member id, fingerprints) to store on success
-
-
 class _Pending:
-    __slots__ = ("built", "failure", "record", "remaining")
+    """One record on its way: its items (all in flight until the last outcome) and its fate."""
 
-    def __init__(self, record: Any, built: _Built, remaining: int) -> None:
+    __slots__ = ("attribute_values", "failure", "items", "record", "remaining", "state")
+
+    def __init__(
+        self,
+        record: Any,
+        items: list[Item],
+        attribute_values: int = 0,
+        state: tuple[str, dict[str, str]] | None = None,
+    ) -> None:
         self.record = record
-        self.built = built
-        self.remaining = remaining
+        self.items = items
+        self.remaining = len(items)
+        self.attribute_values = attribute_values
+        self.state = state  # (member id, fingerprints) to store once Braze accepted the record
         self.failure: tuple[str, str, bool] | None = None
+
+
+# What a build function makes of one record: nothing (skipped), the record's bookkeeping, or
+# (the hot path) its only object, an attributes item whose tag is ``(index, record)``.
+Build = Callable[[Any, int, "_Run"], "_Pending | Item | None"]
+_new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
 
 class _Run:
@@ -308,29 +319,33 @@ class Syncer:
 
     # --- building Braze objects from records ------------------------------------------------
 
-    def _build_member(self, member: Any, run: _Run) -> _Built | None:
-        obj = self.mapper.map_member(member)
-        if self.state is None:
-            return _Built(obj.external_id, (obj,))
-        prints = {name: fingerprint(value) for name, value in obj.attributes.items()}
-        previous = self.state.get(obj.external_id)
-        if previous is not None:
-            changed = {k for k, v in prints.items() if previous.get(k) != v}
-            if not changed:
-                run.saved += len(prints)
-                return None
-            if self.send == "changed":
-                run.saved += len(prints) - len(changed)
-                obj = AttributesObject(
-                    obj.external_id, {k: v for k, v in obj.attributes.items() if k in changed}
-                )
-        return _Built(obj.external_id, (obj,), (obj.external_id, prints))
+    def _build_member(self, member: Any, index: int, run: _Run) -> _Pending | Item | None:
+        if self.state is None:  # the hot path: values go straight into the wire object
+            external_id = self.mapper.member_id(member)
+            wire = self.mapper.member_values(member, {EXTERNAL_ID: external_id})
+            return _new_item(Item, (ATTRIBUTES, wire, external_id, (index, member)))
+        external_id, values = self.mapper.member_attributes(member)
+        state = None
+        if self.state is not None:
+            prints = {name: fingerprint(value) for name, value in values.items()}
+            previous = self.state.get(external_id)
+            if previous is not None:
+                changed = {k for k, v in prints.items() if previous.get(k) != v}
+                if not changed:
+                    run.saved += len(prints)
+                    return None
+                if self.send == "changed":
+                    run.saved += len(prints) - len(changed)
+                    values = {k: v for k, v in values.items() if k in changed}
+            state = (external_id, prints)
+        item = Item(ATTRIBUTES, attributes_wire(external_id, values), external_id, index)
+        return _Pending(member, [item], len(values), state)
 
-    def _build_event(self, event: Any, run: _Run) -> _Built | None:
+    def _build_event(self, event: Any, index: int, run: _Run) -> _Pending | None:
         mapped = self.mapper.map_event(event)
         if mapped.skipped:
             return None
-        return _Built(mapped.objects[0].external_id, mapped.objects)
+        return _objects_pending(event, mapped.objects, index)
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -365,16 +380,15 @@ class Syncer:
     def _groups(
         self,
         records: Iterable[Any],
-        build: Callable[[Any, _Run], _Built | None],
+        build: Build,
         run: _Run,
         pending: dict[int, _Pending],
         record_id_of: Callable[[Any], str | None],
-    ) -> Iterator[list[Item]]:
+    ) -> Iterator[Sequence[Item]]:
         for index, record in enumerate(records):
             run.total += 1
             try:
-                built = build(record, run)
-                items = [] if built is None else [_item(o, index) for o in built.objects]
+                entry = build(record, index, run)
             except CoercionError as exc:
                 self._fail(
                     run,
@@ -401,18 +415,21 @@ class Syncer:
                 )
                 run.tick()
                 continue
-            if built is None or not items:
+            if entry is None:
                 run.skipped += 1
                 run.tick()
                 continue
-            pending[index] = _Pending(record, built, len(items))
-            yield items
+            if isinstance(entry, _Pending):
+                pending[index] = entry
+                yield entry.items
+            else:
+                yield (entry,)
 
     def _run(
         self,
         kind: str,
         records: Iterable[Any],
-        build: Callable[[Any, _Run], _Built | None],
+        build: Build,
         record_id_of: Callable[[Any], str | None],
     ) -> SyncReport:
         run = _Run(kind, self._progress)
@@ -424,6 +441,9 @@ class Syncer:
             run.warnings.extend(outcome.warnings)
             state_updates: list[tuple[str, dict[str, str]]] = []
             for number, item in enumerate(outcome.batch.items):
+                if item.tag.__class__ is tuple:  # a record with this one object
+                    self._finish_single(run, item, outcome.failure(number), outcome.retryable)
+                    continue
                 entry = pending[item.tag]
                 failure = outcome.failure(number)
                 if failure is not None and entry.failure is None:
@@ -458,21 +478,27 @@ class Syncer:
         entry: _Pending,
         state_updates: list[tuple[str, dict[str, str]]],
     ) -> None:
-        built = entry.built
         if entry.failure is None:
             run.succeeded += 1
-            run.attribute_values += sum(
-                len(o.attributes) for o in built.objects if isinstance(o, AttributesObject)
-            )
-            if built.state is not None:
-                state_updates.append(built.state)
+            run.attribute_values += entry.attribute_values
+            if entry.state is not None:
+                state_updates.append(entry.state)
             return
         stage, reason, retryable = entry.failure
-        objects = [
-            {"array": item.array, "object": _json_safe(item.obj)}
-            for item in map(_item, built.objects)
-        ]
-        self._fail(run, index, built.record_id, stage, reason, entry.record, objects, retryable)
+        objects = [{"array": item.array, "object": _json_safe(item.obj)} for item in entry.items]
+        record_id = entry.items[0].external_id
+        self._fail(run, index, record_id, stage, reason, entry.record, objects, retryable)
+
+    def _finish_single(
+        self, run: _Run, item: Item, failure: tuple[str, str] | None, retryable: bool
+    ) -> None:
+        if failure is None:
+            run.succeeded += 1
+            run.attribute_values += len(item.obj) - 1  # all but external_id
+            return
+        index, record = item.tag
+        objects = [{"array": item.array, "object": _json_safe(item.obj)}]
+        self._fail(run, index, item.external_id, *failure, record, objects, retryable)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -492,9 +518,9 @@ class Syncer:
     ) -> SyncReport:
         """A one-off sync of attributes outside the mapping (types inferred unless given)."""
 
-        def build(_: Any, run: _Run) -> _Built:
+        def build(record: Any, index: int, run: _Run) -> _Pending:
             obj = self.mapper.attributes(member_id, values, types)
-            return _Built(obj.external_id, (obj,))
+            return _objects_pending(record, (obj,), index)
 
         return self._run(
             "attributes", [{"id": member_id, **values}], build, lambda record: str(member_id)
@@ -512,7 +538,7 @@ class Syncer:
     def _preview(
         self,
         records: Iterable[Any],
-        build: Callable[[Any, _Run], _Built | None],
+        build: Build,
         record_id_of: Callable[[Any], str | None],
     ) -> list[dict[str, Any]]:
         return [loads(batch.body) for batch in self._plan(records, build, record_id_of)[0]]
@@ -520,7 +546,7 @@ class Syncer:
     def _plan(
         self,
         records: Iterable[Any],
-        build: Callable[[Any, _Run], _Built | None],
+        build: Build,
         record_id_of: Callable[[Any], str | None],
     ) -> tuple[Iterator[Any], _Run]:
         """The batches a sync would send, lazily, with the tally of validation outcomes."""
@@ -534,7 +560,8 @@ class Syncer:
                     self._groups(records, build, run, pending, record_id_of)
                 ):
                     for item in batch.items:
-                        if pending.pop(item.tag, None) is not None:
+                        tag = item.tag
+                        if tag.__class__ is tuple or pending.pop(tag, None) is not None:
                             run.succeeded += 1
                     yield batch
             finally:
@@ -566,11 +593,12 @@ class Syncer:
         if target is not None and os.path.abspath(target) == os.path.abspath(source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
 
-        def build(entry: dict[str, Any], run: _Run) -> _Built | None:
+        def build(entry: dict[str, Any], index: int, run: _Run) -> _Pending | None:
             objects = entry.get("objects")
             if not entry.get("retryable") or not objects:
                 return None
-            return _Built(str(entry.get("record_id")), tuple(_wire_object(o) for o in objects))
+            record_id = str(entry.get("record_id"))
+            return _Pending(entry, [_wire_item(o, record_id, index) for o in objects])
 
         return self._run(
             "replay", read_dead_letters(source), build, lambda entry: entry.get("record_id")
@@ -597,29 +625,19 @@ def _event_id(record: Any) -> str | None:
     return None if value is None else str(value)
 
 
-class _RawObject:
-    """A Braze object from a dead letter, already in wire form."""
-
-    __slots__ = ("array", "external_id", "wire")
-
-    def __init__(self, array: str, wire: dict[str, Any]) -> None:
-        self.array = array
-        self.wire = wire
-        self.external_id = str(wire.get("external_id", ""))
+def _objects_pending(record: Any, objects: Iterable[BrazeObject], index: int) -> _Pending:
+    items = [to_item(obj, index) for obj in objects]
+    values = sum(len(o.attributes) for o in objects if isinstance(o, AttributesObject))
+    return _Pending(record, items, values)
 
 
-def _item(obj: Any, tag: Any = None) -> Item:
-    if isinstance(obj, _RawObject):
-        return Item(obj.array, obj.wire, obj.external_id, tag)
-    return to_item(obj, tag)
-
-
-def _wire_object(entry: dict[str, Any]) -> Any:
+def _wire_item(entry: dict[str, Any], record_id: str, index: int) -> Item:
+    """An item from a dead-letter object, already in wire form."""
     array = entry.get("array")
     wire = entry.get("object")
     if array not in ARRAYS or not isinstance(wire, dict):
         raise ValueError("dead-letter object without 'array' and 'object'")
-    return _RawObject(array, wire)
+    return Item(array, wire, str(wire.get("external_id", record_id)), index)
 
 
 def _by_index(failure: RecordFailure) -> int:
