@@ -44,6 +44,17 @@ def test_pure_modules_do_no_io() -> None:
         assert "._client" not in found, name
 
 
+def test_only_the_client_touches_the_network() -> None:
+    """Network modules are imported by the client and its transport only (and testing/)."""
+    network = NETWORK | {"ssl", "selectors"}
+    for path in SRC.glob("*.py"):
+        found = {n.split(".")[0] for n in imports_of(path)} & network
+        if path.name in ("_client.py", "_transport.py"):
+            assert found, path.name  # the check would notice them
+        else:
+            assert not found, (path.name, found)
+
+
 def test_client_knows_no_antavo_or_mapping() -> None:
     """The client imports neither the mapping nor the mapper."""
     found = imports_of(SRC / "_client.py")

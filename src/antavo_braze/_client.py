@@ -7,14 +7,17 @@ It knows Braze's wire objects and nothing about Antavo or the mapping. One poole
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import ipaddress
 import logging
 import os
-import queue
 import random
 import re
+import selectors
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import date, datetime
@@ -31,8 +34,9 @@ from ._batching import MAX_BODY_BYTES, MAX_OBJECTS, Batch, BatchMode, Item, pack
 from ._coerce import coerce_date
 from ._converter import unstructure_attributes, unstructure_event, unstructure_purchase
 from ._json import loads
-from ._ratelimit import InProcessPacer, Pacer
+from ._ratelimit import InProcessPacer, NonBlockingPacer, Pacer
 from ._retry import RetryPolicy, backoff_delay, is_retryable_status, retry_after_seconds
+from ._transport import Connection, encode_request
 from ._version import __version__
 from .exceptions import (
     AuthenticationError,
@@ -70,6 +74,8 @@ INSTANCES = {
 }
 PERMISSIONS = ("users.track", "events.list", "events.data_series", "events.get")
 _EVENTS_LIST_PAGE = 250
+_CONNECT_THREADS = 16
+_CONNECT_POLL = 0.002  # seconds between looks at connections being opened
 _REDACTED = "[REDACTED]"
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
@@ -212,7 +218,8 @@ class BrazeClient:
     ``endpoint`` is the REST endpoint URL or an instance name (``"US-03"``); https is required
     except on loopback hosts. The API key never appears in repr, logs or exceptions.
     ``pacer``, ``clock``, ``wall_clock``, ``sleep`` and ``jitter`` are injectable for tests and
-    for a rate budget shared between processes.
+    for a rate budget shared between processes. ``ca_bundle`` is a CA file to verify TLS with
+    instead of requests' bundle (e.g. behind a TLS-inspecting proxy).
     """
 
     def __init__(
@@ -231,6 +238,7 @@ class BrazeClient:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
+        ca_bundle: str | None = None,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("the Braze API key is empty")
@@ -277,11 +285,15 @@ class BrazeClient:
         # Requests go straight to the session's urllib3 pool: requests' per-request machinery
         # (preparing, merging settings, hooks) costs ~0.8 ms of CPU, more than the rest of a
         # /users/track call. TLS is verified against requests' CA bundle, as requests would.
+        self._ca_certs = ca_bundle or DEFAULT_CA_BUNDLE_PATH
         pool_kwargs: dict[str, Any] = {"timeout": urllib3.Timeout(connect=timeout, read=timeout)}
         if self.endpoint.startswith("https://"):
-            pool_kwargs.update(cert_reqs="CERT_REQUIRED", ca_certs=DEFAULT_CA_BUNDLE_PATH)
+            pool_kwargs.update(cert_reqs="CERT_REQUIRED", ca_certs=self._ca_certs)
         self._pool = adapter.poolmanager.connection_from_url(self.endpoint, pool_kwargs=pool_kwargs)
         self._base_path = urlsplit(self.endpoint).path
+        self._clock = clock
+        self._idle: list[Connection] = []  # keep-alive connections of the concurrent sender
+        self._idle_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -319,6 +331,7 @@ class BrazeClient:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+        self._drop_idle()
         self._session.close()
 
     # --- HTTP with pacing and retries -------------------------------------------------------
@@ -362,13 +375,11 @@ class BrazeClient:
         if params:
             url += "?" + urlencode(params)
         headers = self._headers(body)
-        policy = self.retry
         attempt = 0
         while True:
             attempt += 1
             self.pacer.acquire()
-            with self._stats_lock:
-                self.requests_sent += 1
+            self._count_request()
             try:
                 raw = self._pool.urlopen(
                     method,
@@ -382,42 +393,55 @@ class BrazeClient:
                 response = Response(raw.status, raw.headers, raw.data)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 self.pacer.observe(None, {})
-                reason = self._key.redact(f"{type(exc).__name__}: {exc}")
-                if attempt >= policy.attempts:
-                    raise TransportError(
-                        f"{method} {path} failed after {attempt} attempt(s): {reason}"
-                    ) from None
-                delay = backoff_delay(policy, attempt, self._jitter())
-                log.warning("%s %s: %s; retry %d in %.2fs", method, path, reason, attempt, delay)
-                self._sleep(delay)
+                self._sleep(self._transport_retry_delay(method, path, exc, attempt))
                 continue
-            status = response.status_code
-            self.pacer.observe(status, response.headers)
-            if status < 300:
+            self.pacer.observe(response.status_code, response.headers)
+            if response.status_code < 300:
                 return response
-            if not is_retryable_status(status):
-                raise self._error(response, path)
-            if status == 429:
-                delay_or_none = retry_after_seconds(response.headers, self._wall_clock())
-                if delay_or_none is not None and delay_or_none > policy.max_rate_limit_wait:
-                    raise self._error(
-                        response,
-                        path,
-                        f"rate limited: Braze asked to wait {delay_or_none:.0f}s, more than "
-                        f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
-                    )
-                delay = (
-                    backoff_delay(policy, attempt, self._jitter())
-                    if delay_or_none is None
-                    else delay_or_none
+            self._sleep(self._retry_delay(method, path, response, attempt))
+
+    def _count_request(self) -> None:
+        with self._stats_lock:
+            self.requests_sent += 1
+
+    def _transport_retry_delay(self, method: str, path: str, exc: Exception, attempt: int) -> float:
+        """Seconds before retrying after a failure without response, or raise TransportError."""
+        reason = self._key.redact(f"{type(exc).__name__}: {exc}")
+        if attempt >= self.retry.attempts:
+            raise TransportError(
+                f"{method} {path} failed after {attempt} attempt(s): {reason}"
+            ) from None
+        delay = backoff_delay(self.retry, attempt, self._jitter())
+        log.warning("%s %s: %s; retry %d in %.2fs", method, path, reason, attempt, delay)
+        return delay
+
+    def _retry_delay(self, method: str, path: str, response: Response, attempt: int) -> float:
+        """Seconds before retrying a non-2xx response, or raise the error it stands for."""
+        policy = self.retry
+        status = response.status_code
+        if not is_retryable_status(status):
+            raise self._error(response, path)
+        if status == 429:
+            delay_or_none = retry_after_seconds(response.headers, self._wall_clock())
+            if delay_or_none is not None and delay_or_none > policy.max_rate_limit_wait:
+                raise self._error(
+                    response,
+                    path,
+                    f"rate limited: Braze asked to wait {delay_or_none:.0f}s, more than "
+                    f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
                 )
-            else:
-                delay = backoff_delay(policy, attempt, self._jitter())
-            if attempt >= policy.attempts:
-                exhausted = f"rate limited: HTTP 429 after {attempt} attempt(s)"
-                raise self._error(response, path, exhausted if status == 429 else None)
-            log.warning("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
-            self._sleep(delay)
+            delay = (
+                backoff_delay(policy, attempt, self._jitter())
+                if delay_or_none is None
+                else delay_or_none
+            )
+        else:
+            delay = backoff_delay(policy, attempt, self._jitter())
+        if attempt >= policy.attempts:
+            exhausted = f"rate limited: HTTP 429 after {attempt} attempt(s)"
+            raise self._error(response, path, exhausted if status == 429 else None)
+        log.warning("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
+        return delay
 
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, Response]:
         response = self.request("GET", path, params=params)
@@ -435,11 +459,13 @@ class BrazeClient:
 
     # --- /users/track ----------------------------------------------------------------------
 
-    def _executor_for_sends(self) -> ThreadPoolExecutor:
+    def _connector(self) -> ThreadPoolExecutor:
+        """Threads that open connections (a TLS handshake must not stall the send loop)."""
         with self._executor_lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(
-                    max_workers=self.max_in_flight, thread_name_prefix="antavo-braze"
+                    max_workers=min(self.max_in_flight, _CONNECT_THREADS),
+                    thread_name_prefix="antavo-braze-connect",
                 )
             return self._executor
 
@@ -498,45 +524,54 @@ class BrazeClient:
         """Send batches with up to ``max_in_flight`` in flight; yield outcomes as they finish.
 
         Batches are pulled lazily (memory stays bounded), and a batch touching an
-        ``external_id`` that an in-flight batch touches waits for it.
+        ``external_id`` that an in-flight batch touches waits for it. With more than one in
+        flight, requests share one thread on non-blocking connections (see ``_transport``).
         """
         if self.max_in_flight == 1:
             for batch in batches:
                 yield self.send_batch(batch)
             return
-        executor = self._executor_for_sends()
-        in_flight: dict[Future[BatchOutcome], Batch] = {}
-        # Finished futures arrive here (cheaper than concurrent.futures.wait over all of them).
-        finished: queue.SimpleQueue[Future[BatchOutcome]] = queue.SimpleQueue()
-        busy: set[str] = set()
-        source = iter(batches)
-        waiting: Batch | None = None
-        exhausted = False
-        try:
-            while True:
-                while len(in_flight) < self.max_in_flight:
-                    if waiting is None:
-                        if exhausted:
-                            break
-                        waiting = next(source, None)
-                        if waiting is None:
-                            exhausted = True
-                            break
-                    if not busy.isdisjoint(waiting.external_ids):
-                        break  # same profile in flight: wait for it
-                    future = executor.submit(self.send_batch, waiting)
-                    in_flight[future] = waiting
-                    future.add_done_callback(finished.put)
-                    busy |= waiting.external_ids
-                    waiting = None
-                if not in_flight:
-                    return
-                done = finished.get()
-                busy -= in_flight.pop(done).external_ids
-                yield done.result()
-        finally:
-            for future in in_flight:
-                future.cancel()
+        yield from _ConcurrentSender(self, batches).run()
+
+    def _open_connection(self) -> Connection:
+        """A new connection to the endpoint: TCP, and TLS verified as requests would."""
+        parts = urlsplit(self.endpoint)
+        host = parts.hostname or ""
+        connection: urllib3.connection.HTTPConnection
+        if parts.scheme == "https":
+            connection = urllib3.connection.HTTPSConnection(
+                host,
+                parts.port or 443,
+                timeout=self.timeout,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=self._ca_certs,
+            )
+        else:
+            connection = urllib3.connection.HTTPConnection(
+                host, parts.port or 80, timeout=self.timeout
+            )
+        connection.connect()
+        sock, connection.sock = connection.sock, None  # the loop owns the socket now
+        assert sock is not None
+        return Connection(sock)
+
+    def _idle_connection(self) -> Connection | None:
+        with self._idle_lock:
+            return self._idle.pop() if self._idle else None
+
+    def _keep_idle(self, connections: Iterable[Connection]) -> None:
+        with self._idle_lock:
+            self._idle.extend(connections)
+            extra = self._idle[self.max_in_flight :]
+            del self._idle[self.max_in_flight :]
+        for connection in extra:
+            connection.close()
+
+    def _drop_idle(self) -> None:
+        with self._idle_lock:
+            stale, self._idle = self._idle, []
+        for connection in stale:
+            connection.close()
 
     def track(
         self,
@@ -657,3 +692,253 @@ class BrazeClient:
             else:
                 result[permission] = True
         return result
+
+
+class _Job:
+    """One batch on its way: attempts so far and, while waiting for a retry, when it is due."""
+
+    __slots__ = ("attempt", "batch")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.attempt = 0
+
+
+class _ConcurrentSender:
+    """The loop behind :meth:`BrazeClient.send_batches`: many requests, one thread.
+
+    Each round starts what may start (due retries first, then new batches whose profiles are
+    not in flight, as the pacer allows), then waits for socket events, retry times or the
+    pacer. Every batch ends in exactly one outcome; 401/403 raise, as from ``send_batch``.
+    """
+
+    def __init__(self, client: BrazeClient, batches: Iterable[Batch]) -> None:
+        self.client = client
+        self.source = iter(batches)
+        self.exhausted = False
+        self.waiting: Batch | None = None  # next batch, held back while its profiles are busy
+        self.busy: set[str] = set()
+        self.retries: list[tuple[float, int, _Job]] = []  # heap of (due, sequence, job)
+        self.sequence = 0
+        self.active: dict[Connection, _Job] = {}
+        self.connecting: list[tuple[Future[Connection], _Job]] = []
+        self.idle: list[Connection] = []
+        self.outcomes: deque[BatchOutcome] = deque()
+        self.pacer_wait = 0.0
+        self.slept_to = float("-inf")  # retries due up to here have been waited for
+        self.selector = selectors.DefaultSelector()
+        self.path = "/users/track"
+        self.target = client._base_path + self.path
+        self.host = urlsplit(client.endpoint).netloc
+        self.headers = client._headers(b"")
+        pacer = client.pacer
+        self.try_acquire = pacer.try_acquire if isinstance(pacer, NonBlockingPacer) else None
+
+    def run(self) -> Iterator[BatchOutcome]:
+        try:
+            while True:
+                self._start_jobs()
+                while self.outcomes:
+                    yield self.outcomes.popleft()
+                if self._done():
+                    return
+                self._wait()
+                while self.outcomes:
+                    yield self.outcomes.popleft()
+        finally:
+            self._close()
+
+    # --- starting requests -----------------------------------------------------------------
+
+    def _done(self) -> bool:
+        return (
+            not self.active
+            and not self.connecting
+            and not self.retries
+            and self.waiting is None
+            and self.exhausted
+        )
+
+    def _next_job(self) -> _Job | None:
+        if self.retries and self.retries[0][0] <= max(self.client._clock(), self.slept_to):
+            return heapq.heappop(self.retries)[2]
+        while True:
+            if self.waiting is None:
+                if self.exhausted:
+                    return None
+                self.waiting = next(self.source, None)
+                if self.waiting is None:
+                    self.exhausted = True
+                    return None
+            batch = self.waiting
+            if not self.busy.isdisjoint(batch.external_ids):
+                return None  # same profile in flight: wait for it
+            self.waiting = None
+            if batch.oversize:
+                self.outcomes.append(self.client.send_batch(batch))  # answered without sending
+                continue
+            self.busy |= batch.external_ids
+            return _Job(batch)
+
+    def _start_jobs(self) -> None:
+        self.pacer_wait = 0.0
+        while len(self.active) + len(self.connecting) < self.client.max_in_flight:
+            job = self._next_job()
+            if job is None:
+                return
+            if self.try_acquire is None:
+                self.client.pacer.acquire()
+            else:
+                wait = self.try_acquire()
+                if wait > 0:
+                    self.pacer_wait = wait
+                    self._retry_at(job, self.client._clock())  # first in line once free
+                    return
+            job.attempt += 1
+            self.client._count_request()
+            connection = self.idle.pop() if self.idle else self.client._idle_connection()
+            if connection is None:
+                future = self.client._connector().submit(self.client._open_connection)
+                self.connecting.append((future, job))
+            else:
+                self._send(connection, job)
+
+    def _send(self, connection: Connection, job: _Job) -> None:
+        request = encode_request("POST", self.target, self.host, self.headers, job.batch.body)
+        connection.start(request, time.monotonic() + self.client.timeout)
+        self.active[connection] = job
+        try:
+            sent = connection.write()
+        except OSError as exc:
+            self._failed(connection, exc)
+            return
+        events = selectors.EVENT_READ if sent else selectors.EVENT_READ | selectors.EVENT_WRITE
+        self.selector.register(connection, events)
+
+    def _retry_at(self, job: _Job, due: float) -> None:
+        self.sequence += 1
+        heapq.heappush(self.retries, (due, self.sequence, job))
+
+    # --- waiting and answers ---------------------------------------------------------------
+
+    def _timeout(self) -> float | None:
+        waits = []
+        if self.pacer_wait:
+            waits.append(self.pacer_wait)
+        if self.retries:
+            waits.append(max(0.0, self.retries[0][0] - self.client._clock()))
+        if self.connecting:
+            waits.append(_CONNECT_POLL)
+        if self.active:
+            now = time.monotonic()
+            waits.append(max(0.0, min(c.deadline for c in self.active) - now))
+        return min(waits) if waits else None
+
+    def _wait(self) -> None:
+        timeout = self._timeout()
+        if not self.active and not self.connecting:
+            # Nothing on the wire: only a retry time or the pacer to wait for. Whatever the
+            # injected clock says afterwards, a retry waited for is due.
+            if self.retries and not self.pacer_wait:
+                self.slept_to = self.retries[0][0]
+            self.client._sleep(timeout or 0.0)
+            return
+        for key, mask in self.selector.select(timeout):
+            connection: Connection = key.fileobj  # type: ignore[assignment]
+            try:
+                if mask & selectors.EVENT_WRITE and connection.writing and connection.write():
+                    self.selector.modify(connection, selectors.EVENT_READ)
+                if mask & selectors.EVENT_READ and connection.read():
+                    self._answered(connection)
+            except OSError as exc:
+                self._failed(connection, exc)
+        self._check_connects()
+        now = time.monotonic()
+        for connection in [c for c in self.active if c.deadline <= now]:
+            self._failed(connection, TimeoutError(f"no response within {self.client.timeout}s"))
+
+    def _check_connects(self) -> None:
+        pending = []
+        for future, job in self.connecting:
+            if not future.done():
+                pending.append((future, job))
+                continue
+            try:
+                connection = future.result()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self._transport_failure(job, exc)
+                continue
+            self._send(connection, job)
+        self.connecting = pending
+
+    def _answered(self, connection: Connection) -> None:
+        self.selector.unregister(connection)
+        job = self.active.pop(connection)
+        parser = connection.parser
+        assert parser.status is not None
+        response = Response(parser.status, parser.headers, bytes(parser.body))
+        if parser.keep_alive:
+            connection.reused = True
+            self.idle.append(connection)
+        else:
+            connection.close()
+        client = self.client
+        client.pacer.observe(response.status_code, response.headers)
+        if response.status_code < 300:
+            self._finish(job, client._track_outcome(job.batch, response))
+            return
+        try:
+            delay = client._retry_delay("POST", self.path, response, job.attempt)
+        except (AuthenticationError, PermissionDeniedError):
+            self._finish(job, None)
+            raise
+        except BrazeAPIError as exc:
+            self._finish(job, BatchOutcome(job.batch, error=exc, stage="braze"))
+            return
+        self._retry_at(job, client._clock() + delay)
+
+    def _failed(self, connection: Connection, exc: Exception) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(connection)
+        job = self.active.pop(connection)
+        connection.close()
+        if connection.reused and not connection.started_response:
+            # A keep-alive connection the server closed while idle: not the request's fault.
+            # The other idle ones are likely stale too; go again on a fresh connection.
+            self.client.pacer.observe(None, {})
+            for stale in self.idle:
+                stale.close()
+            self.idle.clear()
+            self.client._drop_idle()
+            job.attempt -= 1
+            self._retry_at(job, self.client._clock())
+            return
+        self._transport_failure(job, exc)
+
+    def _transport_failure(self, job: _Job, exc: Exception) -> None:
+        self.client.pacer.observe(None, {})
+        try:
+            delay = self.client._transport_retry_delay("POST", self.path, exc, job.attempt)
+        except TransportError as error:
+            self._finish(job, BatchOutcome(job.batch, error=error, stage="transport"))
+            return
+        self._retry_at(job, self.client._clock() + delay)
+
+    def _finish(self, job: _Job, outcome: BatchOutcome | None) -> None:
+        self.busy -= job.batch.external_ids
+        if outcome is not None:
+            self.outcomes.append(outcome)
+
+    def _close(self) -> None:
+        """Abandon what is in flight (only when the caller stops early or an error is raised)."""
+        for connection in self.active:
+            connection.close()
+        for future, _ in self.connecting:
+            future.add_done_callback(_close_when_connected)
+        self.client._keep_idle(self.idle)
+        self.selector.close()
+
+
+def _close_when_connected(future: Future[Connection]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

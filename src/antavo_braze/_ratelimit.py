@@ -1,9 +1,10 @@
 """Proactive pacing from Braze's rate-limit headers, behind a two-method interface.
 
 The client calls :meth:`Pacer.acquire` before every request and :meth:`Pacer.observe` with every
-response. :class:`InProcessPacer` keeps the budget in this process; a budget shared by many
-processes (e.g. in Redis for a backfill spread over workers) only has to implement the same two
-methods.
+response; its concurrent sender calls ``try_acquire`` instead when the pacer has one
+(:class:`NonBlockingPacer`). :class:`InProcessPacer` keeps the budget in this process; a budget
+shared by many processes (e.g. in Redis for a backfill spread over workers) only has to
+implement the same two methods.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from ._retry import _header, _number, reset_in_seconds, retry_after_seconds
 
-__all__ = ["InProcessPacer", "Pacer"]
+__all__ = ["InProcessPacer", "NonBlockingPacer", "Pacer"]
 
 # A reset this much later than the known one starts a new window (reset readings in whole
 # seconds jitter by up to one second).
@@ -32,6 +33,15 @@ class Pacer(Protocol):
 
     def observe(self, status: int | None, headers: Mapping[str, str]) -> None:
         """Learn from a response (``status`` ``None``: the request failed without one)."""
+
+
+@runtime_checkable
+class NonBlockingPacer(Pacer, Protocol):
+    """A :class:`Pacer` that can also answer without blocking (the client then never stalls
+    its responses while a window refills); :class:`InProcessPacer` is one."""
+
+    def try_acquire(self) -> float:
+        """Take a send slot and return 0, or return the seconds until one may be free."""
 
 
 class InProcessPacer:
@@ -71,27 +81,35 @@ class InProcessPacer:
 
     def acquire(self) -> None:
         """Block until a request may go; then count it against the budget."""
-        while True:
-            with self._lock:
-                now = self._clock()
-                if self._window_end is not None and now >= self._window_end:
-                    self._budget, self._window_end = self._limit, None  # a fresh window
-                wait = self._hold_until - now
-                if wait <= 0 and self._budget is not None and self._budget <= 0:
-                    if self._window_end is not None:
-                        wait = self._window_end - now
-                    elif self._in_flight:
-                        wait = _POLL  # the window's end arrives with the next response
-                    else:
-                        self._budget = None  # nothing will tell us more: try
-                        wait = 0
-                if wait <= 0:
-                    if self._budget is not None:
-                        self._budget -= 1
-                    self._in_flight += 1
-                    return
+        while (wait := self.try_acquire()) > 0:
             self.waited += wait
             self._sleep(wait)
+
+    def try_acquire(self) -> float:
+        """Count a request against the budget and return 0, or return the seconds to wait.
+
+        The non-blocking form of :meth:`acquire`, for a caller that has other work (such as
+        reading the responses that will refill the budget) while it waits.
+        """
+        with self._lock:
+            now = self._clock()
+            if self._window_end is not None and now >= self._window_end:
+                self._budget, self._window_end = self._limit, None  # a fresh window
+            wait = self._hold_until - now
+            if wait <= 0 and self._budget is not None and self._budget <= 0:
+                if self._window_end is not None:
+                    wait = self._window_end - now
+                elif self._in_flight:
+                    wait = _POLL  # the window's end arrives with the next response
+                else:
+                    self._budget = None  # nothing will tell us more: try
+                    wait = 0
+            if wait > 0:
+                return wait
+            if self._budget is not None:
+                self._budget -= 1
+            self._in_flight += 1
+            return 0.0
 
     def observe(self, status: int | None, headers: Mapping[str, str]) -> None:
         """Update the budget from a response's headers (and hold everyone after a 429)."""

@@ -440,9 +440,14 @@ class Syncer:
             run.requests = self.client.requests_sent - requests_before
             run.warnings.extend(outcome.warnings)
             state_updates: list[tuple[str, dict[str, str]]] = []
+            clean = outcome.error is None and not outcome.rejected
             for number, item in enumerate(outcome.batch.items):
                 if item.tag.__class__ is tuple:  # a record with this one object
-                    self._finish_single(run, item, outcome.failure(number), outcome.retryable)
+                    if clean:
+                        run.succeeded += 1
+                        run.attribute_values += len(item.obj) - 1  # all but external_id
+                    else:
+                        self._finish_single(run, item, outcome.failure(number), outcome.retryable)
                     continue
                 entry = pending[item.tag]
                 failure = outcome.failure(number)
@@ -494,7 +499,7 @@ class Syncer:
     ) -> None:
         if failure is None:
             run.succeeded += 1
-            run.attribute_values += len(item.obj) - 1  # all but external_id
+            run.attribute_values += len(item.obj) - 1
             return
         index, record = item.tag
         objects = [{"array": item.array, "object": _json_safe(item.obj)}]

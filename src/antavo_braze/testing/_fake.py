@@ -11,11 +11,13 @@ import contextlib
 import math
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -335,6 +337,22 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
     profile[name] = value
 
 
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_MAX_HEADER_LINE = 65_536
+_MAX_HEADERS = 100
+
+
+class _Headers(dict[str, str]):
+    """Request headers, looked up in any case (what the handler needs of email.message)."""
+
+    def add(self, name: str, value: str) -> None:
+        key = name.lower()
+        self[key] = f"{self[key]}, {value}" if key in self else value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
 class _Exchange:
     """One request being answered: what came in, and the parsed body of a track request."""
 
@@ -371,6 +389,50 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read fake.requests instead
 
+    def setup(self) -> None:
+        super().setup()
+        with self.server.fake._lock:
+            self.server.fake.connections += 1
+
+    def handle_one_request(self) -> None:
+        fake = self.server.fake
+        with fake._lock:
+            fake._idle_handlers.add(self)  # until a request line arrives
+        try:
+            super().handle_one_request()
+        finally:
+            with fake._lock:
+                fake._idle_handlers.discard(self)
+
+    def parse_request(self) -> bool:
+        """Request line and headers without http.server's email parser (a third of the CPU a
+        request costs under load); anything unusual goes to the standard parser."""
+        with self.server.fake._lock:
+            self.server.fake._idle_handlers.discard(self)
+        raw_requestline: bytes = self.raw_requestline  # type: ignore[attr-defined]
+        requestline = str(raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            return super().parse_request()
+        headers = _Headers()
+        while True:
+            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name, colon, value = line.decode("iso-8859-1").partition(":")
+            if not colon or len(line) > _MAX_HEADER_LINE or len(headers) >= _MAX_HEADERS:
+                self.send_error(400, "Bad header")
+                return False
+            headers.add(name.strip(), value.strip())
+        self.requestline = requestline
+        self.command, self.path, self.request_version = words
+        self.headers = headers  # type: ignore[assignment]
+        connection = headers.get("Connection", "").lower()
+        self.close_connection = "close" in connection or (
+            self.request_version == "HTTP/1.0" and "keep-alive" not in connection
+        )
+        return True
+
     def do_GET(self) -> None:
         self.server.fake._handle(self, "GET")
 
@@ -400,6 +462,8 @@ class FakeBraze:
     ``"epoch"`` or ``"seconds"`` for ``X-RateLimit-Reset``), ``latency`` seconds before every
     answer, ``prefix`` (serve under a path such as ``/braze``), ``record`` (keep requests, events
     and profiles) and ``validate`` (check every object); turn the last two off for load tests.
+    ``ssl_context`` (a server-side :class:`ssl.SSLContext`) serves https instead of http.
+    ``connections`` counts the connections accepted.
     """
 
     def __init__(
@@ -419,6 +483,7 @@ class FakeBraze:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.api_key = api_key
         self._keys: dict[str, frozenset[str]] = {api_key: frozenset(permissions)}
@@ -433,6 +498,9 @@ class FakeBraze:
         self.max_body_bytes = max_body_bytes
         self._host, self._port = host, port
         self._clock = clock
+        self._ssl_context = ssl_context
+        self._idle_handlers: set[_Handler] = set()
+        self.connections = 0
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -459,6 +527,8 @@ class FakeBraze:
         if self._server is None:
             server = _Server((self._host, self._port), _Handler)
             server.fake = self
+            if self._ssl_context is not None:
+                server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
             self._server = server
             self._thread = threading.Thread(
                 target=server.serve_forever,
@@ -493,13 +563,23 @@ class FakeBraze:
         if self._server is None:
             raise RuntimeError("FakeBraze is not running; use it as a context manager")
         port = self._server.server_address[1]
-        return f"http://{self._host}:{port}{self.prefix}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{self._host}:{port}{self.prefix}"
 
     def client(self, **kwargs: Any) -> BrazeClient:
         """A :class:`BrazeClient` wired to this server (fast retries unless ``retry`` is given)."""
         kwargs.setdefault("retry", RetryPolicy(wait_initial=0.001, wait_max=0.01, wait_jitter=0.0))
         api_key = kwargs.pop("api_key", self.api_key)
         return BrazeClient(self.url, api_key, **kwargs)
+
+    def close_idle_connections(self) -> None:
+        """Close every keep-alive connection waiting for its next request, as servers do after
+        an idle timeout (clients must then reconnect)."""
+        with self._lock:
+            idle = list(self._idle_handlers)
+        for handler in idle:
+            with contextlib.suppress(OSError):
+                handler.connection.shutdown(socket.SHUT_RDWR)
 
     # --- configuration and fault injection -------------------------------------------------
 
@@ -613,14 +693,13 @@ class FakeBraze:
     def _claim(self, body: Any) -> set[str]:
         """Note which profiles this request touches, counting overlaps with requests in flight."""
         ids: set[str] = set()
-        if isinstance(body, dict):
+        if body.__class__ is dict:
             for objects in body.values():
-                if isinstance(objects, list):
-                    ids.update(
-                        o["external_id"]
-                        for o in objects
-                        if isinstance(o, dict) and isinstance(o.get("external_id"), str)
-                    )
+                if objects.__class__ is list:
+                    for obj in objects:
+                        external_id = obj.get("external_id") if obj.__class__ is dict else None
+                        if external_id.__class__ is str:
+                            ids.add(external_id)
         with self._lock:
             overlap = ids & self._in_flight_ids.keys()
             self.overlapping_requests += bool(overlap)
@@ -699,13 +778,19 @@ class FakeBraze:
         self._record(ex, status, recorded)
         data = payload if isinstance(payload, bytes) else dumps(payload)
         handler = ex.handler
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(data)))
+        lines = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
+            f"Server: {handler.version_string()}",
+            f"Date: {handler.date_time_string()}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(data)}",
+        ]
         for name, value in (headers or {}).items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(data)
+            lines.append(f"{name}: {value}")
+            if name.lower() == "connection" and value.lower() == "close":
+                handler.close_connection = True
+        # One write: status line, headers and body leave in the same segment.
+        handler.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
 
     # --- /users/track ----------------------------------------------------------------------
 
