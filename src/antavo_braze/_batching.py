@@ -7,6 +7,7 @@ not order separate requests).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -58,6 +59,10 @@ def build_body(
     items: Sequence[Item], dumps: Callable[[Any], bytes] = _json.dumps
 ) -> tuple[bytes, tuple[tuple[str, int], ...]]:
     """The request body for ``items`` (serialized in one call) and each item's position in it."""
+    arrays = {item.array for item in items}
+    if len(arrays) == 1:  # the common case, e.g. a member sync: attributes only
+        (array,) = arrays
+        return dumps({array: [item.obj for item in items]}), _positions(array, len(items))
     by_array: dict[str, list[Any]] = {}
     positions: list[tuple[str, int]] = []
     for item in items:
@@ -68,6 +73,11 @@ def build_body(
         objects.append(item.obj)
     body = {name: by_array[name] for name in ARRAYS if name in by_array}
     return dumps(body), tuple(positions)
+
+
+@functools.lru_cache(maxsize=3 * (MAX_OBJECTS + 1))
+def _positions(array: str, count: int) -> tuple[tuple[str, int], ...]:
+    return tuple((array, index) for index in range(count))
 
 
 def _batches(items: list[Item], max_bytes: int, dumps: Callable[[Any], bytes]) -> Iterator[Batch]:
@@ -109,6 +119,9 @@ def pack(
     counts = dict.fromkeys(ARRAYS, 0)
     combined = mode == "combined"
     for group in groups:
+        if combined and len(group) == 1 and len(current) < max_objects:
+            current.append(group[0])  # the hot path: one object per record (counts: legacy only)
+            continue
         if combined:
             fits = len(current) + len(group) <= max_objects
         else:

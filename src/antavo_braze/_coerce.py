@@ -294,7 +294,7 @@ def coerce_date(value: Any) -> str | None:
         text: str = value
         # The common UTC shapes, whose digits already are the output.
         if len(text) == 19 and _DATE_TIME_RE.match(text) is not None:
-            return text[:10] + "T" + text[11:] + "Z"
+            return text.replace(" ", "T") + "Z"  # the only space the pattern allows
         match = _COMMON_DATE_RE.match(text)
         if match is not None:
             day_text, time_text = match.groups()
@@ -554,21 +554,10 @@ def _clean_nodes(value: dict[Any, Any], depth: int, max_items: int) -> int:
     nulls, bad keys, long strings, ``$time``, deep nesting) answers -1, and the full coercer
     then converts or explains.
     """
-    if depth > _MAX_DEPTH:
+    if depth > _MAX_DEPTH or not (_VALID_KEYS.issuperset(value) or _learn_keys(value)):
         return -1
     nodes = 1 + len(value)
-    for key, item in value.items():
-        if key not in _VALID_KEYS:
-            if not (
-                key.__class__ is str
-                and 0 < len(key) <= MAX_STRING_LENGTH
-                and key[0] != "$"
-                and "." not in key
-                and " " not in key
-            ):
-                return -1
-            if len(_VALID_KEYS) < _MAX_VALID_KEYS:
-                _VALID_KEYS.add(key)
+    for item in value.values():
         cls = item.__class__
         if cls is str:
             if len(item) > MAX_STRING_LENGTH:
@@ -592,6 +581,22 @@ def _clean_nodes(value: dict[Any, Any], depth: int, max_items: int) -> int:
         elif cls is not bool:
             return -1
     return nodes
+
+
+def _learn_keys(value: dict[Any, Any]) -> bool:
+    """Whether every key of ``value`` is a valid object key; remembers the valid ones."""
+    for key in value:
+        if not (
+            key.__class__ is str
+            and 0 < len(key) <= MAX_STRING_LENGTH
+            and key[0] != "$"
+            and "." not in key
+            and " " not in key
+        ):
+            return False
+        if len(_VALID_KEYS) < _MAX_VALID_KEYS:
+            _VALID_KEYS.add(key)
+    return True
 
 
 def _clean_list_nodes(value: list[Any], depth: int, max_items: int) -> int:
