@@ -1,7 +1,10 @@
 """Pacing under a rate limit: achieved request rate as a share of the limit, and 429s.
 
 FakeBraze (own process) allows L requests per 1-second window on /users/track and answers
-after 20 ms; the SDK syncs enough members for about 10 windows. Prints figures; asserts nothing.
+after 20 ms; the SDK syncs enough members for about 20 windows. Windows are fixed (aligned to
+whole epoch seconds, as FakeBraze counts them), so a run that starts late in a window can beat L
+over its own duration; the share of the capacity of the windows the run touched cannot exceed
+100%. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from _server import fake_braze_process
 import antavo_braze as ab
 
 LIMITS = [int(n) for n in os.environ.get("BENCH_LIMITS", "20,50,100").split(",")]
-WINDOWS = 10
+WINDOWS = 20
 
 
 def main() -> None:
@@ -32,16 +35,18 @@ def main() -> None:
             ) as (url, stats),
             ab.BrazeClient(url, "test-key", max_in_flight=16) as client,
         ):
-            started = time.perf_counter()
+            started, wall_started = time.perf_counter(), time.time()
             report = ab.Syncer(client, MAPPING).sync_members(members(count))
-            seconds = time.perf_counter() - started
+            seconds, wall_ended = time.perf_counter() - started, time.time()
+        windows = int(wall_ended) - int(wall_started) + 1
         total = sum(stats["status_counts"].values())
         limited = stats["status_counts"].get(429, 0)
         useful = stats["status_counts"].get(201, 0)
         print(
             f"  L={limit:>4}/s  N={count:>7,}  {useful / seconds:6.1f} accepted requests/s = "
-            f"{useful / seconds / limit:5.1%} of L   429s {limited}/{total} = "
-            f"{limited / total:.2%}   all delivered: {report.ok and report.succeeded == count}"
+            f"{useful / seconds / limit:5.1%} of L; {useful / (windows * limit):5.1%} of the "
+            f"{windows} windows' capacity   429s {limited}/{total} = {limited / total:.2%}   "
+            f"all delivered: {report.ok and report.succeeded == count}"
         )
 
 
