@@ -14,7 +14,7 @@ from ._coerce import coerce, infer_type
 from ._deadletter import DeadLetterSink, JsonlDeadLetter, MemoryDeadLetter, read_dead_letters
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
-from ._ratelimit import InProcessPacer, Pacer
+from ._ratelimit import InProcessPacer, NonBlockingPacer, Pacer
 from ._retry import RetryPolicy
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Progress, RecordFailure, Syncer, SyncReport
@@ -69,6 +69,7 @@ __all__ = [
     "MappingError",
     "MemoryDeadLetter",
     "MemoryStateStore",
+    "NonBlockingPacer",
     "Pacer",
     "PermissionDeniedError",
     "Progress",
