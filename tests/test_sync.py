@@ -50,7 +50,7 @@ def test_bad_record_fails_alone(
     assert (report.total, report.succeeded, report.failed) == (12, 9, 3)
     first = report.failures[0]
     assert (first.index, first.record_id, first.stage) == (4, "m-4", "validation")
-    assert "field 'score'" in first.reason
+    assert first.reason.startswith("record 'm-4': field 'score': cannot coerce 'lots'")
     assert report.failures[1].index == 10
     assert report.failures[2].index == 11
     assert len(fake.profiles) == 9

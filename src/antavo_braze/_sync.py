@@ -322,7 +322,10 @@ class Syncer:
     def _build_member(self, member: Any, index: int, run: _Run) -> _Pending | Item | None:
         if self.state is None:  # the hot path: values go straight into the wire object
             external_id = self.mapper.member_id(member)
-            wire = self.mapper.member_values(member, {EXTERNAL_ID: external_id})
+            try:
+                wire = self.mapper.member_values(member, {EXTERNAL_ID: external_id})
+            except CoercionError as exc:
+                raise exc.at(record_id=external_id) from None
             return _new_item(Item, (ATTRIBUTES, wire, external_id, (index, member)))
         external_id, values = self.mapper.member_attributes(member)
         state = None
