@@ -729,7 +729,7 @@ class _ConcurrentSender:
         self.selector = selectors.DefaultSelector()
         self.path = "/users/track"
         self.target = client._base_path + self.path
-        self.host = urlsplit(client.endpoint).netloc
+        self.host = urlsplit(client.endpoint).netloc.rpartition("@")[2]
         self.headers = client._headers(b"")
         pacer = client.pacer
         self.try_acquire = pacer.try_acquire if isinstance(pacer, NonBlockingPacer) else None
@@ -877,10 +877,10 @@ class _ConcurrentSender:
         parser = connection.parser
         assert parser.status is not None
         response = Response(parser.status, parser.headers, bytes(parser.body))
-        if parser.keep_alive:
+        if parser.keep_alive and not connection.writing:
             connection.reused = True
             self.idle.append(connection)
-        else:
+        else:  # closing, or it answered before taking the whole body: not reusable
             connection.close()
         client = self.client
         client.pacer.observe(response.status_code, response.headers)
