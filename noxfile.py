@@ -8,8 +8,8 @@ nox.options.sessions = ["tests", "lint", "typing", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
-# Coverage floor for the I/O modules (client, pacing, retries, FakeBraze), branch coverage.
-IO_MODULES = "*/_client.py,*/_ratelimit.py,*/_retry.py,*/testing/*"
+# Coverage floor for the I/O modules (client, transport, pacing, retries, FakeBraze), branches.
+IO_MODULES = "*/_client.py,*/_transport.py,*/_ratelimit.py,*/_retry.py,*/testing/*"
 
 
 @nox.session
@@ -30,7 +30,13 @@ def tests(session: nox.Session) -> None:
     if not session.posargs:
         session.install("orjson")
         session.run(
-            "pytest", "-q", "tests/test_client.py", "tests/test_sync.py", "tests/test_json.py"
+            "pytest",
+            "-q",
+            "tests/test_client.py",
+            "tests/test_transport.py",
+            "tests/test_sync.py",
+            "tests/test_json.py",
+            "tests/test_fast_paths.py",
         )
 
 
