@@ -11,7 +11,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -547,17 +547,27 @@ _VALID_KEYS: set[str] = set()
 _MAX_VALID_KEYS = 10_000
 
 
-def _clean_nodes(value: dict[Any, Any], depth: int, max_items: int) -> int:
-    """The node count of a dict that is already valid Braze JSON as it is, or -1 if it is not.
+def _clean_nodes(value: dict[Any, Any] | list[Any], depth: int, max_items: int) -> int:
+    """The node count of a dict (or list inside one) that is already valid Braze JSON as it
+    is, or -1 if it is not.
 
     The fast path of objects: no copy, no error messages. Anything unusual (other classes,
     nulls, bad keys, long strings, ``$time``, deep nesting) answers -1, and the full coercer
     then converts or explains.
     """
-    if depth > _MAX_DEPTH or not (_VALID_KEYS.issuperset(value) or _learn_keys(value)):
+    if depth > _MAX_DEPTH:
         return -1
+    items: Iterable[Any]
+    if value.__class__ is dict:
+        if not (_VALID_KEYS.issuperset(value) or _learn_keys(value)):
+            return -1
+        items = value.values()
+    elif len(value) > max_items:
+        return -1
+    else:
+        items = value
     nodes = 1 + len(value)
-    for item in value.values():
+    for item in items:
         cls = item.__class__
         if cls is str:
             if len(item) > MAX_STRING_LENGTH:
@@ -565,13 +575,8 @@ def _clean_nodes(value: dict[Any, Any], depth: int, max_items: int) -> int:
         elif cls is int:
             if not _INT_MIN <= item <= _INT_MAX:
                 return -1
-        elif cls is dict:
+        elif cls is dict or cls is list:
             count = _clean_nodes(item, depth + 1, max_items)
-            if count < 0:
-                return -1
-            nodes += count
-        elif cls is list:
-            count = _clean_list_nodes(item, depth + 1, max_items)
             if count < 0:
                 return -1
             nodes += count
@@ -597,37 +602,6 @@ def _learn_keys(value: dict[Any, Any]) -> bool:
         if len(_VALID_KEYS) < _MAX_VALID_KEYS:
             _VALID_KEYS.add(key)
     return True
-
-
-def _clean_list_nodes(value: list[Any], depth: int, max_items: int) -> int:
-    """Like :func:`_clean_nodes`, for a list inside an object."""
-    if depth > _MAX_DEPTH or len(value) > max_items:
-        return -1
-    nodes = 1 + len(value)
-    for item in value:
-        cls = item.__class__
-        if cls is str:
-            if len(item) > MAX_STRING_LENGTH:
-                return -1
-        elif cls is int:
-            if not _INT_MIN <= item <= _INT_MAX:
-                return -1
-        elif cls is dict:
-            count = _clean_nodes(item, depth + 1, max_items)
-            if count < 0:
-                return -1
-            nodes += count
-        elif cls is list:
-            count = _clean_list_nodes(item, depth + 1, max_items)
-            if count < 0:
-                return -1
-            nodes += count
-        elif cls is float:
-            if item - item != 0:
-                return -1
-        elif cls is not bool:
-            return -1
-    return nodes
 
 
 def _make_object_coercer(truncate: bool, max_items: int) -> Coercer:
