@@ -438,6 +438,17 @@ def _check_key(key: Any, type: BrazeType) -> str:
     return key
 
 
+def _is_plain_key(key: Any) -> bool:
+    """A valid object key, by the quick test (:func:`_check_key` explains the others)."""
+    return (
+        key.__class__ is str
+        and 0 < len(key) <= MAX_STRING_LENGTH
+        and key[0] != "$"
+        and "." not in key
+        and " " not in key
+    )
+
+
 def type_name(value: object) -> str:
     return type(value).__name__
 
@@ -468,14 +479,8 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
                     raise exc.at("$time") from None
             out: dict[str, Any] = {}
             for key, item in value.items():
-                if not (
-                    key.__class__ is str
-                    and 0 < len(key) <= MAX_STRING_LENGTH
-                    and key[0] != "$"
-                    and "." not in key
-                    and " " not in key
-                ):
-                    _check_key(key, owner)
+                if not _is_plain_key(key):
+                    _check_key(key, owner)  # raises the explanation
                 item_class = item.__class__
                 # Scalars inline: most leaves are short strings, ints and bools.
                 if (
@@ -591,13 +596,7 @@ def _clean_nodes(value: dict[Any, Any] | list[Any], depth: int, max_items: int) 
 def _learn_keys(value: dict[Any, Any]) -> bool:
     """Whether every key of ``value`` is a valid object key; remembers the valid ones."""
     for key in value:
-        if not (
-            key.__class__ is str
-            and 0 < len(key) <= MAX_STRING_LENGTH
-            and key[0] != "$"
-            and "." not in key
-            and " " not in key
-        ):
+        if not _is_plain_key(key):
             return False
         if len(_VALID_KEYS) < _MAX_VALID_KEYS:
             _VALID_KEYS.add(key)
