@@ -7,7 +7,7 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
@@ -83,11 +83,19 @@ def test_unix_seconds_fast_path_agrees(seconds: int) -> None:
     assert outcome(coerce_date, seconds) == outcome(general, seconds)
 
 
+@settings(max_examples=500)
 @given(
     st.from_regex(
         r"\A[012]\d{3}-[01]\d-[0-3]\d([T ][0-2]\d:[0-6]\d:[0-6]\d)?(Z|\+00:00|\+01:00)?\Z"
     )
 )
+@example("1000-01-01Z")  # a zone needs a time, in both paths
+@example("2024-02-29")
+@example("2026-02-29")
+@example("2026-04-31T00:00:00")
+@example("2026-01-02T24:00:00")
+@example("0999-12-31")
+@example("2999-12-31T23:59:59+00:00")
 def test_date_string_fast_path_agrees(text: str) -> None:
     """Common date shapes through the regex shortcut equal the full parser."""
     assert outcome(coerce_date, text) == outcome(_coerce_date_string.__wrapped__, text)

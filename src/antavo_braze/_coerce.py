@@ -320,13 +320,13 @@ def _unix_day_prefix(value: int, day: int) -> str:
     return prefix
 
 
-# The common UTC shapes whose digits are the output: YYYY-MM-DD, optionally with hh:mm:ss,
-# optionally Z or +00:00. Days 29-31 (month lengths, leap years) go through the full parser.
+# The common UTC shapes whose digits are the output: YYYY-MM-DD, optionally with hh:mm:ss and
+# then optionally Z or +00:00. Days 29-31 (month lengths, leap years) go through the full parser.
 _DAY = r"[12]\d{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])"
 _TIME = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
 # ASCII: other scripts' digits must go through int() in the full parser, not be copied.
 _DATE_TIME_RE = re.compile(rf"{_DAY}[T ]{_TIME}", re.ASCII)  # on 19-character strings only
-_COMMON_DATE_RE = re.compile(rf"({_DAY})(?:[T ]({_TIME}))?(?:Z|\+00:00)?\Z", re.ASCII)
+_COMMON_DATE_RE = re.compile(rf"({_DAY})(?:[T ]({_TIME})(?:Z|\+00:00)?)?\Z", re.ASCII)
 
 
 @functools.lru_cache(maxsize=8192)

@@ -696,10 +696,14 @@ class FakeBraze:
         if body.__class__ is dict:
             for objects in body.values():
                 if objects.__class__ is list:
-                    for obj in objects:
-                        external_id = obj.get("external_id") if obj.__class__ is dict else None
-                        if external_id.__class__ is str:
-                            ids.add(external_id)
+                    ids.update(
+                        [
+                            external_id
+                            for obj in objects
+                            if obj.__class__ is dict
+                            and (external_id := obj.get("external_id")).__class__ is str
+                        ]
+                    )
         with self._lock:
             overlap = ids & self._in_flight_ids.keys()
             self.overlapping_requests += bool(overlap)
