@@ -285,3 +285,30 @@ def test_tls_is_verified_against_the_ca_bundle(certificate: tuple[Path, Path]) -
     assert result.rejected[0].stage == "transport"
     assert "CERTIFICATE_VERIFY_FAILED" in result.rejected[0].reason
     assert len(fake.profiles) == 150
+
+
+class CountingPacer(ab.InProcessPacer):
+    """An InProcessPacer that counts how often the loop asks it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def try_acquire(self) -> float:
+        self.asked += 1
+        return super().try_acquire()
+
+
+def test_waiting_for_the_rate_window_does_not_spin() -> None:
+    """While the pacer holds requests, the loop sleeps until it may ask again (no busy loop)."""
+    pacer = CountingPacer()
+    with (
+        FakeBraze(rate_limit=10, rate_window=1.0) as fake,
+        fake.client(max_in_flight=8, pacer=pacer) as client,
+    ):
+        result = client.track(attributes=attrs(25 * 75))
+    assert result.accepted == 25 * 75
+    assert fake.status_counts[429] == 0
+    assert result.requests == 25
+    assert pacer.waited == 0  # the loop never blocked in acquire()
+    assert pacer.asked < 3 * result.requests, pacer.asked

@@ -717,6 +717,7 @@ class _ConcurrentSender:
         self.source = iter(batches)
         self.exhausted = False
         self.waiting: Batch | None = None  # next batch, held back while its profiles are busy
+        self.held: _Job | None = None  # a job the pacer said to wait for (it goes first)
         self.busy: set[str] = set()
         self.retries: list[tuple[float, int, _Job]] = []  # heap of (due, sequence, job)
         self.sequence = 0
@@ -756,10 +757,14 @@ class _ConcurrentSender:
             and not self.connecting
             and not self.retries
             and self.waiting is None
+            and self.held is None
             and self.exhausted
         )
 
     def _next_job(self) -> _Job | None:
+        if self.held is not None:
+            job, self.held = self.held, None
+            return job
         if self.retries and self.retries[0][0] <= max(self.client._clock(), self.slept_to):
             return heapq.heappop(self.retries)[2]
         while True:
@@ -791,8 +796,7 @@ class _ConcurrentSender:
             else:
                 wait = self.try_acquire()
                 if wait > 0:
-                    self.pacer_wait = wait
-                    self._retry_at(job, self.client._clock())  # first in line once free
+                    self.pacer_wait, self.held = wait, job
                     return
             job.attempt += 1
             self.client._count_request()
