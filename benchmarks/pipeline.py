@@ -21,7 +21,7 @@ import antavo_braze as ab
 from antavo_braze import _json
 
 N = int(os.environ.get("BENCH_N", "100000"))
-ROUNDS = 5
+ROUNDS = 7
 
 
 def sdk(records: list[dict[str, object]]) -> int:

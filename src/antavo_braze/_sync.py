@@ -169,9 +169,9 @@ class _Pending:
         self.failure: tuple[str, str, bool] | None = None
 
 
-# What a build function makes of one record: nothing (skipped), the record's bookkeeping, or
-# (the hot path) its only object, an attributes item whose tag is ``(index, record)``.
-Build = Callable[[Any, int, "_Run"], "_Pending | Item | None"]
+# What a build function makes of one record: nothing (skipped) or the record's bookkeeping.
+# (The member hot path makes neither: its items carry ``(index, record)`` as their tag.)
+Build = Callable[[Any, int, "_Run"], "_Pending | None"]
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
 
@@ -319,14 +319,8 @@ class Syncer:
 
     # --- building Braze objects from records ------------------------------------------------
 
-    def _build_member(self, member: Any, index: int, run: _Run) -> _Pending | Item | None:
-        if self.state is None:  # the hot path: values go straight into the wire object
-            external_id = self.mapper.member_id(member)
-            try:
-                wire = self.mapper.member_values(member, {EXTERNAL_ID: external_id})
-            except CoercionError as exc:
-                raise exc.at(record_id=external_id) from None
-            return _new_item(Item, (ATTRIBUTES, wire, external_id, (index, member)))
+    def _build_member(self, member: Any, index: int, run: _Run) -> _Pending | None:
+        # Without a state store, _member_groups does this faster.
         external_id, values = self.mapper.member_attributes(member)
         state = None
         if self.state is not None:
@@ -388,45 +382,59 @@ class Syncer:
         pending: dict[int, _Pending],
         record_id_of: Callable[[Any], str | None],
     ) -> Iterator[Sequence[Item]]:
+        if build == self._build_member and self.state is None:
+            yield from self._member_groups(records, run, record_id_of)
+            return
         for index, record in enumerate(records):
             run.total += 1
             try:
                 entry = build(record, index, run)
-            except CoercionError as exc:
-                self._fail(
-                    run,
-                    index,
-                    exc.record_id or _safe_id(record_id_of, record),
-                    "validation",
-                    str(exc),
-                    record,
-                    None,
-                    False,
-                )
-                run.tick()
-                continue
             except Exception as exc:  # a bad record fails alone, whatever is wrong with it
-                self._fail(
-                    run,
-                    index,
-                    _safe_id(record_id_of, record),
-                    "validation",
-                    f"{type(exc).__name__}: {exc}",
-                    record,
-                    None,
-                    False,
-                )
-                run.tick()
+                self._invalid(run, index, record, exc, record_id_of)
                 continue
             if entry is None:
                 run.skipped += 1
                 run.tick()
-                continue
-            if isinstance(entry, _Pending):
+            else:
                 pending[index] = entry
                 yield entry.items
-            else:
-                yield (entry,)
+
+    def _member_groups(
+        self, records: Iterable[Any], run: _Run, record_id_of: Callable[[Any], str | None]
+    ) -> Iterator[Sequence[Item]]:
+        """The hot path of :meth:`_groups`: members without state, each one attributes item
+        whose tag ``(index, record)`` is all the bookkeeping it needs."""
+        member_id, member_values = self.mapper.member_id, self.mapper.member_values
+        for index, record in enumerate(records):
+            run.total += 1
+            external_id = None
+            try:
+                external_id = member_id(record)
+                wire = member_values(record, {EXTERNAL_ID: external_id})
+            except CoercionError as exc:
+                located = exc if external_id is None else exc.at(record_id=external_id)
+                self._invalid(run, index, record, located, record_id_of)
+                continue
+            except Exception as exc:
+                self._invalid(run, index, record, exc, record_id_of)
+                continue
+            yield (_new_item(Item, (ATTRIBUTES, wire, external_id, (index, record))),)
+
+    def _invalid(
+        self,
+        run: _Run,
+        index: int,
+        record: Any,
+        exc: Exception,
+        record_id_of: Callable[[Any], str | None],
+    ) -> None:
+        """A record that failed before anything was sent: it fails alone, stage validation."""
+        if isinstance(exc, CoercionError):
+            record_id, reason = exc.record_id or _safe_id(record_id_of, record), str(exc)
+        else:
+            record_id, reason = _safe_id(record_id_of, record), f"{type(exc).__name__}: {exc}"
+        self._fail(run, index, record_id, "validation", reason, record, None, False)
+        run.tick()
 
     def _run(
         self,
