@@ -76,6 +76,7 @@ PERMISSIONS = ("users.track", "events.list", "events.data_series", "events.get")
 _EVENTS_LIST_PAGE = 250
 _CONNECT_THREADS = 16
 _CONNECT_POLL = 0.002  # seconds between looks at connections being opened
+_JUST_NOW = 0.001  # seconds
 _REDACTED = "[REDACTED]"
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
@@ -719,7 +720,7 @@ class _ConcurrentSender:
         self.waiting: Batch | None = None  # next batch, held back while its profiles are busy
         self.held: _Job | None = None  # a job the pacer said to wait for (it goes first)
         self.busy: set[str] = set()
-        self.retries: list[tuple[float, int, _Job]] = []  # heap of (due, sequence, job)
+        self.retries: list[tuple[float, int, _Job, float]] = []  # (due, seq, job, delay) heap
         self.sequence = 0
         self.active: dict[Connection, _Job] = {}
         self.connecting: list[tuple[Future[Connection], _Job]] = []
@@ -819,9 +820,9 @@ class _ConcurrentSender:
         events = selectors.EVENT_READ if sent else selectors.EVENT_READ | selectors.EVENT_WRITE
         self.selector.register(connection, events)
 
-    def _retry_at(self, job: _Job, due: float) -> None:
+    def _retry_in(self, job: _Job, delay: float) -> None:
         self.sequence += 1
-        heapq.heappush(self.retries, (due, self.sequence, job))
+        heapq.heappush(self.retries, (self.client._clock() + delay, self.sequence, job, delay))
 
     # --- waiting and answers ---------------------------------------------------------------
 
@@ -843,9 +844,15 @@ class _ConcurrentSender:
         if not self.active and not self.connecting:
             # Nothing on the wire: only a retry time or the pacer to wait for. Whatever the
             # injected clock says afterwards, a retry waited for is due.
+            wait = timeout or 0.0
             if self.retries and not self.pacer_wait:
-                self.slept_to = self.retries[0][0]
-            self.client._sleep(timeout or 0.0)
+                due, _, _, delay = self.retries[0]
+                self.slept_to = due
+                # Just scheduled: sleep the backoff exactly as the policy computed it (the
+                # microseconds since then are not worth a different number in logs and tests).
+                if delay - wait < _JUST_NOW:
+                    wait = delay
+            self.client._sleep(wait)
             return
         for key, mask in self.selector.select(timeout):
             connection: Connection = key.fileobj  # type: ignore[assignment]
@@ -899,7 +906,7 @@ class _ConcurrentSender:
         except BrazeAPIError as exc:
             self._finish(job, BatchOutcome(job.batch, error=exc, stage="braze"))
             return
-        self._retry_at(job, client._clock() + delay)
+        self._retry_in(job, delay)
 
     def _failed(self, connection: Connection, exc: Exception) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -915,7 +922,7 @@ class _ConcurrentSender:
             self.idle.clear()
             self.client._drop_idle()
             job.attempt -= 1
-            self._retry_at(job, self.client._clock())
+            self._retry_in(job, 0.0)
             return
         self._transport_failure(job, exc)
 
@@ -926,7 +933,7 @@ class _ConcurrentSender:
         except TransportError as error:
             self._finish(job, BatchOutcome(job.batch, error=error, stage="transport"))
             return
-        self._retry_at(job, self.client._clock() + delay)
+        self._retry_in(job, delay)
 
     def _finish(self, job: _Job, outcome: BatchOutcome | None) -> None:
         self.busy -= job.batch.external_ids
