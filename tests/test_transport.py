@@ -310,5 +310,5 @@ def test_waiting_for_the_rate_window_does_not_spin() -> None:
     assert result.accepted == 25 * 75
     assert fake.status_counts[429] == 0
     assert result.requests == 25
-    assert pacer.waited == 0  # the loop never blocked in acquire()
+    assert pacer.waited > 0  # requests were held for the window
     assert pacer.asked < 3 * result.requests, pacer.asked

@@ -71,6 +71,7 @@ class InProcessPacer:
         self._window_end: float | None = None  # monotonic time the window resets
         self._hold_until = 0.0
         self._in_flight = 0
+        self._held_since: float | None = None  # when the current hold began
         self.waited = 0.0  # total seconds spent holding requests, for reports and tests
 
     def __repr__(self) -> str:
@@ -82,7 +83,6 @@ class InProcessPacer:
     def acquire(self) -> None:
         """Block until a request may go; then count it against the budget."""
         while (wait := self.try_acquire()) > 0:
-            self.waited += wait
             self._sleep(wait)
 
     def try_acquire(self) -> float:
@@ -105,7 +105,12 @@ class InProcessPacer:
                     self._budget = None  # nothing will tell us more: try
                     wait = 0
             if wait > 0:
+                if self._held_since is None:
+                    self._held_since = now
                 return wait
+            if self._held_since is not None:
+                self.waited += now - self._held_since
+                self._held_since = None
             if self._budget is not None:
                 self._budget -= 1
             self._in_flight += 1
