@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import select
 import socket
 import ssl
 import subprocess
@@ -143,14 +144,18 @@ def test_connections_are_kept_and_reused(fake: FakeBraze) -> None:
 
 
 def test_idle_connections_closed_by_the_server_cost_no_attempt() -> None:
-    """A keep-alive connection the server closed while idle is replaced, not counted as failure."""
+    """A keep-alive connection the server closed while idle is noticed before reuse."""
     policy = ab.RetryPolicy(attempts=1)
     with FakeBraze() as fake, fake.client(max_in_flight=4, retry=policy) as client:
         assert client.track(attributes=attrs(10)).ok
+        idle = list(client._idle)
         fake.close_idle_connections()
+        for connection in idle:  # wait until the server's FIN has arrived
+            select.select([connection.sock], [], [], 5.0)
         result = client.track(attributes=attrs(10))
     assert result.ok
-    assert result.accepted == 10
+    assert result.requests == 1
+    assert fake.connections == 2
 
 
 def test_a_dropped_request_on_a_fresh_connection_is_retried() -> None:

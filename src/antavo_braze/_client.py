@@ -801,12 +801,21 @@ class _ConcurrentSender:
                     return
             job.attempt += 1
             self.client._count_request()
-            connection = self.idle.pop() if self.idle else self.client._idle_connection()
+            connection = self._reusable_connection()
             if connection is None:
                 future = self.client._connector().submit(self.client._open_connection)
                 self.connecting.append((future, job))
             else:
                 self._send(connection, job)
+
+    def _reusable_connection(self) -> Connection | None:
+        """An idle keep-alive connection the server has not closed meanwhile (as urllib3
+        checks before reusing one), or ``None``."""
+        while True:
+            connection = self.idle.pop() if self.idle else self.client._idle_connection()
+            if connection is None or not connection.dropped():
+                return connection
+            connection.close()
 
     def _send(self, connection: Connection, job: _Job) -> None:
         request = encode_request("POST", self.target, self.host, self.headers, job.batch.body)
@@ -889,7 +898,6 @@ class _ConcurrentSender:
         assert parser.status is not None
         response = Response(parser.status, parser.headers, bytes(parser.body))
         if parser.keep_alive and not connection.writing:
-            connection.reused = True
             self.idle.append(connection)
         else:  # closing, or it answered before taking the whole body: not reusable
             connection.close()
@@ -913,17 +921,6 @@ class _ConcurrentSender:
             self.selector.unregister(connection)
         job = self.active.pop(connection)
         connection.close()
-        if connection.reused and not connection.started_response:
-            # A keep-alive connection the server closed while idle: not the request's fault.
-            # The other idle ones are likely stale too; go again on a fresh connection.
-            self.client.pacer.observe(None, {})
-            for stale in self.idle:
-                stale.close()
-            self.idle.clear()
-            self.client._drop_idle()
-            job.attempt -= 1
-            self._retry_in(job, 0.0)
-            return
         self._transport_failure(job, exc)
 
     def _transport_failure(self, job: _Job, exc: Exception) -> None:

@@ -17,6 +17,7 @@ import ssl
 from typing import Any
 
 from urllib3 import HTTPHeaderDict
+from urllib3.util.wait import wait_for_read
 
 __all__ = ["Connection", "ProtocolError", "ResponseParser", "encode_request"]
 
@@ -164,13 +165,10 @@ class ResponseParser:
 
 
 class Connection:
-    """One keep-alive connection, driven by the client's loop without blocking.
+    """One keep-alive connection, driven by the client's loop without blocking (``job`` is
+    whatever the loop is sending on it)."""
 
-    ``job`` is whatever the loop is sending on it; ``reused`` tells a stale keep-alive
-    connection (closed by the server while idle) from a real failure.
-    """
-
-    __slots__ = ("_out", "deadline", "job", "parser", "reused", "sock")
+    __slots__ = ("_out", "deadline", "job", "parser", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -178,11 +176,14 @@ class Connection:
         self.job: Any = None
         self.parser = ResponseParser()
         self.deadline = 0.0
-        self.reused = False
         self._out = memoryview(b"")
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def dropped(self) -> bool:
+        """Whether an idle connection was closed by the server (it then reads as ready)."""
+        return wait_for_read(self.sock, timeout=0.0)
 
     def start(self, request: bytes, deadline: float) -> None:
         """Begin a request: nothing is sent until :meth:`write`."""
@@ -215,11 +216,6 @@ class Connection:
                 return self.parser.feed_eof()
             if self.parser.feed(data):
                 return True
-
-    @property
-    def started_response(self) -> bool:
-        """Whether any byte of the response has arrived."""
-        return self.parser.status is not None or bool(self.parser._buffer)
 
     def close(self) -> None:
         self.sock.close()
