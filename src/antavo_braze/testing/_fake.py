@@ -393,16 +393,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.server.fake._lock:
             self.server.fake.connections += 1
+            self.server.fake._idle_handlers.add(self)  # idle until a request line arrives
 
-    def handle_one_request(self) -> None:
-        fake = self.server.fake
-        with fake._lock:
-            fake._idle_handlers.add(self)  # until a request line arrives
-        try:
-            super().handle_one_request()
-        finally:
-            with fake._lock:
-                fake._idle_handlers.discard(self)
+    def finish(self) -> None:
+        with self.server.fake._lock:
+            self.server.fake._idle_handlers.discard(self)
+        super().finish()
 
     def parse_request(self) -> bool:
         """Request line and headers without http.server's email parser (a third of the CPU a
@@ -793,6 +789,9 @@ class FakeBraze:
             lines.append(f"{name}: {value}")
             if name.lower() == "connection" and value.lower() == "close":
                 handler.close_connection = True
+        if not handler.close_connection:
+            with self._lock:  # idle before the client can have the answer and act on it
+                self._idle_handlers.add(handler)
         # One write: status line, headers and body leave in the same segment.
         handler.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data)
 
