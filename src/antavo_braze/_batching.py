@@ -17,6 +17,7 @@ from . import _json
 
 __all__ = [
     "ARRAYS",
+    "ATTRIBUTES",
     "MAX_BODY_BYTES",
     "MAX_OBJECTS",
     "Batch",
@@ -26,7 +27,8 @@ __all__ = [
     "pack",
 ]
 
-ARRAYS = ("attributes", "events", "purchases")
+ATTRIBUTES = "attributes"
+ARRAYS = (ATTRIBUTES, "events", "purchases")
 MAX_OBJECTS = 75
 MAX_BODY_BYTES = 4_000_000
 BatchMode = Literal["combined", "legacy"]

@@ -1,8 +1,9 @@
-"""The Braze REST client: the only module that does I/O.
+"""The Braze REST client: with its transport (``_transport``), the only place that does I/O.
 
-It knows Braze's wire objects and nothing about Antavo or the mapping. One pooled
-``requests.Session``; up to ``max_in_flight`` requests at once, never two touching the same
-``external_id`` (Braze does not order separate requests); proactive pacing; retries.
+It knows Braze's wire objects and nothing about Antavo or the mapping. Single requests go
+through a pooled urllib3 connection pool; batches go up to ``max_in_flight`` at once on one
+thread's non-blocking connections, never two touching the same ``external_id`` (Braze does not
+order separate requests); proactive pacing; retries.
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ class BrazeClient:
         self._clock = clock
         self._idle: list[Connection] = []  # keep-alive connections of the concurrent sender
         self._idle_lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = None  # opens connections
         self._executor_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self.requests_sent = 0  # HTTP requests made, retries included
@@ -327,7 +328,7 @@ class BrazeClient:
         self.close()
 
     def close(self) -> None:
-        """Release the worker threads and pooled connections."""
+        """Release the connecting threads and the pooled connections."""
         with self._executor_lock:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from attrs import frozen
 
-from ._batching import ARRAYS, Item
+from ._batching import ARRAYS, ATTRIBUTES, Item
 from ._client import BrazeClient, to_item
 from ._converter import EXTERNAL_ID, attributes_wire
 from ._deadletter import DeadLetterSink, open_sink, read_dead_letters
@@ -35,7 +35,6 @@ __all__ = ["Progress", "RecordFailure", "SyncReport", "Syncer"]
 Stage = Literal["validation", "braze", "transport"]
 SendMode = Literal["full", "changed"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
-ATTRIBUTES = "attributes"
 
 
 @frozen
