@@ -1,7 +1,7 @@
 """The Braze REST client: with its transport (``_transport``), the only place that does I/O.
 
 It knows Braze's wire objects and nothing about Antavo or the mapping. Single requests go
-through a pooled urllib3 connection pool; batches go up to ``max_in_flight`` at once on one
+through urllib3's connection pool; batches go up to ``max_in_flight`` at once on one
 thread's non-blocking connections, never two touching the same ``external_id`` (Braze does not
 order separate requests); proactive pacing; retries.
 """
