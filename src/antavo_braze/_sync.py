@@ -453,11 +453,17 @@ class Syncer:
             clean = outcome.error is None and not outcome.rejected
             for number, item in enumerate(outcome.batch.items):
                 if item.tag.__class__ is tuple:  # a record with this one object
-                    if clean:
+                    failure = None if clean else outcome.failure(number)
+                    if failure is None:
                         run.succeeded += 1
                         run.attribute_values += len(item.obj) - 1  # all but external_id
                     else:
-                        self._finish_single(run, item, outcome.failure(number), outcome.retryable)
+                        index, record = item.tag
+                        objects = _dead_letter_objects([item])
+                        retryable = outcome.retryable
+                        self._fail(
+                            run, index, item.external_id, *failure, record, objects, retryable
+                        )
                     continue
                 entry = pending[item.tag]
                 failure = outcome.failure(number)
@@ -500,20 +506,9 @@ class Syncer:
                 state_updates.append(entry.state)
             return
         stage, reason, retryable = entry.failure
-        objects = [{"array": item.array, "object": _json_safe(item.obj)} for item in entry.items]
+        objects = _dead_letter_objects(entry.items)
         record_id = entry.items[0].external_id
         self._fail(run, index, record_id, stage, reason, entry.record, objects, retryable)
-
-    def _finish_single(
-        self, run: _Run, item: Item, failure: tuple[str, str] | None, retryable: bool
-    ) -> None:
-        if failure is None:
-            run.succeeded += 1
-            run.attribute_values += len(item.obj) - 1
-            return
-        index, record = item.tag
-        objects = [{"array": item.array, "object": _json_safe(item.obj)}]
-        self._fail(run, index, item.external_id, *failure, record, objects, retryable)
 
     # --- public API -------------------------------------------------------------------------
 
@@ -644,6 +639,11 @@ def _objects_pending(record: Any, objects: Iterable[BrazeObject], index: int) ->
     items = [to_item(obj, index) for obj in objects]
     values = sum(len(o.attributes) for o in objects if isinstance(o, AttributesObject))
     return _Pending(record, items, values)
+
+
+def _dead_letter_objects(items: Iterable[Item]) -> list[dict[str, Any]]:
+    """A failed record's objects as the dead letter keeps them (replay sends them again)."""
+    return [{"array": item.array, "object": _json_safe(item.obj)} for item in items]
 
 
 def _wire_item(entry: dict[str, Any], record_id: str, index: int) -> Item:
