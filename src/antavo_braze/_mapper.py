@@ -45,6 +45,7 @@ __all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "utc_now"]
 MISSING: Final = object()
 MAX_EXTERNAL_ID_BYTES = 987
 MAX_PURCHASE_QUANTITY = 100
+_SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4  # characters: at most 4 UTF-8 bytes each
 _PURCHASE_RESERVED = frozenset(
     {"time", "event_name", "product_id", "quantity", "price", "currency"}
 )
@@ -166,13 +167,9 @@ class MappedEvent:
     skipped: bool = False
 
 
-# An id of at most this many characters cannot exceed the byte limit in UTF-8.
-_SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4
-
-
 def _external_id(value: Any, field: str) -> str:
     if value.__class__ is str and 0 < len(value) <= _SHORT_ID and not value.isspace():
-        return value
+        return value  # short enough that its UTF-8 cannot exceed the byte limit
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CoercionError(value, "external_id", "expected a string id", field=field)
     text = str(value)
@@ -253,10 +250,6 @@ class Mapper:
 
     def member_id(self, member: Any) -> str:
         """The ``external_id`` of a member (dict with ``id`` or :class:`LoyaltyMember`)."""
-        if member.__class__ is dict:
-            value = member.get("id")
-            if value.__class__ is str and 0 < len(value) <= _SHORT_ID and not value.isspace():
-                return value
         if member.__class__ is dict or isinstance(member, abc.Mapping):
             if "id" not in member:
                 raise CoercionError(member, "member", "the record has no 'id'", field="id")
