@@ -287,10 +287,14 @@ class BrazeClient:
         # Requests go straight to the session's urllib3 pool: requests' per-request machinery
         # (preparing, merging settings, hooks) costs ~0.8 ms of CPU, more than the rest of a
         # /users/track call. TLS is verified against requests' CA bundle, as requests would.
-        self._ca_certs = ca_bundle or DEFAULT_CA_BUNDLE_PATH
-        pool_kwargs: dict[str, Any] = {"timeout": urllib3.Timeout(connect=timeout, read=timeout)}
+        # The one TLS setting for both the pool and the concurrent sender's connections.
+        self._tls: dict[str, Any] = {}
         if self.endpoint.startswith("https://"):
-            pool_kwargs.update(cert_reqs="CERT_REQUIRED", ca_certs=self._ca_certs)
+            self._tls = {
+                "cert_reqs": "CERT_REQUIRED",
+                "ca_certs": ca_bundle or DEFAULT_CA_BUNDLE_PATH,
+            }
+        pool_kwargs = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), **self._tls}
         self._pool = adapter.poolmanager.connection_from_url(self.endpoint, pool_kwargs=pool_kwargs)
         self._base_path = urlsplit(self.endpoint).path
         self._clock = clock
@@ -542,11 +546,7 @@ class BrazeClient:
         connection: urllib3.connection.HTTPConnection
         if parts.scheme == "https":
             connection = urllib3.connection.HTTPSConnection(
-                host,
-                parts.port or 443,
-                timeout=self.timeout,
-                cert_reqs="CERT_REQUIRED",
-                ca_certs=self._ca_certs,
+                host, parts.port or 443, timeout=self.timeout, **self._tls
             )
         else:
             connection = urllib3.connection.HTTPConnection(
