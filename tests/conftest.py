@@ -30,7 +30,7 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.now
 
-    def wall(self) -> float:
+    def time(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:

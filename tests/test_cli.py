@@ -142,7 +142,12 @@ def test_replay(fake: FakeBraze, tmp_path: Path) -> None:
     dead.write_text(
         json.dumps(
             {
+                "version": 1,
+                "kind": "member",
+                "index": 0,
                 "record_id": "a",
+                "stage": "transport",
+                "reason": "timed out",
                 "retryable": True,
                 "objects": [{"array": "attributes", "object": {"external_id": "a", "x": 1}}],
             }

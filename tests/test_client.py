@@ -10,24 +10,15 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._client import resolve_endpoint
+from antavo_braze._endpoint import resolve_endpoint
 from antavo_braze.testing import FakeBraze
-
-from .conftest import FakeClock
 
 KEY = "test-key"
 
 
-class Sleeper:
-    """Records waits without sleeping."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, seconds: float) -> None:
-        with self.lock:
-            self.waits.append(seconds)
+def retry_waits(caplog: pytest.LogCaptureFixture) -> list[float]:
+    """The waits the send loop decided on, from its retry log records."""
+    return [r.wait for r in caplog.records if r.name == "antavo_braze.http" and hasattr(r, "wait")]
 
 
 def attrs(n: int, prefix: str = "m") -> list[ab.AttributesObject]:
@@ -64,7 +55,20 @@ def test_endpoint_resolution(given: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "endpoint",
-    ["http://rest.iad-01.braze.com", "ftp://x", "", "https://x.braze.com?q=1", "https://"],
+    [
+        "http://rest.iad-01.braze.com",
+        "ftp://x",
+        "",
+        "https://x.braze.com?q=1",
+        "https://",
+        "http://evil.com\\.localhost",  # Python's parser: .localhost; urllib3: evil.com
+        "http://evil.com%2f.localhost",
+        "http://a.localhost",  # plain http only to localhost itself and loopback literals
+        "https//rest.iad-03.braze.com",
+        "https://user:pw@rest.iad-01.braze.com",
+        "https://dashboard-03.braze.com",
+        "US-11",
+    ],
 )
 def test_bad_endpoints(endpoint: str) -> None:
     """Plain http off loopback and malformed endpoints are configuration errors."""
@@ -74,7 +78,14 @@ def test_bad_endpoints(endpoint: str) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_in_flight": 0}, {"batch_mode": "bulk"}, {"timeout": 0}, {"max_objects": 76}],
+    [
+        {"max_in_flight": 0},
+        {"batch_mode": "bulk"},
+        {"timeout": 0},
+        {"batch_mode": "legacy", "limits": ab.BatchLimits()},
+        {"proxy": "https://proxy:3128"},
+        {"proxy": "socks5://proxy:1080"},
+    ],
 )
 def test_bad_options(kwargs: dict[str, Any]) -> None:
     """Invalid options are refused up front."""
@@ -83,9 +94,13 @@ def test_bad_options(kwargs: dict[str, Any]) -> None:
 
 
 def test_empty_key_is_refused() -> None:
-    """A client needs a key."""
+    """A client needs a key, of printable ASCII: a CR/LF can never inject a header."""
     with pytest.raises(ab.ConfigurationError, match="key"):
         ab.BrazeClient("US-01", " ")
+    for bad in ("abc\r\nX-Evil: 1", "abc\ndef", "clé"):
+        with pytest.raises(ab.ConfigurationError, match="printable ASCII") as info:
+            ab.BrazeClient("US-01", bad)
+        assert bad not in str(info.value)
 
 
 def test_from_env() -> None:
@@ -225,59 +240,61 @@ def test_403_raises(fake: FakeBraze) -> None:
         client.track(attributes=attrs(1))
 
 
-def test_5xx_is_retried_then_succeeds(fake: FakeBraze) -> None:
+def test_5xx_is_retried_then_succeeds(fake: FakeBraze, caplog: pytest.LogCaptureFixture) -> None:
     """Server errors are retried with backoff until one succeeds."""
-    sleeper = Sleeper()
     fake.inject(times=2, status=503)
-    with fake.client(sleep=sleeper, jitter=lambda: 0.0) as client:
+    with caplog.at_level(logging.WARNING), fake.client() as client:
         result = client.track(attributes=attrs(1))
     assert result.ok
     assert result.requests == 3
-    assert sleeper.waits == [0.001, 0.002]
+    assert retry_waits(caplog) == [0.001, 0.002]
 
 
 def test_5xx_exhausted_fails_the_objects(fake: FakeBraze) -> None:
     """After every attempt the objects fail (stage braze), none is lost."""
     fake.inject(times=5, status=502)
-    with fake.client(sleep=Sleeper()) as client:
+    with fake.client() as client:
         result = client.track(attributes=attrs(2))
     assert result.requests == 5
     assert [r.stage for r in result.rejected] == ["braze", "braze"]
     assert "502" in result.rejected[0].reason
-    with fake.client(sleep=Sleeper()) as client:
+    with fake.client() as client:
         fake.inject(times=5, status=500)
         with pytest.raises(ab.ServerError):
             client.request("GET", "/events/list")
 
 
-def test_backoff_uses_the_policy(fake: FakeBraze) -> None:
-    """Waits follow wait_initial doubling up to wait_max, plus jitter."""
-    sleeper = Sleeper()
+def test_backoff_uses_the_policy(fake: FakeBraze, caplog: pytest.LogCaptureFixture) -> None:
+    """The loop waits what the policy decides: wait_initial doubling up to wait_max."""
     fake.inject(times=4, status=500)
-    policy = ab.RetryPolicy(attempts=5, wait_initial=0.5, wait_max=2.0, wait_jitter=1.0)
-    with fake.client(retry=policy, sleep=sleeper, jitter=lambda: 0.25) as client:
+    policy = ab.RetryPolicy(attempts=5, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)
+    with caplog.at_level(logging.WARNING), fake.client(retry=policy) as client:
         assert client.track(attributes=attrs(1)).ok
-    assert sleeper.waits == [0.75, 1.25, 2.0, 2.0]
+    assert retry_waits(caplog) == [0.01, 0.02, 0.02, 0.02]
 
 
-def test_429_waits_what_braze_says(fake: FakeBraze) -> None:
+def test_429_waits_what_braze_says(fake: FakeBraze, caplog: pytest.LogCaptureFixture) -> None:
     """A 429 waits X-Ratelimit-Retry-After (or Retry-After) before retrying."""
-    clock = FakeClock()
-    fake.inject(status=429, headers={"X-Ratelimit-Retry-After": "7"})
-    fake.inject(status=429, headers={"Retry-After": "3"})
-    with fake.client(sleep=clock.sleep, clock=clock.monotonic, wall_clock=clock.wall) as client:
-        assert client.track(attributes=attrs(1)).ok
-    assert clock.waits == [7.0, 3.0]  # the pacer's hold had passed by the retry: no double wait
+    fake.inject(status=429, headers={"X-Ratelimit-Retry-After": "0.2"})
+    fake.inject(status=429, headers={"Retry-After": "0.1"})
+    with caplog.at_level(logging.WARNING), fake.client() as client:
+        result = client.track(attributes=attrs(1))
+    assert result.ok
+    assert retry_waits(caplog) == [0.2, 0.1]
+    assert isinstance(client.pacer, ab.InProcessPacer)
+    assert client.pacer.waited == 0.0  # the pacer's hold had passed by the retry: no double wait
 
 
-def test_429_longer_than_allowed_fails_fast(fake: FakeBraze) -> None:
+def test_429_longer_than_allowed_fails_fast(
+    fake: FakeBraze, caplog: pytest.LogCaptureFixture
+) -> None:
     """A demand over max_rate_limit_wait fails the records instead of hanging."""
-    sleeper = Sleeper()
     fake.inject(status=429, headers={"Retry-After": "3600"})
     policy = ab.RetryPolicy(max_rate_limit_wait=60)
-    with fake.client(retry=policy, sleep=sleeper) as client:
+    with caplog.at_level(logging.WARNING), fake.client(retry=policy) as client:
         result = client.track(attributes=attrs(1))
-    assert sleeper.waits == []
+    assert retry_waits(caplog) == []
+    assert result.requests == 1
     assert result.rejected[0].stage == "braze"
     assert "rate limited" in result.rejected[0].reason
     assert "3600" in result.rejected[0].reason
@@ -287,9 +304,7 @@ def test_429_storm_exhausts_into_rate_limit_error(fake: FakeBraze) -> None:
     """429 on every attempt ends as RateLimitError."""
     fake.inject(times=3, status=429)
     with (
-        fake.client(
-            retry=ab.RetryPolicy(attempts=3, wait_initial=0, wait_jitter=0), sleep=Sleeper()
-        ) as client,
+        fake.client(retry=ab.RetryPolicy(attempts=3, wait_initial=0, wait_jitter=0)) as client,
         pytest.raises(ab.RateLimitError, match="after 3 attempt"),
     ):
         client.request("POST", "/users/track", body=b'{"attributes":[]}')
@@ -298,7 +313,7 @@ def test_429_storm_exhausts_into_rate_limit_error(fake: FakeBraze) -> None:
 def test_dropped_connections_are_retried(fake: FakeBraze) -> None:
     """A connection dropped without an answer is retried."""
     fake.inject(times=2, drop=True)
-    with fake.client(sleep=Sleeper()) as client:
+    with fake.client() as client:
         result = client.track(attributes=attrs(3))
     assert result.ok
     assert fake.profiles["m-0"] == {"loyalty_points": 0}
@@ -307,10 +322,10 @@ def test_dropped_connections_are_retried(fake: FakeBraze) -> None:
 def test_dropped_every_time_is_a_transport_failure(fake: FakeBraze) -> None:
     """When every attempt is dropped the objects fail with stage transport."""
     fake.inject(times=5, drop=True)
-    with fake.client(sleep=Sleeper()) as client:
+    with fake.client() as client:
         result = client.track(attributes=attrs(1))
     assert result.rejected[0].stage == "transport"
-    with fake.client(sleep=Sleeper()) as client:
+    with fake.client() as client:
         fake.inject(times=5, drop=True)
         with pytest.raises(ab.TransportError, match="after 5 attempt"):
             client.request("GET", "/events/list")
@@ -319,10 +334,10 @@ def test_dropped_every_time_is_a_transport_failure(fake: FakeBraze) -> None:
 def test_slow_replies_time_out_and_retry(fake: FakeBraze) -> None:
     """A reply slower than the timeout is retried; the next, fast one succeeds."""
     fake.inject(delay=0.5)
-    with fake.client(timeout=0.1, sleep=Sleeper()) as client:
+    with fake.client(timeout=0.1) as client:
         assert client.track(attributes=attrs(1)).ok
     fake.inject(times=2, delay=0.3)
-    with fake.client(timeout=0.05, sleep=Sleeper(), retry=ab.RetryPolicy(attempts=2)) as client:
+    with fake.client(timeout=0.05, retry=ab.RetryPolicy(attempts=2)) as client:
         result = client.track(attributes=attrs(1))
     assert result.rejected[0].stage == "transport"
     assert "Timeout" in result.rejected[0].reason
@@ -331,7 +346,7 @@ def test_slow_replies_time_out_and_retry(fake: FakeBraze) -> None:
 def test_connection_refused_is_a_transport_error() -> None:
     """Nothing listening: TransportError after the attempts, with no key in the message."""
     client = ab.BrazeClient(
-        "http://127.0.0.1:9", "secret-123", retry=ab.RetryPolicy(attempts=2), sleep=lambda s: None
+        "http://127.0.0.1:9", "secret-123", retry=ab.RetryPolicy(attempts=2, wait_initial=0)
     )
     with pytest.raises(ab.TransportError) as info:
         client.request("GET", "/events/list")
@@ -341,9 +356,10 @@ def test_connection_refused_is_a_transport_error() -> None:
 def test_key_never_logged(fake: FakeBraze, caplog: pytest.LogCaptureFixture) -> None:
     """Retry logs never contain the key."""
     fake.inject(times=2, status=503)
-    with caplog.at_level(logging.DEBUG), fake.client(sleep=Sleeper()) as client:
+    with caplog.at_level(logging.DEBUG), fake.client() as client:
         client.track(attributes=attrs(1))
     assert "HTTP 503" in caplog.text
+    assert "POST /users/track -> 201 (attempt 3" in caplog.text
     assert KEY not in caplog.text
 
 
@@ -385,7 +401,10 @@ def test_many_threads_share_one_client(fake: FakeBraze) -> None:
 
 def test_same_profile_never_in_flight_twice() -> None:
     """Batches touching the same external_id are never sent concurrently."""
-    with FakeBraze(latency=0.02) as fake, fake.client(max_in_flight=8, max_objects=2) as client:
+    with (
+        FakeBraze(latency=0.02) as fake,
+        fake.client(max_in_flight=8, limits=ab.BatchLimits(max_objects=2)) as client,
+    ):
         objects = [ab.AttributesObject(f"m-{i % 3}", {"n": i}) for i in range(30)]
         result = client.track(attributes=objects)
     assert result.ok
@@ -527,9 +546,12 @@ def test_check_permissions(fake: FakeBraze) -> None:
 
 
 def test_invalid_json_from_braze(fake: FakeBraze, client: ab.BrazeClient) -> None:
-    """A read endpoint answering garbage raises a clear BrazeAPIError."""
-    fake.inject(status=200, body=b"not json")
-    fake.inject(status=200, body=b"not json")
-    with pytest.raises(ab.BrazeAPIError, match="invalid JSON"):
-        client._get_json("/events/list")
+    """A 2xx whose body is not Braze's JSON is a failed attempt, retried, never a success."""
+    fake.inject(times=5, status=200, body=b"not json")
+    with pytest.raises(ab.TransportError, match="not Braze's JSON"):
+        client.list_event_names()
+    fake.inject(times=5, status=201, body=b"<html>proxy says hi</html>")
+    result = client.track(attributes=attrs(1))
+    assert [(r.stage, r.index) for r in result.rejected] == [("transport", 0)]
+    assert result.requests == 5
     assert client.track(attributes=attrs(1)).ok

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 import antavo_braze as ab
 
 from .conftest import FakeClock
@@ -11,7 +13,7 @@ from .conftest import FakeClock
 
 def pacer(clock: FakeClock) -> ab.InProcessPacer:
     """An InProcessPacer on the fake clock."""
-    return ab.InProcessPacer(clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep)
+    return ab.InProcessPacer(clock=clock)
 
 
 def test_sends_freely_without_headers() -> None:
@@ -96,9 +98,7 @@ def test_429_pauses_everyone() -> None:
 def test_429_longer_than_max_wait_is_not_held() -> None:
     """A wait over max_wait is left to the client to fail, not held here."""
     clock = FakeClock()
-    p = ab.InProcessPacer(
-        clock=clock.monotonic, wall_clock=clock.wall, sleep=clock.sleep, max_wait=10
-    )
+    p = ab.InProcessPacer(clock=clock, max_wait=10)
     p.acquire()
     p.observe(429, {"Retry-After": "3600"})
     p.acquire()
@@ -141,3 +141,44 @@ def test_pacer_protocol() -> None:
     """InProcessPacer satisfies the Pacer protocol a shared budget would implement."""
     assert isinstance(pacer(FakeClock()), ab.Pacer)
     assert "budget" in repr(pacer(FakeClock()))
+
+
+def test_headers_never_hold_longer_than_max_wait() -> None:
+    """Remaining 0 with a reset an hour away holds for max_wait at most (a 2xx's headers)."""
+    clock = FakeClock()
+    p = ab.InProcessPacer(clock=clock, max_wait=30)
+    p.acquire()
+    p.observe(201, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(clock.now + 3600))})
+    p.acquire()
+    assert clock.waits == [30.0]
+
+
+def test_configured_burst_budget() -> None:
+    """requests/per caps a burst window before any header says so."""
+    clock = FakeClock()
+    p = ab.InProcessPacer(clock=clock, requests=3, per=3.0)
+    for _ in range(3):
+        p.acquire()
+    assert clock.waits == []
+    p.acquire()
+    assert clock.waits == [3.0]  # the 4th waits until the first three leave the window
+    p.acquire()
+    p.acquire()
+    assert p.try_acquire() == 3.0  # 3 in this window again: the next waits a full window
+
+
+def test_configured_hourly_budget() -> None:
+    """An hourly budget waits for the next clock hour once spent (Braze's fixed hours)."""
+    clock = FakeClock(start=3600.0 * 500_000 + 3000)  # 10 minutes before an hour turns
+    p = ab.InProcessPacer(clock=clock, hourly=2)
+    p.acquire()
+    p.acquire()
+    p.acquire()
+    assert clock.waits == [600.0]
+
+
+def test_bad_budget_settings() -> None:
+    """Budgets must be positive."""
+    for kwargs in ({"requests": 0}, {"hourly": 0}, {"per": 0}):
+        with pytest.raises(ValueError, match="must be"):
+            ab.InProcessPacer(**kwargs)  # type: ignore[arg-type]

@@ -111,3 +111,92 @@ def test_reset_reading_threshold() -> None:
     assert reset_in_seconds({"X-RateLimit-Reset": "3600"}, NOW) == 3600
     assert reset_in_seconds({"X-RateLimit-Reset": str(NOW + 3600)}, NOW) == 3600
     assert reset_in_seconds({"X-RateLimit-Reset": "x"}, NOW) is None
+
+
+# --- decide_retry: the one decision after every attempt ------------------------------------------
+
+POLICIES = st.builds(
+    ab.RetryPolicy,
+    attempts=st.integers(1, 8),
+    wait_initial=st.floats(0, 5),
+    wait_max=st.floats(0, 60),
+    wait_jitter=st.floats(0, 2),
+    max_rate_limit_wait=st.floats(0, 600),
+)
+OUTCOMES = st.one_of(
+    st.builds(ab.AttemptOutcome, status=st.integers(100, 599)),
+    st.builds(
+        ab.AttemptOutcome,
+        status=st.just(429),
+        headers=st.dictionaries(
+            st.sampled_from(["Retry-After", "X-Ratelimit-Retry-After", "X-RateLimit-Reset"]),
+            st.integers(0, 10_000).map(str),
+        ),
+    ),
+    st.builds(ab.AttemptOutcome, failure=st.sampled_from(["transport", "tls"])),
+    st.builds(ab.AttemptOutcome, status=st.integers(200, 299), failure=st.just("invalid_answer")),
+)
+
+
+@given(POLICIES, OUTCOMES, st.integers(1, 10), st.floats(0, 1, exclude_max=True))
+def test_decide_retry_properties(
+    policy: ab.RetryPolicy, outcome: ab.AttemptOutcome, attempt: int, jitter: float
+) -> None:
+    """Never more attempts than the policy allows; client errors, 401/403 and TLS failures
+    are never retried; no wait is negative or longer than the policy allows."""
+    decision = ab.decide_retry(policy, outcome, attempt, NOW, jitter)
+    if decision.retry:
+        assert attempt < policy.attempts
+        assert 0 <= decision.wait <= max(policy.wait_max, policy.max_rate_limit_wait)
+        assert outcome.failure != "tls"
+        if outcome.failure is None and outcome.status is not None:
+            assert is_retryable_status(outcome.status)
+        assert decision.rate_limited is (outcome.status == 429 and outcome.failure is None)
+    else:
+        assert decision.reason
+    fatal = outcome.failure == "tls" or (outcome.failure is None and outcome.status in (401, 403))
+    assert decision.fatal is fatal
+
+
+def test_decide_retry_waits_what_braze_asks() -> None:
+    """A 429 waits X-Ratelimit-Retry-After (or Retry-After); over the cap it stops."""
+    policy = ab.RetryPolicy(max_rate_limit_wait=60)
+    asked = ab.AttemptOutcome(429, {"X-Ratelimit-Retry-After": "7"})
+    assert ab.decide_retry(policy, asked, 1, NOW, 0.5) == ab.RetryDecision(
+        True, 7.0, rate_limited=True
+    )
+    too_long = ab.decide_retry(policy, ab.AttemptOutcome(429, {"Retry-After": "3600"}), 1, NOW, 0)
+    assert not too_long.retry
+    assert "3600" in too_long.reason
+    assert "max_rate_limit_wait" in too_long.reason
+
+
+def test_decide_retry_backoff_follows_the_policy() -> None:
+    """5xx and transport failures back off exponentially with jitter, then stop."""
+    policy = ab.RetryPolicy(attempts=5, wait_initial=0.5, wait_max=2.0, wait_jitter=1.0)
+    outcome = ab.AttemptOutcome(503)
+    waits = [ab.decide_retry(policy, outcome, n, NOW, 0.25).wait for n in range(1, 5)]
+    assert waits == [0.75, 1.25, 2.0, 2.0]
+    last = ab.decide_retry(policy, ab.AttemptOutcome(failure="transport"), 5, NOW, 0.25)
+    assert (last.retry, last.reason) == (False, "transport after 5 attempt(s)")
+
+
+def test_decide_retry_stops_at_once_for_tls_and_credentials() -> None:
+    """TLS verification, 401 and 403 are fatal on the first attempt; 400 stops, not fatal."""
+    policy = ab.RetryPolicy()
+    for outcome in (
+        ab.AttemptOutcome(failure="tls"),
+        ab.AttemptOutcome(401),
+        ab.AttemptOutcome(403),
+    ):
+        decision = ab.decide_retry(policy, outcome, 1, NOW, 0)
+        assert (decision.retry, decision.fatal) == (False, True)
+    bad = ab.decide_retry(policy, ab.AttemptOutcome(400), 1, NOW, 0)
+    assert (bad.retry, bad.fatal) == (False, False)
+
+
+def test_header_numbers_are_bounded() -> None:
+    """A 1 MB header value is ignored, not parsed (linear time, no huge float parsing)."""
+    assert retry_after_seconds({"Retry-After": "9" * 1_000_000}, NOW) is None
+    assert reset_in_seconds({"X-RateLimit-Reset": "1" * 1_000_000}, NOW) is None
+    assert reset_in_seconds({"X-RateLimit-Reset": " " * 1_000_000 + "5"}, NOW) == 5.0  # strip

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
+from antavo_braze._accounting import fingerprint
 from antavo_braze._demo import DEMO_MAPPING, sample_events, sample_members
 from antavo_braze.testing import FakeBraze
 
@@ -50,7 +51,8 @@ def test_bad_record_fails_alone(
     assert (report.total, report.succeeded, report.failed) == (12, 9, 3)
     first = report.failures[0]
     assert (first.index, first.record_id, first.stage) == (4, "m-4", "validation")
-    assert first.reason.startswith("record 'm-4': field 'score': cannot coerce 'lots'")
+    assert first.reason == "score: cannot coerce 'lots' to number: not a numeric string"
+    assert (first.field, first.value) == ("score", "'lots'")
     assert report.failures[1].index == 10
     assert report.failures[2].index == 11
     assert len(fake.profiles) == 9
@@ -117,9 +119,15 @@ def test_dead_letter_sink_object(client: ab.BrazeClient, mapping: ab.Mapping) ->
         [ab.LoyaltyMember("m", {"score": "x"})]
     )
     (entry,) = sink.entries
-    assert entry["stage"] == "validation"
-    assert entry["record"] == {"score": "x", "id": "m"}
-    assert entry["time"].endswith("Z")
+    assert isinstance(entry, ab.DeadLetterEntry)
+    assert (entry.kind, entry.stage, entry.field, entry.retryable) == (
+        "member",
+        "validation",
+        "score",
+        False,
+    )
+    assert entry.record == {"score": "x", "id": "m"}
+    assert entry.time.endswith("Z")
     with pytest.raises(ab.ConfigurationError):
         ab.Syncer(client, mapping, dead_letter=42)  # type: ignore[arg-type]
 
@@ -259,7 +267,8 @@ def test_state_only_records_accepted_members(
     fake.block("m-1")
     syncer.sync_members([{"id": "m-0", "score": 1}, {"id": "m-1", "score": 1}])
     assert state.get("m-1") is None
-    assert state.get("m-0") == {"loyalty_points": "1"}
+    assert state.get("m-0") == {"loyalty_points": fingerprint(1, state.secret)}
+    assert "1" not in state.get("m-0").values()  # a keyed hash, never the value
     assert len(state) == 1
 
 
@@ -328,7 +337,8 @@ def test_report_renderings(client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     assert "<table>" in report._repr_html_()
     assert report.failures_table()[0]["stage"] == "validation"
     ok = ab.Syncer(client, mapping).sync_members([{"id": "a", "score": 1}])
-    assert "<table>" not in ok._repr_html_()
+    assert "<th>reason</th>" not in ok._repr_html_()
+    assert "<th>present</th>" in ok._repr_html_()
 
 
 def test_demo_data_syncs_cleanly(fake: FakeBraze, client: ab.BrazeClient) -> None:

@@ -9,15 +9,33 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from ._accounting import (
+    DroppedField,
+    FieldCounts,
+    FieldProblem,
+    Progress,
+    RecordFailure,
+    SyncReport,
+)
+from ._batching import BatchLimits
 from ._client import BrazeClient, RejectedObject, TrackResult
 from ._coerce import coerce, infer_type
-from ._deadletter import DeadLetterSink, JsonlDeadLetter, MemoryDeadLetter, read_dead_letters
+from ._deadletter import (
+    DeadLetterEntry,
+    DeadLetterObject,
+    DeadLetterSink,
+    JsonlDeadLetter,
+    MemoryDeadLetter,
+    read_dead_letters,
+)
+from ._http import BrazeResponse
+from ._input import BadInput, RecordSource, read_records
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
-from ._ratelimit import InProcessPacer, NonBlockingPacer, Pacer
-from ._retry import RetryPolicy
+from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
+from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
-from ._sync import Progress, RecordFailure, Syncer, SyncReport
+from ._sync import Syncer
 from ._types import BrazeType
 from ._version import __version__
 from .exceptions import (
@@ -31,6 +49,7 @@ from .exceptions import (
     PermissionDeniedError,
     RateLimitError,
     ServerError,
+    SyncInterrupted,
     TransportError,
 )
 from .models import (
@@ -47,18 +66,28 @@ from .models import (
 
 __all__ = [
     "AntavoBrazeError",
+    "AttemptOutcome",
     "AttributesObject",
     "AuthenticationError",
+    "BadInput",
     "BadRequestError",
+    "BatchLimits",
     "BrazeAPIError",
     "BrazeClient",
+    "BrazeResponse",
     "BrazeType",
+    "Clock",
     "CoercionError",
     "ConfigurationError",
+    "DeadLetterEntry",
+    "DeadLetterObject",
     "DeadLetterSink",
+    "DroppedField",
     "EventMapping",
     "EventObject",
+    "FieldCounts",
     "FieldMapping",
+    "FieldProblem",
     "InProcessPacer",
     "JsonlDeadLetter",
     "LoyaltyEvent",
@@ -76,11 +105,14 @@ __all__ = [
     "PurchaseObject",
     "RateLimitError",
     "RecordFailure",
+    "RecordSource",
     "RejectedObject",
+    "RetryDecision",
     "RetryPolicy",
     "ServerError",
     "SqliteStateStore",
     "StateStore",
+    "SyncInterrupted",
     "SyncReport",
     "Syncer",
     "TrackResult",
@@ -89,8 +121,10 @@ __all__ = [
     "TriggerCondition",
     "__version__",
     "coerce",
+    "decide_retry",
     "infer_type",
     "read_dead_letters",
+    "read_records",
 ]
 
 

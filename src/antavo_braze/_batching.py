@@ -1,145 +1,163 @@
-"""Packing serialized Braze objects into ``/users/track`` request bodies. Pure: no I/O.
+"""Packing serialized Braze objects into ``/users/track`` request bodies. Pure: no I/O. (Hot.)
 
 Objects arrive in *groups* (the objects built from one input record). A group stays in one
 request whenever it fits, so a member's attributes and events reach Braze together (Braze does
-not order separate requests).
+not order separate requests). Every object is serialized once, when it is built: its bytes are
+what is sent, whatever the caller does to its input afterwards, and a body's size is known
+exactly while it is filled.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, NamedTuple
 
-from attrs import frozen
+from attrs import field, frozen, validators
 
-from . import _json
+from ._limits import ARRAYS, MAX_BODY_BYTES, MAX_OBJECTS
 
-__all__ = [
-    "ARRAYS",
-    "ATTRIBUTES",
-    "MAX_BODY_BYTES",
-    "MAX_OBJECTS",
-    "Batch",
-    "BatchMode",
-    "Item",
-    "build_body",
-    "pack",
-]
+__all__ = ["ATTRIBUTES", "Batch", "BatchLimits", "BatchMode", "Item", "pack"]
 
 ATTRIBUTES = "attributes"
-ARRAYS = (ATTRIBUTES, "events", "purchases")
-MAX_OBJECTS = 75
-MAX_BODY_BYTES = 4_000_000
 BatchMode = Literal["combined", "legacy"]
+_OPENINGS = {name: f'"{name}":['.encode() for name in ARRAYS}
+
+
+@frozen
+class BatchLimits:
+    """How much one ``/users/track`` request may hold.
+
+    ``mode="combined"``: at most ``max_objects`` objects across attributes, events and
+    purchases (Braze's current rule; some contracts say 50); ``"legacy"``: ``max_objects`` per
+    array. No body is larger than ``max_bytes``.
+    """
+
+    mode: BatchMode = field(default="combined", validator=validators.in_(("combined", "legacy")))
+    max_objects: int = field(
+        default=MAX_OBJECTS, validator=[validators.ge(1), validators.le(MAX_OBJECTS)]
+    )
+    max_bytes: int = field(
+        default=MAX_BODY_BYTES, validator=[validators.ge(1024), validators.le(MAX_BODY_BYTES)]
+    )
 
 
 class Item(NamedTuple):
-    """One Braze object in wire form: its array, the JSON-ready dict, its profile, a caller tag.
+    """One Braze object on its way: which ``array`` it goes in, its JSON ``data``, the profile
+    it touches (``key``: requests touching one profile never overlap), the input ``record``
+    position it was built from, how many ``parts`` (objects) that record has, and how many
+    attribute ``values`` it sets.
 
     A named tuple rather than an attrs class: one is made per object on the hot path.
     """
 
     array: str
-    obj: Mapping[str, Any]
-    external_id: str
-    tag: Any = None
+    data: bytes
+    key: str
+    record: int
+    parts: int = 1
+    values: int = 0
 
 
 @frozen
 class Batch:
-    """One request: its items, its body, and each item's ``(array, index)`` inside the body."""
+    """One request: its items, its body, and the profiles it touches."""
 
     items: tuple[Item, ...]
     body: bytes
-    positions: tuple[tuple[str, int], ...]
-    external_ids: frozenset[str]
-    oversize: bool = False
+    keys: frozenset[str]
+    oversize: bool = False  # a single object over the byte limit: it can never be sent
+
+    def locate(self) -> dict[tuple[str, int], int]:
+        """``(array, index in that array of the body)`` -> item number (for ``errors[]``)."""
+        counts = dict.fromkeys(ARRAYS, 0)
+        where: dict[tuple[str, int], int] = {}
+        for number, item in enumerate(self.items):
+            where[(item.array, counts[item.array])] = number
+            counts[item.array] += 1
+        return where
 
 
-def build_body(
-    items: Sequence[Item], dumps: Callable[[Any], bytes] = _json.dumps
-) -> tuple[bytes, tuple[tuple[str, int], ...]]:
-    """The request body for ``items`` (serialized in one call) and each item's position in it."""
-    arrays = {item.array for item in items}
-    if len(arrays) == 1:  # the common case, e.g. a member sync: attributes only
-        (array,) = arrays
-        return dumps({array: [item.obj for item in items]}), _positions(array, len(items))
-    by_array: dict[str, list[Any]] = {}
-    positions: list[tuple[str, int]] = []
-    for item in items:
-        objects = by_array.get(item.array)
-        if objects is None:
-            objects = by_array[item.array] = []
-        positions.append((item.array, len(objects)))
-        objects.append(item.obj)
-    body = {name: by_array[name] for name in ARRAYS if name in by_array}
-    return dumps(body), tuple(positions)
+def _body(items: Sequence[Item]) -> bytes:
+    first = items[0].array
+    if all(item.array == first for item in items):  # the common case: one array
+        return b"{" + _OPENINGS[first] + b",".join([item.data for item in items]) + b"]}"
+    parts = []
+    for name in ARRAYS:
+        datas = [item.data for item in items if item.array == name]
+        if datas:
+            parts.append(_OPENINGS[name] + b",".join(datas) + b"]")
+    return b"{" + b",".join(parts) + b"}"
 
 
-@functools.lru_cache(maxsize=3 * (MAX_OBJECTS + 1))
-def _positions(array: str, count: int) -> tuple[tuple[str, int], ...]:
-    return tuple((array, index) for index in range(count))
+def _batch(items: list[Item]) -> Batch:
+    return Batch(tuple(items), _body(items), frozenset([item.key for item in items]))
 
 
-def _batches(items: list[Item], max_bytes: int, dumps: Callable[[Any], bytes]) -> Iterator[Batch]:
-    """Batches for ``items``, halving (in order) any body over ``max_bytes``."""
-    body, positions = build_body(items, dumps)
-    if len(body) <= max_bytes:
-        yield Batch(
-            items=tuple(items),
-            body=body,
-            positions=positions,
-            external_ids=frozenset([item.external_id for item in items]),
-        )
-    elif len(items) == 1:
-        yield Batch(tuple(items), body, positions, frozenset([items[0].external_id]), True)
-    else:
-        middle = len(items) // 2
-        yield from _batches(items[:middle], max_bytes, dumps)
-        yield from _batches(items[middle:], max_bytes, dumps)
+def _cost(item: Item, counts: dict[str, int]) -> int:
+    """Bytes ``item`` adds to a body that holds ``counts`` objects per array."""
+    if counts[item.array]:
+        return len(item.data) + 1  # a comma
+    opened = any(counts.values())
+    return len(item.data) + len(_OPENINGS[item.array]) + 1 + opened  # "name":[ ] (and a comma)
 
 
-def pack(
-    groups: Iterable[Sequence[Item]],
-    *,
-    mode: BatchMode = "combined",
-    max_objects: int = MAX_OBJECTS,
-    max_bytes: int = MAX_BODY_BYTES,
-    dumps: Callable[[Any], bytes] = _json.dumps,
-) -> Iterator[Batch]:
-    """Pack groups of items into batches within Braze's object and byte limits.
+def pack(groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> Iterator[Batch]:
+    """Pack groups of items into batches within ``limits`` (Braze's, by default).
 
-    ``combined``: at most ``max_objects`` objects per request across all arrays (current rule);
-    ``legacy``: at most ``max_objects`` per array. Each body is serialized once; the rare body
-    over ``max_bytes`` is split in halves, and an object that alone exceeds it comes out as a
-    batch of its own marked ``oversize`` (it can never be sent).
+    A group that does not fit the current batch starts the next one; a group too large for
+    any batch is split item by item; an object over the byte limit alone comes out as a batch
+    of its own marked ``oversize``.
     """
-    if mode not in ("combined", "legacy"):
-        raise ValueError(f"batch mode must be 'combined' or 'legacy', not {mode!r}")
+    limits = limits or _DEFAULT
+    max_objects, max_bytes = limits.max_objects, limits.max_bytes
+    combined = limits.mode == "combined"
     current: list[Item] = []
     counts = dict.fromkeys(ARRAYS, 0)
-    combined = mode == "combined"
+    size = 2  # the braces
+    hot_array = ATTRIBUTES
     for group in groups:
-        if combined and len(group) == 1 and len(current) < max_objects:
-            current.append(group[0])  # the hot path: one object per record (counts: legacy only)
-            continue
+        if combined and len(group) == 1:
+            item = group[0]
+            # The hot path: one attributes object per member, added to an attributes batch.
+            if item.array == hot_array and counts[hot_array] == len(current):
+                cost = len(item.data) + (1 if current else len(_OPENINGS[hot_array]) + 1)
+                if len(current) < max_objects and size + cost <= max_bytes:
+                    current.append(item)
+                    counts[hot_array] += 1
+                    size += cost
+                    continue
+        needed = dict.fromkeys(ARRAYS, 0)
+        for item in group:
+            needed[item.array] += 1
         if combined:
             fits = len(current) + len(group) <= max_objects
         else:
-            needed = dict.fromkeys(ARRAYS, 0)
-            for item in group:
-                needed[item.array] += 1
             fits = all(counts[a] + needed[a] <= max_objects for a in ARRAYS)
+        if fits:
+            trial = dict(counts)
+            grown = size
+            for item in group:
+                grown += _cost(item, trial)
+                trial[item.array] += 1
+            fits = grown <= max_bytes
         if not fits and current:
-            yield from _batches(current, max_bytes, dumps)
-            current, counts = [], dict.fromkeys(ARRAYS, 0)
-        for item in group:  # a group over the object limit alone is split item by item
+            yield _batch(current)
+            current, counts, size = [], dict.fromkeys(ARRAYS, 0), 2
+        for item in group:  # a group too large for one batch is split item by item
+            cost = _cost(item, counts)
             full = len(current) >= max_objects if combined else counts[item.array] >= max_objects
-            if full:
-                yield from _batches(current, max_bytes, dumps)
-                current, counts = [], dict.fromkeys(ARRAYS, 0)
+            if current and (full or size + cost > max_bytes):
+                yield _batch(current)
+                current, counts, size = [], dict.fromkeys(ARRAYS, 0), 2
+                cost = _cost(item, counts)
+            if size + cost > max_bytes:  # alone in a batch and still too large
+                yield Batch((item,), _body([item]), frozenset([item.key]), oversize=True)
+                continue
             current.append(item)
             counts[item.array] += 1
+            size += cost
     if current:
-        yield from _batches(current, max_bytes, dumps)
+        yield _batch(current)
+
+
+_DEFAULT = BatchLimits()

@@ -1,85 +1,72 @@
-"""The Braze REST client: with its transport (``_transport``), the only place that does I/O.
+"""The Braze REST client: a small composition of the endpoint, a connection pool, a pacer and
+the one send loop (``_http``). With the transport, the only place that does I/O.
 
-It knows Braze's wire objects and nothing about Antavo or the mapping. Single requests go
-through urllib3's connection pool; batches go up to ``max_in_flight`` at once on one
-thread's non-blocking connections, never two touching the same ``external_id`` (Braze does not
-order separate requests); proactive pacing; retries.
+It knows Braze's wire objects and nothing about Antavo or the mapping.
 """
 
 from __future__ import annotations
 
-import contextlib
-import heapq
-import ipaddress
 import logging
 import os
-import random
 import re
-import selectors
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import requests
-import urllib3
 from attrs import field, frozen
-from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-from ._batching import MAX_BODY_BYTES, MAX_OBJECTS, Batch, BatchMode, Item, pack
+from ._batching import Batch, BatchLimits, BatchMode, Item, pack
 from ._coerce import coerce_date
-from ._converter import unstructure_attributes, unstructure_event, unstructure_purchase
-from ._json import loads
-from ._ratelimit import InProcessPacer, NonBlockingPacer, Pacer
-from ._retry import RetryPolicy, backoff_delay, is_retryable_status, retry_after_seconds
-from ._transport import Connection, encode_request
+from ._endpoint import parse_endpoint
+from ._http import (
+    BrazeResponse,
+    CallStats,
+    ConnectionPool,
+    Exchange,
+    Interrupt,
+    IterSource,
+    KeyRegistry,
+    Result,
+    SendLoop,
+    resolve_proxy,
+)
+from ._limits import (
+    EVENTS_LIST_PAGE,
+    MAX_EVENT_LIST_PAGES,
+    OPTIONAL_PERMISSIONS,
+    PERMISSIONS,
+    REQUIRED_PERMISSIONS,
+)
+from ._ratelimit import InProcessPacer, Pacer
+from ._retry import RetryPolicy
 from ._version import __version__
+from ._wire import WireError, model_item, wire_item
 from .exceptions import (
-    AuthenticationError,
+    AntavoBrazeError,
     BadRequestError,
     BrazeAPIError,
     ConfigurationError,
     PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    TransportError,
 )
-from .models import AttributesObject, BrazeObject, EventObject, PurchaseObject
+from .models import AttributesObject, EventObject, PurchaseObject
 
 __all__ = [
-    "INSTANCES",
+    "OPTIONAL_PERMISSIONS",
     "PERMISSIONS",
+    "REQUIRED_PERMISSIONS",
     "BatchOutcome",
     "BrazeClient",
     "RejectedObject",
     "TrackResult",
-    "to_item",
 ]
 
-log = logging.getLogger("antavo_braze")
+log = logging.getLogger("antavo_braze.client")
 
-INSTANCES = {
-    **{f"US-0{n}": f"https://rest.iad-0{n}.braze.com" for n in range(1, 9)},
-    "US-10": "https://rest.us-10.braze.com",
-    "EU-01": "https://rest.fra-01.braze.eu",
-    "EU-02": "https://rest.fra-02.braze.eu",
-    "AU-01": "https://rest.au-01.braze.com",
-    "ID-01": "https://rest.id-01.braze.com",
-    "JP-01": "https://rest.jp-01.braze.com",
-    "KR-01": "https://rest.kr-01.braze.com",
-}
-PERMISSIONS = ("users.track", "events.list", "events.data_series", "events.get")
-_EVENTS_LIST_PAGE = 250
-_CONNECT_THREADS = 16
-_CONNECT_POLL = 0.002  # seconds between looks at connections being opened
-_JUST_NOW = 0.001  # seconds
 _REDACTED = "[REDACTED]"
-_LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
+_KEY = re.compile(r"[\x20-\x7e]+")  # printable ASCII: a CR or LF can never inject a header
+TRACK = "/users/track"
 
 
 class _Secret:
@@ -105,84 +92,29 @@ class _Secret:
         raise TypeError("the API key cannot be pickled")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def resolve_endpoint(endpoint: str) -> str:
-    """The base URL for an instance name (``US-03``) or REST endpoint URL (path prefix kept)."""
-    text = endpoint.strip()
-    if not text:
-        raise ConfigurationError("the Braze REST endpoint is empty")
-    instance = INSTANCES.get(text.upper())
-    if instance is not None:
-        return instance
-    if "://" not in text:
-        text = "https://" + text
-    parts = urlsplit(text)
-    host = parts.hostname or ""
-    if not host:
-        raise ConfigurationError(f"not a Braze REST endpoint: {endpoint!r}")
-    if parts.scheme == "http" and not _is_loopback(host):
-        raise ConfigurationError(
-            f"the Braze endpoint must use https (plain http only for loopback tests): {endpoint!r}"
-        )
-    if parts.scheme not in ("http", "https"):
-        raise ConfigurationError(f"unsupported scheme {parts.scheme!r} in {endpoint!r}")
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"the endpoint takes no query or fragment: {endpoint!r}")
-    netloc = parts.netloc.rsplit("@", 1)[-1]  # never keep credentials from a URL
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
-
-
-def to_item(obj: BrazeObject, tag: Any = None) -> Item:
-    """A Braze wire object in its JSON-ready form, ready to batch."""
-    cls = obj.__class__
-    if cls is AttributesObject:
-        return Item("attributes", unstructure_attributes(obj), obj.external_id, tag)  # type: ignore[arg-type]
-    if cls is EventObject:
-        return Item("events", unstructure_event(obj), obj.external_id, tag)  # type: ignore[arg-type]
-    if cls is PurchaseObject:
-        return Item("purchases", unstructure_purchase(obj), obj.external_id, tag)  # type: ignore[arg-type]
-    raise TypeError(f"not a Braze object: {type(obj).__name__}")
-
-
-@frozen
-class Response:
-    """A Braze HTTP response: status, headers (case-insensitive) and body bytes."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        """The body decoded as UTF-8 (invalid bytes replaced)."""
-        return self.content.decode("utf-8", "replace")
-
-
 @frozen
 class RejectedObject:
-    """An object that did not reach Braze: its array and index in the caller's input."""
+    """An object that did not reach Braze: its array and index in the caller's input.
+
+    ``stage``: ``"validation"`` (refused before sending), ``"braze"`` (Braze refused it) or
+    ``"transport"`` (the request never got a usable answer).
+    """
 
     input_array: str
     index: int
-    stage: str  # "braze": Braze refused it; "transport": the request never got an answer
+    stage: str
     reason: str
 
 
 @frozen
 class TrackResult:
-    """What :meth:`BrazeClient.track` achieved: requests made, objects accepted, rejections."""
+    """What :meth:`BrazeClient.track` achieved: requests made, objects accepted, rejections,
+    and errors Braze reported without saying which object they were about (``warnings``)."""
 
     requests: int
     accepted: int
     rejected: tuple[RejectedObject, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -192,19 +124,33 @@ class TrackResult:
 
 @frozen
 class BatchOutcome:
-    """The result of sending one batch: per-item rejections, or the error that sank it."""
+    """The result of sending one batch: per-item rejections, or the error that sank it.
+
+    ``attempts`` the requests it took; ``unknown``: some attempt went out whole without a
+    usable answer (Braze may have applied it: events could be recorded twice); ``not_sent``:
+    it never left (an interrupt, or Braze unreachable).
+    """
 
     batch: Batch
     rejected: Mapping[int, str] = field(factory=dict)  # item number in batch -> reason
-    error: Exception | None = None
+    error: AntavoBrazeError | None = None
     stage: str | None = None
     warnings: tuple[str, ...] = ()
     attempts: int = 0
+    unknown: bool = False
+    not_sent: bool = False
 
     @property
     def retryable(self) -> bool:
-        """True when the whole request failed in a way a later retry may fix (5xx, 429, network)."""
-        return isinstance(self.error, (ServerError, RateLimitError, TransportError))
+        """True when the whole request failed in a way a later retry may fix (5xx, 429,
+        network, interrupted)."""
+        if self.error is None or self.stage == "validation":
+            return False
+        if self.stage in ("transport", "interrupted"):
+            return True
+        return isinstance(self.error, BrazeAPIError) and (
+            self.error.status_code == 429 or self.error.status_code >= 500
+        )
 
     def failure(self, item_number: int) -> tuple[str, str] | None:
         """``(stage, reason)`` if item ``item_number`` of the batch failed, else ``None``."""
@@ -218,10 +164,13 @@ class BrazeClient:
     """A Braze REST client for ``/users/track`` and the custom-event read endpoints.
 
     ``endpoint`` is the REST endpoint URL or an instance name (``"US-03"``); https is required
-    except on loopback hosts. The API key never appears in repr, logs or exceptions.
-    ``pacer``, ``clock``, ``wall_clock``, ``sleep`` and ``jitter`` are injectable for tests and
-    for a rate budget shared between processes. ``ca_bundle`` is a CA file to verify TLS with
-    instead of requests' bundle (e.g. behind a TLS-inspecting proxy).
+    except to localhost or a loopback address. Every request goes through one send loop with
+    up to ``max_in_flight`` requests at once; ``timeout`` bounds each whole request. Proxies
+    come from ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` (``trust_env``) or ``proxy``;
+    ``ca_bundle`` is a CA file to verify TLS with instead of the system's trust store.
+    ``limits`` (or ``batch_mode``) sets how much one request holds; ``pacer`` shares a rate
+    budget (e.g. :class:`~antavo_braze.RedisPacer`). ``app_id`` is added to every event and
+    purchase that has none. The API key never appears in repr, logs or exceptions.
     """
 
     def __init__(
@@ -233,77 +182,50 @@ class BrazeClient:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         max_in_flight: int = 4,
-        batch_mode: BatchMode = "combined",
-        max_objects: int = MAX_OBJECTS,
+        batch_mode: BatchMode | None = None,
+        limits: BatchLimits | None = None,
         pacer: Pacer | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        jitter: Callable[[], float] = random.random,
-        ca_bundle: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("the Braze API key is empty")
-        if max_in_flight < 1:
+        if not _KEY.fullmatch(api_key.strip()):
+            raise ConfigurationError("the Braze API key must be printable ASCII (no line breaks)")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ConfigurationError("max_in_flight must be at least 1")
-        if batch_mode not in ("combined", "legacy"):
+        if not timeout > 0:
+            raise ConfigurationError("timeout must be positive")
+        if batch_mode is not None and batch_mode not in ("combined", "legacy"):
             raise ConfigurationError(
                 f"batch_mode must be 'combined' or 'legacy', not {batch_mode!r}"
             )
-        if not 1 <= max_objects <= MAX_OBJECTS:
-            raise ConfigurationError(f"max_objects must be between 1 and {MAX_OBJECTS}")
-        if timeout <= 0:
-            raise ConfigurationError("timeout must be positive")
-        self.endpoint = resolve_endpoint(endpoint)
+        if limits is None:
+            limits = BatchLimits(mode=batch_mode or "combined")
+        elif batch_mode is not None and batch_mode != limits.mode:
+            raise ConfigurationError(f"batch_mode={batch_mode!r} contradicts limits={limits!r}")
+        target = parse_endpoint(endpoint)
+        self.endpoint = target.url
         self._key = _Secret(api_key.strip())
         self.app_id = app_id
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.retry = retry if retry is not None else RetryPolicy()
         self.max_in_flight = max_in_flight
-        self.batch_mode: BatchMode = batch_mode
-        self.max_objects = max_objects
-        self._sleep = sleep
-        self._wall_clock = wall_clock
-        self._jitter = jitter
+        self.limits = limits
         self.pacer: Pacer = (
-            pacer
-            if pacer is not None
-            else InProcessPacer(
-                clock=clock,
-                wall_clock=wall_clock,
-                sleep=sleep,
-                max_wait=self.retry.max_rate_limit_wait,
-            )
+            pacer if pacer is not None else InProcessPacer(max_wait=self.retry.max_rate_limit_wait)
         )
-        self.user_agent = f"antavo-braze-python/{__version__} requests/{requests.__version__}"
-        self._session = requests.Session()
-        self._session.verify = True
-        self._session.trust_env = False  # proxies/netrc from the environment could leak the key
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=max_in_flight, max_retries=0, pool_block=True
+        self.user_agent = f"antavo-braze-python/{__version__}"
+        self._pool = ConnectionPool(
+            target,
+            max_idle=max_in_flight,
+            ca_bundle=None if ca_bundle is None else os.fspath(ca_bundle),
+            proxy=resolve_proxy(target, proxy, trust_env),
         )
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
-        # Requests go straight to the session's urllib3 pool: requests' per-request machinery
-        # (preparing, merging settings, hooks) costs ~0.8 ms of CPU, more than the rest of a
-        # /users/track call. TLS is verified against requests' CA bundle, as requests would.
-        # The one TLS setting for both the pool and the concurrent sender's connections.
-        self._tls: dict[str, Any] = {}
-        if self.endpoint.startswith("https://"):
-            self._tls = {
-                "cert_reqs": "CERT_REQUIRED",
-                "ca_certs": ca_bundle or DEFAULT_CA_BUNDLE_PATH,
-            }
-        pool_kwargs = {"timeout": urllib3.Timeout(connect=timeout, read=timeout), **self._tls}
-        self._pool = adapter.poolmanager.connection_from_url(self.endpoint, pool_kwargs=pool_kwargs)
-        self._base_path = urlsplit(self.endpoint).path
-        self._clock = clock
-        self._idle: list[Connection] = []  # keep-alive connections of the concurrent sender
-        self._idle_lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None  # opens connections
-        self._executor_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self.requests_sent = 0  # HTTP requests made, retries included
+        self._registry = KeyRegistry()
+        self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> BrazeClient:
@@ -320,10 +242,27 @@ class BrazeClient:
         )
 
     def __repr__(self) -> str:
+        proxy = self._pool.proxy
+        via = f", proxy={proxy.url!r}" if proxy is not None else ""
         return (
             f"BrazeClient(endpoint={self.endpoint!r}, app_id={self.app_id!r}, "
-            f"max_in_flight={self.max_in_flight}, batch_mode={self.batch_mode!r})"
+            f"max_in_flight={self.max_in_flight}, limits={self.limits!r}{via})"
         )
+
+    @property
+    def batch_mode(self) -> BatchMode:
+        """``"combined"`` or ``"legacy"`` (see :class:`BatchLimits`)."""
+        return self.limits.mode
+
+    @property
+    def proxy(self) -> str | None:
+        """The proxy requests go through (without credentials), if any."""
+        return None if self._pool.proxy is None else self._pool.proxy.url
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called; a closed client refuses to send."""
+        return self._closed
 
     def __enter__(self) -> BrazeClient:
         return self
@@ -332,41 +271,69 @@ class BrazeClient:
         self.close()
 
     def close(self) -> None:
-        """Release the connecting threads and the pooled connections."""
-        with self._executor_lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-        self._drop_idle()
-        self._session.close()
+        """Close the pooled connections and the connecting threads; the client is then unusable."""
+        self._closed = True
+        self._pool.close()
 
-    # --- HTTP with pacing and retries -------------------------------------------------------
+    # --- the send path -------------------------------------------------------------------
 
-    def _headers(self, body: bytes | None) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self._key.reveal()}",
-            "User-Agent": self.user_agent,
-            "Accept": "application/json",
-        }
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        return headers
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        # Built per call, never kept on the client: its attributes hold no copy of the key.
+        return [
+            (b"host", self._pool.target.authority.encode()),
+            (b"authorization", b"Bearer " + self._key.reveal().encode("ascii")),
+            (b"user-agent", self.user_agent.encode()),
+            (b"accept", b"application/json"),
+            (b"accept-encoding", b"identity"),
+            (b"content-type", b"application/json"),
+        ]
 
-    def _error(self, response: Response, path: str, message: str | None = None) -> BrazeAPIError:
-        status = response.status_code
-        body = self._key.redact(response.text or "")
-        text = message or f"Braze answered HTTP {status} to {path}: {body[:300]}"
-        if status == 401:
-            return AuthenticationError(status, body, text + " (check the API key and instance)")
-        if status == 403:
-            return PermissionDeniedError(status, body, text)
-        if status in (400, 413, 415):
-            return BadRequestError(status, body, text)
-        if status == 429:
-            return RateLimitError(status, body, text)
-        if 500 <= status <= 599:
-            return ServerError(status, body, text)
-        return BrazeAPIError(status, body, text)
+    def _loop(
+        self,
+        stats: CallStats | None = None,
+        *,
+        interrupt: Interrupt | None = None,
+        give_up_after: int | None = None,
+        grace: float | None = None,
+    ) -> SendLoop:
+        if self._closed:
+            raise ConfigurationError("this BrazeClient is closed")
+        extra = {} if grace is None else {"grace": grace}
+        return SendLoop(
+            self._pool,
+            self.pacer,
+            self.retry,
+            timeout=self.timeout,
+            headers=self._headers(),
+            max_in_flight=self.max_in_flight,
+            registry=self._registry,
+            redact=self._key.redact,
+            stats=stats,
+            interrupt=interrupt,
+            give_up_after=give_up_after,
+            **extra,
+        )
+
+    def _send(
+        self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
+    ) -> Result:
+        exchange = Exchange(method, path, body, query=urlencode(params) if params else "")
+        loop = self._loop()
+        (result,) = loop.run(IterSource([exchange], self._registry))
+        return result
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+    ) -> tuple[BrazeResponse, dict[str, Any]]:
+        result = self._send(method, path, params, body)
+        if result.error is not None:
+            raise result.error
+        assert result.response is not None
+        return result.response, result.payload
 
     def request(
         self,
@@ -375,239 +342,136 @@ class BrazeClient:
         *,
         params: Mapping[str, Any] | None = None,
         body: bytes | None = None,
-    ) -> Response:
-        """Send one request with pacing and retries; return the 2xx response or raise."""
-        url = self._base_path + path
-        if params:
-            url += "?" + urlencode(params)
-        headers = self._headers(body)
-        attempt = 0
-        while True:
-            attempt += 1
-            self.pacer.acquire()
-            self._count_request()
-            try:
-                raw = self._pool.urlopen(
-                    method,
-                    url,
-                    body=body,
-                    headers=headers,
-                    retries=False,
-                    redirect=False,
-                    assert_same_host=False,
-                )
-                response = Response(raw.status, raw.headers, raw.data)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                self.pacer.observe(None, {})
-                self._sleep(self._transport_retry_delay(method, path, exc, attempt))
+    ) -> BrazeResponse:
+        """Send one request (pacing and retries included) to any Braze endpoint; return the
+        2xx answer whose body is a JSON object, or raise the error it ended with."""
+        return self._request(method, path, params, body)[0]
+
+    def _send_batches(
+        self,
+        batches: Iterable[Batch],
+        *,
+        stats: CallStats | None = None,
+        interrupt: Interrupt | None = None,
+        give_up_after: int | None = None,
+        grace: float | None = None,
+    ) -> Generator[BatchOutcome, None, None]:
+        """Outcomes of ``batches`` as they finish (401, 403 and TLS failures raise at once)."""
+        loop = self._loop(stats, interrupt=interrupt, give_up_after=give_up_after, grace=grace)
+
+        def exchanges() -> Iterator[Exchange]:
+            for batch in batches:
+                if batch.oversize:
+                    oversize.append(batch)
+                    continue
+                yield Exchange("POST", TRACK, batch.body, keys=batch.keys, tag=batch)
+
+        oversize: list[Batch] = []
+        source = IterSource(exchanges(), self._registry)
+        results = loop.run(source)
+        for result in results:
+            while oversize:
+                yield _oversize(oversize.pop())
+            if result.fatal:
+                results.close()
+                assert result.error is not None
+                raise result.error
+            yield self._outcome(result)
+        while oversize:
+            yield _oversize(oversize.pop())
+
+    def _outcome(self, result: Result) -> BatchOutcome:
+        batch: Batch = result.exchange.tag
+        exchange = result.exchange
+        common = {
+            "attempts": exchange.attempt,
+            "unknown": exchange.unknown,
+            "not_sent": result.not_sent,
+        }
+        if result.error is not None:
+            return BatchOutcome(batch, error=result.error, stage=result.stage, **common)  # type: ignore[arg-type]
+        errors = result.payload.get("errors")
+        if not errors:
+            return BatchOutcome(batch, **common)  # type: ignore[arg-type]
+        where = batch.locate()
+        rejected: dict[int, str] = {}
+        warnings: list[str] = []
+        for error in errors if isinstance(errors, list) else [errors]:
+            if not isinstance(error, dict):
+                warnings.append(self._key.redact(str(error))[:300])
                 continue
-            self.pacer.observe(response.status_code, response.headers)
-            if response.status_code < 300:
-                return response
-            self._sleep(self._retry_delay(method, path, response, attempt))
-
-    def _count_request(self) -> None:
-        with self._stats_lock:
-            self.requests_sent += 1
-
-    def _transport_retry_delay(self, method: str, path: str, exc: Exception, attempt: int) -> float:
-        """Seconds before retrying after a failure without response, or raise TransportError."""
-        reason = self._key.redact(f"{type(exc).__name__}: {exc}")
-        if attempt >= self.retry.attempts:
-            raise TransportError(
-                f"{method} {path} failed after {attempt} attempt(s): {reason}"
-            ) from None
-        delay = backoff_delay(self.retry, attempt, self._jitter())
-        log.warning("%s %s: %s; retry %d in %.2fs", method, path, reason, attempt, delay)
-        return delay
-
-    def _retry_delay(self, method: str, path: str, response: Response, attempt: int) -> float:
-        """Seconds before retrying a non-2xx response, or raise the error it stands for."""
-        policy = self.retry
-        status = response.status_code
-        if not is_retryable_status(status):
-            raise self._error(response, path)
-        if status == 429:
-            delay_or_none = retry_after_seconds(response.headers, self._wall_clock())
-            if delay_or_none is not None and delay_or_none > policy.max_rate_limit_wait:
-                raise self._error(
-                    response,
-                    path,
-                    f"rate limited: Braze asked to wait {delay_or_none:.0f}s, more than "
-                    f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
-                )
-            delay = (
-                backoff_delay(policy, attempt, self._jitter())
-                if delay_or_none is None
-                else delay_or_none
-            )
-        else:
-            delay = backoff_delay(policy, attempt, self._jitter())
-        if attempt >= policy.attempts:
-            exhausted = f"rate limited: HTTP 429 after {attempt} attempt(s)"
-            raise self._error(response, path, exhausted if status == 429 else None)
-        log.warning("%s %s: HTTP %d; retry %d in %.2fs", method, path, status, attempt, delay)
-        return delay
-
-    def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, Response]:
-        response = self.request("GET", path, params=params)
-        try:
-            payload = loads(response.content)
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
-            raise BrazeAPIError(
-                response.status_code,
-                self._key.redact(response.text[:300]),
-                f"Braze answered {path} with invalid JSON",
-            )
-        return payload, response
+            reason = self._key.redact(str(error.get("type") or error.get("message") or error))
+            index = error.get("index")
+            number = None
+            if isinstance(index, int) and not isinstance(index, bool):
+                number = where.get((str(error.get("input_array")), index))
+            if number is None:
+                warnings.append(reason[:300])  # Braze did not say which object; nothing to fail
+            else:
+                rejected[number] = reason[:300]
+        return BatchOutcome(batch, rejected=rejected, warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
     # --- /users/track ----------------------------------------------------------------------
 
-    def _connector(self) -> ThreadPoolExecutor:
-        """Threads that open connections (a TLS handshake must not stall the send loop)."""
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=min(self.max_in_flight, _CONNECT_THREADS),
-                    thread_name_prefix="antavo-braze-connect",
-                )
-            return self._executor
-
-    def pack(self, groups: Iterable[Sequence[Item]]) -> Iterator[Batch]:
-        """Pack groups of items into request batches with this client's limits."""
-        return pack(
-            groups, mode=self.batch_mode, max_objects=self.max_objects, max_bytes=MAX_BODY_BYTES
-        )
-
-    def send_batch(self, batch: Batch) -> BatchOutcome:
-        """Send one batch; failures become the outcome (only 401/403 raise)."""
-        if batch.oversize:
-            return BatchOutcome(
-                batch,
-                error=BadRequestError(
-                    413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"
-                ),
-                stage="validation",
-            )
-        try:
-            response = self.request("POST", "/users/track", body=batch.body)
-        except (AuthenticationError, PermissionDeniedError):
-            raise
-        except BrazeAPIError as exc:
-            return BatchOutcome(batch, error=exc, stage="braze")
-        except TransportError as exc:
-            return BatchOutcome(batch, error=exc, stage="transport")
-        return self._track_outcome(batch, response)
-
-    def _track_outcome(self, batch: Batch, response: Response) -> BatchOutcome:
-        try:
-            payload = loads(response.content) if response.content else {}
-        except ValueError:
-            payload = {}
-        errors = payload.get("errors") if isinstance(payload, dict) else None
-        if not errors:
-            return BatchOutcome(batch)
-        where = {position: number for number, position in enumerate(batch.positions)}
-        rejected: dict[int, str] = {}
-        warnings: list[str] = []
-        for error in errors:
-            if not isinstance(error, dict):
-                warnings.append(self._key.redact(str(error)))
-                continue
-            reason = self._key.redact(str(error.get("type") or error.get("message") or error))
-            number = where.get((error.get("input_array"), error.get("index")))  # type: ignore[arg-type]
-            if number is None:
-                warnings.append(reason)  # Braze did not say which object; nothing to fail
-            else:
-                rejected[number] = reason
-        for text in warnings:
-            log.warning("Braze reported an error it did not attribute to an object: %s", text)
-        return BatchOutcome(batch, rejected=rejected, warnings=tuple(warnings))
-
-    def send_batches(self, batches: Iterable[Batch]) -> Iterator[BatchOutcome]:
-        """Send batches with up to ``max_in_flight`` in flight; yield outcomes as they finish.
-
-        Batches are pulled lazily (memory stays bounded), and a batch touching an
-        ``external_id`` that an in-flight batch touches waits for it. With more than one in
-        flight, requests share one thread on non-blocking connections (see ``_transport``).
-        """
-        if self.max_in_flight == 1:
-            for batch in batches:
-                yield self.send_batch(batch)
-            return
-        yield from _ConcurrentSender(self, batches).run()
-
-    def _open_connection(self) -> Connection:
-        """A new connection to the endpoint: TCP, and TLS verified as requests would."""
-        parts = urlsplit(self.endpoint)
-        host = parts.hostname or ""
-        connection: urllib3.connection.HTTPConnection
-        if parts.scheme == "https":
-            connection = urllib3.connection.HTTPSConnection(
-                host, parts.port or 443, timeout=self.timeout, **self._tls
-            )
-        else:
-            connection = urllib3.connection.HTTPConnection(
-                host, parts.port or 80, timeout=self.timeout
-            )
-        connection.connect()
-        sock, connection.sock = connection.sock, None  # the loop owns the socket now
-        assert sock is not None
-        return Connection(sock)
-
-    def _idle_connection(self) -> Connection | None:
-        with self._idle_lock:
-            return self._idle.pop() if self._idle else None
-
-    def _keep_idle(self, connections: Iterable[Connection]) -> None:
-        with self._idle_lock:
-            self._idle.extend(connections)
-            extra = self._idle[self.max_in_flight :]
-            del self._idle[self.max_in_flight :]
-        for connection in extra:
-            connection.close()
-
-    def _drop_idle(self) -> None:
-        with self._idle_lock:
-            stale, self._idle = self._idle, []
-        for connection in stale:
-            connection.close()
-
     def track(
         self,
-        attributes: Iterable[AttributesObject] = (),
-        events: Iterable[EventObject] = (),
-        purchases: Iterable[PurchaseObject] = (),
+        attributes: Iterable[AttributesObject | Mapping[str, Any]] = (),
+        events: Iterable[EventObject | Mapping[str, Any]] = (),
+        purchases: Iterable[PurchaseObject | Mapping[str, Any]] = (),
     ) -> TrackResult:
-        """Send Braze objects, batched; return which ones Braze rejected (by array and index)."""
-        arrays: tuple[tuple[str, Iterable[BrazeObject]], ...] = (
+        """Send Braze objects — models or plain wire dicts exactly as Braze documents them —
+        batched; return which ones were refused, by array and index.
+
+        Plain dicts reach every Braze feature (``_merge_objects``, ``$add``/``$remove``/
+        ``$update``, ``subscription_groups``, ``user_alias``) and are checked against the same
+        limits first: an object that breaks one is rejected with stage ``"validation"``.
+        """
+        where: list[tuple[str, int]] = []
+        rejected: list[RejectedObject] = []
+        groups: list[list[Item]] = []
+        for array, objects in (
             ("attributes", attributes),
             ("events", events),
             ("purchases", purchases),
-        )
-        groups = [
-            [to_item(obj, (array, index))]
-            for array, objects in arrays
-            for index, obj in enumerate(objects)
-        ]
-        rejected: list[RejectedObject] = []
-        requests_before = self.requests_sent
+        ):
+            for index, obj in enumerate(objects):
+                position = len(where)
+                where.append((array, index))
+                try:
+                    if isinstance(obj, (AttributesObject, EventObject, PurchaseObject)):
+                        if _ARRAY_OF[type(obj)] != array:
+                            raise WireError(f"a {type(obj).__name__} does not go in {array!r}")
+                        item = model_item(obj, position, app_id=self.app_id)
+                    else:
+                        item = wire_item(array, obj, position, app_id=self.app_id)
+                except WireError as exc:
+                    rejected.append(RejectedObject(array, index, "validation", str(exc)))
+                    continue
+                groups.append([item])
+        stats = CallStats()
         accepted = 0
-        for outcome in self.send_batches(self.pack(groups)):
+        warnings: list[str] = []
+        for outcome in self._send_batches(pack(groups, self.limits), stats=stats):
+            warnings.extend(outcome.warnings)
             for number, item in enumerate(outcome.batch.items):
                 failure = outcome.failure(number)
                 if failure is None:
                     accepted += 1
                 else:
-                    array, index = item.tag
+                    array, index = where[item.record]
                     rejected.append(RejectedObject(array, index, *failure))
         rejected.sort(key=lambda r: (r.input_array, r.index))
+        if warnings:
+            log.warning(
+                "Braze reported %d error(s) it did not attribute to an object: %s",
+                len(warnings),
+                "; ".join(warnings[:5]),
+            )
         return TrackResult(
-            requests=self.requests_sent - requests_before,
+            requests=stats.requests,
             accepted=accepted,
             rejected=tuple(rejected),
+            warnings=tuple(warnings),
         )
 
     # --- read endpoints --------------------------------------------------------------------
@@ -615,31 +479,37 @@ class BrazeClient:
     def list_event_names(self) -> list[str]:
         """Every custom event name (GET /events/list, all pages of 250)."""
         names: list[str] = []
-        page = 0
-        while True:
-            payload, _ = self._get_json("/events/list", {"page": page})
+        for page in range(MAX_EVENT_LIST_PAGES):
+            _, payload = self._request("GET", "/events/list", {"page": page})
             batch = payload.get("events") or []
-            names.extend(batch)
-            if len(batch) < _EVENTS_LIST_PAGE:
+            if not isinstance(batch, list):
+                raise BrazeAPIError(200, "", "GET /events/list: 'events' is not a list")
+            names.extend(str(name) for name in batch)
+            if len(batch) < EVENTS_LIST_PAGE:
                 return names
-            page += 1
+        raise BrazeAPIError(
+            200, "", f"GET /events/list returned more than {MAX_EVENT_LIST_PAGES} full pages"
+        )
 
     def list_events(self) -> list[dict[str, Any]]:
         """Every custom event with its details (GET /events, following the ``Link`` cursor)."""
         events: list[dict[str, Any]] = []
         params: dict[str, Any] | None = None
         seen: set[str] = set()
-        while True:
-            payload, response = self._get_json("/events", params)
-            events.extend(payload.get("events") or [])
-            match = _LINK_NEXT.search(response.headers.get("Link", ""))
-            if match is None:
+        for _ in range(MAX_EVENT_LIST_PAGES):
+            response, payload = self._request("GET", "/events", params)
+            found = payload.get("events")
+            if isinstance(found, list):
+                events.extend(e for e in found if isinstance(e, dict))
+            url = next_link(response.headers.get("link", ""))
+            if url is None:
                 return events
-            cursor = parse_qs(urlsplit(match.group(1)).query).get("cursor", [None])[0]
+            cursor = parse_qs(urlsplit(url).query).get("cursor", [None])[0]
             if cursor is None or cursor in seen:
                 return events
             seen.add(cursor)
             params = {"cursor": cursor}
+        raise BrazeAPIError(200, "", f"GET /events returned more than {MAX_EVENT_LIST_PAGES} pages")
 
     def event_series(
         self,
@@ -662,30 +532,35 @@ class BrazeClient:
             params["app_id"] = app_id
         if segment_id is not None:
             params["segment_id"] = segment_id
-        payload, _ = self._get_json("/events/data_series", params)
-        return list(payload.get("data") or [])
+        _, payload = self._request("GET", "/events/data_series", params)
+        data = payload.get("data") or []
+        return (
+            [point for point in data if isinstance(point, dict)] if isinstance(data, list) else []
+        )
 
     def check_permissions(self) -> dict[str, bool]:
-        """Which of the permissions the sync uses this key has. Probes change no data.
+        """Which of the permissions the SDK uses this key has (probes change no data).
 
-        Raises :class:`AuthenticationError` for an invalid key.
+        ``users.track`` is all a sync needs (:data:`REQUIRED_PERMISSIONS`); the others serve
+        the read endpoints. Raises :class:`AuthenticationError` for an invalid key.
         """
-        probes: dict[str, Callable[[], Response]] = {
+        probes: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
             # An empty track request: authorised keys get past the permission check, and there
             # is nothing in it to write.
-            "users.track": lambda: self.request("POST", "/users/track", body=b'{"attributes":[]}'),
-            "events.list": lambda: self.request("GET", "/events/list", params={"page": 0}),
-            "events.data_series": lambda: self.request(
+            "users.track": ("POST", TRACK, None, b'{"attributes":[]}'),
+            "events.list": ("GET", "/events/list", {"page": 0}, None),
+            "events.data_series": (
                 "GET",
                 "/events/data_series",
-                params={"event": "antavo_braze_permission_probe", "length": 1},
+                {"event": "antavo_braze_permission_probe", "length": 1},
+                None,
             ),
-            "events.get": lambda: self.request("GET", "/events"),
+            "events.get": ("GET", "/events", None, None),
         }
         result: dict[str, bool] = {}
-        for permission, probe in probes.items():
+        for permission, (method, path, params, body) in probes.items():
             try:
-                probe()
+                self._request(method, path, params, body)
             except PermissionDeniedError:
                 result[permission] = False
             except BadRequestError:
@@ -696,258 +571,25 @@ class BrazeClient:
         return result
 
 
-class _Job:
-    """One batch on its way: attempts so far and, while waiting for a retry, when it is due."""
-
-    __slots__ = ("attempt", "batch")
-
-    def __init__(self, batch: Batch) -> None:
-        self.batch = batch
-        self.attempt = 0
+_ARRAY_OF = {AttributesObject: "attributes", EventObject: "events", PurchaseObject: "purchases"}
 
 
-class _ConcurrentSender:
-    """The loop behind :meth:`BrazeClient.send_batches`: many requests, one thread.
-
-    Each round starts what may start (due retries first, then new batches whose profiles are
-    not in flight, as the pacer allows), then waits for socket events, retry times or the
-    pacer. Every batch ends in exactly one outcome; 401/403 raise, as from ``send_batch``.
-    """
-
-    def __init__(self, client: BrazeClient, batches: Iterable[Batch]) -> None:
-        self.client = client
-        self.source = iter(batches)
-        self.exhausted = False
-        self.waiting: Batch | None = None  # next batch, held back while its profiles are busy
-        self.held: _Job | None = None  # a job the pacer said to wait for (it goes first)
-        self.busy: set[str] = set()
-        self.retries: list[tuple[float, int, _Job, float]] = []  # (due, seq, job, delay) heap
-        self.sequence = 0
-        self.active: dict[Connection, _Job] = {}
-        self.connecting: list[tuple[Future[Connection], _Job]] = []
-        self.idle: list[Connection] = []
-        self.outcomes: deque[BatchOutcome] = deque()
-        self.pacer_wait = 0.0
-        self.slept_to = float("-inf")  # retries due up to here have been waited for
-        self.selector = selectors.DefaultSelector()
-        self.path = "/users/track"
-        self.target = client._base_path + self.path
-        self.host = urlsplit(client.endpoint).netloc.rpartition("@")[2]
-        self.headers = client._headers(b"")
-        pacer = client.pacer
-        self.try_acquire = pacer.try_acquire if isinstance(pacer, NonBlockingPacer) else None
-
-    def run(self) -> Iterator[BatchOutcome]:
-        try:
-            while True:
-                self._start_jobs()
-                while self.outcomes:
-                    yield self.outcomes.popleft()
-                if self._done():
-                    return
-                self._wait()
-                while self.outcomes:
-                    yield self.outcomes.popleft()
-        finally:
-            self._close()
-
-    # --- starting requests -----------------------------------------------------------------
-
-    def _done(self) -> bool:
-        return (
-            not self.active
-            and not self.connecting
-            and not self.retries
-            and self.waiting is None
-            and self.held is None
-            and self.exhausted
-        )
-
-    def _next_job(self) -> _Job | None:
-        if self.held is not None:
-            job, self.held = self.held, None
-            return job
-        if self.retries and self.retries[0][0] <= max(self.client._clock(), self.slept_to):
-            return heapq.heappop(self.retries)[2]
-        while True:
-            if self.waiting is None:
-                if self.exhausted:
-                    return None
-                self.waiting = next(self.source, None)
-                if self.waiting is None:
-                    self.exhausted = True
-                    return None
-            batch = self.waiting
-            if not self.busy.isdisjoint(batch.external_ids):
-                return None  # same profile in flight: wait for it
-            self.waiting = None
-            if batch.oversize:
-                self.outcomes.append(self.client.send_batch(batch))  # answered without sending
-                continue
-            self.busy |= batch.external_ids
-            return _Job(batch)
-
-    def _start_jobs(self) -> None:
-        self.pacer_wait = 0.0
-        while len(self.active) + len(self.connecting) < self.client.max_in_flight:
-            job = self._next_job()
-            if job is None:
-                return
-            if self.try_acquire is None:
-                self.client.pacer.acquire()
-            else:
-                wait = self.try_acquire()
-                if wait > 0:
-                    self.pacer_wait, self.held = wait, job
-                    return
-            job.attempt += 1
-            self.client._count_request()
-            connection = self._reusable_connection()
-            if connection is None:
-                future = self.client._connector().submit(self.client._open_connection)
-                self.connecting.append((future, job))
-            else:
-                self._send(connection, job)
-
-    def _reusable_connection(self) -> Connection | None:
-        """An idle keep-alive connection the server has not closed meanwhile (as urllib3
-        checks before reusing one), or ``None``."""
-        while True:
-            connection = self.idle.pop() if self.idle else self.client._idle_connection()
-            if connection is None or not connection.dropped():
-                return connection
-            connection.close()
-
-    def _send(self, connection: Connection, job: _Job) -> None:
-        request = encode_request("POST", self.target, self.host, self.headers, job.batch.body)
-        connection.start(request, time.monotonic() + self.client.timeout)
-        self.active[connection] = job
-        try:
-            sent = connection.write()
-        except OSError as exc:
-            self._failed(connection, exc)
-            return
-        events = selectors.EVENT_READ if sent else selectors.EVENT_READ | selectors.EVENT_WRITE
-        self.selector.register(connection, events)
-
-    def _retry_in(self, job: _Job, delay: float) -> None:
-        self.sequence += 1
-        heapq.heappush(self.retries, (self.client._clock() + delay, self.sequence, job, delay))
-
-    # --- waiting and answers ---------------------------------------------------------------
-
-    def _timeout(self) -> float | None:
-        waits = []
-        if self.pacer_wait:
-            waits.append(self.pacer_wait)
-        if self.retries:
-            waits.append(max(0.0, self.retries[0][0] - self.client._clock()))
-        if self.connecting:
-            waits.append(_CONNECT_POLL)
-        if self.active:
-            now = time.monotonic()
-            waits.append(max(0.0, min(c.deadline for c in self.active) - now))
-        return min(waits) if waits else None
-
-    def _wait(self) -> None:
-        timeout = self._timeout()
-        if not self.active and not self.connecting:
-            # Nothing on the wire: only a retry time or the pacer to wait for. Whatever the
-            # injected clock says afterwards, a retry waited for is due.
-            wait = timeout or 0.0
-            if self.retries and not self.pacer_wait:
-                due, _, _, delay = self.retries[0]
-                self.slept_to = due
-                # Just scheduled: sleep the backoff exactly as the policy computed it (the
-                # microseconds since then are not worth a different number in logs and tests).
-                if delay - wait < _JUST_NOW:
-                    wait = delay
-            self.client._sleep(wait)
-            return
-        for key, mask in self.selector.select(timeout):
-            connection: Connection = key.fileobj  # type: ignore[assignment]
-            try:
-                if mask & selectors.EVENT_WRITE and connection.writing and connection.write():
-                    self.selector.modify(connection, selectors.EVENT_READ)
-                if mask & selectors.EVENT_READ and connection.read():
-                    self._answered(connection)
-            except OSError as exc:
-                self._failed(connection, exc)
-        self._check_connects()
-        now = time.monotonic()
-        for connection in [c for c in self.active if c.deadline <= now]:
-            self._failed(connection, TimeoutError(f"no response within {self.client.timeout}s"))
-
-    def _check_connects(self) -> None:
-        pending = []
-        for future, job in self.connecting:
-            if not future.done():
-                pending.append((future, job))
-                continue
-            try:
-                connection = future.result()
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                self._transport_failure(job, exc)
-                continue
-            self._send(connection, job)
-        self.connecting = pending
-
-    def _answered(self, connection: Connection) -> None:
-        self.selector.unregister(connection)
-        job = self.active.pop(connection)
-        parser = connection.parser
-        assert parser.status is not None
-        response = Response(parser.status, parser.headers, bytes(parser.body))
-        if parser.keep_alive and not connection.writing:
-            self.idle.append(connection)
-        else:  # closing, or it answered before taking the whole body: not reusable
-            connection.close()
-        client = self.client
-        client.pacer.observe(response.status_code, response.headers)
-        if response.status_code < 300:
-            self._finish(job, client._track_outcome(job.batch, response))
-            return
-        try:
-            delay = client._retry_delay("POST", self.path, response, job.attempt)
-        except (AuthenticationError, PermissionDeniedError):
-            self._finish(job, None)
-            raise
-        except BrazeAPIError as exc:
-            self._finish(job, BatchOutcome(job.batch, error=exc, stage="braze"))
-            return
-        self._retry_in(job, delay)
-
-    def _failed(self, connection: Connection, exc: Exception) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(connection)
-        job = self.active.pop(connection)
-        connection.close()
-        self._transport_failure(job, exc)
-
-    def _transport_failure(self, job: _Job, exc: Exception) -> None:
-        self.client.pacer.observe(None, {})
-        try:
-            delay = self.client._transport_retry_delay("POST", self.path, exc, job.attempt)
-        except TransportError as error:
-            self._finish(job, BatchOutcome(job.batch, error=error, stage="transport"))
-            return
-        self._retry_in(job, delay)
-
-    def _finish(self, job: _Job, outcome: BatchOutcome | None) -> None:
-        self.busy -= job.batch.external_ids
-        if outcome is not None:
-            self.outcomes.append(outcome)
-
-    def _close(self) -> None:
-        """Abandon what is in flight (only when the caller stops early or an error is raised)."""
-        for connection in self.active:
-            connection.close()
-        for future, _ in self.connecting:
-            future.add_done_callback(_close_when_connected)
-        self.client._keep_idle(self.idle)
-        self.selector.close()
+def next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (a linear scan; no backtracking regex)."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        url = url.strip()
+        if not (url.startswith("<") and url.endswith(">")):
+            continue
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
+                return url[1:-1]
+    return None
 
 
-def _close_when_connected(future: Future[Connection]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().close()
+def _oversize(batch: Batch) -> BatchOutcome:
+    error = BadRequestError(
+        413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"
+    )
+    return BatchOutcome(batch, error=error, stage="validation", not_sent=True)

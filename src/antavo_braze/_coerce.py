@@ -16,6 +16,17 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ._limits import (
+    DEFAULT_MAX_ARRAY_ITEMS,
+    EVENT_PROPERTY_RESERVED,
+    MAX_NESTED_BYTES,
+    MAX_PROPERTIES,
+    MAX_STRING_LENGTH,
+    MAX_VALUE_TEXT,
+    MAX_YEAR,
+    MIN_YEAR,
+    STANDARD_ATTRIBUTES,
+)
 from ._types import BrazeType, BrazeTypeLike
 from .exceptions import CoercionError
 
@@ -33,10 +44,7 @@ __all__ = [
 
 Coercer = Callable[[Any], Any]
 
-MAX_STRING_LENGTH = 255
-DEFAULT_MAX_ARRAY_ITEMS = 500
-MAX_OBJECT_BYTES = 100 * 1024
-MIN_YEAR, MAX_YEAR = 1, 3000
+MAX_OBJECT_BYTES = MAX_NESTED_BYTES
 # JSON encoders (orjson) and Braze's number storage stop at 64-bit integers.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Deeper nesting than this is certainly a mistake and would only end in a RecursionError.
@@ -90,6 +98,8 @@ def coerce_number(value: Any) -> int | float | None:
         return _decimal_to_number(value, value)
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_VALUE_TEXT:  # checked before any pattern runs: linear time
+            raise _fail(value, BrazeType.NUMBER, f"longer than {MAX_VALUE_TEXT} characters")
         if _INT_RE.match(text):
             return coerce_number(int(text))
         if _FLOAT_RE.match(text):
@@ -170,7 +180,7 @@ def coerce_boolean(value: Any) -> bool | None:
             return value == 1
         raise _fail(value, BrazeType.BOOLEAN, "only the integers 0 and 1 are booleans")
     if isinstance(value, str):
-        text = value.strip().lower()
+        text = value.strip().lower() if len(value) <= MAX_VALUE_TEXT else value
         if text in _TRUE:
             return True
         if text in _FALSE:
@@ -231,6 +241,8 @@ def _from_unix(seconds: int | float | Decimal, original: object) -> datetime:
 
 def _parse_date_string(value: str) -> datetime:
     text = value.strip()
+    if len(text) > MAX_VALUE_TEXT:  # checked before any pattern runs: linear time
+        raise _fail(value, BrazeType.DATE, f"longer than {MAX_VALUE_TEXT} characters")
     if "-" not in text[1:] and _FLOAT_RE.match(text) and "e" not in text.lower():
         return _from_unix(Decimal(text), value)
     match = _DATE_RE.match(text)
@@ -299,7 +311,10 @@ def coerce_date(value: Any) -> str | None:
         if match is not None:
             day_text, time_text = match.groups()
             return f"{day_text}T{time_text or '00:00:00'}Z"
-        return _coerce_date_string(text)
+        text = text.strip()
+        if len(text) > MAX_VALUE_TEXT:
+            return _coerce_date_string(text)  # refused, without filling the cache
+        return _cached_date_string(text)  # keys: short and normalised (stripped)
     moment = to_datetime(value)
     return None if moment is None else format_datetime(moment)
 
@@ -329,11 +344,13 @@ _DATE_TIME_RE = re.compile(rf"{_DAY}[T ]{_TIME}", re.ASCII)  # on 19-character s
 _COMMON_DATE_RE = re.compile(rf"({_DAY})(?:[T ]({_TIME})(?:Z|\+00:00)?)?\Z", re.ASCII)
 
 
-@functools.lru_cache(maxsize=8192)
 def _coerce_date_string(value: str) -> str:
     moment = to_datetime(value)
     assert moment is not None
     return format_datetime(moment)
+
+
+_cached_date_string = functools.lru_cache(maxsize=8192)(_coerce_date_string)
 
 
 # --- array ----------------------------------------------------------------------------------
@@ -800,9 +817,6 @@ _STANDARD_SPECIAL: dict[str, Coercer] = {
     "country": coerce_country,
     "language": coerce_language,
 }
-STANDARD_ATTRIBUTES = frozenset(
-    {"first_name", "last_name", "email", "phone", "home_city", "time_zone", *_STANDARD_SPECIAL}
-)
 
 
 def standard_coercer(name: str, *, truncate_strings: bool = False) -> Coercer | None:
@@ -870,7 +884,6 @@ def coerce(
 
 # --- event and purchase properties -----------------------------------------------------------
 
-MAX_PROPERTIES = 256
 EVENT_PROPERTY = "event property"
 
 
@@ -929,7 +942,7 @@ def _check_property_key(key: Any) -> str:
 
 
 def coerce_properties(
-    data: Mapping[str, Any], reserved: frozenset[str] = frozenset({"time", "event_name"})
+    data: Mapping[str, Any], reserved: frozenset[str] = EVENT_PROPERTY_RESERVED
 ) -> dict[str, Any]:
     """Coerce a whole ``data`` mapping into Braze event (or purchase) properties, types inferred.
 

@@ -25,6 +25,7 @@ from ._coerce import (
     coercer_for,
     standard_coercer,
 )
+from ._limits import MAX_EXTERNAL_ID_BYTES, MAX_PURCHASE_QUANTITY, PURCHASE_PROPERTY_RESERVED
 from ._mapping import Mapping
 from ._types import BrazeType, BrazeTypeLike
 from .exceptions import CoercionError
@@ -40,15 +41,10 @@ from .models import (
     Trigger,
 )
 
-__all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "utc_now"]
+__all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "member_fields", "utc_now"]
 
 MISSING: Final = object()
-MAX_EXTERNAL_ID_BYTES = 987
-MAX_PURCHASE_QUANTITY = 100
 _SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4  # characters: at most 4 UTF-8 bytes each
-_PURCHASE_RESERVED = frozenset(
-    {"time", "event_name", "product_id", "quantity", "price", "currency"}
-)
 
 Getter = Callable[[Any], Any]
 
@@ -94,6 +90,13 @@ def _compile_getter(path: str) -> Getter:
     return get_nested
 
 
+def member_fields(member: Any) -> abc.Mapping[str, Any]:
+    """The field values of a member record (a dict, or :class:`LoyaltyMember`'s ``fields``)."""
+    if member.__class__ is dict:
+        return member
+    return member.fields if isinstance(member, LoyaltyMember) else member
+
+
 class _FieldStep(NamedTuple):
     remote_field: str
     key: str | None  # the record key when the path is a plain key (read inline, no call)
@@ -101,9 +104,11 @@ class _FieldStep(NamedTuple):
     coerce: Coercer
     location: str  # where an error points: the loyalty field, under its prefix
     inline_check: str | None  # a Python test under which the value is already valid as is
+    clear: bool = False  # when_missing "clear": an absent path sends null
 
 
-Fill = Callable[[Any, dict[str, Any]], dict[str, Any]]
+# fill(record, out, absent): adds every present field to ``out``; counts absent ones per step.
+Fill = Callable[[Any, dict[str, Any], list[int]], dict[str, Any]]
 
 # Values of these exact classes need no coercer call: the plan tests them inline.
 _INLINE_CHECKS = {
@@ -114,11 +119,13 @@ _INLINE_CHECKS = {
 
 
 def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
-    """Generate ``fill(record, out)``: one straight-line block per field, no loop, no dispatch.
+    """Generate ``fill(record, out, absent)``: one straight-line block per field, no loop, no
+    dispatch.
 
     Like attrs' and cattrs' generated methods, this removes the per-field interpretation
     overhead that dominates a 10-field mapping. Each block has its own ``try`` (free until
-    something raises) so that an error names its field.
+    something raises) so that an error names its field. ``absent[n]`` counts the records in
+    which field ``n`` was not found (only that rare branch pays for counting).
     """
     namespace: dict[str, Any] = {
         "MISSING": MISSING,
@@ -127,7 +134,7 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
         "INT_MAX": 2**63 - 1,
         "MAX_STRING_LENGTH": MAX_STRING_LENGTH,
     }
-    lines = ["def fill(record, out):", "    get = record.get"]
+    lines = ["def fill(record, out, absent):", "    get = record.get"]
     for number, step in enumerate(steps):
         namespace[f"coerce{number}"] = step.coerce
         namespace[f"get{number}"] = step.get
@@ -143,20 +150,45 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
             f"            out[{step.remote_field!r}] = {value}",
             "        except CoercionError as exc:",
             f"            raise exc.at(location{number}) from None",
+            "    else:",
+            f"        absent[{number}] += 1",
         ]
+        if step.clear:
+            lines.append(f"        out[{step.remote_field!r}] = None")
     lines.append("    return out")
     exec(compile("\n".join(lines), "<antavo_braze field plan>", "exec"), namespace)
     return namespace["fill"]  # type: ignore[no-any-return]
 
 
 class _Plan:
-    """A compiled list of fields: ``fill(record, out)`` adds every present field to ``out``."""
+    """A compiled list of fields: ``fill(record, out, absent)`` adds every present field to
+    ``out``; :meth:`values` is the same without the counts."""
 
     __slots__ = ("fill", "steps")
 
     def __init__(self, steps: tuple[_FieldStep, ...]) -> None:
         self.steps = steps
         self.fill = _compile_plan(steps)
+
+    def values(self, record: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.fill(record, {} if out is None else out, [0] * len(self.steps))
+
+    def each(self, record: Any) -> tuple[dict[str, Any], list[CoercionError]]:
+        """The slow path, for a record the plan refused: every field on its own, so that
+        every bad field is found (not only the first) and the good ones are kept."""
+        out: dict[str, Any] = {}
+        problems: list[CoercionError] = []
+        for step in self.steps:
+            value = step.get(record)
+            if value is MISSING:
+                if step.clear:
+                    out[step.remote_field] = None
+                continue
+            try:
+                out[step.remote_field] = step.coerce(value)
+            except CoercionError as exc:
+                problems.append(exc.at(step.location))
+        return out, problems
 
 
 @frozen
@@ -202,7 +234,7 @@ class Mapper:
         self._clock = clock
         self._max_array_items = max_array_items
         self._truncate_strings = truncate_strings
-        self._fields = self._compile_fields(mapping.fields)
+        self._fields = self._compile_fields(mapping.fields, when_missing=mapping.when_missing)
         self._events: dict[str, tuple[EventMapping, _Plan | None]] = {}
         for entry in mapping.events:
             steps = (
@@ -226,7 +258,12 @@ class Mapper:
             truncate_strings=self._truncate_strings,
         )
 
-    def _compile_fields(self, fields: tuple[FieldMapping, ...], prefix: str | None = None) -> _Plan:
+    def _compile_fields(
+        self,
+        fields: tuple[FieldMapping, ...],
+        prefix: str | None = None,
+        when_missing: str = "skip",
+    ) -> _Plan:
         steps = []
         for item in fields:
             coercer = standard_coercer(item.remote_field, truncate_strings=self._truncate_strings)
@@ -242,6 +279,7 @@ class Mapper:
                     coercer,
                     item.loyalty_field if prefix is None else f"{prefix}.{item.loyalty_field}",
                     inline_check,
+                    (item.when_missing or when_missing) == "clear",
                 )
             )
         return _Plan(tuple(steps))
@@ -260,17 +298,20 @@ class Mapper:
             member, "member", f"expected a dict or LoyaltyMember, got {type(member).__name__}"
         )
 
-    def member_values(self, member: Any, into: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The coerced Braze attribute values of every mapped field present in ``member``.
+    @property
+    def fields(self) -> tuple[tuple[str, str, bool], ...]:
+        """``(loyalty_field, remote_field, clears)`` of every mapped field, in plan order."""
+        return tuple((s.location, s.remote_field, s.clear) for s in self._fields.steps)
 
-        ``into`` (default: a new dict) receives them: the syncer passes the wire object itself.
-        """
-        fields: abc.Mapping[str, Any]
-        if member.__class__ is dict:
-            fields = member
-        else:
-            fields = member.fields if isinstance(member, LoyaltyMember) else member
-        return self._fields.fill(fields, {} if into is None else into)
+    def member_values(self, member: Any) -> dict[str, Any]:
+        """The coerced Braze attribute values of every mapped field present in ``member``
+        (and ``None`` for absent ``when_missing: "clear"`` fields)."""
+        return self._fields.values(member_fields(member))
+
+    def member_problems(self, member: Any) -> tuple[dict[str, Any], list[CoercionError]]:
+        """Every field of ``member`` on its own: the values that coerce and an error for each
+        field that does not (the slow path behind a refused record)."""
+        return self._fields.each(member_fields(member))
 
     def map_member(self, member: Any) -> AttributesObject:
         """Map one member to its attributes object (every mapped field present)."""
@@ -352,7 +393,7 @@ class Mapper:
             view.setdefault("timestamp", time)
             values: dict[str, Any] = {}
             for _, steps_, _ in triggers:
-                steps_.fill(view, values)
+                steps_.values(view, values)
             if values:
                 objects.insert(0, AttributesObject(external_id=external_id, attributes=values))
         return MappedEvent(objects=tuple(objects), skipped=not objects)
@@ -393,7 +434,7 @@ class Mapper:
             except CoercionError as exc:
                 raise exc.at("data") from None
         else:
-            properties = steps.fill(data, {})
+            properties = steps.values(data)
         return EventObject(
             external_id=external_id,
             name=name,
@@ -419,7 +460,7 @@ class Mapper:
                 field="data.currency",
             )
         currency = currency.strip().upper()
-        shared = {} if steps is None else steps.fill(data, {})
+        shared = {} if steps is None else steps.values(data)
         if steps is None and data.get("transaction_id") is not None:
             shared["transaction_id"] = data["transaction_id"]
         items = data.get("items")
@@ -476,8 +517,8 @@ class Mapper:
         quantity = int(quantity)
         properties = dict(shared)
         if pass_through:
-            extra = {k: v for k, v in item.items() if k not in _PURCHASE_RESERVED}
-            properties.update(coerce_properties(extra, _PURCHASE_RESERVED))
+            extra = {k: v for k, v in item.items() if k not in PURCHASE_PROPERTY_RESERVED}
+            properties.update(coerce_properties(extra, PURCHASE_PROPERTY_RESERVED))
         out = []
         # Braze caps quantity at 100 per purchase object: split larger lines, keeping revenue.
         chunks = [MAX_PURCHASE_QUANTITY] * (quantity // MAX_PURCHASE_QUANTITY)

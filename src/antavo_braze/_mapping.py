@@ -19,22 +19,20 @@ from attrs import frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.v import format_exception, transform_error
 
-from ._coerce import MAX_STRING_LENGTH, STANDARD_ATTRIBUTES
 from ._converter import make_converter
+from ._limits import (
+    EVENT_PROPERTY_RESERVED,
+    MAX_STRING_LENGTH,
+    PURCHASE_PROPERTY_RESERVED,
+    RESERVED_IDENTIFIERS,
+    STANDARD_ATTRIBUTES,
+)
 from ._types import BrazeType
 from .exceptions import MappingError
-from .models import EventMapping, FieldMapping, Trigger
+from .models import EventMapping, FieldMapping, Trigger, WhenMissing
 
 __all__ = ["RESERVED_IDENTIFIERS", "Mapping"]
 
-RESERVED_IDENTIFIERS = frozenset(
-    {"external_id", "braze_id", "user_alias", "app_id", "_update_existing_only"}
-)
-# Braze rejects these as event / purchase property keys.
-_RESERVED_EVENT_PROPERTIES = frozenset({"time", "event_name"})
-_RESERVED_PURCHASE_PROPERTIES = frozenset(
-    {"time", "event_name", "product_id", "quantity", "price", "currency"}
-)
 # Standard attributes whose Braze format is fixed: which declared types are compatible with it.
 _STANDARD_TYPES: dict[str, frozenset[BrazeType]] = {
     "dob": frozenset({BrazeType.DATE, BrazeType.STRING}),
@@ -77,11 +75,14 @@ class Mapping:
     """A validated mapping config: ``fields``, ``events`` and ``triggers``.
 
     Build it with :meth:`from_dict` or :meth:`from_file`; :meth:`to_dict` gives the config back.
+    ``when_missing`` is the default of every field (``"skip"``, or ``"clear"`` to send ``null``
+    for a path that resolves to nothing, so that a value gone in Antavo is gone in Braze).
     """
 
     fields: tuple[FieldMapping, ...] = ()
     events: tuple[EventMapping, ...] = ()
     triggers: tuple[Trigger, ...] = ()
+    when_missing: WhenMissing = "skip"
 
     @classmethod
     def from_dict(cls, config: abc.Mapping[str, Any]) -> Mapping:
@@ -107,8 +108,12 @@ class Mapping:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise MappingError([f"{file}: cannot read ({exc.strerror})"]) from None
+        except UnicodeDecodeError:
+            raise MappingError([f"{file}: not UTF-8 text"]) from None
         try:
             config = _load_toml(text) if file.suffix.lower() == ".toml" else json.loads(text)
+        except RecursionError:
+            raise MappingError([f"{file}: nested too deeply to be a mapping"]) from None
         except ValueError as exc:
             raise MappingError(
                 [f"{file}: not valid {file.suffix.lstrip('.') or 'JSON'} ({exc})"]
@@ -220,7 +225,7 @@ def _event_problems(
         problems.append(f"{path}.currency: only purchases ('as': 'purchase') take a currency")
     properties = entry.get("properties")
     if isinstance(properties, list):
-        reserved = _RESERVED_PURCHASE_PROPERTIES if is_purchase else _RESERVED_EVENT_PROPERTIES
+        reserved = PURCHASE_PROPERTY_RESERVED if is_purchase else EVENT_PROPERTY_RESERVED
 
         def property_name_problem(name: str, declared_type: object) -> str | None:
             problem = _key_problem(name)

@@ -1,25 +1,41 @@
-"""Retry policy and the pure functions that decide whether and how long to wait."""
+"""Retry policy and the one pure function that decides what follows an attempt.
+
+Like urllib3's ``Retry``, the policy is configuration plus pure decisions: the send loop
+reports how an attempt ended (:class:`AttemptOutcome`), :func:`decide_retry` answers whether
+and how long to wait (:class:`RetryDecision`). No clock, no randomness, no I/O in here.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import Mapping
+from typing import Literal
 
 from attrs import field, frozen, validators
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "AttemptOutcome",
+    "RetryDecision",
     "RetryPolicy",
     "backoff_delay",
+    "decide_retry",
+    "header",
     "is_retryable_status",
     "reset_in_seconds",
     "retry_after_seconds",
 ]
 
-# Statuses worth another try: rate limited, request timeout and every server error.
+# Statuses worth another try: request timeout, rate limited, and every server error.
 RETRYABLE_STATUSES = frozenset({408, 429})
+# Answers no retry can change and no other record could get past: stop the whole sync.
+FATAL_STATUSES = frozenset({401, 403})
 # X-RateLimit-Reset above this is an epoch timestamp (2001-09-09); below, seconds remaining.
 _EPOCH_THRESHOLD = 1_000_000_000
+_MAX_HEADER_NUMBER = 32  # characters: longer header "numbers" are ignored, never parsed
+
+Failure = Literal["transport", "tls", "invalid_answer"]
 
 
 @frozen
@@ -38,6 +54,32 @@ class RetryPolicy:
     max_rate_limit_wait: float = field(default=300.0, validator=validators.ge(0))
 
 
+@frozen
+class AttemptOutcome:
+    """How one attempt ended: a complete HTTP answer (``status``) and/or a ``failure``.
+
+    ``failure`` is ``"transport"`` (connection, timeout, broken framing), ``"tls"`` (the
+    certificate did not verify) or ``"invalid_answer"`` (a 2xx whose body is not Braze's JSON).
+    """
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(factory=dict)
+    failure: Failure | None = None
+
+
+@frozen
+class RetryDecision:
+    """What follows an attempt: ``retry`` after ``wait`` seconds, or stop (``fatal``: stop
+    everything, no record can succeed). ``reason`` explains a stop; ``rate_limited`` marks
+    waits Braze asked for."""
+
+    retry: bool
+    wait: float = 0.0
+    reason: str = ""
+    rate_limited: bool = False
+    fatal: bool = False
+
+
 def is_retryable_status(status: int) -> bool:
     """429, 408 and 5xx are retried; 400/401/403/404 (and every other 4xx) never."""
     return status in RETRYABLE_STATUSES or 500 <= status <= 599
@@ -50,10 +92,49 @@ def backoff_delay(policy: RetryPolicy, retry: int, jitter_fraction: float) -> fl
     return min(policy.wait_max, base + policy.wait_jitter * jitter_fraction)
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
+def decide_retry(
+    policy: RetryPolicy,
+    outcome: AttemptOutcome,
+    attempt: int,
+    now: float,
+    jitter_fraction: float,
+) -> RetryDecision:
+    """Whether attempt number ``attempt`` (1 = first) is followed by another, and when.
+
+    ``now`` is epoch seconds (to read ``X-RateLimit-Reset`` and HTTP dates); the caller draws
+    ``jitter_fraction`` in [0, 1). A successful attempt never comes here.
+    """
+    status = outcome.status
+    if outcome.failure == "tls":
+        return RetryDecision(False, reason="TLS certificate verification failed", fatal=True)
+    if outcome.failure is None and status is not None and not is_retryable_status(status):
+        return RetryDecision(False, reason=f"HTTP {status}", fatal=status in FATAL_STATUSES)
+    if status == 429 and outcome.failure is None:
+        asked = retry_after_seconds(outcome.headers, now)
+        if asked is not None and asked > policy.max_rate_limit_wait:
+            return RetryDecision(
+                False,
+                reason=f"rate limited: Braze asked to wait {asked:.0f}s, more than "
+                f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
+            )
+        if attempt >= policy.attempts:
+            return RetryDecision(False, reason=f"rate limited: HTTP 429 after {attempt} attempt(s)")
+        wait = asked if asked is not None else backoff_delay(policy, attempt, jitter_fraction)
+        return RetryDecision(True, wait, rate_limited=True)
+    if attempt >= policy.attempts:
+        what = f"HTTP {status}" if outcome.failure is None else outcome.failure
+        return RetryDecision(False, reason=f"{what} after {attempt} attempt(s)")
+    return RetryDecision(True, backoff_delay(policy, attempt, jitter_fraction))
+
+
+# --- reading Braze's rate-limit headers (linear, bounded) --------------------------------------
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` in any case (the transport stores names lower-cased)."""
+    value = headers.get(name.lower())
     if value is None:
-        value = headers.get(name.lower())
+        value = headers.get(name)
     if value is None:
         lowered = name.lower()
         for key, item in headers.items():
@@ -65,11 +146,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 def _number(text: str | None) -> float | None:
     if text is None:
         return None
+    text = text.strip()
+    if not text or len(text) > _MAX_HEADER_NUMBER:
+        return None
     try:
-        value = float(text.strip())
+        value = float(text)
     except ValueError:
         return None
-    return value if value == value and value not in (float("inf"), float("-inf")) else None
+    return value if math.isfinite(value) else None
 
 
 def reset_in_seconds(headers: Mapping[str, str], now_epoch: float) -> float | None:
@@ -78,7 +162,7 @@ def reset_in_seconds(headers: Mapping[str, str], now_epoch: float) -> float | No
     Braze documents two readings: epoch seconds (general page) and seconds remaining (MAU
     contracts). Values above 10^9 are read as epoch seconds, smaller ones as seconds remaining.
     """
-    value = _number(_header(headers, "X-RateLimit-Reset"))
+    value = _number(header(headers, "X-RateLimit-Reset"))
     if value is None:
         return None
     if value >= _EPOCH_THRESHOLD:
@@ -89,18 +173,28 @@ def reset_in_seconds(headers: Mapping[str, str], now_epoch: float) -> float | No
 def retry_after_seconds(headers: Mapping[str, str], now_epoch: float) -> float | None:
     """How long a 429 asks us to wait: ``X-Ratelimit-Retry-After``, ``Retry-After`` (seconds or
     an HTTP date), else ``X-RateLimit-Reset``; ``None`` when no header says."""
-    value = _number(_header(headers, "X-Ratelimit-Retry-After"))
+    value = _number(header(headers, "X-Ratelimit-Retry-After"))
     if value is not None:
         return max(0.0, value)
-    retry_after = _header(headers, "Retry-After")
+    retry_after = header(headers, "Retry-After")
     value = _number(retry_after)
     if value is not None:
         return max(0.0, value)
-    if retry_after:
+    if retry_after and len(retry_after) <= 64:
         try:
             moment = email.utils.parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError):
             moment = None
         if moment is not None and moment.tzinfo is not None:
             return max(0.0, moment.timestamp() - now_epoch)
     return reset_in_seconds(headers, now_epoch)
+
+
+def remaining(headers: Mapping[str, str]) -> float | None:
+    """``X-RateLimit-Remaining``, if present and a number."""
+    return _number(header(headers, "X-RateLimit-Remaining"))
+
+
+def limit(headers: Mapping[str, str]) -> float | None:
+    """``X-RateLimit-Limit``, if present and a number."""
+    return _number(header(headers, "X-RateLimit-Limit"))

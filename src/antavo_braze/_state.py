@@ -1,35 +1,55 @@
-"""What Braze last accepted per member, for change detection (stdlib sqlite3)."""
+"""What Braze last accepted per member, for change detection.
+
+Stores keep, per member and field, a keyed hash of the value Braze accepted (never the value:
+state files hold no emails or birth dates). Each store has its own ``secret`` for the hash,
+kept with the data, so that every process sharing a store computes the same hashes.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-__all__ = ["MemoryStateStore", "SqliteStateStore", "StateStore", "fingerprint"]
+from ._files import ensure_private_file
+from ._fork import reset_after_fork
 
+__all__ = ["MemoryStateStore", "SqliteStateStore", "StateStore", "get_many"]
 
-def fingerprint(value: Any) -> str:
-    """A canonical JSON text of a coerced value: equal texts mean Braze holds the same value.
-
-    (Plain ``==`` would call ``True == 1 == 1.0`` unchanged, which Braze does not.)
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_IN_CHUNK = 500  # ids per SELECT ... IN (...)
 
 
 @runtime_checkable
 class StateStore(Protocol):
-    """Remembers, per member, the fingerprint of each attribute value Braze accepted."""
+    """Remembers, per member, the hash of each attribute value Braze accepted.
+
+    A store may also offer ``get_many(ids)`` (one round trip per batch) and a ``secret``
+    (bytes) keying the hashes; without one, the hashes are plain SHA-256.
+    """
 
     def get(self, member_id: str) -> dict[str, str] | None:
-        """The stored fingerprints for ``member_id`` (``None`` if never synced)."""
+        """The stored hashes for ``member_id`` (``None`` if never synced)."""
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        """Merge ``(member_id, {field: fingerprint})`` updates into the store."""
+        """Merge ``(member_id, {field: hash})`` updates into the store."""
+
+
+def get_many(store: StateStore, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The stored hashes of ``ids`` (those with any), in one call when the store can."""
+    batch = getattr(store, "get_many", None)
+    if callable(batch):
+        found: dict[str, dict[str, str]] = batch(ids)
+        return found
+    out = {}
+    for member_id in ids:
+        prints = store.get(member_id)
+        if prints is not None:
+            out[member_id] = prints
+    return out
 
 
 class MemoryStateStore:
@@ -38,11 +58,16 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self._data: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
+        self.secret = os.urandom(32)
 
     def get(self, member_id: str) -> dict[str, str] | None:
         with self._lock:
             found = self._data.get(member_id)
             return None if found is None else dict(found)
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        with self._lock:
+            return {i: dict(self._data[i]) for i in ids if i in self._data}
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
         with self._lock:
@@ -54,20 +79,31 @@ class MemoryStateStore:
 
 
 class SqliteStateStore:
-    """A state store in an SQLite file; safe for several processes on one machine (WAL mode)."""
+    """A state store in an SQLite file (created ``0600``); safe for several processes on one
+    machine (WAL mode). Each thread and each forked child opens its own connection."""
 
     def __init__(self, path: str | PathLike[str], *, timeout: float = 30.0) -> None:
-        self.path = Path(path)
+        self.path = ensure_private_file(path)
         self._timeout = timeout
         self._local = threading.local()
-        with self._connection() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS member_state ("
-                " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
-            )
+        reset_after_fork(self)
+        db = self._connection()
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS member_state ("
+            " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)", (os.urandom(32).hex(),)
+        )
+        row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+        self.secret = bytes.fromhex(row[0])
 
     def __repr__(self) -> str:
         return f"SqliteStateStore({str(self.path)!r})"
+
+    def _after_fork(self) -> None:
+        self._local = threading.local()  # a connection must never cross fork()
 
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -85,6 +121,18 @@ class SqliteStateStore:
             .fetchone()
         )
         return None if row is None else dict(json.loads(row[0]))
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        db = self._connection()
+        out: dict[str, dict[str, str]] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT external_id, fields FROM member_state WHERE external_id IN ({marks})"
+            for member_id, fields in db.execute(query, chunk):
+                out[member_id] = dict(json.loads(fields))
+        return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
         db = self._connection()

@@ -1,246 +1,54 @@
 """The Syncer: mapper + client, streaming, with one outcome per input record.
 
 Every input record ends as exactly one of succeeded, failed (with stage and reason, and in the
-dead letter) or skipped. Memory is bounded by batch size times requests in flight.
+dead letter) or skipped (with a reason) — also when the run is interrupted or Braze goes away.
+Memory is bounded by batch size times requests in flight. Each call keeps its own tally
+(``_accounting._Run``): nothing about one call lives on the Syncer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-import sys
-import time
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
-from datetime import datetime, timezone
-from html import escape
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from attrs import frozen
-
-from ._batching import ARRAYS, ATTRIBUTES, Item
-from ._client import BrazeClient, to_item
-from ._converter import EXTERNAL_ID, attributes_wire
-from ._deadletter import DeadLetterSink, open_sink, read_dead_letters
-from ._json import dumps, loads
-from ._mapper import Mapper
+from ._accounting import Progress, SyncReport, _Parts, _Run, fingerprint, stderr_progress
+from ._batching import ATTRIBUTES, BatchLimits, Item, pack
+from ._client import BatchOutcome, BrazeClient
+from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
+from ._http import CallStats, Interrupt
+from ._input import BadInput
+from ._interrupts import stop_on_signals
+from ._json import dumps_object, loads
+from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
-from ._state import StateStore, fingerprint
-from .exceptions import CoercionError, ConfigurationError
-from .models import AttributesObject, BrazeObject
+from ._state import StateStore, get_many
+from ._wire import WireError, model_item, wire_item
+from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
 
-__all__ = ["Progress", "RecordFailure", "SyncReport", "Syncer"]
+__all__ = ["Syncer"]
 
-Stage = Literal["validation", "braze", "transport"]
+log = logging.getLogger("antavo_braze.sync")
+
 SendMode = Literal["full", "changed"]
-_PROGRESS_EVERY = 0.5  # seconds between progress callbacks
-
-
-@frozen
-class RecordFailure:
-    """Why one input record failed: its ``index`` in the input, id, ``stage`` and ``reason``."""
-
-    index: int
-    record_id: str | None
-    stage: Stage
-    reason: str
-    retryable: bool = False
-
-
-@frozen
-class SyncReport:
-    """One outcome per input record. Always ``total == succeeded + failed + skipped``."""
-
-    total: int
-    succeeded: int
-    failed: int
-    skipped: int
-    requests: int
-    failures: tuple[RecordFailure, ...] = ()
-    attribute_values: int = 0  # attribute values Braze accepted (each one a data point)
-    attribute_values_saved: int = 0  # unchanged values change detection did not send
-    warnings: tuple[str, ...] = ()
-    elapsed: float = 0.0
-
-    def __attrs_post_init__(self) -> None:
-        if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
-            raise AssertionError(f"report does not add up: {self!r}")
-
-    @property
-    def ok(self) -> bool:
-        """True when no record failed."""
-        return self.failed == 0
-
-    def summary(self) -> str:
-        """One line: counts, requests and time."""
-        rate = f", {self.total / self.elapsed:,.0f} records/s" if self.elapsed > 0 else ""
-        return (
-            f"{self.total} records: {self.succeeded} succeeded, {self.failed} failed, "
-            f"{self.skipped} skipped; {self.requests} requests{rate}"
-        )
-
-    def __str__(self) -> str:
-        lines = [self.summary()]
-        if self.attribute_values_saved:
-            lines.append(
-                f"change detection left out {self.attribute_values_saved} unchanged attribute "
-                f"values ({self.attribute_values} sent)"
-            )
-        for failure in self.failures[:20]:
-            lines.append(
-                f"  #{failure.index} {failure.record_id or '?'} [{failure.stage}] {failure.reason}"
-            )
-        if len(self.failures) > 20:
-            lines.append(f"  ... and {len(self.failures) - 20} more failures")
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        colour = "green" if self.ok else "firebrick"
-        head = f"<p style='color:{colour}'><b>{escape(self.summary())}</b></p>"
-        if not self.failures:
-            return head
-        rows = "".join(
-            f"<tr><td>{f.index}</td><td>{escape(f.record_id or '')}</td><td>{f.stage}</td>"
-            f"<td>{escape(f.reason)}</td></tr>"
-            for f in self.failures[:200]
-        )
-        return (
-            head + "<table><thead><tr><th>index</th><th>record</th><th>stage</th>"
-            f"<th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
-        )
-
-    def failures_table(self) -> list[dict[str, Any]]:
-        """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
-        return [
-            {
-                "index": f.index,
-                "record_id": f.record_id,
-                "stage": f.stage,
-                "reason": f.reason,
-                "retryable": f.retryable,
-            }
-            for f in self.failures
-        ]
-
-
-@frozen
-class Progress:
-    """How far a running sync has got (given to the ``progress`` callback)."""
-
-    done: int
-    succeeded: int
-    failed: int
-    skipped: int
-    requests: int
-    elapsed: float
-
-    @property
-    def rate(self) -> float:
-        """Records finished per second so far."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    def line(self) -> str:
-        """A one-line rendering for terminals."""
-        return (
-            f"{self.done:,} records ({self.rate:,.0f}/s): {self.succeeded:,} ok, "
-            f"{self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
-        )
-
-
-class _Pending:
-    """One record on its way: its items (all in flight until the last outcome) and its fate."""
-
-    __slots__ = ("attribute_values", "failure", "items", "record", "remaining", "state")
-
-    def __init__(
-        self,
-        record: Any,
-        items: list[Item],
-        attribute_values: int = 0,
-        state: tuple[str, dict[str, str]] | None = None,
-    ) -> None:
-        self.record = record
-        self.items = items
-        self.remaining = len(items)
-        self.attribute_values = attribute_values
-        self.state = state  # (member id, fingerprints) to store once Braze accepted the record
-        self.failure: tuple[str, str, bool] | None = None
-
-
-# What a build function makes of one record: nothing (skipped) or the record's bookkeeping.
-# (The member hot path makes neither: its items carry ``(index, record)`` as their tag.)
-Build = Callable[[Any, int, "_Run"], "_Pending | None"]
-_new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
-
-
-class _Run:
-    """The mutable tally of one sync call."""
-
-    def __init__(self, kind: str, progress: Callable[[Progress], None] | None) -> None:
-        self.kind = kind
-        self.total = self.succeeded = self.failed = self.skipped = 0
-        self.failures: list[RecordFailure] = []
-        self.warnings: list[str] = []
-        self.attribute_values = 0
-        self.saved = 0
-        self.started = time.perf_counter()
-        self.progress = progress
-        self.next_progress = self.started + _PROGRESS_EVERY
-        self.requests = 0
-
-    def snapshot(self) -> Progress:
-        return Progress(
-            done=self.succeeded + self.failed + self.skipped,
-            succeeded=self.succeeded,
-            failed=self.failed,
-            skipped=self.skipped,
-            requests=self.requests,
-            elapsed=time.perf_counter() - self.started,
-        )
-
-    def tick(self, force: bool = False) -> None:
-        if self.progress is None:
-            return
-        now = time.perf_counter()
-        if force or now >= self.next_progress:
-            self.next_progress = now + _PROGRESS_EVERY
-            self.progress(self.snapshot())
-
-
-def _json_safe(value: Any) -> Any:
-    try:
-        return loads(dumps(value))
-    except (TypeError, ValueError):
-        return loads(dumps(_stringify(value)))
-
-
-def _stringify(value: Any) -> Any:
-    if isinstance(value, AbcMapping):
-        return {str(k): _stringify(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_stringify(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
-def _record_view(record: Any) -> Any:
-    """A JSON-ready form of an input record for the dead letter."""
-    envelope = getattr(record, "envelope", None)
-    if callable(envelope):
-        return _json_safe(envelope())
-    fields = getattr(record, "fields", None)
-    if fields is not None and hasattr(record, "id"):
-        return _json_safe({**fields, "id": record.id})
-    return _json_safe(record)
+InvalidField = Literal["fail_record", "drop_field"]
+Build = Callable[[Iterable[Any], _Run], Iterator[Sequence[Item]]]
+_NO_FIELD = "no mapped field present"
+_UNCHANGED = "unchanged since Braze last accepted it"
+_PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 
 
 class _TqdmProgress:
-    def __init__(self) -> None:
+    def __init__(self, total: int | None) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(unit="records")
+        self._bar = tqdm(unit="records", total=total)
         self._done = 0
 
     def __call__(self, progress: Progress) -> None:
@@ -249,37 +57,61 @@ class _TqdmProgress:
         self._bar.set_postfix(failed=progress.failed, requests=progress.requests, refresh=False)
 
 
-def stderr_progress(progress: Progress) -> None:
-    """A progress callback printing one updating line to stderr."""
-    sys.stderr.write("\r" + progress.line())
-    sys.stderr.flush()
-
-
-def _progress_callback(
-    progress: bool | Callable[[Progress], None] | None,
-) -> Callable[[Progress], None] | None:
-    if progress is None or progress is False:
+def _length(records: Any) -> int | None:
+    try:
+        return len(records)
+    except TypeError:
         return None
-    if progress is True:
-        try:
-            return _TqdmProgress()
-        except ModuleNotFoundError:
-            return stderr_progress
-    return progress
+
+
+def _dataframe_rows(frame: Any) -> Iterator[dict[str, Any]]:
+    """Rows of a pandas DataFrame as dicts: missing cells (NaN, NaT, None) are absent."""
+    import pandas
+
+    columns = [str(c) for c in frame.columns]
+    for row in frame.itertuples(index=False, name=None):
+        cells = zip(columns, row, strict=True)
+        yield {name: value for name, value in cells if not _is_missing(pandas, value)}
+
+
+def _is_missing(pandas: Any, value: Any) -> bool:
+    if isinstance(value, (list, tuple, dict, set)):
+        return False
+    try:
+        return bool(pandas.isna(value))
+    except (TypeError, ValueError):  # array-likes: present
+        return False
+
+
+def _rows(records: Iterable[Any]) -> Iterable[Any]:
+    module = type(records).__module__
+    if module.startswith("pandas") and hasattr(records, "itertuples"):
+        return _dataframe_rows(records)
+    return records
 
 
 class Syncer:
     """Syncs Antavo members and events into Braze through ``client`` with ``mapping``.
 
-    ``dead_letter`` (a path or an object with ``write(entry)``) receives every failed record;
-    ``state`` (e.g. :class:`SqliteStateStore`) skips unchanged members, and with
-    ``send="changed"`` sends only changed fields; ``progress`` is a callback taking
-    :class:`Progress`, or ``True`` for a tqdm bar (stderr line without tqdm).
+    - ``dead_letter``: a path (a new JSON Lines file) or an object with ``write(entry)``;
+      receives every failed record as a :class:`~antavo_braze.DeadLetterEntry`.
+    - ``state`` (e.g. :class:`SqliteStateStore`): unchanged members are skipped; with
+      ``send="changed"`` only changed fields are sent.
+    - ``progress``: a callback taking :class:`Progress`, or ``True`` for a tqdm bar per call
+      (a stderr line without tqdm).
+    - ``on_invalid_field``: ``"fail_record"`` (a bad field fails its member) or
+      ``"drop_field"`` (the bad field is left out and listed in ``report.dropped``).
+    - ``give_up_after``: after this many requests in a row got no answer at all, the rest is
+      not sent (failed, retryable); if nothing had got through, :class:`TransportError`.
+    - ``interrupt_grace``: seconds in-flight requests get after Ctrl-C/SIGTERM;
+      ``handle_signals``: catch those signals during a sync (main thread, default handlers).
+    - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
+      how requests would be batched.
     """
 
     def __init__(
         self,
-        client: BrazeClient,
+        client: BrazeClient | None,
         mapping: Mapping | AbcMapping[str, Any] | str | PathLike[str],
         *,
         dead_letter: str | PathLike[str] | DeadLetterSink | None = None,
@@ -288,27 +120,45 @@ class Syncer:
         progress: bool | Callable[[Progress], None] | None = None,
         truncate_strings: bool = False,
         max_array_items: int = 500,
+        limits: BatchLimits | None = None,
+        app_id: str | None = None,
+        on_invalid_field: InvalidField = "fail_record",
+        give_up_after: int | None = 10,
+        interrupt_grace: float = 5.0,
+        handle_signals: bool = True,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
         if send == "changed" and state is None:
             raise ConfigurationError("send='changed' needs a state store to compare against")
+        if on_invalid_field not in ("fail_record", "drop_field"):
+            raise ConfigurationError(
+                f"on_invalid_field must be 'fail_record' or 'drop_field', not {on_invalid_field!r}"
+            )
         if isinstance(mapping, (str, PathLike)):
             mapping = Mapping.from_file(mapping)
         elif not isinstance(mapping, Mapping):
             mapping = Mapping.from_dict(mapping)
         self.client = client
         self.mapping = mapping
+        self.limits = limits or (client.limits if client is not None else BatchLimits())
+        self.app_id = app_id if app_id is not None else (client.app_id if client else None)
         self.mapper = Mapper(
             mapping,
-            app_id=client.app_id,
+            app_id=self.app_id,
             truncate_strings=truncate_strings,
             max_array_items=max_array_items,
         )
+        self._owns_sink = isinstance(dead_letter, (str, PathLike))
         self.dead_letter = open_sink(dead_letter)
         self.state = state
         self.send = send
-        self._progress = _progress_callback(progress)
+        self.on_invalid_field: InvalidField = on_invalid_field
+        self.give_up_after = give_up_after
+        self.interrupt_grace = interrupt_grace
+        self.handle_signals = handle_signals
+        self._progress = progress
+        self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
 
     def __repr__(self) -> str:
         return (
@@ -316,209 +166,28 @@ class Syncer:
             f"events={len(self.mapping.events)}, send={self.send!r})"
         )
 
-    # --- building Braze objects from records ------------------------------------------------
+    def __enter__(self) -> Syncer:
+        return self
 
-    def _build_member(self, member: Any, index: int, run: _Run) -> _Pending | None:
-        # Without a state store, _member_groups does this faster.
-        external_id, values = self.mapper.member_attributes(member)
-        state = None
-        if self.state is not None:
-            prints = {name: fingerprint(value) for name, value in values.items()}
-            previous = self.state.get(external_id)
-            if previous is not None:
-                changed = {k for k, v in prints.items() if previous.get(k) != v}
-                if not changed:
-                    run.saved += len(prints)
-                    return None
-                if self.send == "changed":
-                    run.saved += len(prints) - len(changed)
-                    values = {k: v for k, v in values.items() if k in changed}
-            state = (external_id, prints)
-        item = Item(ATTRIBUTES, attributes_wire(external_id, values), external_id, index)
-        return _Pending(member, [item], len(values), state)
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
-    def _build_event(self, event: Any, index: int, run: _Run) -> _Pending | None:
-        mapped = self.mapper.map_event(event)
-        if mapped.skipped:
-            return None
-        return _objects_pending(event, mapped.objects, index)
-
-    # --- the pipeline -----------------------------------------------------------------------
-
-    def _fail(
-        self,
-        run: _Run,
-        index: int,
-        record_id: str | None,
-        stage: str,
-        reason: str,
-        record: Any,
-        objects: Iterable[dict[str, Any]] | None,
-        retryable: bool,
-    ) -> None:
-        run.failed += 1
-        run.failures.append(RecordFailure(index, record_id, stage, reason, retryable))  # type: ignore[arg-type]
-        if self.dead_letter is not None:
-            self.dead_letter.write(
-                {
-                    "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
-                    "kind": run.kind,
-                    "index": index,
-                    "record_id": record_id,
-                    "stage": stage,
-                    "reason": reason,
-                    "retryable": retryable,
-                    "record": _record_view(record),
-                    "objects": list(objects) if objects is not None else None,
-                }
-            )
-
-    def _groups(
-        self,
-        records: Iterable[Any],
-        build: Build,
-        run: _Run,
-        pending: dict[int, _Pending],
-        record_id_of: Callable[[Any], str | None],
-    ) -> Iterator[Sequence[Item]]:
-        if build == self._build_member and self.state is None:
-            yield from self._member_groups(records, run, record_id_of)
-            return
-        for index, record in enumerate(records):
-            run.total += 1
-            try:
-                entry = build(record, index, run)
-            except Exception as exc:  # a bad record fails alone, whatever is wrong with it
-                self._invalid(run, index, record, exc, record_id_of)
-                continue
-            if entry is None:
-                run.skipped += 1
-                run.tick()
-            else:
-                pending[index] = entry
-                yield entry.items
-
-    def _member_groups(
-        self, records: Iterable[Any], run: _Run, record_id_of: Callable[[Any], str | None]
-    ) -> Iterator[Sequence[Item]]:
-        """The hot path of :meth:`_groups`: members without state, each one attributes item
-        whose tag ``(index, record)`` is all the bookkeeping it needs."""
-        member_id, member_values = self.mapper.member_id, self.mapper.member_values
-        for index, record in enumerate(records):
-            run.total += 1
-            external_id = None
-            try:
-                external_id = member_id(record)
-                wire = member_values(record, {EXTERNAL_ID: external_id})
-            except CoercionError as exc:
-                located = exc if external_id is None else exc.at(record_id=external_id)
-                self._invalid(run, index, record, located, record_id_of)
-                continue
-            except Exception as exc:
-                self._invalid(run, index, record, exc, record_id_of)
-                continue
-            yield (_new_item(Item, (ATTRIBUTES, wire, external_id, (index, record))),)
-
-    def _invalid(
-        self,
-        run: _Run,
-        index: int,
-        record: Any,
-        exc: Exception,
-        record_id_of: Callable[[Any], str | None],
-    ) -> None:
-        """A record that failed before anything was sent: it fails alone, stage validation."""
-        if isinstance(exc, CoercionError):
-            record_id, reason = exc.record_id or _safe_id(record_id_of, record), str(exc)
-        else:
-            record_id, reason = _safe_id(record_id_of, record), f"{type(exc).__name__}: {exc}"
-        self._fail(run, index, record_id, "validation", reason, record, None, False)
-        run.tick()
-
-    def _run(
-        self,
-        kind: str,
-        records: Iterable[Any],
-        build: Build,
-        record_id_of: Callable[[Any], str | None],
-    ) -> SyncReport:
-        run = _Run(kind, self._progress)
-        requests_before = self.client.requests_sent
-        pending: dict[int, _Pending] = {}
-        groups = self._groups(records, build, run, pending, record_id_of)
-        for outcome in self.client.send_batches(self.client.pack(groups)):
-            run.requests = self.client.requests_sent - requests_before
-            run.warnings.extend(outcome.warnings)
-            state_updates: list[tuple[str, dict[str, str]]] = []
-            clean = outcome.error is None and not outcome.rejected
-            for number, item in enumerate(outcome.batch.items):
-                if item.tag.__class__ is tuple:  # a record with this one object
-                    failure = None if clean else outcome.failure(number)
-                    if failure is None:
-                        run.succeeded += 1
-                        run.attribute_values += len(item.obj) - 1  # all but external_id
-                    else:
-                        index, record = item.tag
-                        objects = _dead_letter_objects([item])
-                        retryable = outcome.retryable
-                        self._fail(
-                            run, index, item.external_id, *failure, record, objects, retryable
-                        )
-                    continue
-                entry = pending[item.tag]
-                failure = outcome.failure(number)
-                if failure is not None and entry.failure is None:
-                    entry.failure = (*failure, outcome.retryable)
-                entry.remaining -= 1
-                if entry.remaining:
-                    continue
-                del pending[item.tag]
-                self._finish(run, item.tag, entry, state_updates)
-            if state_updates and self.state is not None:
-                self.state.put_many(state_updates)
-            run.tick()
-        run.requests = self.client.requests_sent - requests_before
-        run.tick(force=True)
-        return SyncReport(
-            total=run.total,
-            succeeded=run.succeeded,
-            failed=run.failed,
-            skipped=run.skipped,
-            requests=run.requests,
-            failures=tuple(sorted(run.failures, key=_by_index)),
-            attribute_values=run.attribute_values,
-            attribute_values_saved=run.saved,
-            warnings=tuple(run.warnings),
-            elapsed=time.perf_counter() - run.started,
-        )
-
-    def _finish(
-        self,
-        run: _Run,
-        index: int,
-        entry: _Pending,
-        state_updates: list[tuple[str, dict[str, str]]],
-    ) -> None:
-        if entry.failure is None:
-            run.succeeded += 1
-            run.attribute_values += entry.attribute_values
-            if entry.state is not None:
-                state_updates.append(entry.state)
-            return
-        stage, reason, retryable = entry.failure
-        objects = _dead_letter_objects(entry.items)
-        record_id = entry.items[0].external_id
-        self._fail(run, index, record_id, stage, reason, entry.record, objects, retryable)
+    def close(self) -> None:
+        """Release what this Syncer opened (the client and the state store are yours)."""
+        close = getattr(self.dead_letter, "close", None)
+        if self._owns_sink and callable(close):
+            close()
 
     # --- public API -------------------------------------------------------------------------
 
     def sync_members(self, members: Iterable[Any]) -> SyncReport:
-        """Send every mapped field of each member (dicts with ``id`` or LoyaltyMember)."""
-        return self._run("member", members, self._build_member, _member_id)
+        """Send every mapped field of each member (dicts with ``id``, :class:`LoyaltyMember`,
+        or the rows of a pandas DataFrame)."""
+        return self._run("member", members, self._member_builder())
 
     def sync_events(self, events: Iterable[Any]) -> SyncReport:
         """Send each event as a custom event or purchases (plus trigger attributes)."""
-        return self._run("event", events, self._build_event, _event_id)
+        return self._run("event", events, self._event_groups)
 
     def sync_attributes(
         self,
@@ -528,132 +197,412 @@ class Syncer:
     ) -> SyncReport:
         """A one-off sync of attributes outside the mapping (types inferred unless given)."""
 
-        def build(record: Any, index: int, run: _Run) -> _Pending:
-            obj = self.mapper.attributes(member_id, values, types)
-            return _objects_pending(record, (obj,), index)
+        def build(records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+            for position, record in enumerate(records):
+                run.total += 1
+                try:
+                    obj = self.mapper.attributes(member_id, values, types)
+                except CoercionError as exc:
+                    run.fail_invalid(position, record, _text_id(member_id), [exc])
+                    continue
+                yield self._open(run, position, record, (model_item(obj, position),))
 
-        return self._run(
-            "attributes", [{"id": member_id, **values}], build, lambda record: str(member_id)
-        )
+        return self._run("attributes", [{"id": member_id, **values}], build)
 
     def preview_members(self, members: Iterable[Any]) -> list[dict[str, Any]]:
         """The ``/users/track`` bodies a member sync would send; no network (records that
         fail validation are left out)."""
-        return self._preview(members, self._build_member, _member_id)
+        return self._preview("member", members, self._member_builder())
 
     def preview_events(self, events: Iterable[Any]) -> list[dict[str, Any]]:
         """The ``/users/track`` bodies an event sync would send; no network."""
-        return self._preview(events, self._build_event, _event_id)
+        return self._preview("event", events, self._event_groups)
 
-    def _preview(
+    def dry_run(
         self,
+        kind: Literal["members", "events"],
         records: Iterable[Any],
-        build: Build,
-        record_id_of: Callable[[Any], str | None],
-    ) -> list[dict[str, Any]]:
-        return [loads(batch.body) for batch in self._plan(records, build, record_id_of)[0]]
+        *,
+        dead_letter: str | PathLike[str] | DeadLetterSink | None = None,
+    ) -> SyncReport:
+        """Validate and batch without sending: ``requests`` counts the bodies that would go,
+        failures are the validation failures (written to ``dead_letter`` if given; the
+        Syncer's own dead letter is never touched)."""
+        build = self._member_builder() if kind == "members" else self._event_groups
+        sink = open_sink(dead_letter)
+        run = self._new_run("member" if kind == "members" else "event", records, sink)
+        count = 0
+        for batch in pack(build(_rows(records), run), self.limits):
+            count += 1
+            run.settle(BatchOutcome(batch))
+        run.state_updates.clear()  # nothing was accepted
+        return run.report(requests=count)
 
-    def _plan(
+    def replay(
         self,
-        records: Iterable[Any],
-        build: Build,
-        record_id_of: Callable[[Any], str | None],
-    ) -> tuple[Iterator[Any], _Run]:
-        """The batches a sync would send, lazily, with the tally of validation outcomes."""
-        run = _Run("preview", None)
-        sink, self.dead_letter = self.dead_letter, None
-        pending: dict[int, _Pending] = {}
+        path: str | PathLike[str],
+        *,
+        allow_duplicates: bool = False,
+    ) -> SyncReport:
+        """Resend the retryable records of a dead-letter file.
 
-        def batches() -> Iterator[Any]:
-            try:
-                for batch in self.client.pack(
-                    self._groups(records, build, run, pending, record_id_of)
-                ):
-                    for item in batch.items:
-                        tag = item.tag
-                        if tag.__class__ is tuple or pending.pop(tag, None) is not None:
-                            run.succeeded += 1
-                    yield batch
-            finally:
-                self.dead_letter = sink
-
-        return batches(), run
-
-    def dry_run(self, kind: Literal["members", "events"], records: Iterable[Any]) -> SyncReport:
-        """Validate and batch without sending: a report whose ``requests`` counts the bodies
-        that would go and whose failures are the validation failures."""
-        build = self._build_member if kind == "members" else self._build_event
-        record_id_of = _member_id if kind == "members" else _event_id
-        batches, run = self._plan(records, build, record_id_of)
-        count = sum(1 for _ in batches)
-        return SyncReport(
-            total=run.total,
-            succeeded=run.succeeded,
-            failed=run.failed,
-            skipped=run.skipped,
-            requests=count,
-            failures=tuple(run.failures),
-            elapsed=time.perf_counter() - run.started,
-        )
-
-    def replay(self, path: str | PathLike[str]) -> SyncReport:
-        """Resend the retryable records of a dead-letter file; the rest count as skipped."""
+        What fails again goes to this Syncer's dead letter with ``replays`` counted up (kind
+        and record carried forward). Entries not resent — not retryable, or an unknown
+        outcome for events and purchases (they may already be in Braze; ``allow_duplicates``
+        resends them) — are skipped with their reason and carried over unchanged.
+        """
         source = Path(path)
         target = getattr(self.dead_letter, "path", None)
-        if target is not None and os.path.abspath(target) == os.path.abspath(source):
+        if target is not None and source.exists() and os.path.samefile(target, source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
+        entries = read_dead_letters(source)
 
-        def build(entry: dict[str, Any], index: int, run: _Run) -> _Pending | None:
-            objects = entry.get("objects")
-            if not entry.get("retryable") or not objects:
-                return None
-            record_id = str(entry.get("record_id"))
-            return _Pending(entry, [_wire_item(o, record_id, index) for o in objects])
+        def build(records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+            for position, entry in enumerate(records):
+                run.total += 1
+                reason = _not_resent(entry, allow_duplicates)
+                if reason is not None:
+                    run.skip(reason)
+                    if run.sink is not None:
+                        run.sink.write(entry)
+                    continue
+                try:
+                    parts = len(entry.objects)
+                    items = tuple(
+                        wire_item(o.array, o.object, position, parts) for o in entry.objects
+                    )
+                except WireError as exc:
+                    run.fail(position, entry, entry.record_id, "validation", str(exc))
+                    continue
+                yield self._open(run, position, entry, items)
 
-        return self._run(
-            "replay", read_dead_letters(source), build, lambda entry: entry.get("record_id")
+        return self._run("replay", entries, build)
+
+    # --- the pipeline -----------------------------------------------------------------------
+
+    def _new_run(self, kind: str, records: Any, sink: DeadLetterSink | None) -> _Run:
+        return _Run(
+            kind,
+            sink=sink,
+            progress=self._progress_callback(_length(records)),
+            total=_length(records),
+            line_of=getattr(records, "line_of", None),
+            field_names=self.mapper.fields if kind == "member" else (),
+            event_arrays=kind in ("event", "replay"),
         )
 
+    def _progress_callback(self, total: int | None) -> Callable[[Progress], None] | None:
+        spec = self._progress
+        if spec is None or spec is False:
+            return None
+        if spec is True:
+            try:
+                return _TqdmProgress(total)  # a bar of its own per call
+            except ModuleNotFoundError:
+                return stderr_progress
+        return spec
 
-def _safe_id(record_id_of: Callable[[Any], str | None], record: Any) -> str | None:
-    try:
-        return record_id_of(record)
-    except Exception:
-        return None
+    def _preview(self, kind: str, records: Iterable[Any], build: Build) -> list[dict[str, Any]]:
+        run = self._new_run(kind, records, None)
+        run.progress = None
+        return [loads(batch.body) for batch in pack(build(_rows(records), run), self.limits)]
+
+    def _run(self, kind: str, records: Iterable[Any], build: Build) -> SyncReport:
+        client = self.client
+        if client is None:
+            raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
+        run = self._new_run(kind, records, self.dead_letter)
+        stats = CallStats()
+        interrupt = Interrupt()
+        gave_up = False
+        try:
+            with stop_on_signals(interrupt, self.handle_signals):
+                outcomes = client._send_batches(
+                    pack(build(_rows(records), run), self.limits),
+                    stats=stats,
+                    interrupt=interrupt,
+                    give_up_after=self.give_up_after,
+                    grace=self.interrupt_grace,
+                )
+                try:
+                    while True:
+                        try:
+                            for outcome in outcomes:
+                                if (
+                                    outcome.not_sent
+                                    and outcome.stage == "transport"
+                                    and not gave_up
+                                ):
+                                    gave_up = True
+                                    self._gave_up(run, outcome)
+                                run.settle(outcome)
+                                run.requests = stats.requests
+                                if run.state_updates and self.state is not None:
+                                    self.state.put_many(run.state_updates)
+                                    run.state_updates = []
+                            break
+                        except KeyboardInterrupt:
+                            if interrupt.signal is not None:
+                                raise  # a second Ctrl-C in our own code: stop now
+                            interrupt.request(signal.SIGINT)  # the loop drains, then ends
+                finally:
+                    outcomes.close()
+        except KeyboardInterrupt:
+            pass  # settled below: every open record fails as interrupted
+        finally:
+            interrupt.close()
+        signum = stats.interrupted or interrupt.signal
+        if signum is None and run.open:
+            signum = signal.SIGINT  # stopped hard: the loop never said why
+        if signum is not None:
+            run.close_open(signal.Signals(signum).name)
+        report = run.report(
+            requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
+        )
+        if signum is not None:
+            raise SyncInterrupted(report, signum)
+        return report
+
+    @staticmethod
+    def _gave_up(run: _Run, outcome: BatchOutcome) -> None:
+        if run.succeeded == 0:
+            raise TransportError(
+                f"Braze unreachable: nothing got through ({outcome.error}); no record was sent"
+            )
+        log.warning(
+            "Braze unreachable: %s; the remaining records fail as not sent (retryable)",
+            outcome.error,
+        )
+
+    @staticmethod
+    def _open(run: _Run, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
+        """Register a record whose objects are about to be batched."""
+        if len(items) > 1:
+            run.parts[position] = _Parts(len(items))
+        run.open[position] = (record, items)
+        return items
+
+    # --- members ----------------------------------------------------------------------------
+
+    def _member_builder(self) -> Build:
+        if self.state is not None:
+            return self._stateful_member_groups
+        return self._member_groups
+
+    def _member_groups(self, records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+        """Members without a state store: the hot path."""
+        member_id = self.mapper.member_id
+        fill = self.mapper._fields.fill
+        absent = run.absent
+        opened = run.open
+        clears = any(clear for _, _, clear in self.mapper.fields)
+        for position, record in enumerate(records):
+            run.total += 1
+            if record.__class__ is BadInput:
+                run.fail(position, record, None, "input", record.reason, line=record.line)
+                continue
+            external_id = None
+            try:
+                external_id = member_id(record)
+                before = sum(absent) if clears else 0
+                wire = fill(member_fields(record), {"external_id": external_id}, absent)
+            except CoercionError as exc:
+                values = self._refused(run, position, record, external_id, exc)
+                if values is None:
+                    continue
+                wire = {"external_id": external_id, **values}
+            except Exception as exc:  # a bad record fails alone, whatever is wrong with it
+                run.fail(position, record, _record_id(record), "validation", _describe(exc))
+                continue
+            else:
+                run.mapped += 1
+                if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
+                    run.skip(_NO_FIELD)
+                    continue
+            assert external_id is not None
+            group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(wire) - 1),)
+            opened[position] = (record, group)
+            yield group
+
+    def _refused(
+        self,
+        run: _Run,
+        position: int,
+        record: Any,
+        external_id: str | None,
+        exc: CoercionError,
+    ) -> dict[str, Any] | None:
+        """A record the plan refused: list every bad field; with ``drop_field`` return the
+        values left to send (``None``: nothing to send, the record is settled)."""
+        if external_id is None:  # no usable id: nothing else matters
+            run.fail_invalid(position, record, _record_id(record), [exc.at(record_id=None)])
+            return None
+        values, problems = self._each_field(record, exc, run)
+        run.mapped += 1
+        if self.on_invalid_field == "fail_record" or not problems:
+            run.fail_invalid(position, record, external_id, problems or [exc])
+            return None
+        run.drop(position, external_id, problems)
+        if not values:
+            run.skip("every mapped field present was invalid (drop_field)")
+            return None
+        return values
+
+    def _each_field(
+        self, record: Any, exc: CoercionError, run: _Run
+    ) -> tuple[dict[str, Any], list[CoercionError]]:
+        """The slow path: each field on its own. Absent fields after the one the plan stopped
+        at were not counted by it: count them here."""
+        plan = self.mapper._fields
+        fields = member_fields(record)
+        values, problems = plan.each(fields)
+        stopped = next(
+            (n for n, step in enumerate(plan.steps) if step.location == exc.field), len(plan.steps)
+        )
+        for number, step in enumerate(plan.steps):
+            if number > stopped and step.get(fields) is MISSING:
+                run.absent[number] += 1
+        return values, problems
+
+    def _stateful_member_groups(
+        self, records: Iterable[Any], run: _Run
+    ) -> Iterator[Sequence[Item]]:
+        """Members with a state store: a batch at a time, one state read per batch."""
+        chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]] = []
+        chunk_size = self.limits.max_objects
+        for position, record in enumerate(records):
+            run.total += 1
+            mapped = self._map_with_absent(run, position, record)
+            if mapped is not None:
+                chunk.append((position, record, *mapped))
+            if len(chunk) >= chunk_size:
+                yield from self._compare(run, chunk)
+                chunk = []
+        if chunk:
+            yield from self._compare(run, chunk)
+
+    def _map_with_absent(
+        self, run: _Run, position: int, record: Any
+    ) -> tuple[str, dict[str, Any], set[str]] | None:
+        """``(external_id, values, cleared fields)`` of a member, or ``None`` (settled)."""
+        if record.__class__ is BadInput:
+            run.fail(position, record, None, "input", record.reason, line=record.line)
+            return None
+        plan = self.mapper._fields
+        external_id = None
+        try:
+            external_id = self.mapper.member_id(record)
+            before = list(run.absent)
+            values = plan.fill(member_fields(record), {}, run.absent)
+        except CoercionError as exc:
+            refused = self._refused(run, position, record, external_id, exc)
+            if refused is None:
+                return None
+            assert external_id is not None
+            return external_id, refused, set()
+        except Exception as exc:
+            run.fail(position, record, _record_id(record), "validation", _describe(exc))
+            return None
+        run.mapped += 1
+        missing = [n for n, (a, b) in enumerate(zip(before, run.absent, strict=True)) if a != b]
+        if len(missing) == len(plan.steps):
+            run.skip(_NO_FIELD)
+            return None
+        cleared = {plan.steps[n].remote_field for n in missing if plan.steps[n].clear}
+        return external_id, values, cleared
+
+    def _compare(
+        self, run: _Run, chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]]
+    ) -> Iterator[Sequence[Item]]:
+        assert self.state is not None
+        previous = get_many(self.state, [external_id for _, _, external_id, _, _ in chunk])
+        secret = self._secret
+        for position, record, external_id, values, cleared in chunk:
+            before = previous.get(external_id)
+            # Clearing only removes what Braze holds: a field never sent stays unsent.
+            for name in cleared:
+                if before is None or name not in before:
+                    del values[name]
+            prints = {name: fingerprint(value, secret) for name, value in values.items()}
+            if before is not None:
+                changed = {k for k, v in prints.items() if before.get(k) != v}
+                if not changed:
+                    run.saved += len(prints)
+                    run.skip(_UNCHANGED)
+                    continue
+                if self.send == "changed":
+                    run.saved += len(prints) - len(changed)
+                    values = {k: v for k, v in values.items() if k in changed}
+            if not values:
+                run.skip(_NO_FIELD)
+                continue
+            wire = {"external_id": external_id, **values}
+            group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),)
+            run.states[position] = (external_id, prints)
+            yield self._open(run, position, record, group)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _event_groups(self, records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+        mapper = self.mapper
+        for position, event in enumerate(records):
+            run.total += 1
+            if event.__class__ is BadInput:
+                run.fail(position, event, None, "input", event.reason, line=event.line)
+                continue
+            try:
+                mapped = mapper.map_event(event)
+            except CoercionError as exc:
+                run.fail_invalid(position, event, exc.record_id or _event_id(event), [exc])
+                continue
+            except Exception as exc:
+                run.fail(position, event, _event_id(event), "validation", _describe(exc))
+                continue
+            if mapped.skipped:
+                run.skip(f"no mapping for action {_action(event)!r}")
+                continue
+            parts = len(mapped.objects)
+            items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
+            yield self._open(run, position, event, items)
 
 
-def _member_id(record: Any) -> str | None:
-    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
+def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:
+    if not entry.retryable:
+        return f"not retryable (stage {entry.stage}; fix the cause and sync the record again)"
+    if not entry.objects:
+        return "no Braze objects to resend"
+    if (
+        entry.outcome == "unknown"
+        and not allow_duplicates
+        and any(o.array != ATTRIBUTES for o in entry.objects)
+    ):
+        return (
+            "outcome unknown: Braze may already hold these events or purchases "
+            "(allow_duplicates=True / --include-unknown resends them)"
+        )
+    return None
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _text_id(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _record_id(record: Any) -> str | None:
+    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
+    return _text_id(value)
 
 
 def _event_id(record: Any) -> str | None:
     if isinstance(record, AbcMapping):
-        value = record.get("customer")
-    else:
-        value = getattr(record, "customer_id", None)
-    return None if value is None else str(value)
+        return _text_id(record.get("customer"))
+    return _text_id(getattr(record, "customer_id", None))
 
 
-def _objects_pending(record: Any, objects: Iterable[BrazeObject], index: int) -> _Pending:
-    items = [to_item(obj, index) for obj in objects]
-    values = sum(len(o.attributes) for o in objects if isinstance(o, AttributesObject))
-    return _Pending(record, items, values)
-
-
-def _dead_letter_objects(items: Iterable[Item]) -> list[dict[str, Any]]:
-    """A failed record's objects as the dead letter keeps them (replay sends them again)."""
-    return [{"array": item.array, "object": _json_safe(item.obj)} for item in items]
-
-
-def _wire_item(entry: dict[str, Any], record_id: str, index: int) -> Item:
-    """An item from a dead-letter object, already in wire form."""
-    array = entry.get("array")
-    wire = entry.get("object")
-    if array not in ARRAYS or not isinstance(wire, dict):
-        raise ValueError("dead-letter object without 'array' and 'object'")
-    return Item(array, wire, str(wire.get("external_id", record_id)), index)
-
-
-def _by_index(failure: RecordFailure) -> int:
-    return failure.index
+def _action(record: Any) -> Any:
+    if isinstance(record, AbcMapping):
+        return record.get("action")
+    return getattr(record, "action", None)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import _demo
+from ._accounting import Progress
 from ._client import BrazeClient
 from ._mapping import Mapping
 from ._state import SqliteStateStore
-from ._sync import Progress, Syncer
+from ._sync import Syncer
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,

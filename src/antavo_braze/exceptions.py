@@ -12,7 +12,11 @@ The tree::
     │   ├── BadRequestError       400 (also 413/415): the request itself is malformed
     │   ├── RateLimitError        429 after every retry, or a wait longer than allowed
     │   └── ServerError           5xx after every retry
-    └── TransportError            connection errors and timeouts after every retry
+    └── TransportError            connection errors and timeouts after every retry; TLS
+                                  verification failures; Braze unreachable
+
+    SyncInterrupted (a KeyboardInterrupt, not an error): a sync stopped by Ctrl-C or SIGTERM;
+    ``.report`` accounts for every record read so far.
 
 Messages never contain the API key: bodies echoed by Braze are redacted before they are stored.
 """
@@ -32,17 +36,26 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ServerError",
+    "SyncInterrupted",
     "TransportError",
+    "short_repr",
 ]
 
 _MAX_SHOWN_VALUE = 80
 
 
-def _short_repr(value: object) -> str:
-    text = repr(value)
-    if len(text) > _MAX_SHOWN_VALUE:
-        return text[: _MAX_SHOWN_VALUE - 3] + "..."
+def short_repr(value: object, limit: int = _MAX_SHOWN_VALUE) -> str:
+    """``repr(value)`` cut to ``limit`` characters (member data is shown, never dumped)."""
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
     return text
+
+
+_short_repr = short_repr
 
 
 class AntavoBrazeError(Exception):
@@ -99,7 +112,11 @@ class CoercionError(AntavoBrazeError, ValueError):
             where += f"record {self.record_id!r}: "
         if self.field is not None:
             where += f"field {self.field!r}: "
-        return f"{where}cannot coerce {_short_repr(self.value)} to {self.type}: {self.reason}"
+        return f"{where}{self.plain_reason()}"
+
+    def plain_reason(self) -> str:
+        """The message without the record and field (reports have columns for those)."""
+        return f"cannot coerce {_short_repr(self.value)} to {self.type}: {self.reason}"
 
     def at(self, field: str | None = None, record_id: str | None = None) -> CoercionError:
         """Return a copy located at ``field`` (prefixed to an inner path) of ``record_id``."""
@@ -168,3 +185,17 @@ class ServerError(BrazeAPIError):
 
 class TransportError(AntavoBrazeError):
     """Connection errors and timeouts after every retry."""
+
+
+class SyncInterrupted(KeyboardInterrupt):
+    """A sync stopped by Ctrl-C (SIGINT) or SIGTERM; ``report`` holds the partial outcome.
+
+    Every record read so far is in it: what Braze answered is counted as answered, the rest
+    failed with stage ``"interrupted"`` (retryable, and in the dead letter). ``signal`` is the
+    signal number. A ``KeyboardInterrupt``, so that ``except Exception`` does not swallow it.
+    """
+
+    def __init__(self, report: Any, signal: int) -> None:
+        super().__init__(f"sync interrupted: {report.summary()}")
+        self.report = report
+        self.signal = signal

@@ -25,6 +25,7 @@ __all__ = [
     "PurchaseObject",
     "Trigger",
     "TriggerCondition",
+    "WhenMissing",
 ]
 
 TimeLike = datetime | date | str | int | float
@@ -73,13 +74,21 @@ class LoyaltyEvent:
 # --- mapping config -------------------------------------------------------------------------
 
 
+WhenMissing = Literal["skip", "clear"]
+
+
 @frozen
 class FieldMapping:
-    """One pair: Antavo ``loyalty_field`` (a dotted path) → Braze ``remote_field``."""
+    """One pair: Antavo ``loyalty_field`` (a dotted path) → Braze ``remote_field``.
+
+    ``when_missing``: what a path that resolves to nothing sends — ``"skip"`` nothing,
+    ``"clear"`` ``null`` (Braze removes the attribute); ``None`` takes the mapping's setting.
+    """
 
     loyalty_field: str
     remote_field: str
     type: BrazeType | None = None
+    when_missing: WhenMissing | None = None
 
 
 @frozen

@@ -1,0 +1,682 @@
+"""Record accounting: one outcome per input record, and the report that adds them up.
+
+A :class:`_Run` is the tally of one sync call. Records enter it when they are read, and leave
+it through exactly one of :meth:`_Run.succeed`, :meth:`_Run.fail` or :meth:`_Run.skip`. A
+record whose objects went into requests is settled from the batch outcomes
+(:meth:`_Run.settle`); whatever is still open when the run ends (an interrupt) is settled as
+interrupted by :meth:`_Run.report`. Nothing here does I/O except through the sinks it is
+given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from html import escape
+from typing import Any, Literal
+
+from attrs import field, frozen
+
+from ._batching import Item
+from ._client import BatchOutcome
+from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
+from ._json import loads
+from ._limits import ARRAYS
+from .exceptions import CoercionError, short_repr
+
+__all__ = [
+    "DroppedField",
+    "FieldCounts",
+    "FieldProblem",
+    "Progress",
+    "RecordFailure",
+    "Stage",
+    "SyncReport",
+    "fingerprint",
+    "record_view",
+]
+
+log = logging.getLogger("antavo_braze.sync")
+
+Stage = Literal["input", "validation", "braze", "transport", "interrupted"]
+_PROGRESS_EVERY = 0.5  # seconds between progress callbacks
+_SHOWN_FAILURES = 20
+_HTML_ROWS = 200
+
+
+@frozen
+class FieldProblem:
+    """One field of a record that could not be sent: the loyalty ``field`` path, a short,
+    redacted form of its ``value``, and why."""
+
+    field: str
+    value: str
+    reason: str
+
+
+@frozen
+class RecordFailure:
+    """Why one input record failed.
+
+    ``index`` is its 0-based position in the input; ``line`` its 1-based line in the input
+    file, when known. ``stage``: ``"input"`` (unreadable line), ``"validation"``, ``"braze"``,
+    ``"transport"`` or ``"interrupted"``. ``field`` / ``value`` name the first bad field
+    (``problems`` lists all of them). ``outcome``: ``"failed"`` (not applied), ``"unknown"``
+    (Braze may have applied it) or ``"not_sent"``.
+    """
+
+    index: int
+    record_id: str | None
+    stage: Stage
+    reason: str
+    retryable: bool = False
+    field: str | None = None
+    value: str | None = None
+    line: int | None = None
+    outcome: Outcome = "failed"
+    problems: tuple[FieldProblem, ...] = ()
+
+
+@frozen
+class DroppedField:
+    """A field left out of a record that was sent anyway (``on_invalid_field="drop_field"``)."""
+
+    index: int
+    record_id: str | None
+    field: str
+    value: str
+    reason: str
+
+
+@frozen
+class FieldCounts:
+    """How one mapped field fared over a member sync: in how many records it was ``present``
+    (and sent), ``absent``, ``invalid``, and ``cleared`` (sent as null, ``when_missing``)."""
+
+    present: int = 0
+    absent: int = 0
+    invalid: int = 0
+    cleared: int = 0
+
+
+@frozen
+class SyncReport:
+    """One outcome per input record. Always ``total == succeeded + failed + skipped``.
+
+    ``fields`` counts, per remote field, how often it was present, absent, invalid or cleared
+    (member syncs); a field never present is named in ``str(report)``. ``skipped_by_reason``
+    says why records were skipped. ``possible_duplicates`` counts events and purchases that
+    succeeded after an earlier attempt whose answer was lost (Braze may hold them twice).
+    """
+
+    total: int
+    succeeded: int
+    failed: int
+    skipped: int
+    requests: int
+    failures: tuple[RecordFailure, ...] = ()
+    attribute_values: int = 0  # attribute values Braze accepted (each one a data point)
+    attribute_values_saved: int = 0  # unchanged values change detection did not send
+    warnings: tuple[str, ...] = ()
+    elapsed: float = 0.0
+    fields: Mapping[str, FieldCounts] = field(factory=dict)
+    skipped_by_reason: Mapping[str, int] = field(factory=dict)
+    dropped: tuple[DroppedField, ...] = ()
+    possible_duplicates: int = 0
+    retries: int = 0
+    rate_limit_waits: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
+            raise AssertionError(f"report does not add up: {self!r}")
+
+    @property
+    def ok(self) -> bool:
+        """True when no record failed."""
+        return self.failed == 0
+
+    def summary(self) -> str:
+        """One line: counts, requests and time."""
+        rate = f", {self.total / self.elapsed:,.0f} records/s" if self.elapsed > 0 else ""
+        return (
+            f"{self.total} records: {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.skipped} skipped; {self.requests} requests{rate}"
+        )
+
+    def notes(self) -> list[str]:
+        """What looks wrong but is not an error: fields never found, values cleared, skips."""
+        lines = []
+        mapped = sum(1 for _ in self.fields)
+        never = [name for name, c in self.fields.items() if c.present == 0 and c.absent]
+        if never and mapped:
+            lines.append(
+                f"mapped field(s) never found in any record: {', '.join(never)} "
+                "(check the loyalty_field paths; `antavo-braze validate MAPPING --input FILE`)"
+            )
+        cleared = {name: c.cleared for name, c in self.fields.items() if c.cleared}
+        if cleared:
+            lines.append(
+                "cleared (sent as null, when_missing: clear): "
+                + ", ".join(f"{name} x{count}" for name, count in cleared.items())
+            )
+        for reason, count in self.skipped_by_reason.items():
+            lines.append(f"skipped {count}: {reason}")
+        if self.dropped:
+            lines.append(f"{len(self.dropped)} invalid field value(s) left out (drop_field)")
+        if self.possible_duplicates:
+            lines.append(
+                f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
+                "answer was lost: Braze may have recorded them twice"
+            )
+        if self.attribute_values_saved:
+            lines.append(
+                f"change detection left out {self.attribute_values_saved} unchanged attribute "
+                f"values ({self.attribute_values} sent)"
+            )
+        return lines
+
+    def __str__(self) -> str:
+        lines = [self.summary(), *self.notes()]
+        for failure in self.failures[:_SHOWN_FAILURES]:
+            where = f"line {failure.line}" if failure.line is not None else f"#{failure.index}"
+            lines.append(f"  {where} {failure.record_id or '?'} [{failure.stage}] {failure.reason}")
+        if len(self.failures) > _SHOWN_FAILURES:
+            lines.append(f"  ... and {len(self.failures) - _SHOWN_FAILURES} more failures")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = "green" if self.ok else "firebrick"
+        parts = [f"<p style='color:{colour}'><b>{escape(self.summary())}</b></p>"]
+        parts += [f"<p>{escape(note)}</p>" for note in self.notes()]
+        if self.fields:
+            rows = "".join(
+                f"<tr><td><code>{escape(name)}</code></td><td>{c.present}</td>"
+                f"<td>{c.absent}</td><td>{c.invalid}</td><td>{c.cleared}</td></tr>"
+                for name, c in self.fields.items()
+            )
+            parts.append(
+                "<table><thead><tr><th>field</th><th>present</th><th>absent</th>"
+                f"<th>invalid</th><th>cleared</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
+        if self.failures:
+            rows = "".join(
+                f"<tr><td>{f.index}</td><td>{'' if f.line is None else f.line}</td>"
+                f"<td>{escape(f.record_id or '')}</td><td>{f.stage}</td>"
+                f"<td>{escape(f.field or '')}</td><td>{escape(f.reason)}</td></tr>"
+                for f in self.failures[:_HTML_ROWS]
+            )
+            parts.append(
+                "<table><thead><tr><th>index</th><th>line</th><th>record</th><th>stage</th>"
+                f"<th>field</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
+            if len(self.failures) > _HTML_ROWS:
+                parts.append(
+                    f"<p>Showing {_HTML_ROWS} of {len(self.failures):,} failures: "
+                    "<code>pandas.DataFrame(report.failures_table())</code> has them all.</p>"
+                )
+        return "".join(parts)
+
+    def failures_table(self) -> list[dict[str, Any]]:
+        """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
+        return [
+            {
+                "index": f.index,
+                "line": f.line,
+                "record_id": f.record_id,
+                "stage": f.stage,
+                "field": f.field,
+                "value": f.value,
+                "reason": f.reason,
+                "retryable": f.retryable,
+                "outcome": f.outcome,
+            }
+            for f in self.failures
+        ]
+
+
+@frozen
+class Progress:
+    """How far a running sync has got (given to the ``progress`` callback)."""
+
+    done: int
+    succeeded: int
+    failed: int
+    skipped: int
+    requests: int
+    elapsed: float
+    total: int | None = None  # the input's length, when it has one
+
+    @property
+    def rate(self) -> float:
+        """Records finished per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        """A one-line rendering for terminals."""
+        of = f"/{self.total:,}" if self.total is not None else ""
+        return (
+            f"{self.done:,}{of} records ({self.rate:,.0f}/s): {self.succeeded:,} ok, "
+            f"{self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
+        )
+
+
+# --- values for dead letters and state --------------------------------------------------------
+
+
+def _stringify(value: Any, depth: int = 0) -> Any:
+    if depth > 64:
+        return "..."
+    if isinstance(value, Mapping):
+        return {str(k): _stringify(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_stringify(v, depth + 1) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return (
+            value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+        )
+    return str(value)
+
+
+def record_view(record: Any) -> Any:
+    """A JSON-ready copy of an input record, for the dead letter."""
+    envelope = getattr(record, "envelope", None)
+    if callable(envelope):
+        return _stringify(envelope())
+    fields = getattr(record, "fields", None)
+    if fields is not None and hasattr(record, "id"):
+        return _stringify({**fields, "id": record.id})
+    if isinstance(record, DeadLetterEntry):
+        return record.record
+    return _stringify(record)
+
+
+def fingerprint(value: Any, secret: bytes) -> str:
+    """A keyed hash of a coerced value: equal hashes mean Braze holds the same value, and the
+    store never holds the value itself (emails, birth dates). Canonical JSON first, because
+    plain ``==`` would call ``True == 1 == 1.0`` unchanged, which Braze does not."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _problem(exc: CoercionError) -> FieldProblem:
+    return FieldProblem(exc.field or "?", short_repr(exc.value), exc.plain_reason())
+
+
+def _objects(items: Iterable[Item]) -> tuple[DeadLetterObject, ...]:
+    return tuple(DeadLetterObject(item.array, loads(item.data)) for item in items)  # type: ignore[arg-type]
+
+
+class _Parts:
+    """A record with several objects, while some are in flight: the failed ones, the first
+    failure, and whether any went out with an unknown fate."""
+
+    __slots__ = ("failed", "failure", "remaining", "unknown")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.failed: list[Item] = []
+        self.failure: tuple[str, str, bool, Outcome] | None = None
+        self.unknown = False
+
+
+class _Run:
+    """The tally of one sync call (see the module docstring)."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        sink: DeadLetterSink | None,
+        progress: Callable[[Progress], None] | None = None,
+        total: int | None = None,
+        line_of: Callable[[int], int | None] | None = None,
+        field_names: tuple[tuple[str, str, bool], ...] = (),
+        event_arrays: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.sink = sink
+        self.progress = progress
+        self.expected = total
+        self.line_of = line_of
+        self.total = self.succeeded = self.failed = self.skipped = 0
+        self.failures: list[RecordFailure] = []
+        self.dropped: list[DroppedField] = []
+        self.warnings: list[str] = []
+        self.skip_reasons: Counter[str] = Counter()
+        self.attribute_values = 0
+        self.saved = 0
+        self.possible_duplicates = 0
+        self.requests = 0
+        self.retries = 0
+        self.rate_limit_waits = 0
+        self.started = time.perf_counter()
+        self.next_progress = self.started + _PROGRESS_EVERY
+        # Open records: position -> (input record, its items); several objects: _Parts.
+        self.open: dict[int, tuple[Any, tuple[Item, ...]]] = {}
+        self.parts: dict[int, _Parts] = {}
+        self.states: dict[int, tuple[str, dict[str, str]]] = {}
+        self.state_updates: list[tuple[str, dict[str, str]]] = []
+        # Field presence (member syncs): absent counts are filled by the compiled plan.
+        self.field_names = field_names
+        self.absent = [0] * len(field_names)
+        self.invalid: Counter[str] = Counter()
+        self.mapped = 0  # member records whose fields were looked at
+        self.event_arrays = event_arrays
+
+    # --- entering and leaving ------------------------------------------------------------
+
+    def line(self, position: int) -> int | None:
+        return None if self.line_of is None else self.line_of(position)
+
+    def skip(self, reason: str) -> None:
+        self.skipped += 1
+        self.skip_reasons[reason] += 1
+        self.tick()
+
+    def fail(
+        self,
+        position: int,
+        record: Any,
+        record_id: str | None,
+        stage: Stage,
+        reason: str,
+        *,
+        retryable: bool = False,
+        outcome: Outcome = "failed",
+        objects: tuple[DeadLetterObject, ...] = (),
+        problems: tuple[FieldProblem, ...] = (),
+        line: int | None = None,
+    ) -> None:
+        self.failed += 1
+        first = problems[0] if problems else None
+        line = self.line(position) if line is None else line
+        self.failures.append(
+            RecordFailure(
+                position,
+                record_id,
+                stage,
+                reason,
+                retryable,
+                None if first is None else first.field,
+                None if first is None else first.value,
+                line,
+                outcome,
+                problems,
+            )
+        )
+        if self.sink is not None:
+            self.sink.write(
+                self._entry(
+                    position,
+                    record,
+                    record_id,
+                    stage,
+                    reason,
+                    retryable,
+                    outcome,
+                    objects,
+                    first,
+                    line,
+                )
+            )
+        self.tick()
+
+    def _entry(
+        self,
+        position: int,
+        record: Any,
+        record_id: str | None,
+        stage: str,
+        reason: str,
+        retryable: bool,
+        outcome: Outcome,
+        objects: tuple[DeadLetterObject, ...],
+        first: FieldProblem | None,
+        line: int | None,
+    ) -> DeadLetterEntry:
+        fields = {
+            "stage": stage,
+            "reason": reason,
+            "retryable": retryable,
+            "outcome": outcome,
+            "objects": objects,
+            "time": _utc_now(),
+            "field": None if first is None else first.field,
+            "value": None if first is None else first.value,
+        }
+        if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
+            import attrs
+
+            return attrs.evolve(record, replays=record.replays + 1, **fields)  # type: ignore[arg-type]
+        kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
+        return DeadLetterEntry(
+            kind=kind,  # type: ignore[arg-type]
+            index=position,
+            record_id=record_id,
+            record=record_view(record),
+            line=line,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def fail_invalid(
+        self, position: int, record: Any, record_id: str | None, problems: list[CoercionError]
+    ) -> None:
+        """A record refused before sending: every bad field listed, stage validation."""
+        found = tuple(_problem(exc) for exc in problems)
+        for problem in found:
+            self.invalid[problem.field] += 1
+        if len(found) == 1:
+            reason = (
+                f"{found[0].field}: {found[0].reason}" if found[0].field != "?" else found[0].reason
+            )
+        else:
+            reason = f"{len(found)} invalid fields: " + "; ".join(
+                f"{p.field}: {p.reason}" for p in found
+            )
+        self.fail(position, record, record_id, "validation", reason, problems=found)
+
+    def drop(self, position: int, record_id: str | None, problems: list[CoercionError]) -> None:
+        for exc in problems:
+            problem = _problem(exc)
+            self.invalid[problem.field] += 1
+            self.dropped.append(
+                DroppedField(position, record_id, problem.field, problem.value, problem.reason)
+            )
+
+    # --- settling from Braze's answers ----------------------------------------------------
+
+    def settle(self, outcome: BatchOutcome) -> None:
+        """Settle the records whose last objects were in ``outcome``'s batch."""
+        self.warnings.extend(outcome.warnings)
+        clean = outcome.error is None and not outcome.rejected
+        duplicated = clean and outcome.unknown and self.event_arrays
+        for number, item in enumerate(outcome.batch.items):
+            failure = None if clean else outcome.failure(number)
+            if item.parts == 1:
+                record, _ = self.open.pop(item.record)
+                if failure is None:
+                    self._succeed(
+                        item.record, item.values, duplicated and item.array != "attributes"
+                    )
+                else:
+                    self._failed_items(item.record, record, [item], outcome, failure)
+                continue
+            parts = self.parts[item.record]
+            parts.remaining -= 1
+            if failure is not None:
+                parts.failed.append(item)
+                if parts.failure is None:
+                    parts.failure = (*failure, outcome.retryable, self._outcome_of(outcome))
+            elif outcome.unknown and item.array != "attributes":
+                parts.unknown = True
+            if parts.remaining:
+                continue
+            del self.parts[item.record]
+            record, items = self.open.pop(item.record)
+            if parts.failure is None:
+                values = sum(i.values for i in items)
+                self._succeed(item.record, values, parts.unknown and self.event_arrays)
+            else:
+                stage, reason, retryable, fate = parts.failure
+                self.fail(
+                    item.record,
+                    record,
+                    items[0].key if not items[0].key.startswith("\x00") else None,
+                    stage,  # type: ignore[arg-type]
+                    reason,
+                    retryable=retryable,
+                    outcome=fate,
+                    objects=_objects(parts.failed),
+                )
+        self.requests_done(outcome)
+
+    @staticmethod
+    def _outcome_of(outcome: BatchOutcome) -> Outcome:
+        if outcome.not_sent:
+            return "not_sent"
+        if outcome.error is not None and outcome.unknown:
+            return "unknown"
+        return "failed"
+
+    def _failed_items(
+        self,
+        position: int,
+        record: Any,
+        items: list[Item],
+        outcome: BatchOutcome,
+        failure: tuple[str, str],
+    ) -> None:
+        stage, reason = failure
+        key = items[0].key
+        self.fail(
+            position,
+            record,
+            None if key.startswith("\x00") else key,
+            stage,  # type: ignore[arg-type]
+            reason,
+            retryable=outcome.retryable and outcome.error is not None,
+            outcome=self._outcome_of(outcome) if outcome.error is not None else "failed",
+            objects=_objects(items),
+        )
+        self.states.pop(position, None)
+
+    def _succeed(self, position: int, values: int, duplicated: bool) -> None:
+        self.succeeded += 1
+        self.attribute_values += values
+        if duplicated:
+            self.possible_duplicates += 1
+        state = self.states.pop(position, None)
+        if state is not None:
+            self.state_updates.append(state)
+
+    def requests_done(self, outcome: BatchOutcome) -> None:
+        self.tick()
+
+    # --- progress and the report ---------------------------------------------------------
+
+    def snapshot(self) -> Progress:
+        return Progress(
+            done=self.succeeded + self.failed + self.skipped,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=self.skipped,
+            requests=self.requests,
+            elapsed=time.perf_counter() - self.started,
+            total=self.expected,
+        )
+
+    def tick(self, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.perf_counter()
+        if force or now >= self.next_progress:
+            self.next_progress = now + _PROGRESS_EVERY
+            self.progress(self.snapshot())
+
+    def close_open(self, signal_name: str) -> None:
+        """Settle every record still open (built but never answered) as interrupted."""
+        for position in sorted(self.open):
+            record, items = self.open.pop(position)
+            parts = self.parts.pop(position, None)
+            pending = (
+                items if parts is None else [*parts.failed, *items[len(items) - parts.remaining :]]
+            )
+            key = items[0].key
+            self.fail(
+                position,
+                record,
+                None if key.startswith("\x00") else key,
+                "interrupted",
+                f"interrupted ({signal_name}) before it was sent",
+                retryable=True,
+                outcome="not_sent",
+                objects=_objects(pending),
+            )
+
+    def fields_report(self) -> dict[str, FieldCounts]:
+        out: dict[str, FieldCounts] = {}
+        for (location, remote, clears), absent in zip(self.field_names, self.absent, strict=True):
+            invalid = self.invalid.get(location, 0)
+            out[remote] = FieldCounts(
+                present=max(0, self.mapped - absent - invalid),
+                absent=absent,
+                invalid=invalid,
+                cleared=absent if clears else 0,
+            )
+        return out
+
+    def report(self, *, requests: int, retries: int = 0, rate_limit_waits: int = 0) -> SyncReport:
+        self.tick(force=True)
+        if self.warnings:
+            log.warning(
+                "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
+                len(self.warnings),
+                self.warnings[0],
+            )
+        report = SyncReport(
+            total=self.total,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            skipped=self.skipped,
+            requests=requests,
+            failures=tuple(sorted(self.failures, key=_by_index)),
+            attribute_values=self.attribute_values,
+            attribute_values_saved=self.saved,
+            warnings=tuple(self.warnings),
+            elapsed=time.perf_counter() - self.started,
+            fields=self.fields_report() if self.mapped else {},
+            skipped_by_reason=dict(self.skip_reasons),
+            dropped=tuple(self.dropped),
+            possible_duplicates=self.possible_duplicates,
+            retries=retries,
+            rate_limit_waits=rate_limit_waits,
+        )
+        log.info("%s sync: %s", self.kind, report.summary(), extra={"report": report})
+        return report
+
+
+def _by_index(failure: RecordFailure) -> int:
+    return failure.index
+
+
+# The one place the set of wire arrays is needed here (events and purchases can duplicate).
+_EVENT_ARRAYS = frozenset(ARRAYS) - {"attributes"}
+
+
+def stderr_progress(progress: Progress) -> None:
+    """A progress callback printing one updating line to stderr."""
+    sys.stderr.write("\r" + progress.line())
+    sys.stderr.flush()

@@ -1,0 +1,112 @@
+"""Every Braze number and reserved name the SDK relies on, each with its source, in one place.
+
+Sources are the entries of ``shared/reference/braze-api.md`` (section numbers in brackets).
+FakeBraze keeps its own copy on purpose (an independent oracle); ``tests/test_limits.py``
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ARRAYS",
+    "DEFAULT_MAX_ARRAY_ITEMS",
+    "EVENTS_LIST_PAGE",
+    "EVENT_PROPERTY_RESERVED",
+    "INSTANCES",
+    "MAX_BODY_BYTES",
+    "MAX_EVENT_LIST_PAGES",
+    "MAX_EXTERNAL_ID_BYTES",
+    "MAX_INTERIM_RESPONSES",
+    "MAX_NESTED_BYTES",
+    "MAX_OBJECTS",
+    "MAX_PROPERTIES",
+    "MAX_PURCHASE_PROPERTY_BYTES",
+    "MAX_PURCHASE_QUANTITY",
+    "MAX_RESPONSE_BYTES",
+    "MAX_RESPONSE_HEAD_BYTES",
+    "MAX_STRING_LENGTH",
+    "MAX_VALUE_TEXT",
+    "MAX_YEAR",
+    "MIN_YEAR",
+    "OPTIONAL_PERMISSIONS",
+    "PERMISSIONS",
+    "PRIMARY_IDENTIFIERS",
+    "PURCHASE_PROPERTY_RESERVED",
+    "REQUIRED_PERMISSIONS",
+    "RESERVED_IDENTIFIERS",
+    "SECONDARY_IDENTIFIERS",
+    "STANDARD_ATTRIBUTES",
+]
+
+# --- /users/track requests [1.2, 1.3] -----------------------------------------------------------
+MAX_OBJECTS = 75  # objects per request: combined across the arrays, or per array ("legacy")
+MAX_BODY_BYTES = 4_000_000  # request body limit of every endpoint (413 above it)
+ARRAYS = ("attributes", "events", "purchases")  # the order Braze processes them in [7]
+
+# --- identifiers [1.1] ------------------------------------------------------------------------
+MAX_EXTERNAL_ID_BYTES = 987  # EXTERNAL_USER_ID_TOO_LARGE
+PRIMARY_IDENTIFIERS = ("external_id", "user_alias", "braze_id")  # only one per object
+SECONDARY_IDENTIFIERS = ("email", "phone")  # lookup only without a primary
+# Keys of a user-attributes object that are not attributes (a mapping may not target them).
+RESERVED_IDENTIFIERS = frozenset(
+    {"external_id", "braze_id", "user_alias", "app_id", "_update_existing_only"}
+)
+
+# --- custom attribute values [2.1] ------------------------------------------------------------
+MAX_STRING_LENGTH = 255  # strings, keys, names
+DEFAULT_MAX_ARRAY_ITEMS = 500  # arrays: default maximum (configurable per attribute in Braze)
+MAX_NESTED_BYTES = 100 * 1024  # objects, arrays of objects, event properties with nesting
+MIN_YEAR, MAX_YEAR = 1, 3000  # dates outside are stored as strings (or dropped when nested)
+
+# Standard profile attributes the mapping may target [2.2].
+STANDARD_ATTRIBUTES = frozenset(
+    {
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "dob",
+        "gender",
+        "country",
+        "language",
+        "home_city",
+        "time_zone",
+    }
+)
+
+# --- events and purchases [3.1, 3.2] ------------------------------------------------------------
+MAX_PROPERTIES = 256  # distinct properties kept per event or purchase
+EVENT_PROPERTY_RESERVED = frozenset({"time", "event_name"})
+PURCHASE_PROPERTY_RESERVED = frozenset(
+    {"time", "event_name", "product_id", "quantity", "price", "currency"}
+)
+MAX_PURCHASE_QUANTITY = 100
+MAX_PURCHASE_PROPERTY_BYTES = 50 * 1024
+
+# --- read endpoints and permissions [4, 5] ---------------------------------------------------
+EVENTS_LIST_PAGE = 250  # names per page of GET /events/list
+MAX_EVENT_LIST_PAGES = 1_000  # ours: 250,000 event names is more than any workspace holds
+REQUIRED_PERMISSIONS = ("users.track",)  # all a sync needs
+OPTIONAL_PERMISSIONS = ("events.list", "events.data_series", "events.get")  # read endpoints
+PERMISSIONS = REQUIRED_PERMISSIONS + OPTIONAL_PERMISSIONS
+
+# REST endpoints per instance [5].
+INSTANCES = {
+    **{f"US-0{n}": f"https://rest.iad-0{n}.braze.com" for n in range(1, 9)},
+    "US-10": "https://rest.us-10.braze.com",
+    "EU-01": "https://rest.fra-01.braze.eu",
+    "EU-02": "https://rest.fra-02.braze.eu",
+    "AU-01": "https://rest.au-01.braze.com",
+    "ID-01": "https://rest.id-01.braze.com",
+    "JP-01": "https://rest.jp-01.braze.com",
+    "KR-01": "https://rest.kr-01.braze.com",
+}
+
+# --- ours: bounds on what a server or an input may make us hold ------------------------------
+# Braze's answers are a few hundred bytes (an errors[] for 75 objects a few KB); a response
+# larger than this, before or after decoding, is refused rather than buffered.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024  # status line and headers together
+MAX_INTERIM_RESPONSES = 16  # 1xx answers before the real one (100, 103, ...)
+# Text inputs longer than this cannot be a number, boolean or date: refused before parsing.
+MAX_VALUE_TEXT = 64
