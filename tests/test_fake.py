@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-import requests
+import urllib3
 
 from antavo_braze.testing import FakeBraze
 
@@ -15,14 +15,35 @@ HEADERS = {"Authorization": "Bearer test-key", "Content-Type": "application/json
 T = "2026-01-01T00:00:00Z"
 
 
+class Answer:
+    """A plain HTTP answer read with urllib3 (the fake is tested apart from our client)."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self.status_code = response.status
+        self.headers = response.headers
+        self.content = response.data
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.content)
+
+
+def call(
+    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> Answer:
+    """One request over a fresh connection, no retries, 5 s timeout."""
+    response = urllib3.request(
+        method, url, body=data, headers=headers or HEADERS, timeout=5.0, retries=False
+    )
+    return Answer(response)
+
+
 def post(
     fake: FakeBraze, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None
-) -> requests.Response:
+) -> Answer:
     """POST /users/track to the fake."""
     data = raw if raw is not None else json.dumps(body).encode()
-    return requests.post(
-        fake.url + "/users/track", data=data, headers=headers or HEADERS, timeout=5
-    )
+    return call("POST", fake.url + "/users/track", data, headers or HEADERS)
 
 
 def test_valid_request_answers_201_with_counts(fake: FakeBraze) -> None:
@@ -192,7 +213,7 @@ def test_auth_and_permissions(fake: FakeBraze) -> None:
         ).status_code
         == 403
     )
-    assert requests.get(fake.url + "/nothing", headers=HEADERS, timeout=5).status_code == 404
+    assert call("GET", fake.url + "/nothing").status_code == 404
     assert [r.key_valid for r in fake.requests] == [False, False, True, True]
 
 
@@ -357,7 +378,7 @@ def test_faults(fake: FakeBraze) -> None:
     fake.inject(drop=True)
     response = post(fake, {})
     assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(urllib3.exceptions.HTTPError):
         post(fake, {})
     fake.inject(delay=0.05, status=500)
     started = time.perf_counter()
@@ -379,7 +400,7 @@ def test_random_faults_and_reset(fake: FakeBraze) -> None:
 
 def test_read_endpoint_parameters(fake: FakeBraze) -> None:
     """Bad parameters on read endpoints get 400."""
-    get = lambda path: requests.get(fake.url + path, headers=HEADERS, timeout=5)  # noqa: E731
+    get = lambda path: call("GET", fake.url + path)  # noqa: E731
     assert get("/events/list?page=x").status_code == 400
     assert get("/events?cursor=%%%").status_code == 400
     assert get("/events/data_series?event=e").status_code == 400
@@ -404,13 +425,7 @@ def test_prefix_and_lifecycle() -> None:
     with fake:
         assert fake.url.endswith("/braze")
         assert (
-            requests.post(
-                fake.url.removesuffix("/braze") + "/users/track",
-                data=b"{}",
-                headers=HEADERS,
-                timeout=5,
-            ).status_code
-            == 404
+            call("POST", fake.url.removesuffix("/braze") + "/users/track", b"{}").status_code == 404
         )
         assert "profiles=0" in repr(fake)
     fake.stop()

@@ -22,13 +22,13 @@ from datetime import datetime, timezone
 from html import escape
 from typing import Any, Literal
 
+import attrs
 from attrs import field, frozen
 
-from ._batching import Item
+from ._batching import ATTRIBUTES, Item
 from ._client import BatchOutcome
 from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
 from ._json import loads
-from ._limits import ARRAYS
 from .exceptions import CoercionError, short_repr
 
 __all__ = [
@@ -307,6 +307,11 @@ def fingerprint(value: Any, secret: bytes) -> str:
     return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def _record_key(item: Item) -> str | None:
+    """The record id an item stands for (``None`` for profiles without an external_id)."""
+    return None if item.key.startswith("\x00") else item.key
+
+
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -320,13 +325,17 @@ def _objects(items: Iterable[Item]) -> tuple[DeadLetterObject, ...]:
 
 
 class _Parts:
-    """A record with several objects, while some are in flight: the failed ones, the first
-    failure, and whether any went out with an unknown fate."""
+    """A record with several objects while some are unanswered: its input record and items,
+    how many are still out, the failed ones, the first failure, and whether an event or
+    purchase may have been recorded twice."""
 
-    __slots__ = ("failed", "failure", "remaining", "unknown")
+    __slots__ = ("done", "failed", "failure", "items", "record", "remaining", "unknown")
 
-    def __init__(self, remaining: int) -> None:
-        self.remaining = remaining
+    def __init__(self, record: Any, items: tuple[Item, ...]) -> None:
+        self.record = record
+        self.items = items
+        self.remaining = len(items)
+        self.done: list[Item] = []
         self.failed: list[Item] = []
         self.failure: tuple[str, str, bool, Outcome] | None = None
         self.unknown = False
@@ -364,8 +373,8 @@ class _Run:
         self.rate_limit_waits = 0
         self.started = time.perf_counter()
         self.next_progress = self.started + _PROGRESS_EVERY
-        # Open records: position -> (input record, its items); several objects: _Parts.
-        self.open: dict[int, tuple[Any, tuple[Item, ...]]] = {}
+        # Records whose objects are in flight carry themselves (Item.source); only records
+        # with several objects are kept here until their last answer.
         self.parts: dict[int, _Parts] = {}
         self.states: dict[int, tuple[str, dict[str, str]]] = {}
         self.state_updates: list[tuple[str, dict[str, str]]] = []
@@ -458,8 +467,6 @@ class _Run:
             "value": None if first is None else first.value,
         }
         if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
-            import attrs
-
             return attrs.evolve(record, replays=record.replays + 1, **fields)  # type: ignore[arg-type]
         kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
         return DeadLetterEntry(
@@ -503,16 +510,26 @@ class _Run:
         self.warnings.extend(outcome.warnings)
         clean = outcome.error is None and not outcome.rejected
         duplicated = clean and outcome.unknown and self.event_arrays
-        for number, item in enumerate(outcome.batch.items):
+        items = outcome.batch.items
+        if clean and not duplicated and not self.parts and not self.states:
+            # Every object accepted, each its own record, nothing to remember: count them.
+            self.succeeded += len(items)
+            self.attribute_values += sum([item.values for item in items])
+            self.tick()
+            return
+        succeeded = values = 0  # counted here, added once
+        for number, item in enumerate(items):
             failure = None if clean else outcome.failure(number)
             if item.parts == 1:
-                record, _ = self.open.pop(item.record)
-                if failure is None:
-                    self._succeed(
-                        item.record, item.values, duplicated and item.array != "attributes"
-                    )
-                else:
-                    self._failed_items(item.record, record, [item], outcome, failure)
+                if failure is not None:
+                    self._failed_items(item, outcome, failure)
+                    continue
+                succeeded += 1
+                values += item.values
+                if duplicated and item.array != ATTRIBUTES:
+                    self.possible_duplicates += 1
+                if self.states:
+                    self._remember(item.record)
                 continue
             parts = self.parts[item.record]
             parts.remaining -= 1
@@ -520,28 +537,41 @@ class _Run:
                 parts.failed.append(item)
                 if parts.failure is None:
                     parts.failure = (*failure, outcome.retryable, self._outcome_of(outcome))
-            elif outcome.unknown and item.array != "attributes":
-                parts.unknown = True
-            if parts.remaining:
-                continue
-            del self.parts[item.record]
-            record, items = self.open.pop(item.record)
-            if parts.failure is None:
-                values = sum(i.values for i in items)
-                self._succeed(item.record, values, parts.unknown and self.event_arrays)
             else:
-                stage, reason, retryable, fate = parts.failure
-                self.fail(
-                    item.record,
-                    record,
-                    items[0].key if not items[0].key.startswith("\x00") else None,
-                    stage,  # type: ignore[arg-type]
-                    reason,
-                    retryable=retryable,
-                    outcome=fate,
-                    objects=_objects(parts.failed),
-                )
-        self.requests_done(outcome)
+                parts.done.append(item)
+                parts.unknown = parts.unknown or (outcome.unknown and item.array != ATTRIBUTES)
+            if not parts.remaining:
+                self._settle_parts(item.record, parts)
+        self.succeeded += succeeded
+        self.attribute_values += values
+        self.tick()
+
+    def _settle_parts(self, position: int, parts: _Parts) -> None:
+        del self.parts[position]
+        if parts.failure is None:
+            self.succeeded += 1
+            self.attribute_values += sum(i.values for i in parts.items)
+            if parts.unknown and self.event_arrays:
+                self.possible_duplicates += 1
+            self._remember(position)
+            return
+        stage, reason, retryable, fate = parts.failure
+        self.fail(
+            position,
+            parts.record,
+            _record_key(parts.items[0]),
+            stage,  # type: ignore[arg-type]
+            reason,
+            retryable=retryable,
+            outcome=fate,
+            objects=_objects(parts.failed),
+        )
+        self.states.pop(position, None)
+
+    def _remember(self, position: int) -> None:
+        state = self.states.pop(position, None)
+        if state is not None:
+            self.state_updates.append(state)
 
     @staticmethod
     def _outcome_of(outcome: BatchOutcome) -> Outcome:
@@ -551,39 +581,20 @@ class _Run:
             return "unknown"
         return "failed"
 
-    def _failed_items(
-        self,
-        position: int,
-        record: Any,
-        items: list[Item],
-        outcome: BatchOutcome,
-        failure: tuple[str, str],
-    ) -> None:
+    def _failed_items(self, item: Item, outcome: BatchOutcome, failure: tuple[str, str]) -> None:
         stage, reason = failure
-        key = items[0].key
+        whole = outcome.error is not None  # the request failed, not this object
         self.fail(
-            position,
-            record,
-            None if key.startswith("\x00") else key,
+            item.record,
+            item.source,
+            _record_key(item),
             stage,  # type: ignore[arg-type]
             reason,
-            retryable=outcome.retryable and outcome.error is not None,
-            outcome=self._outcome_of(outcome) if outcome.error is not None else "failed",
-            objects=_objects(items),
+            retryable=outcome.retryable and whole,
+            outcome=self._outcome_of(outcome) if whole else "failed",
+            objects=_objects([item]),
         )
-        self.states.pop(position, None)
-
-    def _succeed(self, position: int, values: int, duplicated: bool) -> None:
-        self.succeeded += 1
-        self.attribute_values += values
-        if duplicated:
-            self.possible_duplicates += 1
-        state = self.states.pop(position, None)
-        if state is not None:
-            self.state_updates.append(state)
-
-    def requests_done(self, outcome: BatchOutcome) -> None:
-        self.tick()
+        self.states.pop(item.record, None)
 
     # --- progress and the report ---------------------------------------------------------
 
@@ -606,25 +617,24 @@ class _Run:
             self.next_progress = now + _PROGRESS_EVERY
             self.progress(self.snapshot())
 
-    def close_open(self, signal_name: str) -> None:
-        """Settle every record still open (built but never answered) as interrupted."""
-        for position in sorted(self.open):
-            record, items = self.open.pop(position)
-            parts = self.parts.pop(position, None)
-            pending = (
-                items if parts is None else [*parts.failed, *items[len(items) - parts.remaining :]]
-            )
-            key = items[0].key
+    def close_open(self, pending: list[Item], signal_name: str) -> None:
+        """Settle as interrupted what was built but never answered: ``pending`` (packed,
+        never sent) and every record with several objects still waiting for some."""
+        reason = f"interrupted ({signal_name}) before it was sent"
+        for item in pending:
+            if item.parts == 1:
+                key = _record_key(item)
+                self.fail(
+                    item.record, item.source, key, "interrupted", reason,
+                    retryable=True, outcome="not_sent", objects=_objects([item]),
+                )  # fmt: skip
+        for position in sorted(self.parts):
+            parts = self.parts.pop(position)
+            left = [i for i in parts.items if not any(i is d for d in parts.done)]
             self.fail(
-                position,
-                record,
-                None if key.startswith("\x00") else key,
-                "interrupted",
-                f"interrupted ({signal_name}) before it was sent",
-                retryable=True,
-                outcome="not_sent",
-                objects=_objects(pending),
-            )
+                position, parts.record, _record_key(parts.items[0]), "interrupted", reason,
+                retryable=True, outcome="not_sent", objects=_objects(left),
+            )  # fmt: skip
 
     def fields_report(self) -> dict[str, FieldCounts]:
         out: dict[str, FieldCounts] = {}
@@ -670,10 +680,6 @@ class _Run:
 
 def _by_index(failure: RecordFailure) -> int:
     return failure.index
-
-
-# The one place the set of wire arrays is needed here (events and purchases can duplicate).
-_EVENT_ARRAYS = frozenset(ARRAYS) - {"attributes"}
 
 
 def stderr_progress(progress: Progress) -> None:

@@ -10,13 +10,13 @@ exactly while it is filled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from attrs import field, frozen, validators
 
 from ._limits import ARRAYS, MAX_BODY_BYTES, MAX_OBJECTS
 
-__all__ = ["ATTRIBUTES", "Batch", "BatchLimits", "BatchMode", "Item", "pack"]
+__all__ = ["ATTRIBUTES", "Batch", "BatchLimits", "BatchMode", "Item", "Packer", "pack"]
 
 ATTRIBUTES = "attributes"
 BatchMode = Literal["combined", "legacy"]
@@ -44,8 +44,9 @@ class BatchLimits:
 class Item(NamedTuple):
     """One Braze object on its way: which ``array`` it goes in, its JSON ``data``, the profile
     it touches (``key``: requests touching one profile never overlap), the input ``record``
-    position it was built from, how many ``parts`` (objects) that record has, and how many
-    attribute ``values`` it sets.
+    position it was built from, how many ``parts`` (objects) that record has, how many
+    attribute ``values`` it sets, and the input record itself (``source``, for the dead
+    letter if it fails).
 
     A named tuple rather than an attrs class: one is made per object on the hot path.
     """
@@ -56,6 +57,7 @@ class Item(NamedTuple):
     record: int
     parts: int = 1
     values: int = 0
+    source: Any = None
 
 
 @frozen
@@ -77,9 +79,9 @@ class Batch:
         return where
 
 
-def _body(items: Sequence[Item]) -> bytes:
+def _body(items: Sequence[Item], attributes_only: bool = False) -> bytes:
     first = items[0].array
-    if all(item.array == first for item in items):  # the common case: one array
+    if attributes_only or all(item.array == first for item in items):  # the common case
         return b"{" + _OPENINGS[first] + b",".join([item.data for item in items]) + b"]}"
     parts = []
     for name in ARRAYS:
@@ -89,8 +91,17 @@ def _body(items: Sequence[Item]) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
-def _batch(items: list[Item]) -> Batch:
-    return Batch(tuple(items), _body(items), frozenset([item.key for item in items]))
+def _batch(items: list[Item], attributes_only: bool) -> Batch:
+    return Batch(tuple(items), _body(items, attributes_only), frozenset([i.key for i in items]))
+
+
+def _size(items: list[Item]) -> int:
+    """The exact size of an attributes-only body of ``items``."""
+    if not items:
+        return 2
+    return (
+        2 + len(_OPENINGS[ATTRIBUTES]) + 1 + sum(len(item.data) for item in items) + len(items) - 1
+    )
 
 
 def _cost(item: Item, counts: dict[str, int]) -> int:
@@ -101,63 +112,91 @@ def _cost(item: Item, counts: dict[str, int]) -> int:
     return len(item.data) + len(_OPENINGS[item.array]) + 1 + opened  # "name":[ ] (and a comma)
 
 
-def pack(groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> Iterator[Batch]:
-    """Pack groups of items into batches within ``limits`` (Braze's, by default).
+class Packer:
+    """Packs groups of items into batches within ``limits`` (Braze's, by default).
 
     A group that does not fit the current batch starts the next one; a group too large for
     any batch is split item by item; an object over the byte limit alone comes out as a batch
-    of its own marked ``oversize``.
+    of its own marked ``oversize``. :attr:`pending` holds the items of the batch still being
+    filled (what an interrupted run has packed but not yet sent).
     """
-    limits = limits or _DEFAULT
-    max_objects, max_bytes = limits.max_objects, limits.max_bytes
-    combined = limits.mode == "combined"
-    current: list[Item] = []
-    counts = dict.fromkeys(ARRAYS, 0)
-    size = 2  # the braces
-    hot_array = ATTRIBUTES
-    for group in groups:
-        if combined and len(group) == 1:
-            item = group[0]
-            # The hot path: one attributes object per member, added to an attributes batch.
-            if item.array == hot_array and counts[hot_array] == len(current):
-                cost = len(item.data) + (1 if current else len(_OPENINGS[hot_array]) + 1)
-                if len(current) < max_objects and size + cost <= max_bytes:
+
+    def __init__(self, groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> None:
+        self.groups = groups
+        self.limits = limits or _DEFAULT
+        self.pending: list[Item] = []
+
+    def __iter__(self) -> Iterator[Batch]:
+        limits = self.limits
+        max_objects, max_bytes = limits.max_objects, limits.max_bytes
+        combined = limits.mode == "combined"
+        current = self.pending = []
+        counts = dict.fromkeys(ARRAYS, 0)  # kept up to date off the hot path only
+        attributes_only = True  # every item in current is an attributes object
+        size = 2  # the braces (kept up to date off the hot path only)
+        # Objects no larger than this cannot, max_objects of them, exceed max_bytes: while a
+        # batch holds only such objects its size needs no counting.
+        small = (max_bytes - len(_OPENINGS[ATTRIBUTES]) - 3) // max_objects - 1
+        for group in self.groups:
+            if combined and attributes_only and len(group) == 1:
+                item = group[0]
+                # The hot path: one small attributes object per member, into an attributes
+                # batch (identity is enough: an equal string takes the general path below).
+                if (
+                    item.array is ATTRIBUTES
+                    and len(item.data) <= small
+                    and (len(current) < max_objects)
+                ):
                     current.append(item)
-                    counts[hot_array] += 1
-                    size += cost
                     continue
-        needed = dict.fromkeys(ARRAYS, 0)
-        for item in group:
-            needed[item.array] += 1
-        if combined:
-            fits = len(current) + len(group) <= max_objects
-        else:
-            fits = all(counts[a] + needed[a] <= max_objects for a in ARRAYS)
-        if fits:
-            trial = dict(counts)
-            grown = size
+            if attributes_only:
+                counts = {**dict.fromkeys(ARRAYS, 0), ATTRIBUTES: len(current)}
+                size = _size(current)
+            needed = dict.fromkeys(ARRAYS, 0)
             for item in group:
-                grown += _cost(item, trial)
-                trial[item.array] += 1
-            fits = grown <= max_bytes
-        if not fits and current:
-            yield _batch(current)
-            current, counts, size = [], dict.fromkeys(ARRAYS, 0), 2
-        for item in group:  # a group too large for one batch is split item by item
-            cost = _cost(item, counts)
-            full = len(current) >= max_objects if combined else counts[item.array] >= max_objects
-            if current and (full or size + cost > max_bytes):
-                yield _batch(current)
-                current, counts, size = [], dict.fromkeys(ARRAYS, 0), 2
+                needed[item.array] += 1
+            if combined:
+                fits = len(current) + len(group) <= max_objects
+            else:
+                fits = all(counts[a] + needed[a] <= max_objects for a in ARRAYS)
+            if fits:
+                trial = dict(counts)
+                grown = size
+                for item in group:
+                    grown += _cost(item, trial)
+                    trial[item.array] += 1
+                fits = grown <= max_bytes
+            if not fits and current:
+                yield _batch(current, attributes_only)
+                current = self.pending = []
+                counts, size = dict.fromkeys(ARRAYS, 0), 2
+            for item in group:  # a group too large for one batch is split item by item
                 cost = _cost(item, counts)
-            if size + cost > max_bytes:  # alone in a batch and still too large
-                yield Batch((item,), _body([item]), frozenset([item.key]), oversize=True)
-                continue
-            current.append(item)
-            counts[item.array] += 1
-            size += cost
-    if current:
-        yield _batch(current)
+                full = (
+                    len(current) >= max_objects if combined else counts[item.array] >= max_objects
+                )
+                if current and (full or size + cost > max_bytes):
+                    yield _batch(current, counts[ATTRIBUTES] == len(current))
+                    current = self.pending = []
+                    counts, size = dict.fromkeys(ARRAYS, 0), 2
+                    cost = _cost(item, counts)
+                if size + cost > max_bytes:  # alone in a batch and still too large
+                    yield Batch((item,), _body([item]), frozenset([item.key]), oversize=True)
+                    continue
+                current.append(item)
+                counts[item.array] += 1
+                size += cost
+            attributes_only = counts[ATTRIBUTES] == len(current) and all(
+                len(item.data) <= small for item in current
+            )
+        if current:
+            yield _batch(current, attributes_only)
+        self.pending = []
+
+
+def pack(groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> Iterator[Batch]:
+    """The batches of ``groups`` (see :class:`Packer`)."""
+    return iter(Packer(groups, limits))
 
 
 _DEFAULT = BatchLimits()

@@ -12,14 +12,14 @@ import hashlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
 from ._accounting import Progress, SyncReport, _Parts, _Run, fingerprint, stderr_progress
-from ._batching import ATTRIBUTES, BatchLimits, Item, pack
+from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._client import BatchOutcome, BrazeClient
 from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
 from ._http import CallStats, Interrupt
@@ -38,10 +38,11 @@ log = logging.getLogger("antavo_braze.sync")
 
 SendMode = Literal["full", "changed"]
 InvalidField = Literal["fail_record", "drop_field"]
-Build = Callable[[Iterable[Any], _Run], Iterator[Sequence[Item]]]
+Build = Callable[[Iterable[Any], _Run], Generator[Sequence[Item], None, None]]
 _NO_FIELD = "no mapped field present"
 _UNCHANGED = "unchanged since Braze last accepted it"
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
+_new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
 
 class _TqdmProgress:
@@ -197,12 +198,12 @@ class Syncer:
     ) -> SyncReport:
         """A one-off sync of attributes outside the mapping (types inferred unless given)."""
 
-        def build(records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+        def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
             for position, record in enumerate(records):
-                run.total += 1
                 try:
                     obj = self.mapper.attributes(member_id, values, types)
                 except CoercionError as exc:
+                    run.total += 1
                     run.fail_invalid(position, record, _text_id(member_id), [exc])
                     continue
                 yield self._open(run, position, record, (model_item(obj, position),))
@@ -257,11 +258,11 @@ class Syncer:
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
         entries = read_dead_letters(source)
 
-        def build(records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+        def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
             for position, entry in enumerate(records):
-                run.total += 1
                 reason = _not_resent(entry, allow_duplicates)
                 if reason is not None:
+                    run.total += 1
                     run.skip(reason)
                     if run.sink is not None:
                         run.sink.write(entry)
@@ -272,6 +273,7 @@ class Syncer:
                         wire_item(o.array, o.object, position, parts) for o in entry.objects
                     )
                 except WireError as exc:
+                    run.total += 1
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
                 yield self._open(run, position, entry, items)
@@ -314,54 +316,65 @@ class Syncer:
         run = self._new_run(kind, records, self.dead_letter)
         stats = CallStats()
         interrupt = Interrupt()
-        gave_up = False
+        groups = build(_rows(records), run)
+        packer = Packer(groups, self.limits)
         try:
             with stop_on_signals(interrupt, self.handle_signals):
-                outcomes = client._send_batches(
-                    pack(build(_rows(records), run), self.limits),
-                    stats=stats,
-                    interrupt=interrupt,
-                    give_up_after=self.give_up_after,
-                    grace=self.interrupt_grace,
-                )
-                try:
-                    while True:
-                        try:
-                            for outcome in outcomes:
-                                if (
-                                    outcome.not_sent
-                                    and outcome.stage == "transport"
-                                    and not gave_up
-                                ):
-                                    gave_up = True
-                                    self._gave_up(run, outcome)
-                                run.settle(outcome)
-                                run.requests = stats.requests
-                                if run.state_updates and self.state is not None:
-                                    self.state.put_many(run.state_updates)
-                                    run.state_updates = []
-                            break
-                        except KeyboardInterrupt:
-                            if interrupt.signal is not None:
-                                raise  # a second Ctrl-C in our own code: stop now
-                            interrupt.request(signal.SIGINT)  # the loop drains, then ends
-                finally:
-                    outcomes.close()
+                self._send(client, run, packer, stats, interrupt)
         except KeyboardInterrupt:
-            pass  # settled below: every open record fails as interrupted
+            pass  # a hard stop: what is still open fails as interrupted, below
         finally:
+            groups.close()  # the builder counts the records it handled as it ends
             interrupt.close()
         signum = stats.interrupted or interrupt.signal
-        if signum is None and run.open:
+        if signum is None and (run.parts or packer.pending):
             signum = signal.SIGINT  # stopped hard: the loop never said why
         if signum is not None:
-            run.close_open(signal.Signals(signum).name)
+            run.close_open(packer.pending, signal.Signals(signum).name)
         report = run.report(
             requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
         )
         if signum is not None:
             raise SyncInterrupted(report, signum)
         return report
+
+    def _send(
+        self,
+        client: BrazeClient,
+        run: _Run,
+        packer: Packer,
+        stats: CallStats,
+        interrupt: Interrupt,
+    ) -> None:
+        """Settle every batch outcome; a Ctrl-C in here asks the loop to drain (it goes on
+        yielding what it finishes), a second one stops at once."""
+        outcomes = client._send_batches(
+            packer,
+            stats=stats,
+            interrupt=interrupt,
+            give_up_after=self.give_up_after,
+            grace=self.interrupt_grace,
+        )
+        gave_up = False
+        try:
+            while True:
+                try:
+                    for outcome in outcomes:
+                        if outcome.not_sent and outcome.stage == "transport" and not gave_up:
+                            gave_up = True
+                            self._gave_up(run, outcome)
+                        run.settle(outcome)
+                        run.requests = stats.requests
+                        if run.state_updates and self.state is not None:
+                            self.state.put_many(run.state_updates)
+                            run.state_updates = []
+                    return
+                except KeyboardInterrupt:
+                    if interrupt.signal is not None:
+                        raise  # a second Ctrl-C in our own code: stop now
+                    interrupt.request(signal.SIGINT)
+        finally:
+            outcomes.close()
 
     @staticmethod
     def _gave_up(run: _Run, outcome: BatchOutcome) -> None:
@@ -376,10 +389,12 @@ class Syncer:
 
     @staticmethod
     def _open(run: _Run, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
-        """Register a record whose objects are about to be batched."""
+        """A record's objects, about to be batched: each carries its record (for the dead
+        letter); a record with several objects is kept until its last answer."""
+        items = tuple(item._replace(source=record) for item in items)
         if len(items) > 1:
-            run.parts[position] = _Parts(len(items))
-        run.open[position] = (record, items)
+            run.parts[position] = _Parts(record, items)
+        run.total += 1
         return items
 
     # --- members ----------------------------------------------------------------------------
@@ -389,40 +404,57 @@ class Syncer:
             return self._stateful_member_groups
         return self._member_groups
 
-    def _member_groups(self, records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
-        """Members without a state store: the hot path."""
+    def _member_groups(
+        self, records: Iterable[Any], run: _Run
+    ) -> Generator[Sequence[Item], None, None]:
+        """Members without a state store: the hot path.
+
+        A record counts in ``run.total`` once handled (failed, skipped or packed): one cut
+        short by a hard interrupt was never read, and ``--resume`` reads it again.
+        """
         member_id = self.mapper.member_id
         fill = self.mapper._fields.fill
         absent = run.absent
-        opened = run.open
         clears = any(clear for _, _, clear in self.mapper.fields)
-        for position, record in enumerate(records):
-            run.total += 1
-            if record.__class__ is BadInput:
-                run.fail(position, record, None, "input", record.reason, line=record.line)
-                continue
-            external_id = None
-            try:
-                external_id = member_id(record)
-                before = sum(absent) if clears else 0
-                wire = fill(member_fields(record), {"external_id": external_id}, absent)
-            except CoercionError as exc:
-                values = self._refused(run, position, record, external_id, exc)
-                if values is None:
+        new_item = _new_item
+        position, mapped = -1, 0
+        try:
+            for position, record in enumerate(records):
+                external_id = None
+                try:
+                    external_id = member_id(record)
+                    before = sum(absent) if clears else 0
+                    fields = record if record.__class__ is dict else member_fields(record)
+                    wire = fill(fields, {"external_id": external_id}, absent)
+                except CoercionError as exc:
+                    if record.__class__ is BadInput:  # a line the reader could not read
+                        run.fail(position, record, None, "input", record.reason, line=record.line)
+                        continue
+                    values = self._refused(run, position, record, external_id, exc)
+                    if values is None:
+                        continue
+                    wire = {"external_id": external_id, **values}
+                except Exception as exc:  # a bad record fails alone, whatever is wrong with it
+                    run.fail(position, record, _record_id(record), "validation", _describe(exc))
                     continue
-                wire = {"external_id": external_id, **values}
-            except Exception as exc:  # a bad record fails alone, whatever is wrong with it
-                run.fail(position, record, _record_id(record), "validation", _describe(exc))
-                continue
-            else:
-                run.mapped += 1
-                if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
-                    run.skip(_NO_FIELD)
-                    continue
-            assert external_id is not None
-            group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(wire) - 1),)
-            opened[position] = (record, group)
-            yield group
+                else:
+                    mapped += 1
+                    if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
+                        run.skip(_NO_FIELD)
+                        continue
+                count = len(wire) - 1
+                data = dumps_object(wire)
+                yield (new_item(Item, (ATTRIBUTES, data, external_id, position, 1, count, record)),)
+        except GeneratorExit:  # closed after a yield: that record was handled
+            run.total += position + 1
+            raise
+        except BaseException:  # stopped while mapping record `position`: it was not
+            run.total += max(position, 0)
+            raise
+        else:
+            run.total += position + 1
+        finally:
+            run.mapped += mapped
 
     def _refused(
         self,
@@ -466,14 +498,15 @@ class Syncer:
 
     def _stateful_member_groups(
         self, records: Iterable[Any], run: _Run
-    ) -> Iterator[Sequence[Item]]:
+    ) -> Generator[Sequence[Item], None, None]:
         """Members with a state store: a batch at a time, one state read per batch."""
         chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]] = []
         chunk_size = self.limits.max_objects
         for position, record in enumerate(records):
-            run.total += 1
             mapped = self._map_with_absent(run, position, record)
-            if mapped is not None:
+            if mapped is None:
+                run.total += 1
+            else:
                 chunk.append((position, record, *mapped))
             if len(chunk) >= chunk_size:
                 yield from self._compare(run, chunk)
@@ -528,12 +561,14 @@ class Syncer:
                 changed = {k for k, v in prints.items() if before.get(k) != v}
                 if not changed:
                     run.saved += len(prints)
+                    run.total += 1
                     run.skip(_UNCHANGED)
                     continue
                 if self.send == "changed":
                     run.saved += len(prints) - len(changed)
                     values = {k: v for k, v in values.items() if k in changed}
             if not values:
+                run.total += 1
                 run.skip(_NO_FIELD)
                 continue
             wire = {"external_id": external_id, **values}
@@ -543,22 +578,27 @@ class Syncer:
 
     # --- events -----------------------------------------------------------------------------
 
-    def _event_groups(self, records: Iterable[Any], run: _Run) -> Iterator[Sequence[Item]]:
+    def _event_groups(
+        self, records: Iterable[Any], run: _Run
+    ) -> Generator[Sequence[Item], None, None]:
         mapper = self.mapper
         for position, event in enumerate(records):
-            run.total += 1
             if event.__class__ is BadInput:
+                run.total += 1
                 run.fail(position, event, None, "input", event.reason, line=event.line)
                 continue
             try:
                 mapped = mapper.map_event(event)
             except CoercionError as exc:
+                run.total += 1
                 run.fail_invalid(position, event, exc.record_id or _event_id(event), [exc])
                 continue
             except Exception as exc:
+                run.total += 1
                 run.fail(position, event, _event_id(event), "validation", _describe(exc))
                 continue
             if mapped.skipped:
+                run.total += 1
                 run.skip(f"no mapping for action {_action(event)!r}")
                 continue
             parts = len(mapped.objects)

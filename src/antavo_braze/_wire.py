@@ -59,8 +59,15 @@ def profile_key(obj: Mapping[str, Any]) -> str:
     return "\x00none"
 
 
-def model_item(obj: BrazeObject, record: int, parts: int = 1, app_id: str | None = None) -> Item:
-    """A model object as an item (``app_id`` fills events and purchases that have none)."""
+def model_item(
+    obj: BrazeObject,
+    record: int,
+    parts: int = 1,
+    app_id: str | None = None,
+    source: Any = None,
+) -> Item:
+    """A model object as an item (``app_id`` fills events and purchases that have none;
+    ``source`` is the input record it was built from)."""
     cls = obj.__class__
     if cls is AttributesObject:
         wire = unstructure_attributes(obj)  # type: ignore[arg-type]
@@ -75,10 +82,17 @@ def model_item(obj: BrazeObject, record: int, parts: int = 1, app_id: str | None
         raise WireError(f"not a Braze object: {type(obj).__name__}")
     if app_id is not None and cls is not AttributesObject and "app_id" not in wire:
         wire["app_id"] = app_id
-    return Item(_ARRAY_NAMES[cls], _encode(wire), obj.external_id, record, parts, values)
+    return Item(_ARRAY_NAMES[cls], _encode(wire), obj.external_id, record, parts, values, source)
 
 
-def wire_item(array: str, obj: Any, record: int, parts: int = 1, app_id: str | None = None) -> Item:
+def wire_item(
+    array: str,
+    obj: Any,
+    record: int,
+    parts: int = 1,
+    app_id: str | None = None,
+    source: Any = None,
+) -> Item:
     """A plain Braze wire dict as an item, after checking it as Braze would; raises
     :class:`WireError` naming the rule it breaks."""
     if not isinstance(obj, Mapping):
@@ -102,7 +116,7 @@ def wire_item(array: str, obj: Any, record: int, parts: int = 1, app_id: str | N
         values = 0
     else:
         raise WireError(f"unknown array {array!r} (attributes, events or purchases)")
-    return Item(array, _encode(wire), key, record, parts, values)
+    return Item(array, _encode(wire), key, record, parts, values, source)
 
 
 def _encode(wire: Mapping[str, Any]) -> bytes:
