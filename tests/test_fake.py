@@ -398,6 +398,28 @@ def test_random_faults_and_reset(fake: FakeBraze) -> None:
     assert (fake.profiles, fake.events, fake.requests) == ({}, [], [])
 
 
+def test_reset_forgets_everything(fake: FakeBraze) -> None:
+    """After reset() nothing learned survives: event names, blocks, faults, counters."""
+    body = {
+        "attributes": [{"external_id": "a", "x": 1}],
+        "events": [{"external_id": "a", "name": "ev", "time": "2026-01-01T00:00:00Z"}],
+    }
+    fake.block("b")
+    fake.inject(status=503)
+    fake.fail_randomly(0.5)
+    post(fake, body)
+    post(fake, body)
+    assert fake.event_names == {"ev"}
+    fake.reset()
+    assert (fake.event_names, fake.status_counts, fake.objects_received) == (set(), {}, 0)
+    listed = json.loads(call("GET", fake.url + "/events/list").content)
+    assert listed["events"] == []
+    for _ in range(20):  # the random faults and the pending fault are gone
+        assert post(fake, {"attributes": [{"external_id": "b", "y": 2}]}).status_code == 201
+    assert fake.profiles["b"] == {"y": 2}  # no longer blocked
+    assert fake.api_key == "test-key"  # keys are kept
+
+
 def test_read_endpoint_parameters(fake: FakeBraze) -> None:
     """Bad parameters on read endpoints get 400."""
     get = lambda path: call("GET", fake.url + path)  # noqa: E731

@@ -602,15 +602,27 @@ class FakeBraze:
             self._blocked.add(external_id)
 
     def reset(self) -> None:
-        """Forget profiles, events, purchases, requests and pending faults."""
+        """Forget everything the server learned or was told since it started: profiles,
+        events, purchases, event names (``/events/list``), recorded requests, status counts,
+        object, connection and overlap counters, the rate-limit window, pending and random
+        faults and blocked ids. Kept: the API keys and the construction settings (latency,
+        rate limit, batch mode); the listening socket stays open."""
         with self._lock:
             self.profiles.clear()
             self.events.clear()
             self.purchases.clear()
             self.requests.clear()
+            self.event_names.clear()
             self._faults.clear()
+            self._fault_rate = 0.0
+            self._random = random.Random(0)
+            self._blocked.clear()
+            self._window = (-1, 0)
             self.status_counts.clear()
             self.objects_received = 0
+            self.connections = 0
+            self.overlapping_requests = 0
+            self._in_flight_ids.clear()
 
     # --- request handling ------------------------------------------------------------------
 
