@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from ._accounting import Progress, SyncReport, _Parts, _Run, fingerprint, stderr_progress
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
+from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
 from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
 from ._http import CallStats, Interrupt
@@ -430,6 +431,9 @@ class Syncer:
                     if record.__class__ is BadInput:  # a line the reader could not read
                         run.fail(position, record, None, "input", record.reason, line=record.line)
                         continue
+                    if record.__class__ is Settled:  # done by the run this one resumes
+                        run.skip(record.reason)
+                        continue
                     values = self._refused(run, position, record, external_id, exc)
                     if values is None:
                         continue
@@ -521,6 +525,9 @@ class Syncer:
         if record.__class__ is BadInput:
             run.fail(position, record, None, "input", record.reason, line=record.line)
             return None
+        if record.__class__ is Settled:
+            run.skip(record.reason)
+            return None
         plan = self.mapper._fields
         external_id = None
         try:
@@ -586,6 +593,10 @@ class Syncer:
             if event.__class__ is BadInput:
                 run.total += 1
                 run.fail(position, event, None, "input", event.reason, line=event.line)
+                continue
+            if event.__class__ is Settled:
+                run.total += 1
+                run.skip(event.reason)
                 continue
             try:
                 mapped = mapper.map_event(event)
