@@ -161,14 +161,19 @@ def test_replay(fake: FakeBraze, tmp_path: Path) -> None:
 
 
 def test_check(fake: FakeBraze) -> None:
-    """check lists permissions; a missing one exits 1; a bad key exits 3."""
+    """check: users.track is all a sync needs (exit 0); without it exit 1; a bad key exits 3."""
     ok = run("check", env=braze_env(fake))
     assert ok.returncode == 0
     assert "ok      users.track" in ok.stdout
     fake.add_key("partial", ["users.track"])
     partial = run("check", env={**braze_env(fake), "BRAZE_API_KEY": "partial"})
-    assert partial.returncode == 1
+    assert partial.returncode == 0, partial.stdout
     assert "MISSING events.list" in partial.stdout
+    assert "optional" in partial.stdout
+    fake.add_key("reader", ["events.list"])
+    reader = run("check", env={**braze_env(fake), "BRAZE_API_KEY": "reader"})
+    assert reader.returncode == 1
+    assert "lacks users.track" in reader.stdout
     bad = run("check", env={**braze_env(fake), "BRAZE_API_KEY": "wrong-key-123"})
     assert bad.returncode == 3
     assert "wrong-key-123" not in bad.stderr
@@ -199,14 +204,26 @@ def test_user_mistakes_are_one_line(args: list[str]) -> None:
 
 
 def test_broken_jsonl_line(tmp_path: Path) -> None:
-    """A broken input line is reported with its number."""
+    """A broken input line fails alone, with its line number, and the run goes on."""
     bad = tmp_path / "m.jsonl"
-    bad.write_text('{"id": "a"}\n{oops\n')
+    bad.write_text('{"id": "a", "score": 1}\n{oops\n{"id": "b", "score": 2}\n')
+    dead = tmp_path / "dead.jsonl"
     result = run(
-        "sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", str(bad), "--dry-run"
+        "sync",
+        "members",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(bad),
+        "--dry-run",
+        "--dead-letter",
+        str(dead),
     )
-    assert result.returncode == 2
-    assert "m.jsonl:2: not valid JSON" in result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "3 records: 2 succeeded, 1 failed" in result.stdout
+    entry = json.loads(dead.read_text())
+    assert (entry["stage"], entry["line"], entry["index"]) == ("input", 2, 1)
+    assert f"failed records written to {dead}" in result.stdout
 
 
 def test_version() -> None:

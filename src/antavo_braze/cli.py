@@ -1,23 +1,32 @@
 """``antavo-braze``: a thin command-line shell over the public API.
 
 Exit codes: 0 every record succeeded; 1 some record failed; 2 a usage, file or mapping error;
-3 Braze refused the credentials or a permission.
+3 Braze refused the credentials or a permission; 130 / 143 interrupted by SIGINT / SIGTERM
+(the partial report is printed, and with ``--dead-letter`` the run can be resumed).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import contextlib
 import json
+import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import _demo
 from ._accounting import Progress
+from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
+from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
+from ._files import replace_private
+from ._input import RecordSource, read_records
+from ._limits import REQUIRED_PERMISSIONS
 from ._mapping import Mapping
 from ._state import SqliteStateStore
 from ._sync import Syncer
@@ -28,57 +37,17 @@ from .exceptions import (
     ConfigurationError,
     MappingError,
     PermissionDeniedError,
+    SyncInterrupted,
 )
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+DEFAULT_MAX_IN_FLIGHT = 8  # one default for every command that sends
 
 
 class _UserError(Exception):
     """A mistake in the command line or its files: one line, no traceback."""
-
-
-def read_records(path: str) -> Iterator[dict[str, Any]]:
-    """Stream records from a ``.jsonl`` (one JSON object per line) or ``.csv`` file.
-
-    CSV cells that are empty are left out; a column ``data.x`` of an events file becomes
-    ``data["x"]``.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise _UserError(f"input file not found: {file}")
-    suffix = file.suffix.lower()
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return _read_jsonl(file)
-    if suffix == ".csv":
-        return _read_csv(file)
-    raise _UserError(f"unsupported input {file.name!r}: use .jsonl or .csv")
-
-
-def _read_jsonl(file: Path) -> Iterator[dict[str, Any]]:
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except ValueError as exc:
-                raise _UserError(f"{file}:{number}: not valid JSON ({exc})") from None
-
-
-def _read_csv(file: Path) -> Iterator[dict[str, Any]]:
-    with file.open(encoding="utf-8", newline="") as handle:
-        for row in csv.DictReader(handle):
-            record: dict[str, Any] = {}
-            for key, value in row.items():
-                if key is None or value in (None, ""):
-                    continue
-                if key.startswith("data."):
-                    record.setdefault("data", {})[key[5:]] = value
-                else:
-                    record[key] = value
-            yield record
 
 
 class _ProgressLine:
@@ -103,6 +72,7 @@ class _ProgressLine:
     def close(self) -> None:
         if self.shown and self._tty:
             self._stream.write("\n")
+        self.shown = False
 
 
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
@@ -117,6 +87,42 @@ def _load_mapping(path: str) -> Mapping:
         return Mapping.from_file(path)
     except MappingError as exc:
         raise _UserError(str(exc)) from None
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    """``-v`` shows retries and the run summary on stderr; ``--log-file`` keeps them (never
+    with the API key: the library does not log it)."""
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO
+    handlers: list[logging.Handler] = []
+    if args.verbose and not args.quiet:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    if args.log_file:
+        handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
+    logger = logging.getLogger("antavo_braze")
+    if not handlers:
+        # Without -v, only what needs a person's attention reaches stderr.
+        logger.setLevel(logging.ERROR if args.quiet else logging.WARNING)
+        return
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        help=f"requests in flight at once ({DEFAULT_MAX_IN_FLIGHT})",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress line, errors only")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log retries and the summary"
+    )
+    parser.add_argument("--log-file", help="also write the log to this file")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,9 +158,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     with _client_from_env(args) as client:
         permissions = client.check_permissions()
     for name, granted in permissions.items():
-        print(f"{'ok     ' if granted else 'MISSING'} {name}")
+        need = "required" if name in REQUIRED_PERMISSIONS else "optional (read endpoints only)"
+        print(f"{'ok     ' if granted else 'MISSING'} {name:<20} {need}")
     print(f"endpoint {client.endpoint}")
-    return EXIT_OK if all(permissions.values()) else EXIT_FAILED
+    missing = [name for name in REQUIRED_PERMISSIONS if not permissions.get(name)]
+    if missing:
+        print(f"this key cannot sync: it lacks {', '.join(missing)}")
+        return EXIT_FAILED
+    print("this key can sync")
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -166,106 +178,244 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_input(args: argparse.Namespace) -> RecordSource:
+    try:
+        return read_records(
+            args.input, format=args.format, encoding=args.encoding, delimiter=args.delimiter
+        )
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _prepare_resume(args: argparse.Namespace) -> Checkpoint:
+    """Check the checkpoint against the input, and keep in the dead letter only what the
+    interrupted run settled (what it cut off is sent again and, if it fails, written anew)."""
+    if not args.dead_letter:
+        raise _UserError("--resume needs the --dead-letter of the interrupted run")
+    try:
+        now = Checkpoint.for_input(args.kind, args.input)
+        saved = Checkpoint.load(checkpoint_path(args.dead_letter))
+    except (ConfigurationError, OSError) as exc:
+        raise _UserError(str(exc)) from None
+    problem = saved.matches(now)
+    if problem is not None:
+        raise _UserError(f"cannot resume: {problem}")
+    kept = [
+        entry_to_json(entry) + "\n"
+        for entry in read_dead_letters(args.dead_letter)
+        if entry.index is None or saved.is_settled(entry.index)
+    ]
+    replace_private(args.dead_letter, "".join(kept))
+    return saved
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     mapping = _load_mapping(args.mapping)
-    records = read_records(args.input)
+    if args.kind == "events" and args.state:
+        raise _UserError("--state applies to members only (events are always sent)")
+    checkpoint = _prepare_resume(args) if args.resume else None
+    source = _open_input(args)
+    records: Iterable[Any] = source
+    if checkpoint is not None:
+        records = Resumed(source, checkpoint)
+    elif args.dead_letter and not args.dry_run:
+        checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # a fresh run: nothing to resume
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
-    if args.dry_run:
-        # No credentials needed: nothing is sent.
-        client = BrazeClient("http://127.0.0.1:1", "dry-run")
-    else:
-        client = _client_from_env(args)
     state = SqliteStateStore(args.state) if args.state else None
-    with client:
-        try:
-            syncer = Syncer(
-                client,
-                mapping,
-                dead_letter=args.dead_letter,
-                state=state,
-                send=args.send,
-                progress=progress,
+    client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
+    append = args.append or checkpoint is not None
+    # Taken before reading: what an interrupt saves describes the input this run read.
+    base = checkpoint
+    if base is None and args.dead_letter and args.input != "-" and not args.dry_run:
+        base = Checkpoint.for_input(args.kind, args.input)
+    try:
+        syncer = Syncer(
+            client,
+            mapping,
+            dead_letter=(
+                None
+                if args.dry_run or not args.dead_letter
+                else JsonlDeadLetter(args.dead_letter, append=append)
+            ),
+            state=state,
+            send=args.send,
+            progress=progress,
+            on_invalid_field=args.on_invalid_field,
+        )
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+    try:
+        if args.dry_run:
+            sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
+            report = syncer.dry_run(args.kind, records, dead_letter=sink)
+        elif args.kind == "members":
+            report = syncer.sync_members(records)
+        else:
+            report = syncer.sync_events(records)
+    except SyncInterrupted as stop:
+        if progress is not None:
+            progress.close()
+        print(stop.report)
+        if base is not None and args.dead_letter:
+            base.after(stop.report).save(checkpoint_path(args.dead_letter))
+            print(
+                f"interrupted: failed and unsent records are in {args.dead_letter}; "
+                "run the same command with --resume to continue",
+                file=sys.stderr,
             )
-        except ConfigurationError as exc:
-            raise _UserError(str(exc)) from None
-        try:
-            if args.dry_run:
-                report = syncer.dry_run(args.kind, records)
-            elif args.kind == "members":
-                report = syncer.sync_members(records)
-            else:
-                report = syncer.sync_events(records)
-        finally:
-            if progress is not None:
-                progress.close()
+        else:
+            print("interrupted (with --dead-letter a run can be resumed)", file=sys.stderr)
+        return 128 + stop.signal
+    finally:
+        if progress is not None:
+            progress.close()
+        if client is not None:
+            client.close()
+        if state is not None:
+            state.close()
+        syncer.close()
     if args.dry_run:
         print(f"dry run: {report.requests} request bodies would be sent")
     print(report)
-    if report.failures and args.dead_letter:
-        print(f"failed records written to {args.dead_letter}")
+    if args.dead_letter:
+        if report.failed:
+            print(f"failed records written to {args.dead_letter}")
+        if not args.dry_run:
+            checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    if not Path(args.dead_letter).is_file():
-        raise _UserError(f"dead-letter file not found: {args.dead_letter}")
+    source = Path(args.input)
+    if not source.is_file():
+        raise _UserError(f"dead-letter file not found: {args.input}")
+    try:  # a file that is not a dead letter is a usage error before anything is sent
+        for _ in read_dead_letters(source):
+            pass
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+    output = args.dead_letter or str(source.with_name(source.stem + ".replay.jsonl"))
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
     with _client_from_env(args) as client:
-        syncer = Syncer(client, Mapping(), dead_letter=args.output, progress=progress)
         try:
-            report = syncer.replay(args.dead_letter)
+            syncer = Syncer(client, Mapping(), dead_letter=output, progress=progress)
+            report = syncer.replay(source, allow_duplicates=args.include_unknown)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
+        except SyncInterrupted as stop:
+            print(stop.report)
+            return 128 + stop.signal
         finally:
             if progress is not None:
                 progress.close()
     print(report)
+    print(
+        f"resent {report.total - report.skipped}: "
+        f"{report.succeeded} succeeded, {report.failed} still failing; "
+        f"{report.skipped} not resent; what remains is in {output}"
+    )
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="antavo-braze",
-        description="Sync Antavo loyalty data into Braze. Credentials come from "
-        "BRAZE_REST_ENDPOINT, BRAZE_API_KEY and BRAZE_APP_ID.",
+        description="Sync Antavo loyalty data into Braze.",
+        epilog="Environment: BRAZE_REST_ENDPOINT (your instance's REST endpoint, e.g. "
+        "https://rest.iad-01.braze.com, or an instance name like US-01), BRAZE_API_KEY (a REST "
+        "API key with users.track), BRAZE_APP_ID (optional: the app the data belongs to), "
+        "HTTPS_PROXY / NO_PROXY (an egress proxy). Exit codes: 0 all records succeeded, 1 some "
+        "failed, 2 usage, file or mapping error, 3 credentials or permission refused, "
+        "130/143 interrupted by SIGINT/SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="sync sample data into an embedded fake Braze")
+    demo = commands.add_parser(
+        "demo",
+        help="sync sample data into an embedded fake Braze",
+        description="Sync generated members and events into a fake Braze in this process "
+        "and show the reports and what the fake now holds. Needs no credentials.",
+    )
     demo.add_argument("--members", type=int, default=25, help="members to generate (25)")
     demo.add_argument("--events", type=int, default=20, help="events to generate (20)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, verbose=0, quiet=False, log_file=None)
 
-    check = commands.add_parser("check", help="check the API key's permissions")
-    check.set_defaults(func=cmd_check, max_in_flight=1)
+    check = commands.add_parser(
+        "check",
+        help="check the API key's permissions",
+        description="Probe each permission the SDK uses (changing no data). Exit 0 when the "
+        "key has users.track, all a sync needs; the read permissions are optional.",
+    )
+    check.set_defaults(func=cmd_check, max_in_flight=1, verbose=0, quiet=False, log_file=None)
 
-    validate = commands.add_parser("validate", help="validate a mapping file")
+    validate = commands.add_parser(
+        "validate",
+        help="validate a mapping file",
+        description="Check a mapping file (JSON or TOML) and list every problem in it.",
+    )
     validate.add_argument("mapping", metavar="MAPPING")
-    validate.set_defaults(func=cmd_validate)
+    validate.set_defaults(func=cmd_validate, verbose=0, quiet=False, log_file=None)
 
-    sync = commands.add_parser("sync", help="sync members or events from a .jsonl/.csv file")
+    sync = commands.add_parser(
+        "sync",
+        help="sync members or events from a file",
+        description="Map and send members (attributes) or events from a .jsonl, .json or "
+        ".csv file (also .gz, or - for stdin). A bad line fails alone; the report is printed "
+        "on stdout, progress on stderr.",
+    )
     sync.add_argument("kind", choices=["members", "events"])
     sync.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
-    sync.add_argument("--input", required=True, help="records (.jsonl or .csv)")
+    sync.add_argument("--input", required=True, help="records: .jsonl/.json/.csv[.gz] or -")
+    sync.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
+    sync.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
+    sync.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
     sync.add_argument("--dry-run", action="store_true", help="validate and batch; send nothing")
-    sync.add_argument("--dead-letter", help="write failed records here (JSON Lines)")
-    sync.add_argument("--state", help="SQLite file for change detection")
+    sync.add_argument(
+        "--dead-letter", help="write failed records here (JSON Lines, a new file per run)"
+    )
+    sync.add_argument("--append", action="store_true", help="append to the dead letter")
+    sync.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run (same --input and --dead-letter): what it settled "
+        "is skipped, what it cut off is sent",
+    )
+    sync.add_argument("--state", help="members: SQLite file for change detection")
     sync.add_argument(
         "--send",
         choices=["full", "changed"],
         default="full",
         help="with --state: send all mapped fields or only changed ones",
     )
-    sync.add_argument("--max-in-flight", type=int, default=8, help="concurrent requests (8)")
-    sync.add_argument("--quiet", action="store_true", help="no progress line")
+    sync.add_argument(
+        "--on-invalid-field",
+        choices=["fail_record", "drop_field"],
+        default="fail_record",
+        help="a field that cannot be coerced fails its member, or is left out",
+    )
+    _add_common(sync)
     sync.set_defaults(func=cmd_sync)
 
-    replay = commands.add_parser("replay", help="resend the retryable records of a dead letter")
-    replay.add_argument("dead_letter", metavar="DEAD_LETTER")
-    replay.add_argument("--output", help="dead letter for records that fail again")
-    replay.add_argument("--max-in-flight", type=int, default=4)
-    replay.add_argument("--quiet", action="store_true", help="no progress line")
+    replay = commands.add_parser(
+        "replay",
+        help="resend the retryable records of a dead letter",
+        description="Resend what a dead letter holds that may succeed now. What fails again, "
+        "and what is not resent, goes to the output dead letter.",
+    )
+    replay.add_argument("input", metavar="DEAD_LETTER")
+    replay.add_argument(
+        "--dead-letter",
+        "--output",
+        dest="dead_letter",
+        help="where what still fails goes (DEAD_LETTER's name with .replay.jsonl)",
+    )
+    replay.add_argument(
+        "--include-unknown",
+        action="store_true",
+        help="also resend events and purchases whose outcome is unknown (may double-count)",
+    )
+    _add_common(replay)
     replay.set_defaults(func=cmd_replay)
     return parser
 
@@ -274,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _setup_logging(args)
     try:
         return int(args.func(args))
     except _UserError as exc:
@@ -285,9 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AntavoBrazeError as exc:
         print(f"antavo-braze: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # pragma: no cover - interactive
+    except BrokenPipeError:
+        # stdout went away (piped into head): say nothing more, like other tools.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except KeyboardInterrupt:
         print("antavo-braze: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":  # pragma: no cover
