@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._batching import Item, pack
+from antavo_braze._batching import Item, Packer, pack
 from antavo_braze._limits import ARRAYS
 
 # Limits below Braze's own, so that small tests reach them.
@@ -134,3 +135,33 @@ def test_packing_invariants(
         decoded = json.loads(batch.body)
         assert {a: len(v) for a, v in decoded.items()} == {a: n for a, n in counts.items() if n}
         assert batch.keys == {it.key for it in batch.items}
+
+
+@given(
+    groups=group_strategy,
+    mode=st.sampled_from(["combined", "legacy"]),
+    max_objects=st.integers(1, 75),
+    max_bytes=st.integers(SMALL, 5000),
+)
+def test_pending_is_exactly_what_was_read_and_not_yielded(
+    groups: list[list[tuple[str, int]]], mode: str, max_objects: int, max_bytes: int
+) -> None:
+    """At every yield, Packer.pending holds exactly the items read but in no batch yet."""
+    built = [
+        [item(a, s, eid=f"e{g}", record=g * 10 + i) for i, (a, s) in enumerate(grp)]
+        for g, grp in enumerate(groups)
+    ]
+    read: list[Item] = []
+
+    def reading() -> Iterator[list[Item]]:
+        for group in built:
+            read.extend(group)
+            yield group
+
+    packer = Packer(reading(), limits(mode=mode, max_objects=max_objects, max_bytes=max_bytes))
+    sent: list[Item] = []
+    for batch in packer:
+        sent.extend(batch.items)
+        pending = packer.pending
+        assert sorted(map(id, sent + pending)) == sorted(map(id, read))
+    assert packer.pending == []

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -229,3 +232,221 @@ def test_broken_jsonl_line(tmp_path: Path) -> None:
 def test_version() -> None:
     """--version prints the version."""
     assert run("--version").stdout.startswith("antavo-braze ")
+
+
+def _popen_sync(fake: FakeBraze, *args: str) -> subprocess.Popen[str]:
+    """Start a CLI sync in the background, wired to the fake."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    full_env.update(braze_env(fake))
+    return subprocess.Popen(
+        [sys.executable, "-m", "antavo_braze.cli", "sync", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+    )
+
+
+def _wait_for(condition: Any, timeout: float = 60.0) -> None:
+    """Poll until ``condition()`` holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.01)
+
+
+def _dead_ids(path: Path) -> list[str]:
+    """Record ids in a dead letter, in file order."""
+    return [json.loads(line)["record_id"] for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_members_sync_reports_and_resumes(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    """A signal mid-sync prints the partial report, loses no member, and --resume finishes."""
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps(DEMO_MAPPING))
+    members = tmp_path / "members.jsonl"
+    rows = list(sample_members(3000))
+    members.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    args = ["members", "--mapping", str(mapping), "--input", str(members)]
+    args += ["--dead-letter", str(dead), "--max-in-flight", "2", "--quiet"]
+    with FakeBraze(api_key="test-key", latency=0.02) as fake:
+        proc = _popen_sync(fake, *args)
+        _wait_for(lambda: fake.objects_received >= 300)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        assert "records:" in out
+        assert "3000 records" not in out  # it stopped reading
+        assert "[interrupted]" in out
+        assert "--resume" in err
+        checkpoint = dead.with_name(dead.name + ".checkpoint")
+        assert checkpoint.exists()
+        assert oct(checkpoint.stat().st_mode & 0o777) == "0o600"
+        at_fake = set(fake.profiles)
+        in_dead = set(_dead_ids(dead))
+        read = int(out.split(" records:")[0])
+        assert 300 <= len(at_fake) <= read < 3000
+        assert at_fake | in_dead == {r["id"] for r in rows[:read]}  # what it read: nothing lost
+        resumed = _popen_sync(fake, *args, "--resume")
+        out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, err
+        assert "3000 records: " in out
+        assert "skipped" in out
+        assert set(fake.profiles) == {r["id"] for r in rows}
+        assert not checkpoint.exists()
+        assert dead.read_text() == ""
+
+
+def test_interrupted_events_sync_sends_each_event_at_most_once_per_run(tmp_path: Path) -> None:
+    """Events resumed after SIGINT: each event reaches Braze once unless its answer was lost."""
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {
+            "customer": f"m-{i % 50}",
+            "action": "point_add",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": {"points": i},
+        }
+        for i in range(3000)
+    ]
+    events.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    args = ["events", "--mapping", str(DATA / "mapping.json"), "--input", str(events)]
+    args += ["--dead-letter", str(dead), "--max-in-flight", "2", "--quiet"]
+    with FakeBraze(api_key="test-key", latency=0.02) as fake:
+        proc = _popen_sync(fake, *args)
+        _wait_for(lambda: fake.objects_received >= 300)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        resumed = _popen_sync(fake, *args, "--resume")
+        out, err = resumed.communicate(timeout=120)
+        unknown = [json.loads(x) for x in dead.read_text().splitlines()]
+        assert all(entry["outcome"] == "unknown" for entry in unknown)
+        assert resumed.returncode == (1 if unknown else 0), err
+        points = [e["properties"]["points"] for e in fake.events]
+        assert len(points) == len(set(points))  # never sent twice
+        assert set(points) | {e["index"] for e in unknown} == set(range(3000))
+
+
+def test_malformed_line_among_ten_thousand(fake: FakeBraze, tmp_path: Path) -> None:
+    """One malformed line in 10,000 fails alone; every other record is sent and reported."""
+    members = tmp_path / "members.jsonl"
+    lines = [json.dumps({"id": f"m{i}", "score": i}) for i in range(10_000)]
+    lines[5000] = '{"id": "m5000", "score": '
+    members.write_text("\n".join(lines) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    result = run(
+        "sync",
+        "members",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(members),
+        "--dead-letter",
+        str(dead),
+        "--quiet",
+        env=braze_env(fake),
+    )
+    assert result.returncode == 1, result.stderr
+    assert "10000 records: 9999 succeeded, 1 failed" in result.stdout
+    entry = json.loads(dead.read_text())
+    assert (entry["stage"], entry["line"], entry["index"]) == ("input", 5001, 5000)
+    assert len(fake.profiles) == 9999
+
+
+def test_replay_refuses_a_file_that_is_not_a_dead_letter(fake: FakeBraze, tmp_path: Path) -> None:
+    """Replaying the members input by mistake is a usage error that sends nothing."""
+    members = tmp_path / "members.jsonl"
+    members.write_text(json.dumps({"id": "a", "score": 1}) + "\n")
+    result = run("replay", str(members), env=braze_env(fake))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert fake.requests == []
+
+
+def test_replay_writes_a_fresh_output_beside_the_input(fake: FakeBraze, tmp_path: Path) -> None:
+    """What still fails goes to <stem>.replay.jsonl, flat (no nesting), with its kind kept."""
+    fake.block("blocked")
+    dead = tmp_path / "dead.jsonl"
+    entry = {
+        "version": 1,
+        "kind": "member",
+        "index": 3,
+        "record_id": "blocked",
+        "stage": "transport",
+        "reason": "timed out",
+        "retryable": True,
+        "objects": [{"array": "attributes", "object": {"external_id": "blocked", "x": 1}}],
+    }
+    dead.write_text(json.dumps(entry) + "\n")
+    result = run("replay", str(dead), "--quiet", env=braze_env(fake))
+    assert result.returncode == 1, result.stderr
+    output = tmp_path / "dead.replay.jsonl"
+    assert f"what remains is in {output}" in result.stdout
+    again = json.loads(output.read_text())
+    assert (again["kind"], again["record_id"], again["index"]) == ("member", "blocked", 3)
+    assert again["objects"] == entry["objects"]
+    assert oct(output.stat().st_mode & 0o777) == "0o600"
+
+
+def test_dry_run_writes_the_dead_letter_it_announces(tmp_path: Path) -> None:
+    """A dry run with --dead-letter writes the records that would fail."""
+    members = tmp_path / "m.jsonl"
+    members.write_text('{"id": "a", "score": "lots"}\n{"id": "b", "score": 2}\n')
+    dead = tmp_path / "dead.jsonl"
+    result = run(
+        "sync",
+        "members",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(members),
+        "--dry-run",
+        "--dead-letter",
+        str(dead),
+    )
+    assert result.returncode == 1
+    assert _dead_ids(dead) == ["a"]
+    assert f"failed records written to {dead}" in result.stdout
+
+
+def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
+    """--resume with nothing to resume says so in one line."""
+    members = tmp_path / "m.jsonl"
+    members.write_text('{"id": "a", "score": 1}\n')
+    result = run(
+        "sync",
+        "members",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(members),
+        "--dead-letter",
+        str(tmp_path / "dead.jsonl"),
+        "--resume",
+        env={"BRAZE_REST_ENDPOINT": "http://127.0.0.1:9", "BRAZE_API_KEY": "k"},
+    )
+    assert result.returncode == 2
+    assert "nothing to resume" in result.stderr
+
+
+def test_state_is_refused_for_events(tmp_path: Path) -> None:
+    """--state with events is a usage error, not silently ignored."""
+    result = run(
+        "sync",
+        "events",
+        "--mapping",
+        str(DATA / "mapping.json"),
+        "--input",
+        str(tmp_path / "e.jsonl"),
+        "--state",
+        str(tmp_path / "s.db"),
+        "--dry-run",
+    )
+    assert result.returncode == 2
+    assert "--state applies to members only" in result.stderr

@@ -118,19 +118,26 @@ class Packer:
     A group that does not fit the current batch starts the next one; a group too large for
     any batch is split item by item; an object over the byte limit alone comes out as a batch
     of its own marked ``oversize``. :attr:`pending` holds the items of the batch still being
-    filled (what an interrupted run has packed but not yet sent).
+    filled and the items taken from ``groups`` but not yet placed: what an interrupted run
+    has read but not sent (never an item of a batch already yielded).
     """
 
     def __init__(self, groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> None:
         self.groups = groups
         self.limits = limits or _DEFAULT
-        self.pending: list[Item] = []
+        self._open: list[Item] = []
+        self._held: Sequence[Item] = ()
+
+    @property
+    def pending(self) -> list[Item]:
+        """The items read from ``groups`` that are in no yielded batch yet."""
+        return [*self._open, *self._held]
 
     def __iter__(self) -> Iterator[Batch]:
         limits = self.limits
         max_objects, max_bytes = limits.max_objects, limits.max_bytes
         combined = limits.mode == "combined"
-        current = self.pending = []
+        current = self._open = []
         counts = dict.fromkeys(ARRAYS, 0)  # kept up to date off the hot path only
         attributes_only = True  # every item in current is an attributes object
         size = 2  # the braces (kept up to date off the hot path only)
@@ -167,31 +174,36 @@ class Packer:
                     trial[item.array] += 1
                 fits = grown <= max_bytes
             if not fits and current:
-                yield _batch(current, attributes_only)
-                current = self.pending = []
+                # Once out, a batch is the sender's: pending is what is read and not in one.
+                batch, current = _batch(current, attributes_only), []
+                self._open, self._held = current, group
+                yield batch
                 counts, size = dict.fromkeys(ARRAYS, 0), 2
-            for item in group:  # a group too large for one batch is split item by item
+            for placed, item in enumerate(group):  # too large for one batch: item by item
                 cost = _cost(item, counts)
                 full = (
                     len(current) >= max_objects if combined else counts[item.array] >= max_objects
                 )
                 if current and (full or size + cost > max_bytes):
-                    yield _batch(current, counts[ATTRIBUTES] == len(current))
-                    current = self.pending = []
+                    batch, current = _batch(current, counts[ATTRIBUTES] == len(current)), []
+                    self._open, self._held = current, group[placed:]
+                    yield batch
                     counts, size = dict.fromkeys(ARRAYS, 0), 2
                     cost = _cost(item, counts)
                 if size + cost > max_bytes:  # alone in a batch and still too large
+                    self._held = group[placed + 1 :]
                     yield Batch((item,), _body([item]), frozenset([item.key]), oversize=True)
                     continue
                 current.append(item)
                 counts[item.array] += 1
                 size += cost
+            self._held = ()
             attributes_only = counts[ATTRIBUTES] == len(current) and all(
                 len(item.data) <= small for item in current
             )
+        self._open = []
         if current:
             yield _batch(current, attributes_only)
-        self.pending = []
 
 
 def pack(groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> Iterator[Batch]:

@@ -72,7 +72,6 @@ class Exchange:
         "keys",
         "method",
         "path",
-        "sent",
         "started",
         "tag",
         "target",
@@ -96,7 +95,6 @@ class Exchange:
         self.keys = keys
         self.tag = tag
         self.attempt = 0
-        self.sent = False  # some attempt went out whole
         self.unknown = False  # some attempt went out whole and got no usable answer
         self.deadline = 0.0
         self.started = 0.0
@@ -609,7 +607,7 @@ class SendLoop:
         else:
             text = f"interrupted ({name}) before it was sent"
         return Result(
-            exchange, None, None, TransportError(text), "interrupted", not_sent=not exchange.sent
+            exchange, None, None, TransportError(text), "interrupted", not_sent=not exchange.unknown
         )
 
     def _stop(self, source: Source, signum: int) -> None:
