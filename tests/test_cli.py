@@ -321,13 +321,13 @@ def test_interrupted_events_sync_sends_each_event_at_most_once_per_run(tmp_path:
         proc = _popen_sync(fake, *args)
         _wait_for(lambda: fake.objects_received >= 300)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         resumed = _popen_sync(fake, *args, "--resume")
-        out, err = resumed.communicate(timeout=120)
+        _, err = resumed.communicate(timeout=120)
         unknown = [json.loads(x) for x in dead.read_text().splitlines()]
         assert all(entry["outcome"] == "unknown" for entry in unknown)
-        assert resumed.returncode == (1 if unknown else 0), err
+        assert resumed.returncode == 0, err  # what the first run left unknown is its own
         points = [e["properties"]["points"] for e in fake.events]
         assert len(points) == len(set(points))  # never sent twice
         assert set(points) | {e["index"] for e in unknown} == set(range(3000))

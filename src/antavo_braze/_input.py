@@ -109,16 +109,16 @@ def read_records(
         codecs.lookup(encoding)
     except LookupError:
         raise ConfigurationError(f"unknown encoding {encoding!r}") from None
+    if format not in (None, "jsonl", "json", "csv"):
+        raise ConfigurationError(f"unknown input format {format!r} (jsonl, json or csv)")
     handle, kind = _open_binary(path)
     kind = format or kind
     name = "<stdin>" if str(path) == "-" else str(path)
     if kind == "csv":
         tsv = ".tsv" in [suffix.lower() for suffix in Path(str(path)).suffixes]
         rows = _csv_rows(handle, encoding, delimiter, tsv=tsv)
-    elif kind in ("json", "jsonl"):
-        rows = _json_rows(handle, encoding, array_allowed=kind == "json")
     else:
-        raise ConfigurationError(f"unknown input format {kind!r} (jsonl, json or csv)")
+        rows = _json_rows(handle, encoding, array_allowed=kind == "json")
     return RecordSource(name, rows)
 
 
@@ -273,11 +273,14 @@ def _csv_rows(
 
 
 def _chain(first: io.StringIO, then: IO[str]) -> Iterator[str]:
+    """The sample's lines, then the file's, none longer than MAX_LINE_BYTES characters (a
+    longer line comes in pieces, each over csv's field limit: memory stays bounded)."""
     for line in first:
         if not line.endswith(("\n", "\r")):  # the sample cut a line: finish it from the file
-            line += then.readline()
+            line += then.readline(MAX_LINE_BYTES)
         yield line
-    yield from then
+    while line := then.readline(MAX_LINE_BYTES):
+        yield line
 
 
 def _sniff(sample: str) -> str:

@@ -1,0 +1,217 @@
+"""Record readers: JSON Lines, JSON arrays, CSV, gzip; bad lines become BadInput records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from antavo_braze._input import MAX_LINE_BYTES, BadInput, read_records
+from antavo_braze.exceptions import ConfigurationError
+
+
+def records(path: Path, **kwargs: str) -> list[object]:
+    """Every record read from ``path``."""
+    return list(read_records(path, **kwargs))
+
+
+def test_jsonl_with_blank_lines_bom_and_line_numbers(tmp_path: Path) -> None:
+    """JSONL: a BOM is dropped, blank lines skipped, each record knows its line."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a"}\n\n\n{"id": "b"}\n  \n{"id": "c"}\n')
+    source = read_records(path)
+    assert list(source) == [{"id": "a"}, {"id": "b"}, {"id": "c"}]
+    assert [source.line_of(i) for i in range(3)] == [1, 4, 6]
+
+
+def test_bad_lines_fail_alone_with_their_line(tmp_path: Path) -> None:
+    """Broken JSON, a non-object, bad UTF-8 and deep nesting each become one BadInput."""
+    path = tmp_path / "m.jsonl"
+    lines = [
+        b'{"id": "a"}',
+        b'{"id": ',
+        b"[1, 2]",
+        b'{"id": "caf\xe9"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "b"}',
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    got = records(path)
+    assert got[0] == {"id": "a"}
+    assert got[-1] == {"id": "b"}
+    bad = got[1:-1]
+    assert all(isinstance(b, BadInput) for b in bad)
+    assert [b.line for b in bad] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+    reasons = [b.reason for b in bad]  # type: ignore[attr-defined]
+    assert reasons[0].startswith("not valid JSON (")
+    assert reasons[1] == "expected a JSON object, got list"
+    assert "not valid utf-8 (byte 12)" in reasons[2]
+    assert reasons[3] == "nested too deeply to be a record"
+
+
+def test_latin1_needs_its_encoding(tmp_path: Path) -> None:
+    """A Latin-1 file read as UTF-8 fails its line; with encoding='latin-1' it reads."""
+    path = tmp_path / "m.jsonl"
+    path.write_bytes('{"id": "a", "city": "Győr Zürich"}\n'.encode("latin-1", "replace"))
+    assert isinstance(records(path)[0], BadInput)
+    assert records(path, encoding="latin-1") == [{"id": "a", "city": "Gy?r Zürich"}]
+
+
+def test_an_overlong_line_is_one_bad_record(tmp_path: Path) -> None:
+    """A line over MAX_LINE_BYTES is cut and skipped; the next line still reads."""
+    path = tmp_path / "m.jsonl"
+    with path.open("wb") as out:
+        out.write(b'{"id": "' + b"x" * (MAX_LINE_BYTES + 10) + b'"}\n')
+        out.write(b'{"id": "b"}\n')
+    got = records(path)
+    assert isinstance(got[0], BadInput)
+    assert "longer than" in got[0].reason
+    assert got[1] == {"id": "b"}
+
+
+def test_gzipped_jsonl_and_json_array(tmp_path: Path) -> None:
+    """.jsonl.gz and .json.gz read like the plain files."""
+    lines = tmp_path / "m.jsonl.gz"
+    with gzip.open(lines, "wt") as out:
+        out.write('{"id": "a"}\n{"id": "b"}\n')
+    assert records(lines) == [{"id": "a"}, {"id": "b"}]
+    array = tmp_path / "m.json.gz"
+    with gzip.open(array, "wt") as out:
+        json.dump([{"id": "a"}], out)
+    assert records(array) == [{"id": "a"}]
+
+
+def test_json_array_streams_across_chunks(tmp_path: Path) -> None:
+    """A JSON array larger than one read chunk yields every element, with its line."""
+    path = tmp_path / "m.json"
+    rows = [{"id": f"m{i}", "pad": "x" * 50} for i in range(3000)]
+    path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    source = read_records(path)
+    assert list(source) == rows
+    assert source.line_of(0) == 2
+    assert source.line_of(2999) == 3001
+
+
+def test_json_array_problems(tmp_path: Path) -> None:
+    """A non-object element fails alone; a cut-off array and bad JSON end with a BadInput."""
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text('[{"id": "a"}, 3, {"id": "b"}]')
+    got = records(mixed)
+    assert got[0] == {"id": "a"}
+    assert got[2] == {"id": "b"}
+    assert isinstance(got[1], BadInput)
+    assert got[1].reason == "expected a JSON object, got int"
+    cut = tmp_path / "cut.json"
+    cut.write_text('[{"id": "a"}, {"id": "b"')
+    got = records(cut)
+    assert got[0] == {"id": "a"}
+    assert isinstance(got[-1], BadInput)
+    assert "not valid JSON" in got[-1].reason
+    unclosed = tmp_path / "unclosed.json"
+    unclosed.write_text('[{"id": "a"}')
+    got = records(unclosed)
+    assert isinstance(got[-1], BadInput)
+    assert "not closed" in got[-1].reason
+    bad_bytes = tmp_path / "bytes.json"
+    bad_bytes.write_bytes(b'[{"id": "\xff"}]')
+    assert isinstance(records(bad_bytes)[0], BadInput)
+
+
+def test_json_file_of_lines_reads_as_jsonl(tmp_path: Path) -> None:
+    """A .json file holding one object per line is read line by line."""
+    path = tmp_path / "m.json"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n')
+    assert records(path) == [{"id": "a"}, {"id": "b"}]
+
+
+def test_csv_from_excel_bom_and_semicolons(tmp_path: Path) -> None:
+    """Excel's BOM is dropped and ';' is sniffed; JSON cells and data.x columns are parsed."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfid;tags;data.points;note\r\n"
+        b'a;["x","y"];10;\r\n;;;\r\nb;{"k": 1};;"two\r\nlines"\r\n'
+    )
+    source = read_records(path)
+    got = list(source)
+    assert got == [
+        {"id": "a", "tags": ["x", "y"], "data": {"points": "10"}},
+        {"id": "b", "tags": {"k": 1}, "note": "two\r\nlines"},
+    ]
+    assert [source.line_of(0), source.line_of(1)] == [2, 4]
+
+
+def test_csv_rows_that_fail(tmp_path: Path) -> None:
+    """Too many cells, a broken JSON cell and undecodable bytes each fail their row only."""
+    path = tmp_path / "m.csv"
+    path.write_bytes(b"id,tags\na,[1\nb,1,2\nc,caf\xe9\nd,ok\n")
+    got = records(path, delimiter=",")
+    assert got[-1] == {"id": "d", "tags": "ok"}
+    reasons = [g.reason for g in got[:-1]]  # type: ignore[attr-defined]
+    assert reasons == [
+        "column 'tags' starts like JSON but is not JSON",
+        "the row has 3 cells, the header 2",
+        "column 'tags': bytes that are not valid in the encoding",
+    ]
+    assert records(path, delimiter=",", encoding="latin-1")[2] == {"id": "c", "tags": "café"}
+
+
+def test_tsv_and_format_override(tmp_path: Path) -> None:
+    """.tsv splits on tabs; format= reads a file whatever its suffix."""
+    tsv = tmp_path / "m.tsv"
+    tsv.write_text("id\tscore\na\t1\n")
+    assert records(tsv) == [{"id": "a", "score": "1"}]
+    odd = tmp_path / "m.jsonl"
+    odd.write_text("id,score\na,1\n")
+    assert records(odd, format="csv") == [{"id": "a", "score": "1"}]
+
+
+def test_a_huge_csv_line_stays_bounded(tmp_path: Path) -> None:
+    """A CSV line far over csv's field limit fails as bad rows; the next row reads."""
+    path = tmp_path / "m.csv"
+    path.write_text("id,note\n" + "a," + "x" * 300_000 + "\nb,ok\n")
+    got = records(path)
+    assert isinstance(got[0], BadInput)
+    assert "field larger than field limit" in got[0].reason
+    assert got[-1] == {"id": "b", "note": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        ("nope.jsonl", {}, "input file not found"),
+        ("m.txt", {}, "unsupported input 'm.txt'"),
+        ("m.jsonl", {"encoding": "klingon"}, "unknown encoding 'klingon'"),
+        ("m.jsonl", {"format": "xml"}, "unknown input format 'xml'"),
+    ],
+)
+def test_configuration_mistakes(
+    tmp_path: Path, name: str, kwargs: dict[str, str], message: str
+) -> None:
+    """A missing file, an unknown suffix, encoding or format is a ConfigurationError."""
+    (tmp_path / "m.txt").write_text("x")
+    (tmp_path / "m.jsonl").write_text("{}")
+    with pytest.raises(ConfigurationError, match=message):
+        read_records(tmp_path / name, **kwargs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blanks=st.lists(st.integers(0, 3), min_size=1, max_size=40))
+def test_line_of_matches_the_file(
+    tmp_path_factory: pytest.TempPathFactory, blanks: list[int]
+) -> None:
+    """For any pattern of blank lines, line_of gives each record's real line."""
+    lines: list[str] = []
+    expected: list[int] = []
+    for i, gap in enumerate(blanks):
+        lines.extend([""] * gap)
+        lines.append(json.dumps({"id": f"m{i}"}))
+        expected.append(len(lines))
+    path = tmp_path_factory.mktemp("lines") / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    source = read_records(path)
+    assert len(list(source)) == len(blanks)
+    assert [source.line_of(i) for i in range(len(blanks))] == expected
