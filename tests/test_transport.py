@@ -581,3 +581,25 @@ def test_requests_are_counted_per_call_across_threads(fake: FakeBraze) -> None:
             t.join()
     assert sorted(r.requests for r in results) == sorted(n % 3 + 1 for n in range(16))
     assert sum(r.requests for r in results) == len(fake.requests)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "message"),
+    [
+        ("http://proxy:notaport", "malformed proxy URL from proxy="),
+        ("https://proxy:3128", "https:// proxies"),
+        ("socks5://proxy:1080", "must be http://host:port"),
+        ("http://", "must be http://host:port"),
+        ("http://evil.com%2f@x\\y:3128", "not a host name"),
+    ],
+)
+def test_bad_proxy_urls_are_refused(proxy: str, message: str) -> None:
+    """A proxy URL the SDK cannot use is a ConfigurationError that says why."""
+    with pytest.raises(ab.ConfigurationError, match=message):
+        ab.BrazeClient("https://rest.iad-01.braze.com", "k", proxy=proxy)
+
+
+def test_proxy_without_scheme_is_http() -> None:
+    """A bare host:port proxy (as often set in HTTPS_PROXY) means http://host:port."""
+    with ab.BrazeClient("https://rest.iad-01.braze.com", "k", proxy="proxy.corp:3128") as c:
+        assert c.proxy == "http://proxy.corp:3128"

@@ -92,6 +92,18 @@ def _rows(records: Iterable[Any]) -> Iterable[Any]:
     return records
 
 
+def _until_interrupted(records: Iterable[Any], interrupt: Interrupt) -> Iterator[Any]:
+    """The records; a Ctrl-C raised while the input is read (a notebook cell, a generator
+    reading a socket) ends them and stops the run like a signal: every record read so far
+    was handled, so the report adds up."""
+    try:
+        yield from records
+    except KeyboardInterrupt:
+        if interrupt.signal is not None:  # a second one: stop now
+            raise
+        interrupt.request(signal.SIGINT)
+
+
 class Syncer:
     """Syncs Antavo members and events into Braze through ``client`` with ``mapping``.
 
@@ -317,7 +329,7 @@ class Syncer:
         run = self._new_run(kind, records, self.dead_letter)
         stats = CallStats()
         interrupt = Interrupt()
-        groups = build(_rows(records), run)
+        groups = build(_until_interrupted(_rows(records), interrupt), run)
         packer = Packer(groups, self.limits)
         try:
             with stop_on_signals(interrupt, self.handle_signals):

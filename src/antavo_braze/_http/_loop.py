@@ -340,7 +340,11 @@ class SendLoop:
     # --- starting attempts ---------------------------------------------------------------
 
     def _start(self, source: Source) -> None:
-        if self.interrupt is not None and self.interrupt.signal is not None:
+        if (
+            self.interrupt is not None
+            and self.interrupt.signal is not None
+            and self._stop_at is None
+        ):
             self._stop(source, self.interrupt.signal)
         self._pacer_wait = 0.0
         if self._stop_at is not None:
@@ -617,6 +621,10 @@ class SendLoop:
             return
         self.interrupted = self.stats.interrupted = signum
         self._stop_at = time.monotonic() + self.grace
+        if self.interrupt is not None and self._selector is not None:
+            # Seen: it stays readable, and select must now wait for the in-flight answers.
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self.interrupt)
         for exchange in source.pending():
             self._results.append(self._interrupted(exchange))
         for _, _, exchange in self._retries:
