@@ -18,7 +18,7 @@ from attrs import frozen
 from cattrs.errors import BaseValidationError
 
 from ._converter import make_converter
-from ._files import open_private
+from ._files import open_private, refuse_link
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -122,22 +122,37 @@ class JsonlDeadLetter:
     """Writes entries to a JSON Lines file created ``0600`` (one append per entry, so each
     entry is on disk when ``write`` returns and no file stays open between failures).
 
-    The file is started afresh when the sink is made, unless ``append`` is true.
+    The file is started afresh (unless ``append`` is true) when the first run using the sink
+    starts, or at its first entry: never before, so a sink made by mistake on a file that
+    is still to be read (a replay's input) has not emptied it yet.
     """
 
     def __init__(self, path: str | PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        open_private(self.path, append=append).close()
+        refuse_link(self.path)
+        self._started = append
         self.count = 0
+
+    def start(self) -> None:
+        """Start the file afresh now (once; with ``append``, create it if missing)."""
+        with self._lock:
+            self._start()
+
+    def _start(self) -> None:
+        open_private(self.path, append=self._started).close()
+        self._started = True
 
     def __repr__(self) -> str:
         return f"JsonlDeadLetter({str(self.path)!r})"
 
     def write(self, entry: DeadLetterEntry) -> None:
         line = entry_to_json(entry) + "\n"
-        with self._lock, open_private(self.path, append=True) as handle:
-            handle.write(line)
+        with self._lock:
+            if not self._started:
+                self._start()
+            with open_private(self.path, append=True) as handle:
+                handle.write(line)
             self.count += 1
 
 

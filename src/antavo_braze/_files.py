@@ -15,13 +15,20 @@ from typing import IO
 
 from .exceptions import ConfigurationError
 
-__all__ = ["PRIVATE_MODE", "ensure_private_file", "open_private", "replace_private"]
+__all__ = [
+    "PRIVATE_MODE",
+    "ensure_private_file",
+    "open_private",
+    "refuse_link",
+    "replace_private",
+]
 
 PRIVATE_MODE = 0o600
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _refuse_link(path: Path) -> None:
+def refuse_link(path: Path) -> None:
+    """Refuse to write member data through a symbolic link."""
     if path.is_symlink():
         raise ConfigurationError(f"{path} is a symbolic link; refusing to write member data there")
 
@@ -29,7 +36,7 @@ def _refuse_link(path: Path) -> None:
 def open_private(path: str | os.PathLike[str], *, append: bool) -> IO[str]:
     """Open ``path`` for writing text (appending, or truncated), creating it ``0600``."""
     file = Path(path)
-    _refuse_link(file)
+    refuse_link(file)
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | _NOFOLLOW | (0 if append else os.O_TRUNC)
     try:
         fd = os.open(file, flags, PRIVATE_MODE)
@@ -45,7 +52,7 @@ def ensure_private_file(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` empty and ``0600`` if it does not exist (before a database opens it;
     SQLite gives its journal files the database's mode); refuse a symlink."""
     file = Path(path)
-    _refuse_link(file)
+    refuse_link(file)
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, PRIVATE_MODE)
     except OSError as exc:
@@ -60,7 +67,7 @@ def ensure_private_file(path: str | os.PathLike[str]) -> Path:
 def replace_private(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (a ``0600`` temporary file renamed over it)."""
     file = Path(path)
-    _refuse_link(file)
+    refuse_link(file)
     fd, temporary = tempfile.mkstemp(dir=file.parent or ".", prefix=f".{file.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

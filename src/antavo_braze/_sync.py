@@ -92,6 +92,18 @@ def _rows(records: Iterable[Any]) -> Iterable[Any]:
     return records
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether both paths exist and are one file (links included)."""
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _start(sink: DeadLetterSink | None) -> None:
+    """A run's dead-letter file starts afresh when the run does (a sink with ``start``)."""
+    start = getattr(sink, "start", None)
+    if callable(start):
+        start()
+
+
 def _until_interrupted(records: Iterable[Any], interrupt: Interrupt) -> Iterator[Any]:
     """The records; a Ctrl-C raised while the input is read (a notebook cell, a generator
     reading a socket) ends them and stops the run like a signal: every record read so far
@@ -244,6 +256,7 @@ class Syncer:
         Syncer's own dead letter is never touched)."""
         build = self._member_builder() if kind == "members" else self._event_groups
         sink = open_sink(dead_letter)
+        _start(sink)
         run = self._new_run("member" if kind == "members" else "event", records, sink)
         count = 0
         for batch in pack(build(_rows(records), run), self.limits):
@@ -267,7 +280,7 @@ class Syncer:
         """
         source = Path(path)
         target = getattr(self.dead_letter, "path", None)
-        if target is not None and source.exists() and os.path.samefile(target, source):
+        if target is not None and _same_file(Path(target), source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
         entries = read_dead_letters(source)
 
@@ -326,6 +339,7 @@ class Syncer:
         client = self.client
         if client is None:
             raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
+        _start(self.dead_letter)
         run = self._new_run(kind, records, self.dead_letter)
         stats = CallStats()
         interrupt = Interrupt()

@@ -1,0 +1,172 @@
+"""Run accounting: replays, exact request counts, owned values, unreachable Braze, sinks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import antavo_braze as ab
+from antavo_braze.testing import FakeBraze
+
+from .servers import CLOSE, RawServer
+
+FAST = ab.RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
+MAPPING = {
+    "fields": [
+        {"loyalty_field": "score", "remote_field": "points", "type": "number"},
+        {"loyalty_field": "profile", "remote_field": "profile", "type": "object"},
+    ]
+}
+
+
+def check(report: ab.SyncReport) -> None:
+    """The report adds up and names each failed record once."""
+    assert report.total == report.succeeded + report.failed + report.skipped
+    assert len({f.index for f in report.failures}) == len(report.failures)
+
+
+def test_three_replays_leave_one_line_with_replays_3(fake: FakeBraze, tmp_path: Path) -> None:
+    """A record that keeps failing is one flat dead-letter line, its kind and record kept."""
+    fake.inject(times=10_000, status=503)
+    record = {"id": "a", "score": 1, "profile": {"tier": "Gold"}}
+    with fake.client(retry=FAST) as client:
+        paths = [tmp_path / f"dead{n}.jsonl" for n in range(4)]
+        first = ab.Syncer(client, MAPPING, dead_letter=paths[0]).sync_members([record])
+        check(first)
+        for before, after in itertools.pairwise(paths):
+            again = ab.Syncer(client, ab.Mapping(), dead_letter=after).replay(before)
+            check(again)
+            assert again.failed == 1
+    lines = paths[3].read_text().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert (entry["kind"], entry["replays"], entry["record_id"]) == ("member", 3, "a")
+    assert entry["record"] == record
+    assert len(lines[0]) < 2 * len(paths[0].read_text())  # no nesting
+
+
+def test_sixteen_threads_report_exact_request_counts(fake: FakeBraze) -> None:
+    """Threads sharing one client: their reports' requests add up to what Braze received."""
+    reports: list[ab.SyncReport] = []
+    lock = threading.Lock()
+    with fake.client(max_in_flight=4) as client:
+
+        def work(n: int) -> None:
+            members = ({"id": f"t{n}-{i}", "score": i} for i in range(40 * (n % 4 + 1)))
+            report = ab.Syncer(client, MAPPING).sync_members(members)
+            with lock:
+                reports.append(report)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    received = [r for r in fake.requests if r.path == "/users/track"]
+    assert sum(r.requests for r in reports) == len(received)
+    assert sorted(r.total for r in reports) == sorted(40 * (n % 4 + 1) for n in range(16))
+    assert sum(r.succeeded for r in reports) == len(fake.profiles)
+
+
+def test_a_reused_input_dict_sends_each_member_s_own_values(fake: FakeBraze) -> None:
+    """A generator mutating one nested dict between members: each member keeps its values."""
+
+    def reusing() -> Iterator[dict[str, Any]]:
+        row: dict[str, Any] = {"profile": {}}
+        for i in range(3):
+            row["id"] = f"m{i}"
+            row["score"] = i
+            row["profile"]["tier"] = f"tier-{i}"
+            yield row
+
+    with fake.client() as client:
+        report = ab.Syncer(client, MAPPING).sync_members(reusing())
+    assert report.succeeded == 3
+    assert {k: v["profile"]["tier"] for k, v in fake.profiles.items()} == {
+        "m0": "tier-0",
+        "m1": "tier-1",
+        "m2": "tier-2",
+    }
+
+
+def test_braze_unreachable_from_the_start_raises_at_once() -> None:
+    """A closed port: TransportError after a few batches, not a full run of retries."""
+    with RawServer(lambda n: [CLOSE]) as server:
+        url = server.url
+    with ab.BrazeClient(url, "k", retry=FAST) as client:
+        syncer = ab.Syncer(client, MAPPING, give_up_after=3)
+        with pytest.raises(ab.TransportError, match="nothing got through"):
+            syncer.sync_members({"id": f"m{i}", "score": i} for i in range(20_000))
+
+
+def test_braze_lost_midway_fails_the_rest_as_not_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answers stop after one batch: the rest fails 'not sent', retryable, with one warning."""
+    ok = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 22\r\n\r\n"
+    answer = ok + b'{"message":"success"}\n'
+
+    def script(n: int) -> list[bytes | float | None]:
+        return [answer] if n == 0 else [CLOSE]
+
+    dead = tmp_path / "dead.jsonl"
+    caplog.set_level(logging.WARNING, logger="antavo_braze")
+    with RawServer(script) as server, ab.BrazeClient(server.url, "k", retry=FAST) as client:
+        syncer = ab.Syncer(client, MAPPING, give_up_after=3, dead_letter=dead)
+        report = syncer.sync_members({"id": f"m{i}", "score": i} for i in range(3000))
+        requests = server.requests
+    check(report)
+    assert report.succeeded == 75
+    assert report.failed == 3000 - 75
+    not_sent = [f for f in report.failures if f.outcome == "not_sent"]
+    assert not_sent
+    assert all(f.retryable for f in report.failures)
+    assert all("Braze unreachable" in f.reason for f in not_sent)
+    assert requests < 20  # it stopped sending
+    warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert len(dead.read_text().splitlines()) == report.failed
+
+
+def test_previews_and_dry_runs_leave_the_syncer_s_sink_alone(fake: FakeBraze) -> None:
+    """A dry run beside a sync: the sync's failures still reach its dead letter."""
+    sink = ab.MemoryDeadLetter()
+    bad = [{"id": f"b{i}", "score": "x"} for i in range(200)]
+    with fake.client() as client:
+        syncer = ab.Syncer(client, MAPPING, dead_letter=sink)
+        done: list[ab.SyncReport] = []
+        thread = threading.Thread(target=lambda: done.append(syncer.sync_members(bad)))
+        thread.start()
+        for _ in range(20):
+            syncer.dry_run("members", bad)
+            syncer.preview_members(bad)
+        thread.join()
+        assert syncer.dead_letter is sink
+        syncer.sync_members([{"id": "c", "score": "y"}])
+    assert done[0].failed == 200
+    assert len(sink.entries) == 201
+
+
+def test_replay_refuses_to_write_into_its_own_input(fake: FakeBraze, tmp_path: Path) -> None:
+    """An output that is the input (a symlink, a hard link) is refused before anything is sent."""
+    dead = tmp_path / "dead.jsonl"
+    fake.inject(times=100, status=503)
+    with fake.client(retry=FAST) as client:
+        ab.Syncer(client, MAPPING, dead_letter=dead).sync_members([{"id": "a", "score": 1}])
+        link = tmp_path / "link.jsonl"
+        os.symlink(dead, link)
+        with pytest.raises(ab.ConfigurationError):
+            ab.Syncer(client, ab.Mapping(), dead_letter=link).replay(dead)
+        hard = tmp_path / "hard.jsonl"
+        os.link(dead, hard)  # not a symlink: only samefile sees it
+        with pytest.raises(ab.ConfigurationError, match="other than"):
+            ab.Syncer(client, ab.Mapping(), dead_letter=hard).replay(dead)
+    assert len(dead.read_text().splitlines()) == 1
