@@ -75,6 +75,13 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures (never asserted). Pass names to run a subset."""
     session.install("-e", ".[fast]", "psutil")
-    names = session.posargs or ["pipeline", "end_to_end", "memory", "rate_limit", "data_points"]
+    names = session.posargs or [
+        "pipeline",
+        "end_to_end",
+        "memory",
+        "rate_limit",
+        "data_points",
+        "coercion_worst_case",
+    ]
     for name in names:
         session.run("python", f"benchmarks/{name}.py")

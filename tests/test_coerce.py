@@ -485,3 +485,72 @@ def test_dates_round_trip_to_the_same_instant(moment: datetime) -> None:
     expected = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
     # Compare in UTC: an aware time inside a DST gap never equals another zone's time (PEP 495).
     assert parsed == expected.astimezone(UTC)
+
+
+# --- hostile sizes ----------------------------------------------------------------------------
+
+MEGABYTE = 1_000_000
+ADVERSARIAL = [
+    ("number", "1" * MEGABYTE + "x"),
+    ("number", "1." + "1" * MEGABYTE + "e"),
+    ("number", " " * MEGABYTE + "1" + " " * MEGABYTE + "x"),
+    ("date", "2026-01-01T00:00:00" + "0" * MEGABYTE),
+    ("date", "2026-01-01" + " " * MEGABYTE + "x"),
+    ("date", "1" * MEGABYTE),
+    ("boolean", "t" * MEGABYTE),
+    ("array", ["x" * MEGABYTE]),
+    ("object", {"k" * MEGABYTE: 1}),
+]
+
+
+@pytest.mark.parametrize(("braze_type", "value"), ADVERSARIAL, ids=lambda v: str(v)[:12])
+def test_megabyte_values_are_refused_with_a_short_message(braze_type: str, value: Any) -> None:
+    """1 MB hostile values fail cleanly (the message stays short); benchmarks/coercion.py
+    measures that the cost is linear."""
+    with pytest.raises(ab.CoercionError) as info:
+        ab.coerce(value, braze_type)
+    assert len(str(info.value)) < 500
+
+
+def test_megabyte_string_is_refused_or_truncated() -> None:
+    """A 1 MB string is over Braze's limit: refused, or cut with truncate_strings."""
+    with pytest.raises(ab.CoercionError, match="longer than"):
+        ab.coerce("x" * MEGABYTE, "string")
+    assert ab.coerce("x" * MEGABYTE, "string", truncate_strings=True) == "x" * 255
+
+
+def test_the_date_cache_keeps_short_normalised_keys() -> None:
+    """Padded dates share one cache entry per date; over-long ones are never cached."""
+    from antavo_braze._coerce import _cached_date_string
+
+    _cached_date_string.cache_clear()
+    for pad in range(1, 200):
+        assert ab.coerce(" " * pad + "2026-01-01T10:00:00+02:00", "date") == "2026-01-01T08:00:00Z"
+    for pad in range(50):
+        with pytest.raises(ab.CoercionError):
+            ab.coerce("2026-01-01T10:00:00+02:00" + "0" * (100 + pad), "date")
+    assert _cached_date_string.cache_info().currsize == 1
+
+
+def outcome(value: Any, braze_type: str) -> Any:
+    """The coerced value, or the CoercionError raised."""
+    try:
+        return ab.coerce(value, braze_type)
+    except ab.CoercionError as exc:
+        return exc
+
+
+@given(st.text(alphabet="0123456789.eE+-: TZ", max_size=200), st.integers(1, 5000))
+def test_repeated_number_and_date_shapes_are_coerced_or_refused(piece: str, times: int) -> None:
+    """Any repetition of number/date characters gives a right value or a CoercionError."""
+    text = (piece * times)[:100_000]
+    number = outcome(text, "number")
+    if isinstance(number, ab.CoercionError):
+        assert number.type == "number"
+    else:
+        assert number == float(text.strip())
+    date = outcome(text, "date")
+    if isinstance(date, ab.CoercionError):
+        assert date.type == "date"
+    else:
+        assert date.endswith("Z")
