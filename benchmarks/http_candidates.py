@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import machine, members, reference_bodies
 from _server import fake_braze_process
+from tests.servers import RawServer
+from tests.test_conformance import ANSWERED, OBJECTS, POLICY, REFUSED
 
 import antavo_braze as ab
 from antavo_braze._batching import Batch
-from tests.servers import RawServer
-from tests.test_conformance import ANSWERED, OBJECTS, POLICY, REFUSED
 
 try:
     import aiohttp
