@@ -453,3 +453,22 @@ def test_state_is_refused_for_events(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--state applies to members only" in result.stderr
+
+
+def test_logging_flags(fake: FakeBraze, tmp_path: Path) -> None:
+    """-v logs retries and the summary on stderr; --quiet hides retries; --log-file keeps them."""
+    members = tmp_path / "m.jsonl"
+    members.write_text('{"id": "a", "score": 1}\n')
+    base = ["sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", str(members)]
+    fake.inject(times=1, status=503)
+    verbose = run(*base, "-v", env=braze_env(fake))
+    assert verbose.returncode == 0, verbose.stderr
+    assert "retry 1" in verbose.stderr
+    assert "member sync: 1 records: 1 succeeded" in verbose.stderr
+    fake.inject(times=1, status=503)
+    log = tmp_path / "run.log"
+    quiet = run(*base, "--quiet", "--log-file", str(log), env=braze_env(fake))
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    assert "retry 1" in log.read_text()
+    assert fake.api_key not in log.read_text()

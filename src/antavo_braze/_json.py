@@ -63,9 +63,6 @@ except ModuleNotFoundError:  # pragma: no cover - exercised in the no-orjson CI 
 else:
     BACKEND = "orjson"
 
-    def dumps(value: Any) -> bytes:
-        """Compact UTF-8 JSON."""
-        return orjson.dumps(value)
-
-    dumps_object = dumps
+    # orjson's own functions, unwrapped: one Python call less per object on the hot path.
+    dumps = dumps_object = orjson.dumps
     loads = orjson.loads
