@@ -34,3 +34,15 @@ def fake_braze_process(**options: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         parent.send("stop")
         stats.update(parent.recv())
         process.join(10)
+
+
+if __name__ == "__main__":  # two servers for old-vs-new runs: 100 ms latency, and none
+    import time
+
+    from antavo_braze.testing import FakeBraze
+
+    slow = FakeBraze(api_key="test-key", latency=0.1, record=False, validate=False).start()
+    fast = FakeBraze(api_key="test-key", record=False, validate=False).start()
+    print(f"BENCH_SERVERS={slow.url},{fast.url}", flush=True)
+    while True:
+        time.sleep(60)

@@ -17,10 +17,12 @@ generator's. SDK and reference get the same list.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import urllib3
@@ -36,6 +38,19 @@ from antavo_braze import _json
 N = int(os.environ.get("BENCH_N", "200000"))
 ONLY = [int(n) for n in os.environ.get("BENCH_ONLY", "1,8,32,128").split(",")]
 LATENCY = float(os.environ.get("BENCH_LATENCY", "0.1"))
+# Old against new: both clients must talk to the same server (FakeBraze's own cost per request
+# differs between versions, and at 128 in flight it is close to the ceiling). BENCH_SERVERS=
+# "URL_WITH_LATENCY,URL_WITHOUT" uses servers started by `python benchmarks/_server.py`.
+SERVERS = os.environ.get("BENCH_SERVERS", "").split(",") if os.environ.get("BENCH_SERVERS") else []
+
+
+@contextlib.contextmanager
+def server(latency: float) -> Iterator[str]:
+    if SERVERS:
+        yield SERVERS[0 if latency else 1]
+        return
+    with fake_braze_process(latency=latency, record=False, validate=False) as (url, _):
+        yield url
 
 
 def run_sdk(
@@ -70,7 +85,7 @@ def main() -> None:
     gc.freeze()
     print(f" {N:,} members generated up front (untimed, frozen out of the GC)")
     print(f" latency {LATENCY * 1000:.0f} ms per request:")
-    with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
+    with server(LATENCY) as url:
         for in_flight in ONLY:
             # Few in flight at 100 ms would take minutes for 200,000 members: at most ~20 s of
             # round trips (max_in_flight 1: 15,000 members, 8: 120,000; 32 and 128: all).
@@ -80,7 +95,7 @@ def main() -> None:
             assert report.succeeded == count, report
             row(f"sdk max_in_flight={in_flight}", count, seconds, report.requests)
     print(" no added latency:")
-    with fake_braze_process(latency=0.0, record=False, validate=False) as (url, _):
+    with server(0.0) as url:
         seconds = run_reference(url, records)
         row("hand-written urllib3 loop", N, seconds, -(-N // 75))
         for in_flight in (1, 4, 8):

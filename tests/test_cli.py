@@ -33,6 +33,11 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def sync_args(kind: str, records: str, mapping: Path = DATA / "mapping.json") -> list[str]:
+    """The arguments of a sync of ``records`` with ``mapping``."""
+    return ["sync", kind, "--mapping", str(mapping), "--input", records]
+
+
 def braze_env(fake: FakeBraze) -> dict[str, str]:
     """Credentials pointing at the fake."""
     return {"BRAZE_REST_ENDPOINT": fake.url, "BRAZE_API_KEY": fake.api_key}
@@ -102,12 +107,7 @@ def test_sync_events_csv_dry_run(tmp_path: Path) -> None:
         "m-3,daily_login,2026-01-01T00:00:00Z,\n"
     )
     result = run(
-        "sync",
-        "events",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(events),
+        *sync_args("events", str(events)),
         "--dry-run",
         "--quiet",
     )
@@ -121,12 +121,7 @@ def test_sync_with_state(fake: FakeBraze, tmp_path: Path) -> None:
     members = tmp_path / "m.csv"
     members.write_text("id,score,tiers.0.name\na,1,Gold\nb,2,Silver\n")
     args = [
-        "sync",
-        "members",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(members),
+        *sync_args("members", str(members)),
         "--state",
         str(tmp_path / "s.db"),
         "--send",
@@ -188,12 +183,7 @@ def test_check(fake: FakeBraze) -> None:
     [
         ["sync", "members", "--mapping", str(DATA / "mapping.json"), "--input", "nope.jsonl"],
         [
-            "sync",
-            "members",
-            "--mapping",
-            str(DATA / "mapping.json"),
-            "--input",
-            str(DATA / "mapping.json").replace(".json", ".txt"),
+            *sync_args("members", str(DATA / "mapping.json").replace(".json", ".txt")),
         ],
         ["check"],
     ],
@@ -212,12 +202,7 @@ def test_broken_jsonl_line(tmp_path: Path) -> None:
     bad.write_text('{"id": "a", "score": 1}\n{oops\n{"id": "b", "score": 2}\n')
     dead = tmp_path / "dead.jsonl"
     result = run(
-        "sync",
-        "members",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(bad),
+        *sync_args("members", str(bad)),
         "--dry-run",
         "--dead-letter",
         str(dead),
@@ -344,12 +329,7 @@ def test_malformed_line_among_ten_thousand(fake: FakeBraze, tmp_path: Path) -> N
     members.write_text("\n".join(lines) + "\n")
     dead = tmp_path / "dead.jsonl"
     result = run(
-        "sync",
-        "members",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(members),
+        *sync_args("members", str(members)),
         "--dead-letter",
         str(dead),
         "--quiet",
@@ -403,12 +383,7 @@ def test_dry_run_writes_the_dead_letter_it_announces(tmp_path: Path) -> None:
     members.write_text('{"id": "a", "score": "lots"}\n{"id": "b", "score": 2}\n')
     dead = tmp_path / "dead.jsonl"
     result = run(
-        "sync",
-        "members",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(members),
+        *sync_args("members", str(members)),
         "--dry-run",
         "--dead-letter",
         str(dead),
@@ -423,12 +398,7 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     members = tmp_path / "m.jsonl"
     members.write_text('{"id": "a", "score": 1}\n')
     result = run(
-        "sync",
-        "members",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(members),
+        *sync_args("members", str(members)),
         "--dead-letter",
         str(tmp_path / "dead.jsonl"),
         "--resume",
@@ -441,12 +411,7 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
 def test_state_is_refused_for_events(tmp_path: Path) -> None:
     """--state with events is a usage error, not silently ignored."""
     result = run(
-        "sync",
-        "events",
-        "--mapping",
-        str(DATA / "mapping.json"),
-        "--input",
-        str(tmp_path / "e.jsonl"),
+        *sync_args("events", str(tmp_path / "e.jsonl")),
         "--state",
         str(tmp_path / "s.db"),
         "--dry-run",
