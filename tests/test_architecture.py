@@ -24,6 +24,7 @@ PURE = [
     "_json.py",
     "_limits.py",
     "_wire.py",
+    "_profile.py",
     "exceptions.py",
 ]
 NETWORK = {"requests", "urllib3", "http", "socket", "h11", "aiohttp", "redis"}

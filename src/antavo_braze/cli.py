@@ -28,6 +28,7 @@ from ._files import replace_private
 from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS
 from ._mapping import Mapping
+from ._profile import profile_fields
 from ._state import SqliteStateStore
 from ._sync import Syncer
 from ._version import __version__
@@ -175,6 +176,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.mapping}: valid mapping ({len(mapping.fields)} fields, "
         f"{len(mapping.events)} events, {len(mapping.triggers)} triggers)"
     )
+    if args.input is None:
+        return EXIT_OK
+    profiles = profile_fields(mapping, _open_input(args), limit=args.sample)
+    records = profiles[0].records if profiles else 0
+    print(f"sample: {records} records of {args.input}")
+    width = max((len(f"{p.loyalty_field} -> {p.remote_field}") for p in profiles), default=0)
+    for profile in profiles:
+        pair = f"{profile.loyalty_field} -> {profile.remote_field}"
+        types = ", ".join(f"{name} {count}" for name, count in profile.types) or "-"
+        line = f"  {pair:<{width}}  found in {profile.found} of {profile.records} ({types})"
+        print(line + (f"  {profile.advice}" if profile.advice else ""))
+    missing = [p.loyalty_field for p in profiles if p.never_found]
+    if missing:
+        print(f"never found in the sample: {', '.join(missing)} (a sync would not send them)")
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -352,9 +368,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="validate a mapping file",
-        description="Check a mapping file (JSON or TOML) and list every problem in it.",
+        description="Check a mapping file (JSON or TOML) and list every problem in it; with "
+        "--input, show for each mapped field how often it is found in sample records, the "
+        "types seen, and what to fix (a misspelled path, a type to declare).",
     )
     validate.add_argument("mapping", metavar="MAPPING")
+    validate.add_argument(
+        "--input",
+        help="also profile the mapped fields over sample member records (exit 1 when a "
+        "mapped field is never found)",
+    )
+    validate.add_argument("--sample", type=int, default=1000, help="records to profile (1000)")
+    validate.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
+    validate.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
+    validate.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
     validate.set_defaults(func=cmd_validate, verbose=0, quiet=False, log_file=None)
 
     sync = commands.add_parser(
