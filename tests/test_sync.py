@@ -371,3 +371,36 @@ def test_concurrent_syncers_share_a_client(fake: FakeBraze, mapping: ab.Mapping)
             t.join()
     assert sum(r.succeeded for r in reports) == 1200
     assert len(fake.profiles) == 1200
+
+
+def test_a_dataframe_syncs_with_nan_absent_and_numpy_values(fake: FakeBraze) -> None:
+    """pandas rows: NaN cells are absent fields; numpy ints and Timestamps are coerced."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "score": [1200, 7],
+            "joined": [pd.Timestamp("2026-01-02T03:04:05Z"), pd.NaT],
+            "tier": ["Gold", float("nan")],
+        }
+    )
+    mapping = ab.Mapping.from_dict(
+        {
+            "fields": [
+                {"loyalty_field": "score", "remote_field": "points", "type": "number"},
+                {"loyalty_field": "joined", "remote_field": "joined_at", "type": "date"},
+                {"loyalty_field": "tier", "remote_field": "tier", "type": "string"},
+            ]
+        }
+    )
+    with fake.client() as client:
+        report = ab.Syncer(client, mapping).sync_members(frame)
+    assert report.succeeded == 2, report
+    assert fake.profiles["a"] == {
+        "points": 1200,
+        "joined_at": "2026-01-02T03:04:05Z",
+        "tier": "Gold",
+    }
+    assert fake.profiles["b"] == {"points": 7}
+    assert report.fields["tier"].absent == 1
