@@ -555,3 +555,14 @@ def test_invalid_json_from_braze(fake: FakeBraze, client: ab.BrazeClient) -> Non
     assert [(r.stage, r.index) for r in result.rejected] == [("transport", 0)]
     assert result.requests == 5
     assert client.track(attributes=attrs(1)).ok
+
+
+def test_a_403_names_the_missing_permission(fake: FakeBraze) -> None:
+    """A key without users.track gets an error that names the permission."""
+    fake.add_key("reader", ["events.list"])
+    with (
+        ab.BrazeClient(fake.url, "reader") as client,
+        pytest.raises(ab.PermissionDeniedError) as info,
+    ):
+        client.track(attributes=[{"external_id": "a", "x": 1}])
+    assert "lacks the users.track permission" in str(info.value)

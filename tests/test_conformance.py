@@ -32,6 +32,10 @@ ANSWER = json.dumps(
     }
 ).encode()
 OBJECTS = [{"external_id": "a", "points": 1}, {"external_id": "b", "points": 2}]
+# The rejection as reported: Braze's code, and what it means.
+BLOCKED = (
+    "BLACKLISTED_EXTERNAL_USER_ID (Braze blocks this external_id: a blocklisted or dummy user)"
+)
 
 
 def head(*lines: str, status: str = "201 Created", end: bytes = b"\r\n") -> bytes:
@@ -141,9 +145,7 @@ def test_braze_answers_in_any_framing(case: str, in_flight: int) -> None:
     with RawServer(ANSWERED[case]) as server:
         result = track(server, in_flight)
     assert result.accepted == 1
-    assert [(r.index, r.stage, r.reason) for r in result.rejected] == [
-        (1, "braze", "BLACKLISTED_EXTERNAL_USER_ID")
-    ]
+    assert [(r.index, r.stage, r.reason) for r in result.rejected] == [(1, "braze", BLOCKED)]
     assert result.requests == server.requests == 1
 
 

@@ -33,6 +33,7 @@ from ._http import (
     resolve_proxy,
 )
 from ._limits import (
+    BRAZE_ERROR_CODES,
     EVENTS_LIST_PAGE,
     MAX_EVENT_LIST_PAGES,
     OPTIONAL_PERMISSIONS,
@@ -401,6 +402,9 @@ class BrazeClient:
                 warnings.append(self._key.redact(str(error))[:300])
                 continue
             reason = self._key.redact(str(error.get("type") or error.get("message") or error))
+            plain = BRAZE_ERROR_CODES.get(reason)
+            if plain is not None:
+                reason = f"{reason} ({plain})"
             index = error.get("index")
             number = None
             if isinstance(index, int) and not isinstance(index, bool):

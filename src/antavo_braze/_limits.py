@@ -74,6 +74,26 @@ STANDARD_ATTRIBUTES = frozenset(
     }
 )
 
+# Per-object error codes of /users/track [1.6], in words (the code is kept beside them).
+BRAZE_ERROR_CODES = {
+    "BLACKLISTED_EXTERNAL_USER_ID": "Braze blocks this external_id: a blocklisted or dummy user",
+    "EXTERNAL_USER_ID_TOO_LARGE": f"the external_id is longer than {MAX_EXTERNAL_ID_BYTES} bytes",
+    "EMAIL_BAD_FORMAT": "the email address is not valid",
+    "INVALID_ATTRIBUTE_EMAIL_SUBSCRIPTION_INFO": "the email subscription fields are not valid",
+    "BAD_EMAIL_SUBSCRIPTION_STATE": "email_subscribe must be opted_in, subscribed or unsubscribed",
+    "BAD_PUSH_SUBSCRIPTION_STATE": "push_subscribe must be opted_in, subscribed or unsubscribed",
+    "BAD_SUBSCRIPTION_GROUP_ID": "a subscription group id is not one of this workspace",
+    "BAD_SUBSCRIPTION_GROUP_STATE": "a subscription group state must be subscribed or unsubscribed",
+    "BAD_SUBSCRIPTION_GROUP_ARRAY": "subscription_groups must be an array",
+    "BAD_SUBSCRIPTION_GROUP_HASH": "a subscription_groups entry is not an object",
+    "BAD_LOCATION_UPDATE": "the location value is not valid",
+    "BAD_DEVICE_ID": "the device id is not valid",
+    "BAD_PUSH_TOKEN_APP_ID": "the push token's app id is not one of this workspace",
+    "BAD_PUSH_TOKEN_IMPORT": "the push token import is not valid",
+    "BAD_PUSH_TOKEN_STRING": "the push token is not a string",
+    "BAD_PUSH_TOKEN_VALUE": "the push token is not valid",
+}
+
 # --- events and purchases [3.1, 3.2] ------------------------------------------------------------
 MAX_PROPERTIES = 256  # distinct properties kept per event or purchase
 EVENT_PROPERTY_RESERVED = frozenset({"time", "event_name"})
@@ -89,6 +109,13 @@ MAX_EVENT_LIST_PAGES = 1_000  # ours: 250,000 event names is more than any works
 REQUIRED_PERMISSIONS = ("users.track",)  # all a sync needs
 OPTIONAL_PERMISSIONS = ("events.list", "events.data_series", "events.get")  # read endpoints
 PERMISSIONS = REQUIRED_PERMISSIONS + OPTIONAL_PERMISSIONS
+# The permission each endpoint needs (a 403 names it).
+ENDPOINT_PERMISSIONS = {
+    "/users/track": "users.track",
+    "/events/list": "events.list",
+    "/events/data_series": "events.data_series",
+    "/events": "events.get",
+}
 
 # REST endpoints per instance [5].
 INSTANCES = {

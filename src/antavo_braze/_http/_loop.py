@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol, cast
 
 from .._fork import reset_after_fork
 from .._json import loads
+from .._limits import ENDPOINT_PERMISSIONS
 from .._ratelimit import NonBlockingPacer, Pacer
 from .._retry import AttemptOutcome, Failure, RetryDecision, RetryPolicy, decide_retry
 from ..exceptions import (
@@ -683,6 +684,10 @@ def _status_error(status: int, body: str, where: str, decision: RetryDecision) -
     if status == 401:
         return AuthenticationError(status, body, text + " (check the API key and instance)")
     if status == 403:
+        path = where.partition(" ")[2].rstrip("/")
+        needed = next((p for end, p in ENDPOINT_PERMISSIONS.items() if path.endswith(end)), None)
+        if needed is not None:
+            text += f" (the API key lacks the {needed} permission)"
         return PermissionDeniedError(status, body, text)
     if status in (400, 413, 415):
         return BadRequestError(status, body, text)
