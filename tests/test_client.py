@@ -566,3 +566,20 @@ def test_a_403_names_the_missing_permission(fake: FakeBraze) -> None:
     ):
         client.track(attributes=[{"external_id": "a", "x": 1}])
     assert "lacks the users.track permission" in str(info.value)
+
+
+def test_repeated_retry_warnings_are_collapsed_with_a_count(
+    fake: FakeBraze, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first retry for a reason warns; its repeats end as one line with their count."""
+    fake.inject(times=4, status=503)
+    policy = ab.RetryPolicy(attempts=10, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
+    caplog.set_level(logging.WARNING, logger="antavo_braze")
+    with fake.client(retry=policy) as client:
+        result = client.track(attributes=[{"external_id": "a", "x": 1}])
+    assert result.accepted == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "POST /users/track: HTTP 503; retry 1 in 0.00s",
+        "POST /users/track: HTTP 503: 3 more retries for the same reason",
+    ]

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future
 from typing import Any, NamedTuple, Protocol, cast
@@ -285,6 +285,7 @@ class SendLoop:
         self._source_wait: float | None = 0.0
         self._stop_at: float | None = None  # when stopping: the end of the grace
         self._failures_in_a_row = 0
+        self._retry_reasons: Counter[str] = Counter()
         self._selector: selectors.BaseSelector | None = None
         self._live: Source | None = None
         self._wake_read: socket.socket | None = None
@@ -310,6 +311,9 @@ class SendLoop:
                     self._stop(source, signal.SIGINT)
         finally:
             self._close()
+            for where, count in self._retry_reasons.items():
+                if count > 1:
+                    log.warning("%s: %d more retries for the same reason", where, count - 1)
 
     def _open(self, source: Source) -> None:
         self._selector = selectors.DefaultSelector()
@@ -549,11 +553,15 @@ class SendLoop:
             if decision.rate_limited:
                 self.stats.rate_limited += 1
                 self.stats.rate_limit_wait += decision.wait
-            log.warning(
-                "%s %s: %s; retry %d in %.2fs",
-                exchange.method,
-                exchange.path,
-                what,
+            # The first retry for a reason is a warning; repeats are counted and summed up
+            # when the loop ends (a failing server would otherwise print a line per batch).
+            where = f"{exchange.method} {exchange.path}: {what}"
+            seen = self._retry_reasons[where]
+            self._retry_reasons[where] = seen + 1
+            log.log(
+                logging.DEBUG if seen else logging.WARNING,
+                "%s; retry %d in %.2fs",
+                where,
                 exchange.attempt,
                 decision.wait,
                 extra={"wait": decision.wait, "attempt": exchange.attempt, "reason": what},
