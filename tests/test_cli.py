@@ -437,3 +437,40 @@ def test_logging_flags(fake: FakeBraze, tmp_path: Path) -> None:
     assert quiet.stderr == ""
     assert "retry 1" in log.read_text()
     assert fake.api_key not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "expected"),
+    [
+        ('\ufeffid,score,tags\r\na,1,"[""x""]"\r\nb,2,[]\r\n'.encode(), [], {"tags": ["x"]}),
+        (b'id;score;tags\na;1;["x"]\nb;2;[]\n', [], {"tags": ["x"]}),
+        (
+            "id,score,city\na,1,Zürich\nb,2,Győr\n".encode("latin-1", "replace"),
+            ["--encoding", "latin-1"],
+            {"city": "Zürich"},
+        ),
+    ],
+    ids=["excel-bom", "semicolons", "latin-1"],
+)
+def test_everyday_csv_files_sync_every_record(
+    fake: FakeBraze, tmp_path: Path, content: bytes, extra: list[str], expected: dict[str, Any]
+) -> None:
+    """Excel's BOM, ';' separators, Latin-1 with --encoding and JSON cells: all records sync."""
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(
+        json.dumps(
+            {
+                "fields": [
+                    {"loyalty_field": "score", "remote_field": "points", "type": "number"},
+                    {"loyalty_field": "tags", "remote_field": "tags", "type": "array"},
+                    {"loyalty_field": "city", "remote_field": "city", "type": "string"},
+                ]
+            }
+        )
+    )
+    members = tmp_path / "members.csv"
+    members.write_bytes(content)
+    result = run(*sync_args("members", str(members), mapping), *extra, env=braze_env(fake))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 records: 2 succeeded" in result.stdout
+    assert fake.profiles["a"] == {"points": 1, **expected}
