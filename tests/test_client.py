@@ -16,8 +16,14 @@ from antavo_braze.testing import FakeBraze
 KEY = "test-key"
 
 
+@pytest.fixture(autouse=True)
+def _every_retry_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture the send loop's DEBUG records too (repeated retries are logged at DEBUG)."""
+    caplog.set_level(logging.DEBUG, logger="antavo_braze.http")
+
+
 def retry_waits(caplog: pytest.LogCaptureFixture) -> list[float]:
-    """The waits the send loop decided on, from its retry log records."""
+    """The waits the send loop decided on, from its retry log records (every level)."""
     return [r.wait for r in caplog.records if r.name == "antavo_braze.http" and hasattr(r, "wait")]
 
 
@@ -243,7 +249,7 @@ def test_403_raises(fake: FakeBraze) -> None:
 def test_5xx_is_retried_then_succeeds(fake: FakeBraze, caplog: pytest.LogCaptureFixture) -> None:
     """Server errors are retried with backoff until one succeeds."""
     fake.inject(times=2, status=503)
-    with caplog.at_level(logging.WARNING), fake.client() as client:
+    with caplog.at_level(logging.DEBUG, logger="antavo_braze.http"), fake.client() as client:
         result = client.track(attributes=attrs(1))
     assert result.ok
     assert result.requests == 3
@@ -268,7 +274,10 @@ def test_backoff_uses_the_policy(fake: FakeBraze, caplog: pytest.LogCaptureFixtu
     """The loop waits what the policy decides: wait_initial doubling up to wait_max."""
     fake.inject(times=4, status=500)
     policy = ab.RetryPolicy(attempts=5, wait_initial=0.01, wait_max=0.02, wait_jitter=0.0)
-    with caplog.at_level(logging.WARNING), fake.client(retry=policy) as client:
+    with (
+        caplog.at_level(logging.DEBUG, logger="antavo_braze.http"),
+        fake.client(retry=policy) as client,
+    ):
         assert client.track(attributes=attrs(1)).ok
     assert retry_waits(caplog) == [0.01, 0.02, 0.02, 0.02]
 
@@ -277,7 +286,7 @@ def test_429_waits_what_braze_says(fake: FakeBraze, caplog: pytest.LogCaptureFix
     """A 429 waits X-Ratelimit-Retry-After (or Retry-After) before retrying."""
     fake.inject(status=429, headers={"X-Ratelimit-Retry-After": "0.2"})
     fake.inject(status=429, headers={"Retry-After": "0.1"})
-    with caplog.at_level(logging.WARNING), fake.client() as client:
+    with caplog.at_level(logging.DEBUG, logger="antavo_braze.http"), fake.client() as client:
         result = client.track(attributes=attrs(1))
     assert result.ok
     assert retry_waits(caplog) == [0.2, 0.1]
@@ -291,7 +300,10 @@ def test_429_longer_than_allowed_fails_fast(
     """A demand over max_rate_limit_wait fails the records instead of hanging."""
     fake.inject(status=429, headers={"Retry-After": "3600"})
     policy = ab.RetryPolicy(max_rate_limit_wait=60)
-    with caplog.at_level(logging.WARNING), fake.client(retry=policy) as client:
+    with (
+        caplog.at_level(logging.DEBUG, logger="antavo_braze.http"),
+        fake.client(retry=policy) as client,
+    ):
         result = client.track(attributes=attrs(1))
     assert retry_waits(caplog) == []
     assert result.requests == 1
@@ -574,11 +586,12 @@ def test_repeated_retry_warnings_are_collapsed_with_a_count(
     """The first retry for a reason warns; its repeats end as one line with their count."""
     fake.inject(times=4, status=503)
     policy = ab.RetryPolicy(attempts=10, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
-    caplog.set_level(logging.WARNING, logger="antavo_braze")
+    caplog.set_level(logging.DEBUG, logger="antavo_braze")
     with fake.client(retry=policy) as client:
         result = client.track(attributes=[{"external_id": "a", "x": 1}])
     assert result.accepted == 1
-    messages = [r.getMessage() for r in caplog.records]
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert retry_waits(caplog) == [0.001, 0.002, 0.004, 0.008]  # every retry, at some level
     assert messages == [
         "POST /users/track: HTTP 503; retry 1 in 0.00s",
         "POST /users/track: HTTP 503: 3 more retries for the same reason",
