@@ -112,6 +112,13 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logger.propagate = False
 
 
+def _add_reading(parser: argparse.ArgumentParser) -> None:
+    """How --input is read (sync and validate read files alike)."""
+    parser.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
+    parser.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
+    parser.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight",
@@ -379,9 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mapped field is never found)",
     )
     validate.add_argument("--sample", type=int, default=1000, help="records to profile (1000)")
-    validate.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
-    validate.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
-    validate.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
+    _add_reading(validate)
     validate.set_defaults(func=cmd_validate, verbose=0, quiet=False, log_file=None)
 
     sync = commands.add_parser(
@@ -394,9 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("kind", choices=["members", "events"])
     sync.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     sync.add_argument("--input", required=True, help="records: .jsonl/.json/.csv[.gz] or -")
-    sync.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
-    sync.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
-    sync.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
+    _add_reading(sync)
     sync.add_argument("--dry-run", action="store_true", help="validate and batch; send nothing")
     sync.add_argument(
         "--dead-letter", help="write failed records here (JSON Lines, a new file per run)"
