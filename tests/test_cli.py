@@ -437,6 +437,7 @@ def test_logging_flags(fake: FakeBraze, tmp_path: Path) -> None:
     assert quiet.stderr == ""
     assert "retry 1" in log.read_text()
     assert fake.api_key not in log.read_text()
+    assert oct(log.stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from ._accounting import Progress
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
-from ._files import replace_private
+from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS
 from ._mapping import Mapping
@@ -98,6 +98,11 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.verbose and not args.quiet:
         handlers.append(logging.StreamHandler(sys.stderr))
     if args.log_file:
+        # Owner-only like every file the SDK writes: a warning may quote a member's id.
+        try:
+            ensure_private_file(args.log_file)
+        except ConfigurationError as exc:
+            raise _UserError(str(exc)) from None
         handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
     logger = logging.getLogger("antavo_braze")
     if not handlers:
@@ -454,8 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args)
     try:
+        _setup_logging(args)
         return int(args.func(args))
     except _UserError as exc:
         print(f"antavo-braze: error: {exc}", file=sys.stderr)
