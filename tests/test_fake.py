@@ -31,10 +31,12 @@ class Answer:
 def call(
     method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
 ) -> Answer:
-    """One request over a fresh connection, no retries, 5 s timeout."""
-    response = urllib3.request(
-        method, url, body=data, headers=headers or HEADERS, timeout=5.0, retries=False
-    )
+    """One request over a fresh connection, no retries, 5 s timeout (``urllib3.request``
+    would reuse a module-wide pool, whose idle connection the server may have closed)."""
+    with urllib3.PoolManager() as pool:
+        response = pool.request(
+            method, url, body=data, headers=headers or HEADERS, timeout=5.0, retries=False
+        )
     return Answer(response)
 
 
