@@ -338,21 +338,6 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
 
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
-_MAX_HEADER_LINE = 65_536
-_MAX_HEADERS = 100
-
-
-class _Headers(dict[str, str]):
-    """Request headers, looked up in any case (what the handler needs of email.message)."""
-
-    def add(self, name: str, value: str) -> None:
-        key = name.lower()
-        self[key] = f"{self[key]}, {value}" if key in self else value
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return super().get(name.lower(), default)
-
-
 class _Exchange:
     """One request being answered: what came in, and the parsed body of a track request."""
 
@@ -401,33 +386,11 @@ class _Handler(BaseHTTPRequestHandler):
         super().finish()
 
     def parse_request(self) -> bool:
-        """Request line and headers without http.server's email parser (a third of the CPU a
-        request costs under load); anything unusual goes to the standard parser."""
+        """The standard library parses the request line and headers (HTTP framing is never
+        ours); a handler that has a request is no longer idle."""
         with self.server.fake._lock:
             self.server.fake._idle_handlers.discard(self)
-        raw_requestline: bytes = self.raw_requestline  # type: ignore[attr-defined]
-        requestline = str(raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = requestline.split()
-        if len(words) != 3 or words[2] not in ("HTTP/1.0", "HTTP/1.1"):
-            return super().parse_request()
-        headers = _Headers()
-        while True:
-            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
-            if line in (b"\r\n", b"\n", b""):
-                break
-            name, colon, value = line.decode("iso-8859-1").partition(":")
-            if not colon or len(line) > _MAX_HEADER_LINE or len(headers) >= _MAX_HEADERS:
-                self.send_error(400, "Bad header")
-                return False
-            headers.add(name.strip(), value.strip())
-        self.requestline = requestline
-        self.command, self.path, self.request_version = words
-        self.headers = headers  # type: ignore[assignment]
-        connection = headers.get("Connection", "").lower()
-        self.close_connection = "close" in connection or (
-            self.request_version == "HTTP/1.0" and "keep-alive" not in connection
-        )
-        return True
+        return super().parse_request()
 
     def do_GET(self) -> None:
         self.server.fake._handle(self, "GET")
