@@ -338,6 +338,8 @@ def _apply_attribute(profile: dict[str, Any], name: str, value: Any, merge: bool
 
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 class _Exchange:
     """One request being answered: what came in, and the parsed body of a track request."""
 
