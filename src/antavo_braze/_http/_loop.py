@@ -599,7 +599,9 @@ class SendLoop:
             return TransportError(message), "transport"
         assert response is not None
         assert outcome.status is not None
-        return _status_error(outcome.status, self.redact(response.text), where, decision), "braze"
+        needed = ENDPOINT_PERMISSIONS.get(exchange.path)
+        error = _status_error(outcome.status, self.redact(response.text), where, decision, needed)
+        return error, "braze"
 
     def _finish(self, result: Result) -> None:
         self.registry.release(result.exchange.keys)
@@ -684,7 +686,9 @@ def _json_object(content: bytes) -> Any:
     return payload if isinstance(payload, dict) else None
 
 
-def _status_error(status: int, body: str, where: str, decision: RetryDecision) -> BrazeAPIError:
+def _status_error(
+    status: int, body: str, where: str, decision: RetryDecision, permission: str | None
+) -> BrazeAPIError:
     # Redacted above, truncated here: a key can never be cut in half into a message.
     text = f"Braze answered HTTP {status} to {where}: {body[:300]}"
     if decision.reason.startswith("rate limited"):
@@ -692,10 +696,8 @@ def _status_error(status: int, body: str, where: str, decision: RetryDecision) -
     if status == 401:
         return AuthenticationError(status, body, text + " (check the API key and instance)")
     if status == 403:
-        path = where.partition(" ")[2].rstrip("/")
-        needed = next((p for end, p in ENDPOINT_PERMISSIONS.items() if path.endswith(end)), None)
-        if needed is not None:
-            text += f" (the API key lacks the {needed} permission)"
+        if permission is not None:
+            text += f" (the API key lacks the {permission} permission)"
         return PermissionDeniedError(status, body, text)
     if status in (400, 413, 415):
         return BadRequestError(status, body, text)
