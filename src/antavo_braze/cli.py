@@ -256,15 +256,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
     base = checkpoint
     if base is None and args.dead_letter and args.input != "-" and not args.dry_run:
         base = Checkpoint.for_input(args.kind, args.input)
+    sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
     try:
         syncer = Syncer(
             client,
             mapping,
-            dead_letter=(
-                None
-                if args.dry_run or not args.dead_letter
-                else JsonlDeadLetter(args.dead_letter, append=append)
-            ),
+            dead_letter=None if args.dry_run else sink,  # a dry run hands it to dry_run()
             state=state,
             send=args.send,
             progress=progress,
@@ -274,7 +271,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise _UserError(str(exc)) from None
     try:
         if args.dry_run:
-            sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
             report = syncer.dry_run(args.kind, records, dead_letter=sink)
         elif args.kind == "members":
             report = syncer.sync_members(records)
