@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ DATA = Path(__file__).parent / "data"
 def load(name: str) -> Any:
     """Load a JSON fixture from tests/data."""
     return json.loads((DATA / name).read_text())
+
+
+def in_threads(work: Callable[[int], object], count: int) -> None:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads at once; return when all are done."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 class FakeClock:

@@ -16,6 +16,7 @@ import pytest
 import antavo_braze as ab
 from antavo_braze.testing import FakeBraze
 
+from .conftest import in_threads
 from .servers import CLOSE, RawServer
 
 FAST = ab.RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
@@ -65,11 +66,7 @@ def test_sixteen_threads_report_exact_request_counts(fake: FakeBraze) -> None:
             with lock:
                 reports.append(report)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 16)
     received = [r for r in fake.requests if r.path == "/users/track"]
     assert sum(r.requests for r in reports) == len(received)
     assert sorted(r.total for r in reports) == sorted(40 * (n % 4 + 1) for n in range(16))

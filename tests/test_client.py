@@ -13,6 +13,8 @@ import antavo_braze as ab
 from antavo_braze._endpoint import resolve_endpoint
 from antavo_braze.testing import FakeBraze
 
+from .conftest import in_threads
+
 KEY = "test-key"
 
 
@@ -402,11 +404,7 @@ def test_many_threads_share_one_client(fake: FakeBraze) -> None:
         def work(n: int) -> None:
             results.append(client.track(attributes=attrs(100, prefix=f"t{n}")))
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 8)
     assert sum(r.accepted for r in results) == 800
     assert len(fake.profiles) == 800
 

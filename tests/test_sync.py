@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from antavo_braze._accounting import fingerprint
 from antavo_braze._demo import DEMO_MAPPING, sample_events, sample_members
 from antavo_braze.testing import FakeBraze
 
-from .conftest import load
+from .conftest import in_threads, load
 
 
 def check_invariant(report: ab.SyncReport) -> None:
@@ -364,11 +363,7 @@ def test_concurrent_syncers_share_a_client(fake: FakeBraze, mapping: ab.Mapping)
                 )
             )
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 4)
     assert sum(r.succeeded for r in reports) == 1200
     assert len(fake.profiles) == 1200
 

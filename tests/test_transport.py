@@ -19,6 +19,7 @@ import antavo_braze as ab
 from antavo_braze._client import next_link
 from antavo_braze.testing import FakeBraze
 
+from .conftest import in_threads
 from .servers import RawServer, proxy_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -574,11 +575,7 @@ def test_requests_are_counted_per_call_across_threads(fake: FakeBraze) -> None:
             with lock:
                 results.append(result)
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 16)
     assert sorted(r.requests for r in results) == sorted(n % 3 + 1 for n in range(16))
     assert sum(r.requests for r in results) == len(fake.requests)
 
