@@ -11,7 +11,9 @@ in the dead letter with ``outcome: "unknown"`` and count as settled (they may be
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -106,18 +108,10 @@ class Checkpoint:
         return Checkpoint(self.kind, self.input, self.size, self.mtime_ns, ranges)
 
     def is_settled(self, position: int) -> bool:
-        """Whether ``position`` was settled (binary search over the ranges)."""
-        low, high = 0, len(self.settled)
-        while low < high:
-            middle = (low + high) // 2
-            start, end = self.settled[middle]
-            if position < start:
-                high = middle
-            elif position >= end:
-                low = middle + 1
-            else:
-                return True
-        return False
+        """Whether ``position`` was settled (a binary search for the range starting at or
+        before it)."""
+        found = bisect.bisect_right(self.settled, (position, math.inf)) - 1
+        return found >= 0 and position < self.settled[found][1]
 
     @property
     def count(self) -> int:
