@@ -72,3 +72,23 @@ def mapping() -> ab.Mapping:
 def full_mapping() -> ab.Mapping:
     """A mapping covering every Braze type and standard attributes."""
     return ab.Mapping.from_file(DATA / "full_mapping.json")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a real Redis server that the test suite started (one per session)."""
+    from .redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> Iterator[Any]:
+    """A redis-py client on an empty database."""
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()

@@ -33,7 +33,9 @@ from ._input import BadInput, RecordSource, read_records
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
+from ._redis import RedisPacer, RedisStateStore
 from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
+from ._shard import shard_of
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Syncer
 from ._types import BrazeType
@@ -106,6 +108,8 @@ __all__ = [
     "RateLimitError",
     "RecordFailure",
     "RecordSource",
+    "RedisPacer",
+    "RedisStateStore",
     "RejectedObject",
     "RetryDecision",
     "RetryPolicy",
@@ -125,6 +129,7 @@ __all__ = [
     "infer_type",
     "read_dead_letters",
     "read_records",
+    "shard_of",
 ]
 
 

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from . import _demo
 from ._accounting import Progress
+from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
@@ -29,7 +30,11 @@ from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS
 from ._mapping import Mapping
 from ._profile import profile_fields
-from ._state import SqliteStateStore
+from ._ratelimit import InProcessPacer
+from ._redis import RedisPacer, RedisStateStore
+from ._retry import RetryPolicy
+from ._shard import Sharded, parse_shard
+from ._state import SqliteStateStore, StateStore
 from ._sync import Syncer
 from ._version import __version__
 from .exceptions import (
@@ -77,8 +82,49 @@ class _ProgressLine:
 
 
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
+    options: dict[str, Any] = {"max_in_flight": args.max_in_flight}
     try:
-        return BrazeClient.from_env(max_in_flight=args.max_in_flight)
+        if getattr(args, "batch_size", None):
+            options["limits"] = BatchLimits(max_objects=args.batch_size)
+        pacer_url = getattr(args, "pacer", None)
+        rate = getattr(args, "rate", None)
+        hourly = getattr(args, "hourly", None)
+        requests, per = _rate(rate)
+        if pacer_url:
+            options["pacer"] = RedisPacer(
+                pacer_url, key=args.pacer_key, requests=requests, per=per, hourly=hourly
+            )
+        elif rate or hourly:
+            options["pacer"] = InProcessPacer(
+                requests=requests,
+                per=per,
+                hourly=hourly,
+                max_wait=RetryPolicy().max_rate_limit_wait,
+            )
+        return BrazeClient.from_env(**options)
+    except (ConfigurationError, ValueError) as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _rate(text: str | None) -> tuple[int, float]:
+    """``--rate N/SECONDS`` as ``(N, SECONDS)``; no ``--rate``: Braze's burst default."""
+    if not text:
+        return 3000, 3.0
+    count, _, seconds = text.partition("/")
+    try:
+        return int(count), float(seconds or 1)
+    except ValueError:
+        raise _UserError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 3000/3") from None
+
+
+def _state_store(location: str | None) -> StateStore | None:
+    """``--state``: an SQLite file, or a ``redis://`` URL shared by every worker."""
+    if not location:
+        return None
+    try:
+        if location.startswith(("redis://", "rediss://", "unix://")):
+            return RedisStateStore(location)
+        return SqliteStateStore(location)
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
 
@@ -248,8 +294,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
         records = Resumed(source, checkpoint)
     elif args.dead_letter and not args.dry_run:
         checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # a fresh run: nothing to resume
+    if args.shard:
+        try:
+            records = Sharded(records, *parse_shard(args.shard))
+        except ConfigurationError as exc:
+            raise _UserError(str(exc)) from None
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
-    state = SqliteStateStore(args.state) if args.state else None
+    state = _state_store(args.state)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
     # Taken before reading: what an interrupt saves describes the input this run read.
@@ -295,8 +346,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
             progress.close()
         if client is not None:
             client.close()
-        if state is not None:
-            state.close()
+        close_state = getattr(state, "close", None)
+        if callable(close_state):
+            close_state()
         syncer.close()
     if args.dry_run:
         print(f"dry run: {report.requests} request bodies would be sent")
@@ -412,7 +464,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run (same --input and --dead-letter): what it settled "
         "is skipped, what it cut off is sent",
     )
-    sync.add_argument("--state", help="members: SQLite file for change detection")
+    sync.add_argument(
+        "--state",
+        help="members: change detection in an SQLite file, or a redis:// URL shared by workers",
+    )
+    sync.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="process only shard I (0-based) of N, stable by member id: N workers split one "
+        "input (others' records are skipped)",
+    )
+    sync.add_argument(
+        "--pacer",
+        metavar="REDIS_URL",
+        help="share one Braze request budget with every worker using this Redis",
+    )
+    sync.add_argument(
+        "--pacer-key",
+        default="antavo_braze:default",
+        help="the shared budget's Redis key: one per Braze workspace (antavo_braze:default)",
+    )
+    sync.add_argument(
+        "--rate",
+        metavar="N/SECONDS",
+        help="your contract's /users/track burst budget (3000/3, Braze's default)",
+    )
+    sync.add_argument("--hourly", type=int, help="your contract's hourly request budget, if any")
+    sync.add_argument(
+        "--batch-size",
+        type=int,
+        help="objects per request (75; 50 where your contract says so)",
+    )
     sync.add_argument(
         "--send",
         choices=["full", "changed"],
