@@ -74,7 +74,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures (never asserted). Pass names to run a subset."""
-    session.install("-e", ".[fast,test]", "psutil", "aiohttp")  # aiohttp: http_candidates
+    session.install("-e", ".[fast,test,redis]", "psutil", "aiohttp")  # aiohttp: http_candidates
     names = session.posargs or [
         "pipeline",
         "end_to_end",
@@ -83,6 +83,7 @@ def bench(session: nox.Session) -> None:
         "data_points",
         "coercion_worst_case",
         "http_candidates",
+        "shared_budget",
     ]
     for name in names:
         session.run("python", f"benchmarks/{name}.py")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze.testing import FakeBraze
+from antavo_braze.testing import FakeBraze, RedisServerMissingError, redis_server
 
 DATA = Path(__file__).parent / "data"
 
@@ -77,10 +78,13 @@ def full_mapping() -> ab.Mapping:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """The URL of a real Redis server that the test suite started (one per session)."""
-    from .redis_server import redis_server
-
-    with redis_server() as url:
-        yield url
+    try:
+        with redis_server() as url:
+            yield url
+    except RedisServerMissingError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}: CI must run the Redis tests")
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
