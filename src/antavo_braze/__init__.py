@@ -15,6 +15,7 @@ from ._accounting import (
     FieldProblem,
     Progress,
     RecordFailure,
+    RecordOutcome,
     SyncReport,
 )
 from ._batching import BatchLimits
@@ -35,6 +36,7 @@ from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
+from ._sender import BackgroundSender, SenderStats, Submission
 from ._shard import shard_of
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Syncer
@@ -49,6 +51,7 @@ from .exceptions import (
     ConfigurationError,
     MappingError,
     PermissionDeniedError,
+    QueueFull,
     RateLimitError,
     ServerError,
     SyncInterrupted,
@@ -71,6 +74,7 @@ __all__ = [
     "AttemptOutcome",
     "AttributesObject",
     "AuthenticationError",
+    "BackgroundSender",
     "BadInput",
     "BadRequestError",
     "BatchLimits",
@@ -105,17 +109,21 @@ __all__ = [
     "PermissionDeniedError",
     "Progress",
     "PurchaseObject",
+    "QueueFull",
     "RateLimitError",
     "RecordFailure",
+    "RecordOutcome",
     "RecordSource",
     "RedisPacer",
     "RedisStateStore",
     "RejectedObject",
     "RetryDecision",
     "RetryPolicy",
+    "SenderStats",
     "ServerError",
     "SqliteStateStore",
     "StateStore",
+    "Submission",
     "SyncInterrupted",
     "SyncReport",
     "Syncer",

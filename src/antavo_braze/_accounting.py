@@ -37,6 +37,7 @@ __all__ = [
     "FieldProblem",
     "Progress",
     "RecordFailure",
+    "RecordOutcome",
     "Stage",
     "SyncReport",
     "fingerprint",
@@ -82,6 +83,27 @@ class RecordFailure:
     line: int | None = None
     outcome: Outcome = "failed"
     problems: tuple[FieldProblem, ...] = ()
+
+
+@frozen
+class RecordOutcome:
+    """What became of one record: ``status`` ``"succeeded"``, ``"failed"`` (``failure`` says
+    the stage and reason; the record is in the dead letter) or ``"skipped"`` (``reason``)."""
+
+    status: Literal["succeeded", "failed", "skipped"]
+    record_id: str | None = None
+    reason: str | None = None
+    failure: RecordFailure | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True unless the record failed (a skip is not a failure)."""
+        return self.status != "failed"
+
+    @property
+    def stage(self) -> Stage | None:
+        """The failed stage (``None`` unless failed)."""
+        return None if self.failure is None else self.failure.stage
 
 
 @frozen
@@ -384,15 +406,20 @@ class _Run:
         self.invalid: Counter[str] = Counter()
         self.mapped = 0  # member records whose fields were looked at
         self.event_arrays = event_arrays
+        # Why each skipped position was skipped, when the caller needs every record's own
+        # outcome (the background sender); None on the hot path.
+        self.skips: dict[int, str] | None = None
 
     # --- entering and leaving ------------------------------------------------------------
 
     def line(self, position: int) -> int | None:
         return None if self.line_of is None else self.line_of(position)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, position: int, reason: str) -> None:
         self.skipped += 1
         self.skip_reasons[reason] += 1
+        if self.skips is not None:
+            self.skips[position] = reason
         self.tick()
 
     def fail(
@@ -635,6 +662,22 @@ class _Run:
                 position, parts.record, _record_key(parts.items[0]), "interrupted", reason,
                 retryable=True, outcome="not_sent", objects=_objects(left),
             )  # fmt: skip
+
+    def outcomes(self, count: int) -> list[RecordOutcome]:
+        """Each of the first ``count`` records' own outcome (the run kept its skips): a
+        record that neither failed nor was skipped succeeded."""
+        assert self.skips is not None, "outcomes need a run made with skips = {}"
+        failed = {f.index: f for f in self.failures}
+        out = []
+        for position in range(count):
+            failure = failed.get(position)
+            if failure is not None:
+                out.append(RecordOutcome("failed", failure.record_id, failure.reason, failure))
+            elif position in self.skips:
+                out.append(RecordOutcome("skipped", reason=self.skips[position]))
+            else:
+                out.append(RecordOutcome("succeeded"))
+        return out
 
     def fields_report(self) -> dict[str, FieldCounts]:
         out: dict[str, FieldCounts] = {}

@@ -39,9 +39,12 @@ log = logging.getLogger("antavo_braze.redis")
 _NEW_WINDOW_SLACK_MS = 500  # reset readings in whole seconds jitter by up to one second
 _REDIS_RETRY_AFTER = 30.0  # seconds on the in-process fallback before Redis is tried again
 
+# Redis before 5 replicates scripts verbatim and refuses writes after TIME unless a script
+# asks for effects replication (a no-op since Redis 5).
 # KEYS: sent, flight, budget, hold, hour. ARGV: requests (0 = none), per ms, hourly (0 = none),
 # token, slot ttl ms. Returns 0 (a slot is taken) or the milliseconds to wait.
 _ACQUIRE = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hold = tonumber(redis.call('GET', KEYS[4]) or '0')
@@ -89,6 +92,7 @@ return 0
 # KEYS: flight, budget, hold. ARGV: token, status (0 = none), retry-after ms (-1 = none),
 # remaining (-1 = none), reset-in ms (-1 = none), max wait ms.
 _OBSERVE = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[1], ARGV[1])

@@ -18,7 +18,16 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
-from ._accounting import Progress, SyncReport, _Parts, _Run, fingerprint, stderr_progress
+from ._accounting import (
+    Progress,
+    RecordOutcome,
+    Stage,
+    SyncReport,
+    _Parts,
+    _Run,
+    fingerprint,
+    stderr_progress,
+)
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
@@ -289,7 +298,7 @@ class Syncer:
                 reason = _not_resent(entry, allow_duplicates)
                 if reason is not None:
                     run.total += 1
-                    run.skip(reason)
+                    run.skip(position, reason)
                     if run.sink is not None:
                         run.sink.write(entry)
                     continue
@@ -336,11 +345,20 @@ class Syncer:
         return [loads(batch.body) for batch in pack(build(_rows(records), run), self.limits)]
 
     def _run(self, kind: str, records: Iterable[Any], build: Build) -> SyncReport:
+        return self._execute(kind, records, build)[0]
+
+    def _execute(
+        self, kind: str, records: Iterable[Any], build: Build, *, each: bool = False
+    ) -> tuple[SyncReport, _Run]:
+        """Run a sync; with ``each`` the run also keeps every record's own outcome (for
+        :meth:`_Run.outcomes`: the background sender answers each submission)."""
         client = self.client
         if client is None:
             raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
         _start(self.dead_letter)
         run = self._new_run(kind, records, self.dead_letter)
+        if each:
+            run.skips = {}
         stats = CallStats()
         interrupt = Interrupt()
         groups = build(_until_interrupted(_rows(records), interrupt), run)
@@ -363,7 +381,57 @@ class Syncer:
         )
         if signum is not None:
             raise SyncInterrupted(report, signum)
-        return report
+        return report, run
+
+    def _sync_changes(
+        self, kind: str, records: Sequence[Any]
+    ) -> tuple[SyncReport, list[RecordOutcome]]:
+        """One outcome per record, in order: the background sender's window of ``kind``
+        (``"member"``, ``"event"``, or ``"attributes"``: Braze attribute objects already
+        coerced when they were submitted)."""
+        builds: dict[str, Build] = {
+            "member": self._member_builder(),
+            "event": self._event_groups,
+            "attributes": self._wire_attribute_groups,
+        }
+        report, run = self._execute(kind, records, builds[kind], each=True)
+        return report, run.outcomes(len(records))
+
+    def _wire_attribute_groups(
+        self, records: Iterable[Any], run: _Run
+    ) -> Generator[Sequence[Item], None, None]:
+        for position, wire in enumerate(records):
+            try:
+                item = wire_item(ATTRIBUTES, wire, position, 1)
+            except WireError as exc:
+                run.total += 1
+                run.fail(position, wire, _text_id(wire.get("external_id")), "validation", str(exc))
+                continue
+            yield self._open(run, position, wire, (item,))
+
+    def _fail_changes(
+        self,
+        kind: str,
+        records: Sequence[Any],
+        stage: Stage,
+        reason: str,
+        *,
+        retryable: bool = True,
+    ) -> list[RecordOutcome]:
+        """Fail records that could not be sent at all (bad credentials, a closed client, a
+        refused submission): each goes to the dead letter, by default retryable once the
+        cause is fixed."""
+        run = self._new_run(kind, records, self.dead_letter)
+        run.skips = {}
+        for position, record in enumerate(records):
+            run.total += 1
+            record_id = _event_id(record) if kind == "event" else _record_id(record)
+            if kind == "attributes":
+                record_id = _text_id(record.get("external_id", record.get("id")))
+            run.fail(
+                position, record, record_id, stage, reason, retryable=retryable, outcome="not_sent"
+            )
+        return run.outcomes(len(records))
 
     def _send(
         self,
@@ -458,7 +526,7 @@ class Syncer:
                         run.fail(position, record, None, "input", record.reason, line=record.line)
                         continue
                     if record.__class__ is Settled:  # done by the run this one resumes
-                        run.skip(record.reason)
+                        run.skip(position, record.reason)
                         continue
                     values = self._refused(run, position, record, external_id, exc)
                     if values is None:
@@ -470,7 +538,7 @@ class Syncer:
                 else:
                     mapped += 1
                     if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
-                        run.skip(_NO_FIELD)
+                        run.skip(position, _NO_FIELD)
                         continue
                 count = len(wire) - 1
                 data = dumps_object(wire)
@@ -506,7 +574,7 @@ class Syncer:
             return None
         run.drop(position, external_id, problems)
         if not values:
-            run.skip("every mapped field present was invalid (drop_field)")
+            run.skip(position, "every mapped field present was invalid (drop_field)")
             return None
         return values
 
@@ -552,7 +620,7 @@ class Syncer:
             run.fail(position, record, None, "input", record.reason, line=record.line)
             return None
         if record.__class__ is Settled:
-            run.skip(record.reason)
+            run.skip(position, record.reason)
             return None
         plan = self.mapper._fields
         external_id = None
@@ -572,7 +640,7 @@ class Syncer:
         run.mapped += 1
         missing = [n for n, (a, b) in enumerate(zip(before, run.absent, strict=True)) if a != b]
         if len(missing) == len(plan.steps):
-            run.skip(_NO_FIELD)
+            run.skip(position, _NO_FIELD)
             return None
         cleared = {plan.steps[n].remote_field for n in missing if plan.steps[n].clear}
         return external_id, values, cleared
@@ -595,14 +663,14 @@ class Syncer:
                 if not changed:
                     run.saved += len(prints)
                     run.total += 1
-                    run.skip(_UNCHANGED)
+                    run.skip(position, _UNCHANGED)
                     continue
                 if self.send == "changed":
                     run.saved += len(prints) - len(changed)
                     values = {k: v for k, v in values.items() if k in changed}
             if not values:
                 run.total += 1
-                run.skip(_NO_FIELD)
+                run.skip(position, _NO_FIELD)
                 continue
             wire = {"external_id": external_id, **values}
             group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),)
@@ -622,7 +690,7 @@ class Syncer:
                 continue
             if event.__class__ is Settled:
                 run.total += 1
-                run.skip(event.reason)
+                run.skip(position, event.reason)
                 continue
             try:
                 mapped = mapper.map_event(event)
@@ -636,7 +704,7 @@ class Syncer:
                 continue
             if mapped.skipped:
                 run.total += 1
-                run.skip(f"no mapping for action {_action(event)!r}")
+                run.skip(position, f"no mapping for action {_action(event)!r}")
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)

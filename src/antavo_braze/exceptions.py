@@ -34,6 +34,7 @@ __all__ = [
     "ConfigurationError",
     "MappingError",
     "PermissionDeniedError",
+    "QueueFull",
     "RateLimitError",
     "ServerError",
     "SyncInterrupted",
@@ -185,6 +186,12 @@ class ServerError(BrazeAPIError):
 
 class TransportError(AntavoBrazeError):
     """Connection errors and timeouts after every retry."""
+
+
+class QueueFull(AntavoBrazeError):  # noqa: N818 - the name DESIGN.md promises
+    """A :class:`~antavo_braze.BackgroundSender` had no room for a submission
+    (``on_full="raise"``, or ``"block"`` with a ``timeout`` that ran out): nothing was
+    queued, so the caller still holds the change."""
 
 
 class SyncInterrupted(KeyboardInterrupt):
