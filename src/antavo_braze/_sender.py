@@ -256,6 +256,11 @@ class BackgroundSender:
         spool = f", spool={str(self.spool.path)!r}" if self.spool is not None else ""
         return f"BackgroundSender(flush_at={self.flush_at}, outstanding={self._outstanding}{spool})"
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
     def __enter__(self) -> BackgroundSender:
         return self
 
@@ -397,11 +402,10 @@ class BackgroundSender:
             ids: list[int] = []
             if self.spool is not None:
                 rows = [(kind, key, json.dumps(record)) for kind, key, record in changes]
-                ids = self.spool.add(rows, receipt)
-                if receipt is not None and not ids:
-                    return None
-                if not changes:
-                    return []
+                stored = self.spool.add(rows, receipt)
+                if stored is None:
+                    return None  # a redelivery
+                ids = stored
             elif receipt is not None:
                 self._receipts[receipt] = None
                 if len(self._receipts) > _RECEIPTS_IN_MEMORY:

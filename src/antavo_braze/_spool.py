@@ -90,9 +90,11 @@ class Spool:
             self._local.db = db
         return db
 
-    def add(self, rows: Sequence[tuple[str, str, str]], receipt: str | None = None) -> list[int]:
+    def add(
+        self, rows: Sequence[tuple[str, str, str]], receipt: str | None = None
+    ) -> list[int] | None:
         """Store ``(kind, key, record JSON)`` rows in one transaction; return their ids, or
-        ``[]`` when ``receipt`` was accepted before (a redelivery: nothing is stored)."""
+        ``None`` when ``receipt`` was accepted before (a redelivery: nothing is stored)."""
         db = self._db()
         now = time.time()
         db.execute("BEGIN IMMEDIATE")
@@ -103,7 +105,7 @@ class Spool:
                 )
                 if cursor.rowcount == 0:
                     db.execute("ROLLBACK")
-                    return []
+                    return None
             ids = []
             for kind, key, record in rows:
                 cursor = db.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -393,6 +394,84 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ._sender import BackgroundSender
+    from .serve import auth_from_env, create_app
+
+    mapping = _load_mapping(args.mapping)
+    try:
+        auth = auth_from_env()
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+    if auth is None:
+        if not _is_loopback(args.host):
+            raise _UserError(
+                f"refusing to listen on {args.host} without authentication: set "
+                "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET"
+            )
+        print(
+            "antavo-braze: warning: webhook requests are not authenticated (loopback only)",
+            file=sys.stderr,
+        )
+    try:
+        import uvicorn
+    except ModuleNotFoundError:
+        raise _UserError(
+            "serve needs an ASGI server: pip install 'antavo-braze[serve]' (uvicorn)"
+        ) from None
+    client = _client_from_env(args)
+    sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
+    try:
+        syncer = Syncer(client, mapping, dead_letter=sink, handle_signals=False)
+        sender = BackgroundSender(syncer, spool=args.spool)
+    except ConfigurationError as exc:
+        client.close()
+        raise _UserError(str(exc)) from None
+    app = create_app(sender, auth=auth)
+    spool = f", spool {args.spool}" if args.spool else " (no spool: queued changes live in memory)"
+    print(
+        f"antavo-braze {__version__}: receiving Antavo webhooks on "
+        f"http://{args.host}:{args.port}/antavo/events and /antavo/members{spool}",
+        file=sys.stderr,
+        flush=True,
+    )
+    stopped_by: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
+
+    # uvicorn handles SIGINT/SIGTERM while it runs, then restores these handlers and raises
+    # the signal again: ours note it, so that the sender is closed (its queue flushed, the
+    # rest kept in the spool or dead-lettered) instead of the process dying with it.
+    previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+        sender.close(timeout=args.shutdown_timeout)
+        client.close()
+        syncer.close()
+    stats = sender.stats()
+    why = f" ({signal.Signals(stopped_by[0]).name})" if stopped_by else ""
+    print(
+        f"stopped{why}: {stats.received} changes received, {stats.succeeded} succeeded, "
+        f"{stats.failed} failed, {stats.skipped} skipped, {stats.queued} unsent "
+        f"({'kept in the spool' if args.spool else 'in the dead letter'})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="antavo-braze",
@@ -530,6 +609,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(replay)
     replay.set_defaults(func=cmd_replay)
+
+    serve = commands.add_parser(
+        "serve",
+        help="receive Antavo webhooks and send them on in batches",
+        description="An HTTP receiver for Antavo's 'Webhook message' workflow node: POST "
+        "/antavo/events and /antavo/members, answered 202 once queued (on disk with --spool); "
+        "GET /healthz and /metrics. Authentication from ANTAVO_BRAZE_WEBHOOK_BASIC "
+        "(user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET; without either, loopback only. "
+        "Needs pip install 'antavo-braze[serve]'.",
+    )
+    serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
+    serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (8080)")
+    serve.add_argument("--dead-letter", help="append failed changes to this JSON Lines file")
+    serve.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to send what is queued when stopping (10)",
+    )
+    _add_common(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

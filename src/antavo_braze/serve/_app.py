@@ -1,0 +1,240 @@
+"""The webhook receiver as a plain ASGI application (no framework): Antavo's "Webhook message"
+workflow node posts events or customers; each request is answered ``202`` only once its
+changes are in the sender's queue — on disk when the sender has a spool.
+
+Antavo retries a failed delivery 5 times, 10 s apart, then drops it, and its default timeout
+is 1 s: the receiver answers fast (a spool write), says ``503`` when it has no room (Antavo
+tries again), and recognises a redelivery (``Idempotency-Key``, else a hash of the body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+from .._sender import BackgroundSender
+from ..exceptions import ConfigurationError, QueueFull
+from ._auth import Authenticator, auth_from_env
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger("antavo_braze.serve")
+
+MAX_BODY_BYTES = 1_000_000  # one webhook; larger bodies are refused with 413
+MAX_RECORDS = 1000  # records in one webhook
+_SUBMIT_TIMEOUT = 0.5  # seconds to wait for queue room before answering 503
+_MAX_KEY = 200  # characters of an Idempotency-Key
+_RESULTS = ("accepted", "duplicate", "rejected")
+_CHALLENGE = ((b"www-authenticate", b'Basic realm="antavo"'),)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ENV: Any = object()
+
+
+class _ReplyError(Exception):
+    def __init__(self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+
+
+def _records(kind: Literal["member", "event"], payload: Any) -> list[Any]:
+    """The records of a webhook body: one object, a list, or ``{"events"|"members": [...]}``."""
+    wrapper = "events" if kind == "event" else "members"
+    if isinstance(payload, dict) and isinstance(payload.get(wrapper), list):
+        payload = payload[wrapper]
+    records = payload if isinstance(payload, list) else [payload]
+    if not records:
+        raise _ReplyError(400, f"no {wrapper} in the body")
+    if len(records) > MAX_RECORDS:
+        raise _ReplyError(413, f"more than {MAX_RECORDS} {wrapper} in one request")
+    for number, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise _ReplyError(400, f"{wrapper}[{number}]: expected a JSON object")
+    return records
+
+
+class _Receiver:
+    def __init__(self, sender: BackgroundSender, auth: Authenticator | None) -> None:
+        self.sender = sender
+        self.auth = auth
+        self.webhooks: Counter[str] = Counter()  # by result: accepted, duplicate, rejected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # pragma: no cover - websockets are not served
+            return
+        try:
+            status, body, content_type = await self._route(scope, receive)
+            headers: tuple[tuple[bytes, bytes], ...] = ()
+        except _ReplyError as reply:
+            self.webhooks["rejected"] += 1 if reply.status != 503 else 0
+            status, content_type = reply.status, b"application/json"
+            body = json.dumps({"error": str(reply)}).encode()
+            headers = reply.headers
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                    *headers,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        method, path = scope["method"], scope["path"]
+        if path == "/healthz":
+            return self._health()
+        if path == "/metrics":
+            return 200, self.metrics().encode(), b"text/plain; version=0.0.4"
+        kinds: dict[str, Literal["member", "event"]] = {
+            "/antavo/events": "event",
+            "/antavo/members": "member",
+        }
+        kind = kinds.get(path)
+        if kind is None:
+            raise _ReplyError(404, "not found")
+        if method != "POST":
+            raise _ReplyError(405, "use POST", ((b"allow", b"POST"),))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.auth is not None and not self.auth(headers):
+            raise _ReplyError(
+                401, "unauthorized", ((b"www-authenticate", b'Basic realm="antavo"'),)
+            )
+        body = await self._body(receive, headers)
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise _ReplyError(400, f"the body is not JSON: {str(exc)[:100]}") from None
+        records = _records(kind, payload)
+        key = headers.get("idempotency-key", "").strip()[:_MAX_KEY]
+        receipt = f"{path} {key}" if key else f"{path} sha256:{hashlib.sha256(body).hexdigest()}"
+        submit = functools.partial(
+            self.sender.submit_many, kind, records, receipt=receipt, timeout=_SUBMIT_TIMEOUT
+        )
+        try:
+            accepted = await asyncio.get_running_loop().run_in_executor(None, submit)
+        except QueueFull:
+            raise _ReplyError(503, "queue full: try again", ((b"retry-after", b"10"),)) from None
+        except ConfigurationError:
+            raise _ReplyError(503, "shutting down: try again", ((b"retry-after", b"10"),)) from None
+        if accepted is None:
+            self.webhooks["duplicate"] += 1
+            answer: dict[str, Any] = {"accepted": 0, "duplicate": True}
+        else:
+            self.webhooks["accepted"] += 1
+            refused = [s.result(0).reason for s in accepted if s.done() and not s.result(0).ok]
+            answer = {"accepted": len(accepted) - len(refused), "duplicate": False}
+            if refused:
+                answer["refused"] = refused  # in the dead letter already; resending won't help
+        return 202, json.dumps(answer).encode(), b"application/json"
+
+    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise _ReplyError(413, f"body over {MAX_BODY_BYTES} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ReplyError(400, "the client went away")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise _ReplyError(413, f"body over {MAX_BODY_BYTES} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _health(self) -> tuple[int, bytes, bytes]:
+        stats = self.sender.stats()
+        healthy = not self.sender.closed
+        body = {"status": "ok" if healthy else "closed", "queued": stats.queued}
+        return (200 if healthy else 503), json.dumps(body).encode(), b"application/json"
+
+    def metrics(self) -> str:
+        """The Prometheus text exposition of the receiver's and the sender's counters."""
+        stats = self.sender.stats()
+        lines = []
+
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, int]]) -> None:
+            lines.append(f"# HELP antavo_braze_{name} {help_text}")
+            lines.append(f"# TYPE antavo_braze_{name} {kind}")
+            lines.extend(f"antavo_braze_{name}{labels} {value}" for labels, value in samples)
+
+        metric(
+            "webhooks_total",
+            "counter",
+            "Webhook requests by result.",
+            [
+                (f'{{result="{r}"}}', self.webhooks[r])
+                for r in ("accepted", "duplicate", "rejected")
+            ],
+        )
+        metric("received_total", "counter", "Changes received.", [("", stats.received)])
+        metric("queued", "gauge", "Changes waiting to be sent.", [("", stats.queued)])
+        metric("in_flight", "gauge", "Changes being sent.", [("", stats.in_flight)])
+        metric(
+            "sent_total",
+            "counter",
+            "Changes settled, by outcome.",
+            [
+                ('{outcome="succeeded"}', stats.succeeded),
+                ('{outcome="skipped"}', stats.skipped),
+            ],
+        )
+        metric(
+            "failed_total", "counter", "Changes failed (in the dead letter).", [("", stats.failed)]
+        )
+        metric("requests_total", "counter", "Requests made to Braze.", [("", stats.requests)])
+        metric(
+            "rate_limit_waits_total",
+            "counter",
+            "Waits for Braze's rate limit (429).",
+            [("", stats.rate_limit_waits)],
+        )
+        return "\n".join(lines) + "\n"
+
+
+def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -> ASGIApp:
+    """The webhook receiver as an ASGI app, sending through ``sender``.
+
+    ``auth``: a callable deciding on a request's headers (:class:`BasicAuth`,
+    :class:`JWTAuth`), ``None`` for none, or by default what the environment says
+    (``ANTAVO_BRAZE_WEBHOOK_BASIC``, ``ANTAVO_BRAZE_WEBHOOK_JWT_SECRET``).
+    """
+    if auth is _ENV:
+        auth = auth_from_env()
+        if auth is None:
+            log.warning("webhook requests are not authenticated (set %s or %s)", *_ENV_NAMES)
+    return _Receiver(sender, auth)
+
+
+_ENV_NAMES = ("ANTAVO_BRAZE_WEBHOOK_BASIC", "ANTAVO_BRAZE_WEBHOOK_JWT_SECRET")
