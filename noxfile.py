@@ -84,6 +84,7 @@ def bench(session: nox.Session) -> None:
         "coercion_worst_case",
         "http_candidates",
         "shared_budget",
+        "per_change",
     ]
     for name in names:
         session.run("python", f"benchmarks/{name}.py")

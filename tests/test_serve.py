@@ -241,8 +241,9 @@ def test_serve_takes_20000_webhooks_from_32_clients_exactly_once(
             with urllib3.PoolManager(maxsize=1, retries=False) as http:
                 mine = []
                 for n in range(number, 20_000, 32):
-                    body = json.dumps({"customer": f"m{n % 1000}", "action": "point_add",
-                                       "data": {"points": n}, "timestamp": 1_800_000_000})  # fmt: skip
+                    event = {"customer": f"m{n % 1000}", "action": "point_add",
+                             "data": {"points": n}, "timestamp": 1_800_000_000}  # fmt: skip
+                    body = json.dumps(event)
                     for _ in range(2 if n % 10 == 0 else 1):  # a redelivery of every 10th
                         answer = http.request(
                             "POST", f"http://127.0.0.1:{port}/antavo/events", body=body,
