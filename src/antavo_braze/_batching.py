@@ -21,6 +21,7 @@ __all__ = ["ATTRIBUTES", "Batch", "BatchLimits", "BatchMode", "Item", "Packer", 
 ATTRIBUTES = "attributes"
 BatchMode = Literal["combined", "legacy"]
 _OPENINGS = {name: f'"{name}":['.encode() for name in ARRAYS}
+_HEADS = {name: b"{" + opening for name, opening in _OPENINGS.items()}
 
 
 @frozen
@@ -82,7 +83,12 @@ class Batch:
 def _body(items: Sequence[Item], attributes_only: bool = False) -> bytes:
     first = items[0].array
     if attributes_only or all(item.array == first for item in items):  # the common case
-        return b"{" + _OPENINGS[first] + b",".join([item.data for item in items]) + b"]}"
+        # One join copies the body once (concatenating head and tail to it would copy the
+        # whole body again for each).
+        datas = [item.data for item in items]
+        datas[0] = _HEADS[first] + datas[0]
+        datas[-1] += b"]}"
+        return b",".join(datas)
     parts = []
     for name in ARRAYS:
         datas = [item.data for item in items if item.array == name]
@@ -149,12 +155,14 @@ class Packer:
                 item = group[0]
                 # The hot path: one small attributes object per member, into an attributes
                 # batch (identity is enough: an equal string takes the general path below).
-                if (
-                    item.array is ATTRIBUTES
-                    and len(item.data) <= small
-                    and (len(current) < max_objects)
-                ):
-                    current.append(item)
+                if item.array is ATTRIBUTES and len(item.data) <= small:
+                    if len(current) < max_objects:
+                        current.append(item)
+                        continue
+                    # Full by count, and every object small: no size to work out.
+                    batch, current = _batch(current, True), [item]
+                    self._open, self._held = current, ()
+                    yield batch
                     continue
             if attributes_only:
                 counts = {**dict.fromkeys(ARRAYS, 0), ATTRIBUTES: len(current)}
