@@ -50,3 +50,25 @@ def handle_errors() -> str:
 
 policy: ab.RetryPolicy = ab.RetryPolicy(attempts=3, max_rate_limit_wait=60.0)
 pacer: ab.Pacer = ab.InProcessPacer()
+
+
+def service_mode(syncer: ab.Syncer) -> ab.RecordOutcome:
+    with ab.BackgroundSender(syncer, flush_at=50, on_full="raise") as sender:
+        submission: ab.Submission = sender.submit_member({"id": "m-1", "score": 5}, timeout=0.5)
+        sender.submit_event({"customer": "m-1", "action": "opt_in"})
+        sender.submit_attributes("m-1", {"vip": True}, {"vip": ab.BrazeType.BOOLEAN})
+        assert sender.flush(timeout=5.0)
+        stats: ab.SenderStats = sender.stats()
+        assert stats.failed == 0
+        outcome = submission.result(timeout=1.0)
+        stage: str | None = outcome.stage
+        assert stage is None
+        return outcome
+
+
+def shared_budget(url: str) -> ab.BrazeClient:
+    pacer: ab.NonBlockingPacer = ab.RedisPacer(url, key="antavo_braze:prod", hourly=250_000)
+    state: ab.StateStore = ab.RedisStateStore(url)
+    assert ab.shard_of("member-1", 4) in range(4)
+    assert state.get("member-1") is None
+    return ab.BrazeClient("https://rest.iad-03.braze.com", "key", pacer=pacer)
