@@ -189,6 +189,8 @@ def test_close_without_spool_dead_letters_what_it_could_not_send(fake: FakeBraze
         rest = [sender.submit_member({"id": f"b{n}", "score": n}) for n in range(3)]
         sender.close(timeout=0.1)
         assert first.result(10).ok
+        stats = sender.stats()
+        assert (stats.queued, stats.in_flight, stats.failed) == (0, 0, 3)
     assert [s.result(0).stage for s in rest] == ["interrupted"] * 3
     assert sorted(e.record_id for e in letters.entries) == ["b0", "b1", "b2"]
     assert all(e.retryable and e.outcome == "not_sent" for e in letters.entries)

@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -158,6 +159,12 @@ def _event_key(record: Any) -> str | None:
     else:
         value = getattr(record, "customer_id", None)
     return None if value is None else str(value)
+
+
+async def _off_loop(call: Callable[[], Submission]) -> Submission:
+    """Run a submit on the loop's thread pool: a spool write or a wait for room never
+    blocks the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 _LIVE: weakref.WeakSet[BackgroundSender] = weakref.WeakSet()
@@ -307,13 +314,11 @@ class BackgroundSender:
     async def asubmit_member(self, member: Any, *, timeout: float | None = None) -> Submission:
         """:meth:`submit_member` without blocking the event loop (the spool write and any
         wait for room happen on a worker thread)."""
-        call = functools.partial(self.submit_member, member, timeout=timeout)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await _off_loop(functools.partial(self.submit_member, member, timeout=timeout))
 
     async def asubmit_event(self, event: Any, *, timeout: float | None = None) -> Submission:
         """:meth:`submit_event` without blocking the event loop."""
-        call = functools.partial(self.submit_event, event, timeout=timeout)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await _off_loop(functools.partial(self.submit_event, event, timeout=timeout))
 
     async def asubmit_attributes(
         self,
@@ -324,8 +329,9 @@ class BackgroundSender:
         timeout: float | None = None,
     ) -> Submission:
         """:meth:`submit_attributes` without blocking the event loop."""
-        call = functools.partial(self.submit_attributes, member_id, values, types, timeout=timeout)
-        return await asyncio.get_running_loop().run_in_executor(None, call)
+        return await _off_loop(
+            functools.partial(self.submit_attributes, member_id, values, types, timeout=timeout)
+        )
 
     def submit_many(
         self,
@@ -562,7 +568,10 @@ class BackgroundSender:
                 outcomes = self.syncer._fail_changes(kind, records, "transport", str(exc))
             self._finish(changes, outcomes)
 
-    def _finish(self, changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
+    def _finish(
+        self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True
+    ) -> None:
+        """Settle ``changes`` (taken in a window, or with ``sent=False`` still queued)."""
         ids = [i for c in changes for i in c.spool_ids]
         if self.spool is not None:
             self.spool.remove(ids)
@@ -578,15 +587,20 @@ class BackgroundSender:
                 for submission in change.submissions:
                     submission._settle(outcome)
             self._outstanding -= settled
-            self._in_flight -= settled
+            if sent:
+                self._in_flight -= settled
             self._cond.notify_all()
 
-    def _settle_all(self, window: list[_Change], stage: Stage, reason: str) -> None:
+    def _settle_all(
+        self, window: list[_Change], stage: Stage, reason: str, *, sent: bool = True
+    ) -> None:
         for kind in ("member", "attributes", "event"):
             changes = [c for c in window if c.kind == kind]
             if changes:
-                records = [c.record for c in changes]
-                self._finish(changes, self.syncer._fail_changes(kind, records, stage, reason))
+                outcomes = self.syncer._fail_changes(
+                    kind, [c.record for c in changes], stage, reason
+                )
+                self._finish(changes, outcomes, sent=sent)
 
     # --- flushing, closing, stats ---------------------------------------------------------
 
@@ -647,7 +661,9 @@ class BackgroundSender:
             count,
             in_flight,
         )
-        self._settle_all(left, "interrupted", "not sent: the sender closed before its turn")
+        self._settle_all(
+            left, "interrupted", "not sent: the sender closed before its turn", sent=False
+        )
 
     def _at_exit(self) -> None:
         if not self._closed and (self._outstanding or self._worker is not None):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
+from ._endpoint import is_loopback
 from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS
@@ -394,15 +394,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._sender import BackgroundSender
     from .serve import auth_from_env, create_app
@@ -413,7 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
     if auth is None:
-        if not _is_loopback(args.host):
+        if not is_loopback(args.host):
             raise _UserError(
                 f"refusing to listen on {args.host} without authentication: set "
                 "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET"
