@@ -49,9 +49,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local hold = tonumber(redis.call('GET', KEYS[4]) or '0')
 if hold > now then return hold - now end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)  -- slots of requests never answered
 local budget = redis.call('GET', KEYS[3])
 if budget then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   if tonumber(budget) - redis.call('ZCARD', KEYS[2]) <= 0 then
     local ttl = redis.call('PTTL', KEYS[3])
     if ttl > 0 then return ttl end
