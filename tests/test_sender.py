@@ -280,6 +280,26 @@ def test_spool_is_private_and_emptied(fake: FakeBraze, tmp_path: Path) -> None:
     assert len(fake.profiles) == 100
 
 
+def test_spooled_changes_that_fail_end_in_the_dead_letter(fake: FakeBraze, tmp_path: Path) -> None:
+    """A spooled change Braze refuses goes to the dead letter and leaves the spool."""
+    fake.block("refused")
+    letters = ab.MemoryDeadLetter()
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(
+            ab.Syncer(client, MAPPING, dead_letter=letters), spool=tmp_path / "spool.db"
+        ) as sender,
+    ):
+        refused = sender.submit_member({"id": "refused", "score": 1})
+        accepted = sender.submit_member({"id": "fine", "score": 2})
+        assert sender.flush(timeout=30)
+        assert sender.spool is not None
+        assert sender.spool.count() == 0
+    assert refused.result(0).stage == "braze"
+    assert accepted.result(0).ok
+    assert [e.record_id for e in letters.entries] == ["refused"]
+
+
 SPOOLED_PRODUCER = """
 import sys
 import antavo_braze as ab
