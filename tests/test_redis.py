@@ -294,13 +294,15 @@ def test_cli_rejects_a_bad_shard(tmp_path: Path) -> None:
 
 @given(st.lists(st.text(max_size=12), max_size=60), st.integers(1, 9))
 def test_every_record_belongs_to_exactly_one_shard(ids: list[str], count: int) -> None:
-    """Each record is kept by exactly one of the N shards; the others skip it."""
-    records = [{"id": i} for i in ids] + [{"customer": i, "action": "x"} for i in ids]
-    kept = [0] * len(records)
-    for index in range(count):
-        for position, record in enumerate(Sharded(records, index, count)):
-            if not isinstance(record, Settled):
-                kept[position] += 1
-                assert ab.shard_of(records[position].get("id", records[position].get("customer")),
-                                   count) == index  # fmt: skip
-    assert kept == [1] * len(records)
+    """Each record is kept by exactly one of the N shards (events by customer, even with an
+    id of their own); the others skip it."""
+    members = [{"id": i} for i in ids]
+    events = [{"id": f"event-{n}", "customer": i, "action": "x"} for n, i in enumerate(ids)]
+    for kind, records, key in (("members", members, "id"), ("events", events, "customer")):
+        kept = [0] * len(records)
+        for index in range(count):
+            for position, record in enumerate(Sharded(records, index, count, kind=kind)):
+                if not isinstance(record, Settled):
+                    kept[position] += 1
+                    assert ab.shard_of(records[position][key], count) == index
+        assert kept == [1] * len(records)

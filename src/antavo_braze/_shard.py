@@ -40,22 +40,32 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _owner_key(record: Any) -> Any:
-    """The member a record belongs to: a member's ``id``, an event's ``customer``."""
+def _member_key(record: Any) -> Any:
     if isinstance(record, AbcMapping):
-        return record.get("id", record.get("customer"))
-    return getattr(record, "id", getattr(record, "customer_id", None))
+        return record.get("id")
+    return getattr(record, "id", None)
+
+
+def _event_key(record: Any) -> Any:
+    # An event envelope may carry an id of its own: its customer decides.
+    if isinstance(record, AbcMapping):
+        return record.get("customer")
+    return getattr(record, "customer_id", None)
 
 
 class Sharded:
-    """The records of shard ``index`` of ``count``; every other record is replaced by a
+    """The records of shard ``index`` of ``count`` (members by ``id``, events by their
+    ``customer``); every other record is replaced by a
     :class:`Settled` marker (skipped with a reason), so positions and line numbers stay
     those of the whole input. A record without an id (an unreadable line) belongs to the
     shard of its position."""
 
-    def __init__(self, records: Iterable[Any], index: int, count: int) -> None:
+    def __init__(
+        self, records: Iterable[Any], index: int, count: int, *, kind: str = "members"
+    ) -> None:
         self._records = records
         self.index, self.count = index, count
+        self._key = _event_key if kind == "events" else _member_key
         self.line_of = getattr(records, "line_of", None)
         self._reason = f"another worker's record (--shard {index}/{count})"
 
@@ -65,6 +75,6 @@ class Sharded:
             if record.__class__ is Settled:
                 yield record
                 continue
-            key = _owner_key(record)
+            key = self._key(record)
             owner = position % count if key is None else shard_of(key, count)
             yield record if owner == index else Settled(position, self._reason)

@@ -297,7 +297,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # a fresh run: nothing to resume
     if args.shard:
         try:
-            records = Sharded(records, *parse_shard(args.shard))
+            records = Sharded(records, *parse_shard(args.shard), kind=args.kind)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
