@@ -67,8 +67,13 @@ class Batch:
 
     items: tuple[Item, ...]
     body: bytes
-    keys: frozenset[str]
     oversize: bool = False  # a single object over the byte limit: it can never be sent
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The profiles the request touches (worked out when it is sent, not when packed:
+        dry runs and previews never need them)."""
+        return frozenset([item.key for item in self.items])
 
     def locate(self) -> dict[tuple[str, int], int]:
         """``(array, index in that array of the body)`` -> item number (for ``errors[]``)."""
@@ -98,7 +103,7 @@ def _body(items: Sequence[Item], attributes_only: bool = False) -> bytes:
 
 
 def _batch(items: list[Item], attributes_only: bool) -> Batch:
-    return Batch(tuple(items), _body(items, attributes_only), frozenset([i.key for i in items]))
+    return Batch(tuple(items), _body(items, attributes_only))
 
 
 def _size(items: list[Item]) -> int:
@@ -200,7 +205,7 @@ class Packer:
                     cost = _cost(item, counts)
                 if size + cost > max_bytes:  # alone in a batch and still too large
                     self._held = group[placed + 1 :]
-                    yield Batch((item,), _body([item]), frozenset([item.key]), oversize=True)
+                    yield Batch((item,), _body([item]), oversize=True)
                     continue
                 current.append(item)
                 counts[item.array] += 1
