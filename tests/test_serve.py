@@ -281,15 +281,30 @@ def test_serve_refuses_an_open_host_without_authentication(tmp_path: Path) -> No
 
 
 def test_serve_on_loopback_without_auth_warns(fake: FakeBraze, tmp_path: Path) -> None:
-    """Unauthenticated on loopback: it runs, says so, and stops cleanly on SIGTERM."""
-    process, port = serve_process(fake, tmp_path)
+    """Unauthenticated on loopback: it runs, says so, skips an unchanged member (--state), and
+    stops cleanly on SIGTERM; contract limits are taken (--batch-size, --rate)."""
+    process, port = serve_process(
+        fake, tmp_path, "--state", str(tmp_path / "state.db"), "--batch-size", "50",
+        "--rate", "100/1",
+    )  # fmt: skip
+    body = json.dumps({"id": "w1", "score": 3}).encode()
+    url = f"http://127.0.0.1:{port}"
+    answers = []
     with urllib3.PoolManager(retries=False) as http:
-        answer = http.request(
-            "POST", f"http://127.0.0.1:{port}/antavo/members",
-            body=json.dumps({"id": "w1", "score": 3}).encode(),
-        )  # fmt: skip
+
+        def wait_for(line: str) -> None:
+            deadline = time.monotonic() + 30
+            while line not in (metrics := http.request("GET", f"{url}/metrics").data.decode()):
+                assert time.monotonic() < deadline, metrics
+                time.sleep(0.1)
+
+        for n, outcome in enumerate(("succeeded", "skipped")):
+            answers.append(http.request("POST", f"{url}/antavo/members", body=body,
+                                        headers={"Idempotency-Key": f"delivery-{n}"}))  # fmt: skip
+            wait_for(f'antavo_braze_sent_total{{outcome="{outcome}"}} 1')
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert answer.status == 202
+    assert [a.status for a in answers] == [202, 202]
     assert "not authenticated" in err
     assert fake.profiles["w1"]["loyalty_points"] == 3
+    assert len(fake.requests) == 1  # the unchanged second change was not sent

@@ -118,6 +118,12 @@ def _rate(text: str | None) -> tuple[int, float]:
         raise _UserError(f"--rate {text!r}: expected REQUESTS/SECONDS, e.g. 3000/3") from None
 
 
+def _close_state(state: StateStore | None) -> None:
+    close = getattr(state, "close", None)
+    if callable(close):
+        close()
+
+
 def _state_store(location: str | None) -> StateStore | None:
     """``--state``: an SQLite file, or a ``redis://`` URL shared by every worker."""
     if not location:
@@ -169,6 +175,38 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["jsonl", "json", "csv"], help="override the suffix")
     parser.add_argument("--encoding", default="utf-8", help="input encoding (utf-8)")
     parser.add_argument("--delimiter", help="CSV separator (sniffed: , ; tab |)")
+
+
+def _add_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        help="members: change detection in an SQLite file, or a redis:// URL shared by workers",
+    )
+
+
+def _add_budget(parser: argparse.ArgumentParser) -> None:
+    """Braze's request budget: your contract's limits, and one budget shared in Redis."""
+    parser.add_argument(
+        "--pacer",
+        metavar="REDIS_URL",
+        help="share one Braze request budget with every worker using this Redis",
+    )
+    parser.add_argument(
+        "--pacer-key",
+        default="antavo_braze:default",
+        help="the shared budget's Redis key: one per Braze workspace (antavo_braze:default)",
+    )
+    parser.add_argument(
+        "--rate",
+        metavar="N/SECONDS",
+        help="your contract's /users/track burst budget (3000/3, Braze's default)",
+    )
+    parser.add_argument("--hourly", type=int, help="your contract's hourly request budget, if any")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="objects per request (75; 50 where your contract says so)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -347,9 +385,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             progress.close()
         if client is not None:
             client.close()
-        close_state = getattr(state, "close", None)
-        if callable(close_state):
-            close_state()
+        _close_state(state)
         syncer.close()
     if args.dry_run:
         print(f"dry run: {report.requests} request bodies would be sent")
@@ -421,9 +457,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
+    state = _state_store(args.state)
     try:
-        syncer = Syncer(client, mapping, dead_letter=sink, handle_signals=False)
-        sender = BackgroundSender(syncer, spool=args.spool)
+        syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
+        sender = BackgroundSender(syncer, spool=args.spool, flush_at=client.limits.max_objects)
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
@@ -452,6 +489,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sender.close(timeout=args.shutdown_timeout)
         client.close()
         syncer.close()
+        _close_state(state)
     stats = sender.stats()
     why = f" ({signal.Signals(stopped_by[0]).name})" if stopped_by else ""
     print(
@@ -534,37 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue an interrupted run (same --input and --dead-letter): what it settled "
         "is skipped, what it cut off is sent",
     )
-    sync.add_argument(
-        "--state",
-        help="members: change detection in an SQLite file, or a redis:// URL shared by workers",
-    )
+    _add_state(sync)
     sync.add_argument(
         "--shard",
         metavar="I/N",
         help="process only shard I (0-based) of N, stable by member id: N workers split one "
         "input (others' records are skipped)",
     )
-    sync.add_argument(
-        "--pacer",
-        metavar="REDIS_URL",
-        help="share one Braze request budget with every worker using this Redis",
-    )
-    sync.add_argument(
-        "--pacer-key",
-        default="antavo_braze:default",
-        help="the shared budget's Redis key: one per Braze workspace (antavo_braze:default)",
-    )
-    sync.add_argument(
-        "--rate",
-        metavar="N/SECONDS",
-        help="your contract's /users/track burst budget (3000/3, Braze's default)",
-    )
-    sync.add_argument("--hourly", type=int, help="your contract's hourly request budget, if any")
-    sync.add_argument(
-        "--batch-size",
-        type=int,
-        help="objects per request (75; 50 where your contract says so)",
-    )
+    _add_budget(sync)
     sync.add_argument(
         "--send",
         choices=["full", "changed"],
@@ -615,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (8080)")
     serve.add_argument("--dead-letter", help="append failed changes to this JSON Lines file")
+    _add_state(serve)
+    _add_budget(serve)
     serve.add_argument(
         "--shutdown-timeout",
         type=float,
