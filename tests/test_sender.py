@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -230,6 +230,41 @@ def test_state_store_with_sender(fake: FakeBraze, tmp_path: Path) -> None:
             again = sender.submit_member({"id": "m3-7", "score": 7})
             assert sender.flush(timeout=30)
     assert again.result(0).reason == "unchanged since Braze last accepted it"
+
+
+class FlakyStore(ab.MemoryStateStore):
+    """A state store whose first read fails: a bug anywhere in a window."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("store exploded")
+        return super().get_many(ids)
+
+
+def test_an_unexpected_error_fails_its_window_not_the_sender(fake: FakeBraze) -> None:
+    """A window that hits a bug fails its records (dead letter) and the next one is sent."""
+    letters = ab.MemoryDeadLetter()
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(
+            ab.Syncer(client, MAPPING, dead_letter=letters, state=FlakyStore())
+        ) as sender,
+    ):
+        first = sender.submit_member({"id": "a", "score": 1})
+        assert sender.flush(timeout=30)
+        second = sender.submit_member({"id": "b", "score": 2})
+        assert sender.flush(timeout=30)
+        stats = sender.stats()
+    assert first.result(0).stage == "transport"
+    assert "store exploded" in (first.result(0).reason or "")
+    assert second.result(0).ok
+    assert [e.record_id for e in letters.entries] == ["a"]
+    assert (stats.failed, stats.succeeded, stats.queued, stats.in_flight) == (1, 1, 0, 0)
 
 
 def test_asubmit_never_blocks_the_event_loop(fake: FakeBraze, tmp_path: Path) -> None:

@@ -465,11 +465,7 @@ class BackgroundSender:
                 window = self._next_window()
             if window is None:
                 return
-            try:
-                self._send(window)
-            except BaseException:  # never leave a caller waiting on a dead worker
-                log.exception("the background sender's window failed unexpectedly")
-                self._settle_all(window, "transport", "the sender failed unexpectedly")
+            self._send(window)
 
     def _next_window(self) -> list[_Change] | None:
         """Wait for a window's worth of changes (or its time) and take them (lock held)."""
@@ -566,6 +562,10 @@ class BackgroundSender:
             except AntavoBrazeError as exc:
                 log.error("a window could not be sent; it goes to the dead letter: %s", exc)
                 outcomes = self.syncer._fail_changes(kind, records, "transport", str(exc))
+            except Exception as exc:  # a bug of ours: never leave a caller waiting for it
+                log.exception("the background sender failed on a window")
+                reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
+                outcomes = self.syncer._fail_changes(kind, records, "transport", reason)
             self._finish(changes, outcomes)
 
     def _finish(
