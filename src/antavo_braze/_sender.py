@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,7 +37,7 @@ from typing import Any, Literal
 import attrs
 from attrs import frozen
 
-from ._accounting import RecordOutcome, Stage, record_view
+from ._accounting import RecordOutcome, record_view
 from ._fork import reset_after_fork
 from ._json import loads
 from ._spool import Spool
@@ -140,6 +140,15 @@ class _Change:
 def _units(change: _Change) -> int:
     """How many submitted changes a (possibly merged) queued change stands for."""
     return max(len(change.submissions), len(change.spool_ids))
+
+
+def _by_kind(changes: list[_Change]) -> Iterator[tuple[Kind, list[_Change]]]:
+    """The changes of each kind, in order (one Syncer call per kind)."""
+    kinds: tuple[Kind, ...] = ("member", "attributes", "event")
+    for kind in kinds:
+        same = [c for c in changes if c.kind == kind]
+        if same:
+            yield kind, same
 
 
 def _owned(record: Any) -> Any:
@@ -546,10 +555,7 @@ class BackgroundSender:
         return window
 
     def _send(self, window: list[_Change]) -> None:
-        for kind in ("member", "attributes", "event"):
-            changes = [c for c in window if c.kind == kind]
-            if not changes:
-                continue
+        for kind, changes in _by_kind(window):
             records = [c.record for c in changes]
             try:
                 report, outcomes = self.syncer._sync_changes(kind, records)
@@ -591,16 +597,13 @@ class BackgroundSender:
                 self._in_flight -= settled
             self._cond.notify_all()
 
-    def _settle_all(
-        self, window: list[_Change], stage: Stage, reason: str, *, sent: bool = True
-    ) -> None:
-        for kind in ("member", "attributes", "event"):
-            changes = [c for c in window if c.kind == kind]
-            if changes:
-                outcomes = self.syncer._fail_changes(
-                    kind, [c.record for c in changes], stage, reason
-                )
-                self._finish(changes, outcomes, sent=sent)
+    def _fail_unsent(self, left: list[_Change]) -> None:
+        """Dead-letter changes still queued when the sender closes (no spool to keep them)."""
+        reason = "not sent: the sender closed before its turn"
+        for kind, changes in _by_kind(left):
+            records = [c.record for c in changes]
+            outcomes = self.syncer._fail_changes(kind, records, "interrupted", reason)
+            self._finish(changes, outcomes, sent=False)
 
     # --- flushing, closing, stats ---------------------------------------------------------
 
@@ -661,9 +664,7 @@ class BackgroundSender:
             count,
             in_flight,
         )
-        self._settle_all(
-            left, "interrupted", "not sent: the sender closed before its turn", sent=False
-        )
+        self._fail_unsent(left)
 
     def _at_exit(self) -> None:
         if not self._closed and (self._outstanding or self._worker is not None):

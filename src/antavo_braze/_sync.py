@@ -425,9 +425,12 @@ class Syncer:
         run.skips = {}
         for position, record in enumerate(records):
             run.total += 1
-            record_id = _event_id(record) if kind == "event" else _record_id(record)
-            if kind == "attributes":
+            if kind == "event":
+                record_id = _event_id(record)
+            elif kind == "attributes":  # a wire object, or the values refused at submit
                 record_id = _text_id(record.get("external_id", record.get("id")))
+            else:
+                record_id = _record_id(record)
             run.fail(
                 position, record, record_id, stage, reason, retryable=retryable, outcome="not_sent"
             )
