@@ -36,12 +36,16 @@ __all__ = [
     "RESERVED_IDENTIFIERS",
     "SECONDARY_IDENTIFIERS",
     "STANDARD_ATTRIBUTES",
+    "TRACK_RATE_REQUESTS",
+    "TRACK_RATE_SECONDS",
 ]
 
 # --- /users/track requests [1.2, 1.3] -----------------------------------------------------------
 MAX_OBJECTS = 75  # objects per request: combined across the arrays, or per array ("legacy")
 MAX_BODY_BYTES = 4_000_000  # request body limit of every endpoint (413 above it)
 ARRAYS = ("attributes", "events", "purchases")  # the order Braze processes them in [7]
+# The default burst budget per workspace since 28 Oct 2024 (contracts may differ) [1]
+TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS = 3000, 3.0
 
 # --- identifiers [1.1] ------------------------------------------------------------------------
 MAX_EXTERNAL_ID_BYTES = 987  # EXTERNAL_USER_ID_TOO_LARGE

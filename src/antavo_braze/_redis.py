@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._fork import reset_after_fork
+from ._limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._ratelimit import InProcessPacer
 from ._retry import remaining, reset_in_seconds, retry_after_seconds
 from .exceptions import ConfigurationError
@@ -166,8 +167,8 @@ class RedisPacer:
         redis: Any,
         *,
         key: str = "antavo_braze:default",
-        requests: int | None = 3000,
-        per: float = 3.0,
+        requests: int | None = TRACK_RATE_REQUESTS,
+        per: float = TRACK_RATE_SECONDS,
         hourly: int | None = None,
         max_wait: float = 300.0,
         slot_ttl: float = 60.0,

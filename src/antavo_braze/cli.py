@@ -28,7 +28,7 @@ from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
 from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
-from ._limits import REQUIRED_PERMISSIONS
+from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._mapping import Mapping
 from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
@@ -110,7 +110,7 @@ def _client_from_env(args: argparse.Namespace) -> BrazeClient:
 def _rate(text: str | None) -> tuple[int, float]:
     """``--rate N/SECONDS`` as ``(N, SECONDS)``; no ``--rate``: Braze's burst default."""
     if not text:
-        return 3000, 3.0
+        return TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
     count, _, seconds = text.partition("/")
     try:
         return int(count), float(seconds or 1)
