@@ -73,8 +73,10 @@ def test_sixteen_threads_report_exact_request_counts(fake: FakeBraze) -> None:
     assert sum(r.succeeded for r in reports) == len(fake.profiles)
 
 
-def test_a_reused_input_dict_sends_each_member_s_own_values(fake: FakeBraze) -> None:
-    """A generator mutating one nested dict between members: each member keeps its values."""
+@pytest.mark.parametrize("wrap", ["generator", "record_source", "preview"])
+def test_a_reused_input_dict_sends_each_member_s_own_values(fake: FakeBraze, wrap: str) -> None:
+    """A generator mutating one nested dict between members (also behind a RecordSource of
+    the caller's rows): each member keeps its values."""
 
     def reusing() -> Iterator[dict[str, Any]]:
         row: dict[str, Any] = {"profile": {}}
@@ -84,14 +86,47 @@ def test_a_reused_input_dict_sends_each_member_s_own_values(fake: FakeBraze) -> 
             row["profile"]["tier"] = f"tier-{i}"
             yield row
 
+    if wrap == "preview":
+        syncer = ab.Syncer(None, MAPPING)
+        bodies = syncer.preview_members(reusing())
+        tiers = [o["profile"]["tier"] for body in bodies for o in body["attributes"]]
+        assert tiers == ["tier-0", "tier-1", "tier-2"]
+        return
+    members = reusing() if wrap == "generator" else ab.RecordSource("rows", enumerate(reusing()))
     with fake.client() as client:
-        report = ab.Syncer(client, MAPPING).sync_members(reusing())
+        report = ab.Syncer(client, MAPPING).sync_members(members)
     assert report.succeeded == 3
     assert {k: v["profile"]["tier"] for k, v in fake.profiles.items()} == {
         "m0": "tier-0",
         "m1": "tier-1",
         "m2": "tier-2",
     }
+
+
+def test_a_list_s_members_are_sent_and_dead_lettered_as_they_were(fake: FakeBraze) -> None:
+    """A list sharing one nested dict: each member's values go out, and the dead letter's
+    objects stay as sent when the caller changes its input afterwards."""
+    shared: dict[str, Any] = {"tier": "Gold"}
+    members = [{"id": f"m{i}", "score": i, "profile": shared} for i in range(200)]
+    members[7] = {"id": "blocked", "score": 7, "profile": shared}
+    fake.block("blocked")
+    entries: list[ab.DeadLetterEntry] = []
+
+    class Collect:
+        def write(self, entry: ab.DeadLetterEntry) -> None:
+            entries.append(entry)
+
+    with fake.client() as client:
+        report = ab.Syncer(client, MAPPING, dead_letter=Collect()).sync_members(members)
+    check(report)
+    assert (report.succeeded, report.failed) == (199, 1)
+    assert len(fake.profiles) == 199
+    assert all(p["profile"] == {"tier": "Gold"} for p in fake.profiles.values())
+    shared["tier"] = "changed afterwards"
+    (entry,) = entries
+    assert [o.object for o in entry.objects] == [
+        {"external_id": "blocked", "points": 7, "profile": {"tier": "Gold"}}
+    ]
 
 
 def test_braze_unreachable_from_the_start_raises_at_once() -> None:

@@ -17,12 +17,21 @@ from antavo_braze._limits import ARRAYS
 SMALL = 1024
 
 
-def item(array: str = "attributes", size: int = 40, eid: str = "m", record: int = 0) -> Item:
-    """An item whose JSON is exactly ``size`` bytes (at least 32)."""
+def item(
+    array: str = "attributes",
+    size: int = 40,
+    eid: str = "m",
+    record: int = 0,
+    unencoded: bool = False,
+) -> Item:
+    """An item whose JSON is exactly ``size`` bytes (at least 32); ``unencoded``: carried as
+    its wire dict, for the batch to encode."""
     data = json.dumps({"external_id": eid, "p": ""}, separators=(",", ":")).encode()
     pad = max(0, size - len(data))
-    data = json.dumps({"external_id": eid, "p": "x" * pad}, separators=(",", ":")).encode()
-    return Item(array, data, eid, record)
+    wire = {"external_id": eid, "p": "x" * pad}
+    if unencoded:
+        return Item(array, b"", eid, record, wire=wire)
+    return Item(array, json.dumps(wire, separators=(",", ":")).encode(), eid, record)
 
 
 def limits(**kwargs: object) -> ab.BatchLimits:
@@ -98,10 +107,40 @@ def test_bytes_limit_is_exact() -> None:
     assert sum(len(b.items) for b in batches) == 50
 
 
+def test_unencoded_attributes_are_encoded_with_their_batch() -> None:
+    """Wire dicts make one body per batch; together over the byte limit, they are packed
+    exactly as encoded objects (an object over it alone is marked oversize)."""
+    rules = limits(max_objects=10, max_bytes=SMALL)
+    fitting = [[item(size=90, eid=f"e{n}", record=n, unencoded=True)] for n in range(25)]
+    batches = list(pack(fitting, rules))
+    assert [len(b.items) for b in batches] == [10, 10, 5]
+    assert json.loads(batches[0].body) == {"attributes": [g[0].wire for g in fitting[:10]]}
+    heavy = [[item(size=300, eid=f"e{n}", record=n, unencoded=True)] for n in range(10)]
+    heavy.append([item(size=SMALL + 1, eid="big", record=99, unencoded=True)])
+    batches = list(pack(heavy, rules))
+    assert all(len(b.body) <= SMALL for b in batches if not b.oversize)
+    assert [len(b.items) for b in batches] == [3, 3, 3, 1, 1]
+    assert [b.oversize for b in batches] == [False] * 4 + [True]
+    assert [it.record for b in batches for it in b.items] == [*range(10), 99]
+    assert all(it.wire is None for b in batches for it in b.items)  # encoded for exact sizes
+
+
 group_strategy = st.lists(
-    st.lists(st.tuples(st.sampled_from(ARRAYS), st.integers(32, 400)), min_size=1, max_size=5),
+    st.lists(
+        st.tuples(st.sampled_from(ARRAYS), st.integers(32, 400), st.booleans()),
+        min_size=1,
+        max_size=5,
+    ),
     max_size=60,
 )
+
+
+def build(groups: list[list[tuple[str, int, bool]]]) -> list[list[Item]]:
+    """Items for drawn groups: (array, size, unencoded) each."""
+    return [
+        [item(a, s, eid=f"e{g}", record=g * 10 + i, unencoded=u) for i, (a, s, u) in enumerate(grp)]
+        for g, grp in enumerate(groups)
+    ]
 
 
 @given(
@@ -111,13 +150,11 @@ group_strategy = st.lists(
     max_bytes=st.integers(SMALL, 5000),
 )
 def test_packing_invariants(
-    groups: list[list[tuple[str, int]]], mode: str, max_objects: int, max_bytes: int
+    groups: list[list[tuple[str, int, bool]]], mode: str, max_objects: int, max_bytes: int
 ) -> None:
-    """Every item comes out exactly once, in order, and no batch breaks a limit."""
-    built = [
-        [item(a, s, eid=f"e{g}", record=g * 10 + i) for i, (a, s) in enumerate(grp)]
-        for g, grp in enumerate(groups)
-    ]
+    """Every item comes out exactly once, in order, as its own JSON, and no batch breaks a
+    limit (encoded and unencoded items alike)."""
+    built = build(groups)
     rules = limits(mode=mode, max_objects=max_objects, max_bytes=max_bytes)
     batches = list(pack(built, rules))
     assert [it.record for b in batches for it in b.items] == [it.record for g in built for it in g]
@@ -134,6 +171,8 @@ def test_packing_invariants(
             assert max(counts.values()) <= max_objects
         decoded = json.loads(batch.body)
         assert {a: len(v) for a, v in decoded.items()} == {a: n for a, n in counts.items() if n}
+        for array, objects in decoded.items():
+            assert objects == [it.json() for it in batch.items if it.array == array]
         assert batch.keys == {it.key for it in batch.items}
 
 
@@ -144,13 +183,10 @@ def test_packing_invariants(
     max_bytes=st.integers(SMALL, 5000),
 )
 def test_pending_is_exactly_what_was_read_and_not_yielded(
-    groups: list[list[tuple[str, int]]], mode: str, max_objects: int, max_bytes: int
+    groups: list[list[tuple[str, int, bool]]], mode: str, max_objects: int, max_bytes: int
 ) -> None:
     """At every yield, Packer.pending holds exactly the items read but in no batch yet."""
-    built = [
-        [item(a, s, eid=f"e{g}", record=g * 10 + i) for i, (a, s) in enumerate(grp)]
-        for g, grp in enumerate(groups)
-    ]
+    built = build(groups)
     read: list[Item] = []
 
     def reading() -> Iterator[list[Item]]:
@@ -163,5 +199,6 @@ def test_pending_is_exactly_what_was_read_and_not_yielded(
     for batch in packer:
         sent.extend(batch.items)
         pending = packer.pending
-        assert sorted(map(id, sent + pending)) == sorted(map(id, read))
+        # By record number: an unencoded item comes out as its encoded copy.
+        assert sorted(it.record for it in sent + pending) == sorted(it.record for it in read)
     assert packer.pending == []

@@ -28,7 +28,6 @@ from attrs import field, frozen
 from ._batching import ATTRIBUTES, Item
 from ._client import BatchOutcome
 from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
-from ._json import loads
 from .exceptions import CoercionError, short_repr
 
 __all__ = [
@@ -343,7 +342,7 @@ def _problem(exc: CoercionError) -> FieldProblem:
 
 
 def _objects(items: Iterable[Item]) -> tuple[DeadLetterObject, ...]:
-    return tuple(DeadLetterObject(item.array, loads(item.data)) for item in items)  # type: ignore[arg-type]
+    return tuple(DeadLetterObject(item.array, item.json()) for item in items)  # type: ignore[arg-type]
 
 
 class _Parts:
@@ -374,6 +373,7 @@ class _Run:
         progress: Callable[[Progress], None] | None = None,
         total: int | None = None,
         line_of: Callable[[int], int | None] | None = None,
+        fresh: bool = False,
         field_names: tuple[tuple[str, str, bool], ...] = (),
         event_arrays: bool = False,
     ) -> None:
@@ -382,6 +382,7 @@ class _Run:
         self.progress = progress
         self.expected = total
         self.line_of = line_of
+        self.fresh = fresh  # no code of the caller runs between two input records
         self.total = self.succeeded = self.failed = self.skipped = 0
         self.failures: list[RecordFailure] = []
         self.dropped: list[DroppedField] = []

@@ -2,9 +2,15 @@
 
 Objects arrive in *groups* (the objects built from one input record). A group stays in one
 request whenever it fits, so a member's attributes and events reach Braze together (Braze does
-not order separate requests). Every object is serialized once, when it is built: its bytes are
-what is sent, whatever the caller does to its input afterwards, and a body's size is known
-exactly while it is filled.
+not order separate requests).
+
+An object is serialized once. Most are serialized when built (``Item.data``): their bytes are
+what is sent whatever the caller does to its input afterwards, and a body's size is known
+exactly while it is filled. Attributes objects built from a list or tuple of members may come
+*unencoded* (``Item.wire``): no code of the caller runs between building them and closing
+their batch, so the batch is encoded in one call (with the standard library's json, one call
+per object costs more than the whole body); a body over the byte limit is taken apart again
+into encoded objects and packed exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 
 from attrs import field, frozen, validators
 
+from ._json import dumps_object, loads
 from ._limits import ARRAYS, MAX_BODY_BYTES, MAX_OBJECTS
 
 __all__ = ["ATTRIBUTES", "Batch", "BatchLimits", "BatchMode", "Item", "Packer", "pack"]
@@ -46,8 +53,9 @@ class Item(NamedTuple):
     """One Braze object on its way: which ``array`` it goes in, its JSON ``data``, the profile
     it touches (``key``: requests touching one profile never overlap), the input ``record``
     position it was built from, how many ``parts`` (objects) that record has, how many
-    attribute ``values`` it sets, and the input record itself (``source``, for the dead
-    letter if it fails).
+    attribute ``values`` it sets, the input record itself (``source``, for the dead letter if
+    it fails), and, for an attributes object not encoded yet, its JSON-ready ``wire`` dict
+    (``data`` is then empty: the batch encodes it).
 
     A named tuple rather than an attrs class: one is made per object on the hot path.
     """
@@ -59,6 +67,17 @@ class Item(NamedTuple):
     parts: int = 1
     values: int = 0
     source: Any = None
+    wire: Any = None
+
+    def encoded(self) -> Item:
+        """This item with its ``data`` (itself if it has them already)."""
+        if self.wire is None:
+            return self
+        return self._replace(data=dumps_object(self.wire), wire=None)
+
+    def json(self) -> Any:
+        """A fresh JSON-ready copy of the object (for dead letters and reports)."""
+        return loads(self.data if self.wire is None else dumps_object(self.wire))
 
 
 @frozen
@@ -151,6 +170,7 @@ class Packer:
         current = self._open = []
         counts = dict.fromkeys(ARRAYS, 0)  # kept up to date off the hot path only
         attributes_only = True  # every item in current is an attributes object
+        unencoded = False  # some item in current has no data yet
         size = 2  # the braces (kept up to date off the hot path only)
         # Objects no larger than this cannot, max_objects of them, exceed max_bytes: while a
         # batch holds only such objects its size needs no counting.
@@ -158,17 +178,28 @@ class Packer:
         for group in self.groups:
             if combined and attributes_only and len(group) == 1:
                 item = group[0]
-                # The hot path: one small attributes object per member, into an attributes
-                # batch (identity is enough: an equal string takes the general path below).
-                if item.array is ATTRIBUTES and len(item.data) <= small:
-                    if len(current) < max_objects:
-                        current.append(item)
-                        continue
-                    # Full by count, and every object small: no size to work out.
-                    batch, current = _batch(current, True), [item]
-                    self._open, self._held = current, ()
-                    yield batch
+                # The hot path: one attributes object per member, unencoded or small, into an
+                # attributes batch (identity is enough: an equal string takes the general path).
+                if item.array is ATTRIBUTES and (item.wire is not None or len(item.data) <= small):
+                    if len(current) >= max_objects:  # filled on the general path
+                        closed, current = current, []
+                        self._open, self._held = current, group
+                        yield from self._attributes_batches(closed)
+                    current.append(item)
+                    if item.wire is not None:
+                        unencoded = True
+                    if len(current) >= max_objects:
+                        # Full by count: closed at once, so that no object waits unencoded
+                        # while the batch is away (the caller's callbacks may run then).
+                        closed, current, unencoded = current, [], False
+                        self._open, self._held = current, ()
+                        yield from self._attributes_batches(closed)
                     continue
+            if unencoded:  # leaving the hot path: exact sizes from here on
+                current[:] = [item.encoded() for item in current]
+                unencoded = False
+            if any(item.wire is not None for item in group):
+                group = [item.encoded() for item in group]
             if attributes_only:
                 counts = {**dict.fromkeys(ARRAYS, 0), ATTRIBUTES: len(current)}
                 size = _size(current)
@@ -216,7 +247,32 @@ class Packer:
             )
         self._open = []
         if current:
-            yield _batch(current, attributes_only)
+            if attributes_only:
+                yield from self._attributes_batches(current)
+            else:
+                yield _batch(current, False)
+
+    def _attributes_batches(self, items: list[Item]) -> Iterator[Batch]:
+        """The batches of ``items``, attributes objects that fit one batch by count: one
+        batch, unless unencoded objects turn out over the byte limit together (then they are
+        encoded one by one and packed exactly)."""
+        wires = [item.wire for item in items if item.wire is not None]
+        if not wires:
+            yield _batch(items, True)
+            return
+        if len(wires) == len(items):
+            body = dumps_object({ATTRIBUTES: wires})  # the whole body in one call
+            if len(body) <= self.limits.max_bytes:
+                yield Batch(tuple(items), body)
+                return
+        encoded = [item.encoded() for item in items]
+        rest = self._held
+        sent = 0
+        for batch in Packer([(item,) for item in encoded], self.limits):
+            sent += len(batch.items)  # batches keep the order of their items
+            self._held = [*encoded[sent:], *rest]
+            yield batch
+        self._held = rest
 
 
 def pack(groups: Iterable[Sequence[Item]], limits: BatchLimits | None = None) -> Iterator[Batch]:

@@ -45,6 +45,10 @@ class BadInput:
 class RecordSource:
     """The records of one input, in order; also says each record's line (``line_of``)."""
 
+    # Set by read_records: every record is a new object parsed by the SDK, and no code of the
+    # caller runs between two of them.
+    _fresh = False
+
     def __init__(self, name: str, rows: Iterator[tuple[int, Any]]) -> None:
         self.name = name
         self._rows = rows
@@ -119,7 +123,9 @@ def read_records(
         rows = _csv_rows(handle, encoding, delimiter, tsv=tsv)
     else:
         rows = _json_rows(handle, encoding, array_allowed=kind == "json")
-    return RecordSource(name, rows)
+    source = RecordSource(name, rows)
+    source._fresh = True
+    return source
 
 
 # --- JSON -------------------------------------------------------------------------------------

@@ -94,11 +94,25 @@ def _is_missing(pandas: Any, value: Any) -> bool:
         return False
 
 
+def _is_dataframe(records: Iterable[Any]) -> bool:
+    return type(records).__module__.startswith("pandas") and hasattr(records, "itertuples")
+
+
 def _rows(records: Iterable[Any]) -> Iterable[Any]:
-    module = type(records).__module__
-    if module.startswith("pandas") and hasattr(records, "itertuples"):
-        return _dataframe_rows(records)
-    return records
+    return _dataframe_rows(records) if _is_dataframe(records) else records
+
+
+def _fresh(records: Iterable[Any]) -> bool:
+    """Whether no code of the caller runs between two records: a list, a tuple, or rows the
+    SDK reads itself (a file, a data frame). A record's objects then stay as they are until
+    its batch is encoded (in one call); from any other iterable, which may reuse them for the
+    next record, each object is encoded as it is built."""
+    return (
+        records.__class__ is list
+        or records.__class__ is tuple
+        or getattr(records, "_fresh", False) is True
+        or _is_dataframe(records)
+    )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -324,6 +338,7 @@ class Syncer:
             progress=self._progress_callback(_length(records)),
             total=_length(records),
             line_of=getattr(records, "line_of", None),
+            fresh=_fresh(records),
             field_names=self.mapper.fields if kind == "member" else (),
             event_arrays=kind in ("event", "replay"),
         )
@@ -515,6 +530,7 @@ class Syncer:
         absent = run.absent
         clears = any(clear for _, _, clear in self.mapper.fields)
         new_item = _new_item
+        whole = run.fresh  # the batch encodes the objects (see _fresh)
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
@@ -544,8 +560,13 @@ class Syncer:
                         run.skip(position, _NO_FIELD)
                         continue
                 count = len(wire) - 1
-                data = dumps_object(wire)
-                yield (new_item(Item, (ATTRIBUTES, data, external_id, position, 1, count, record)),)
+                item: tuple[Any, ...]
+                if whole:  # encoded with its batch, in one call (see _batching)
+                    item = (ATTRIBUTES, b"", external_id, position, 1, count, record, wire)
+                else:  # the iterator may reuse these objects for the next record: encoded now
+                    data = dumps_object(wire)
+                    item = (ATTRIBUTES, data, external_id, position, 1, count, record, None)
+                yield (new_item(Item, item),)
         except GeneratorExit:  # closed after a yield: that record was handled
             run.total += position + 1
             raise
