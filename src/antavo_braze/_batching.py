@@ -6,11 +6,11 @@ not order separate requests).
 
 An object is serialized once. Most are serialized when built (``Item.data``): their bytes are
 what is sent whatever the caller does to its input afterwards, and a body's size is known
-exactly while it is filled. Attributes objects built from a list or tuple of members may come
-*unencoded* (``Item.wire``): no code of the caller runs between building them and closing
-their batch, so the batch is encoded in one call (with the standard library's json, one call
-per object costs more than the whole body); a body over the byte limit is taken apart again
-into encoded objects and packed exactly.
+exactly while it is filled. Attributes objects of a member sync whose input runs no code of
+the caller (a list, a tuple, rows the SDK reads itself) may come *unencoded* (``Item.wire``):
+nothing can change them before their batch closes, so the batch is encoded in one call (with
+the standard library's json, one call per object costs more than the whole body); a body over
+the byte limit is taken apart again into encoded objects and packed exactly.
 """
 
 from __future__ import annotations

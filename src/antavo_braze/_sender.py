@@ -39,7 +39,6 @@ from attrs import frozen
 
 from ._accounting import RecordOutcome, record_view
 from ._fork import reset_after_fork
-from ._json import loads
 from ._spool import Spool
 from ._sync import Syncer
 from ._wire import model_item
@@ -315,7 +314,7 @@ class BackgroundSender:
             obj = self.syncer.mapper.attributes(member_id, values, types)
         except CoercionError as exc:
             return self._refused("attributes", {"id": member_id, **values}, str(exc))
-        wire = loads(model_item(obj, 0).data)
+        wire = model_item(obj, 0).json()
         submitted = self._submit([("attributes", obj.external_id, wire)], timeout)
         assert submitted is not None  # only a receipt can make it None
         return submitted[0]

@@ -530,7 +530,7 @@ class Syncer:
         absent = run.absent
         clears = any(clear for _, _, clear in self.mapper.fields)
         new_item = _new_item
-        whole = run.fresh  # the batch encodes the objects (see _fresh)
+        fresh = run.fresh  # the batch encodes the objects (see _fresh)
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
@@ -561,7 +561,7 @@ class Syncer:
                         continue
                 count = len(wire) - 1
                 item: tuple[Any, ...]
-                if whole:  # encoded with its batch, in one call (see _batching)
+                if fresh:  # encoded with its batch, in one call (see _batching)
                     item = (ATTRIBUTES, b"", external_id, position, 1, count, record, wire)
                 else:  # the iterator may reuse these objects for the next record: encoded now
                     data = dumps_object(wire)
