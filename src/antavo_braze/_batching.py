@@ -185,6 +185,7 @@ class Packer:
                         closed, current = current, []
                         self._open, self._held = current, group
                         yield from self._attributes_batches(closed)
+                        self._held = ()  # the item is about to be open, not held
                     current.append(item)
                     if item.wire is not None:
                         unencoded = True
@@ -245,7 +246,7 @@ class Packer:
             attributes_only = counts[ATTRIBUTES] == len(current) and all(
                 len(item.data) <= small for item in current
             )
-        self._open = []
+        self._open, self._held = [], ()
         if current:
             if attributes_only:
                 yield from self._attributes_batches(current)
