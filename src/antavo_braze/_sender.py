@@ -40,7 +40,7 @@ from attrs import frozen
 from ._accounting import RecordOutcome, record_view
 from ._fork import reset_after_fork
 from ._spool import Spool
-from ._sync import Syncer
+from ._sync import Syncer, _event_id, _record_id
 from ._wire import model_item
 from .exceptions import (
     AntavoBrazeError,
@@ -154,19 +154,6 @@ def _owned(record: Any) -> Any:
     """A JSON copy of an input record: what is sent can no longer change when the caller
     reuses its objects, and is what a spool stores."""
     return json.loads(json.dumps(record_view(record), default=str))
-
-
-def _member_key(record: Any) -> str | None:
-    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
-    return None if value is None else str(value)
-
-
-def _event_key(record: Any) -> str | None:
-    if isinstance(record, AbcMapping):
-        value = record.get("customer")
-    else:
-        value = getattr(record, "customer_id", None)
-    return None if value is None else str(value)
 
 
 async def _off_loop(call: Callable[[], Submission]) -> Submission:
@@ -363,7 +350,7 @@ class BackgroundSender:
     ) -> list[Submission] | None:
         keyed: list[tuple[Kind, str, Any]] = []
         refused: dict[int, Submission] = {}
-        key_of = _member_key if kind == "member" else _event_key
+        key_of = _record_id if kind == "member" else _event_id
         for number, record in enumerate(records):
             key = key_of(record)
             if key is None:

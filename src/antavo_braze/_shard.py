@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Iterator
-from collections.abc import Mapping as AbcMapping
 from typing import Any
 
 from ._checkpoint import Settled
+from ._sync import _event_id, _record_id
 from .exceptions import ConfigurationError
 
 __all__ = ["Sharded", "parse_shard", "shard_of"]
@@ -40,19 +40,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _member_key(record: Any) -> Any:
-    if isinstance(record, AbcMapping):
-        return record.get("id")
-    return getattr(record, "id", None)
-
-
-def _event_key(record: Any) -> Any:
-    # An event envelope may carry an id of its own: its customer decides.
-    if isinstance(record, AbcMapping):
-        return record.get("customer")
-    return getattr(record, "customer_id", None)
-
-
 class Sharded:
     """The records of shard ``index`` of ``count`` (members by ``id``, events by their
     ``customer``); every other record is replaced by a
@@ -65,7 +52,8 @@ class Sharded:
     ) -> None:
         self._records = records
         self.index, self.count = index, count
-        self._key = _event_key if kind == "events" else _member_key
+        # An event envelope may carry an id of its own: its customer decides.
+        self._key = _event_id if kind == "events" else _record_id
         self.line_of = getattr(records, "line_of", None)
         self._reason = f"another worker's record (--shard {index}/{count})"
 

@@ -761,11 +761,13 @@ def _text_id(value: Any) -> str | None:
 
 
 def _record_id(record: Any) -> str | None:
+    """A member record's id, as text."""
     value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
     return _text_id(value)
 
 
 def _event_id(record: Any) -> str | None:
+    """The member an event belongs to (its customer), as text."""
     if isinstance(record, AbcMapping):
         return _text_id(record.get("customer"))
     return _text_id(getattr(record, "customer_id", None))
