@@ -433,6 +433,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._sender import BackgroundSender
     from .serve import auth_from_env, create_app
+    from .serve._auth import BASIC_ENV, JWT_ENV
 
     mapping = _load_mapping(args.mapping)
     try:
@@ -443,7 +444,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not is_loopback(args.host):
             raise _UserError(
                 f"refusing to listen on {args.host} without authentication: set "
-                "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET"
+                f"{BASIC_ENV} (user:password) or {JWT_ENV}"
             )
         print(
             "antavo-braze: warning: webhook requests are not authenticated (loopback only)",

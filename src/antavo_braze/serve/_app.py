@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from .._sender import BackgroundSender
 from ..exceptions import ConfigurationError, QueueFull
-from ._auth import Authenticator, auth_from_env
+from ._auth import BASIC_ENV, JWT_ENV, Authenticator, auth_from_env
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -69,7 +69,7 @@ class _Receiver:
     def __init__(self, sender: BackgroundSender, auth: Authenticator | None) -> None:
         self.sender = sender
         self.auth = auth
-        self.webhooks: Counter[str] = Counter()  # by result: accepted, duplicate, rejected
+        self.webhooks: Counter[str] = Counter()  # by result (_RESULTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -124,9 +124,7 @@ class _Receiver:
             raise _ReplyError(405, "use POST", ((b"allow", b"POST"),))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.auth is not None and not self.auth(headers):
-            raise _ReplyError(
-                401, "unauthorized", ((b"www-authenticate", b'Basic realm="antavo"'),)
-            )
+            raise _ReplyError(401, "unauthorized", _CHALLENGE)
         body = await self._body(receive, headers)
         try:
             payload = json.loads(body)
@@ -193,10 +191,7 @@ class _Receiver:
             "webhooks_total",
             "counter",
             "Webhook requests by result.",
-            [
-                (f'{{result="{r}"}}', self.webhooks[r])
-                for r in ("accepted", "duplicate", "rejected")
-            ],
+            [(f'{{result="{r}"}}', self.webhooks[r]) for r in _RESULTS],
         )
         metric("received_total", "counter", "Changes received.", [("", stats.received)])
         metric("queued", "gauge", "Changes waiting to be sent.", [("", stats.queued)])
@@ -233,8 +228,5 @@ def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -
     if auth is _ENV:
         auth = auth_from_env()
         if auth is None:
-            log.warning("webhook requests are not authenticated (set %s or %s)", *_ENV_NAMES)
+            log.warning("webhook requests are not authenticated (set %s or %s)", BASIC_ENV, JWT_ENV)
     return _Receiver(sender, auth)
-
-
-_ENV_NAMES = ("ANTAVO_BRAZE_WEBHOOK_BASIC", "ANTAVO_BRAZE_WEBHOOK_JWT_SECRET")
