@@ -12,15 +12,13 @@ transaction as their changes: a redelivered webhook is recognised even after a r
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 
-from ._files import ensure_private_file
 from ._fork import reset_after_fork
+from ._sqlite import SqliteFile, Synchronous
 
 __all__ = ["Spool", "SpoolRow"]
 
@@ -50,13 +48,13 @@ def _alive(owner: str) -> bool:
 class Spool:
     """Rows of submitted changes, durable before :meth:`add` returns."""
 
-    def __init__(self, path: str | PathLike[str], *, synchronous: str = "FULL") -> None:
-        self.path: Path = ensure_private_file(path)
-        self._synchronous = synchronous
-        self._local = threading.local()
+    def __init__(self, path: str | PathLike[str], *, synchronous: Synchronous = "FULL") -> None:
+        # FULL: a row is on disk (fsync) before submit returns.
+        self._file = SqliteFile(path, timeout=30.0, synchronous=synchronous)
+        self.path: Path = self._file.path
         self._new_owner()
         self._pruned = 0.0
-        db = self._db()
+        db = self._file.connection()
         db.execute(
             "CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY AUTOINCREMENT,"
             " owner TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
@@ -75,37 +73,21 @@ class Spool:
         self.owner = f"{os.getpid()}:{os.urandom(6).hex()}"
 
     def _after_fork(self) -> None:
-        # A connection never crosses fork(); the child's rows are its own.
-        self._local = threading.local()
-        self._new_owner()
-
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a row is on disk (fsync) before submit returns; NORMAL survives a crash of
-            # the process but not of the machine.
-            db.execute(f"PRAGMA synchronous={self._synchronous}")
-            self._local.db = db
-        return db
+        self._new_owner()  # the child's rows are its own
 
     def add(
         self, rows: Sequence[tuple[str, str, str]], receipt: str | None = None
     ) -> list[int] | None:
         """Store ``(kind, key, record JSON)`` rows in one transaction; return their ids, or
         ``None`` when ``receipt`` was accepted before (a redelivery: nothing is stored)."""
-        db = self._db()
         now = time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.write() as db:
             if receipt is not None:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO receipts (key, created) VALUES (?, ?)", (receipt, now)
                 )
                 if cursor.rowcount == 0:
-                    db.execute("ROLLBACK")
-                    return None
+                    return None  # nothing was written: the transaction ends empty
             ids = []
             for kind, key, record in rows:
                 cursor = db.execute(
@@ -115,29 +97,23 @@ class Spool:
                 )
                 assert cursor.lastrowid is not None
                 ids.append(cursor.lastrowid)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         return ids
 
     def seen(self, receipt: str) -> bool:
         """Whether a webhook with this idempotency key was accepted already."""
-        row = self._db().execute("SELECT 1 FROM receipts WHERE key = ?", (receipt,)).fetchone()
+        row = (
+            self._file.connection()
+            .execute("SELECT 1 FROM receipts WHERE key = ?", (receipt,))
+            .fetchone()
+        )
         return row is not None
 
     def remove(self, ids: Sequence[int]) -> None:
         """Forget rows whose outcome is known (sent, or in the dead letter)."""
         if not ids:
             return
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.write() as db:
             db.executemany("DELETE FROM changes WHERE id = ?", [(i,) for i in ids])
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         now = time.monotonic()
         if now - self._pruned > _PRUNE_EVERY:
             self._pruned = now
@@ -145,7 +121,7 @@ class Spool:
 
     def adopt_orphans(self) -> int:
         """Take over the rows of owners that no longer run; return how many."""
-        db = self._db()
+        db = self._file.connection()
         owners = [row[0] for row in db.execute("SELECT DISTINCT owner FROM changes")]
         adopted = 0
         for owner in owners:
@@ -158,7 +134,7 @@ class Spool:
 
     def load(self, after: int, limit: int) -> list[SpoolRow]:
         """This owner's rows with ids above ``after``, oldest first."""
-        cursor = self._db().execute(
+        cursor = self._file.connection().execute(
             "SELECT id, kind, key, record FROM changes WHERE owner = ? AND id > ?"
             " ORDER BY id LIMIT ?",
             (self.owner, after, limit),
@@ -167,11 +143,8 @@ class Spool:
 
     def count(self) -> int:
         """Rows not yet settled, of every owner."""
-        return int(self._db().execute("SELECT COUNT(*) FROM changes").fetchone()[0])
+        return int(self._file.connection().execute("SELECT COUNT(*) FROM changes").fetchone()[0])
 
     def close(self) -> None:
         """Close this thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._file.close()

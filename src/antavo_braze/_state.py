@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Protocol, runtime_checkable
 
-from ._files import ensure_private_file
-from ._fork import reset_after_fork
+from ._sqlite import SqliteFile
 
 __all__ = ["MemoryStateStore", "SqliteStateStore", "StateStore", "get_many"]
 
@@ -83,11 +81,9 @@ class SqliteStateStore:
     machine (WAL mode). Each thread and each forked child opens its own connection."""
 
     def __init__(self, path: str | PathLike[str], *, timeout: float = 30.0) -> None:
-        self.path = ensure_private_file(path)
-        self._timeout = timeout
-        self._local = threading.local()
-        reset_after_fork(self)
-        db = self._connection()
+        self._file = SqliteFile(path, timeout=timeout, synchronous="NORMAL")
+        self.path = self._file.path
+        db = self._file.connection()
         db.execute(
             "CREATE TABLE IF NOT EXISTS member_state ("
             " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
@@ -102,28 +98,16 @@ class SqliteStateStore:
     def __repr__(self) -> str:
         return f"SqliteStateStore({str(self.path)!r})"
 
-    def _after_fork(self) -> None:
-        self._local = threading.local()  # a connection must never cross fork()
-
-    def _connection(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
-
     def get(self, member_id: str) -> dict[str, str] | None:
         row = (
-            self._connection()
+            self._file.connection()
             .execute("SELECT fields FROM member_state WHERE external_id = ?", (member_id,))
             .fetchone()
         )
         return None if row is None else dict(json.loads(row[0]))
 
     def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        db = self._connection()
+        db = self._file.connection()
         out: dict[str, dict[str, str]] = {}
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), _IN_CHUNK):
@@ -135,10 +119,7 @@ class SqliteStateStore:
         return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        db = self._connection()
-        # One write transaction: other processes wait (busy timeout) instead of failing.
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._file.write() as db:
             for member_id, fields in updates:
                 row = db.execute(
                     "SELECT fields FROM member_state WHERE external_id = ?", (member_id,)
@@ -149,17 +130,12 @@ class SqliteStateStore:
                     "INSERT OR REPLACE INTO member_state (external_id, fields) VALUES (?, ?)",
                     (member_id, json.dumps(merged, sort_keys=True)),
                 )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def __len__(self) -> int:
-        return int(self._connection().execute("SELECT COUNT(*) FROM member_state").fetchone()[0])
+        return int(
+            self._file.connection().execute("SELECT COUNT(*) FROM member_state").fetchone()[0]
+        )
 
     def close(self) -> None:
         """Close this thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._file.close()
