@@ -150,10 +150,10 @@ def _by_kind(changes: list[_Change]) -> Iterator[tuple[Kind, list[_Change]]]:
             yield kind, same
 
 
-def _owned(record: Any) -> Any:
-    """A JSON copy of an input record: what is sent can no longer change when the caller
-    reuses its objects, and is what a spool stores."""
-    return json.loads(json.dumps(record_view(record), default=str))
+def _record_json(record: Any) -> str:
+    """An input record as JSON text: the queued change is parsed from it (so what is sent no
+    longer changes when the caller reuses its objects), and a spool stores it as it is."""
+    return json.dumps(record_view(record), default=str)
 
 
 async def _off_loop(call: Callable[[], Submission]) -> Submission:
@@ -301,8 +301,8 @@ class BackgroundSender:
             obj = self.syncer.mapper.attributes(member_id, values, types)
         except CoercionError as exc:
             return self._refused("attributes", {"id": member_id, **values}, str(exc))
-        wire = model_item(obj, 0).json()
-        submitted = self._submit([("attributes", obj.external_id, wire)], timeout)
+        text = model_item(obj, 0).data.decode()
+        submitted = self._submit([("attributes", obj.external_id, text)], timeout)
         assert submitted is not None  # only a receipt can make it None
         return submitted[0]
 
@@ -348,7 +348,7 @@ class BackgroundSender:
         timeout: float | None,
         receipt: str | None = None,
     ) -> list[Submission] | None:
-        keyed: list[tuple[Kind, str, Any]] = []
+        keyed: list[tuple[Kind, str, str]] = []
         refused: dict[int, Submission] = {}
         key_of = _record_id if kind == "member" else _event_id
         for number, record in enumerate(records):
@@ -358,7 +358,7 @@ class BackgroundSender:
                 refused[number] = self._refused(kind, record, f"{field}: missing")
                 continue
             try:
-                keyed.append((kind, key, _owned(record)))
+                keyed.append((kind, key, _record_json(record)))
             except (TypeError, ValueError, RecursionError) as exc:
                 refused[number] = self._refused(kind, record, f"not JSON-like: {exc}")
         queued = self._submit(keyed, timeout, receipt)
@@ -381,13 +381,15 @@ class BackgroundSender:
 
     def _submit(
         self,
-        changes: list[tuple[Kind, str, Any]],
+        changes: list[tuple[Kind, str, str]],
         timeout: float | None,
         receipt: str | None = None,
     ) -> list[Submission] | None:
+        """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self._closed:
             raise ConfigurationError("this BackgroundSender is closed")
         count = len(changes)
+        records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._start_worker()
@@ -402,8 +404,7 @@ class BackgroundSender:
                 self._cond.wait(left)
             ids: list[int] = []
             if self.spool is not None:
-                rows = [(kind, key, json.dumps(record)) for kind, key, record in changes]
-                stored = self.spool.add(rows, receipt)
+                stored = self.spool.add(changes, receipt)
                 if stored is None:
                     return None  # a redelivery
                 ids = stored
@@ -412,7 +413,7 @@ class BackgroundSender:
                 if len(self._receipts) > _RECEIPTS_IN_MEMORY:
                     self._receipts.popitem(last=False)
             submissions = []
-            for number, (kind, key, record) in enumerate(changes):
+            for number, ((kind, key, _), record) in enumerate(zip(changes, records, strict=True)):
                 submission = Submission(kind, key)
                 submissions.append(submission)
                 if self._backlog:
