@@ -1,4 +1,4 @@
-"""Real servers for transport tests: a scripted raw HTTP server and a forward-proxy process."""
+"""Real servers for tests: a scripted raw HTTP server, a forward-proxy process, free ports."""
 
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import h11
+
+
+def free_port() -> int:
+    """A free loopback port (released before use: a server or a test binds it, or nothing
+    listens there)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 # An action of a script: bytes to send, seconds to pause, or CLOSE.
 CLOSE = None

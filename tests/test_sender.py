@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import antavo_braze as ab
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
+from .servers import free_port
 
 MAPPING = {"fields": [{"loyalty_field": "score", "remote_field": "points", "type": "number"}],
            "events": [{"action": "*"}]}  # fmt: skip
@@ -469,13 +469,6 @@ def test_gunicorn_preload_workers_deliver(fake: FakeBraze, tmp_path: Path) -> No
     assert [o["external_id"] for r in fake.requests for o in r["body"]["attributes"]].count(
         "preloaded"
     ) == 1
-
-
-def free_port() -> int:
-    """A free loopback port (released before use: the server binds it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(port: int, path: str, deadline: float = 30.0) -> str:

@@ -25,7 +25,7 @@ from antavo_braze.serve import BasicAuth, JWTAuth, auth_from_env, create_app
 from antavo_braze.testing import FakeBraze
 
 from .conftest import DATA, in_threads
-from .test_sender import free_port
+from .servers import free_port
 
 uvicorn = pytest.importorskip("uvicorn")
 

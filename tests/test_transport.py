@@ -20,7 +20,7 @@ from antavo_braze._client import next_link
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
-from .servers import RawServer, proxy_process
+from .servers import RawServer, free_port, proxy_process
 
 pytestmark = pytest.mark.timeout(120)
 FAST = ab.RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
@@ -79,9 +79,7 @@ def test_timeouts_are_retried() -> None:
 
 def test_unreachable_endpoint_fails_every_batch_with_stage_transport() -> None:
     """Nothing listening: every object ends rejected at stage transport, none lost."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     policy = ab.RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.001, wait_jitter=0)
     with ab.BrazeClient(f"http://127.0.0.1:{port}", "k" * 32, max_in_flight=4, retry=policy) as c:
         result = c.track(attributes=attrs(200))
