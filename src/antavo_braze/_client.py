@@ -40,8 +40,10 @@ from ._limits import (
     PERMISSIONS,
     REQUIRED_PERMISSIONS,
 )
+from . import _users
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
+from ._schema import CustomAttribute
 from ._version import __version__
 from ._wire import WireError, model_item, wire_item
 from .exceptions import (
@@ -545,8 +547,9 @@ class BrazeClient:
     def check_permissions(self) -> dict[str, bool]:
         """Which of the permissions the SDK uses this key has (probes change no data).
 
-        ``users.track`` is all a sync needs (:data:`REQUIRED_PERMISSIONS`); the others serve
-        the read endpoints. Raises :class:`AuthenticationError` for an invalid key.
+        ``users.track`` is all a sync needs (:data:`REQUIRED_PERMISSIONS`); the others are
+        optional (:data:`OPTIONAL_PERMISSIONS`): the read endpoints, the schema check, the
+        audit, merges and deletes. Raises :class:`AuthenticationError` for an invalid key.
         """
         probes: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
             # An empty track request: authorised keys get past the permission check, and there
@@ -560,6 +563,7 @@ class BrazeClient:
                 None,
             ),
             "events.get": ("GET", "/events", None, None),
+            **_users.PERMISSION_PROBES,  # the optional ones: schema, export, merge, delete
         }
         result: dict[str, bool] = {}
         for permission, (method, path, params, body) in probes.items():
@@ -573,6 +577,31 @@ class BrazeClient:
             else:
                 result[permission] = True
         return result
+
+    # --- beyond /users/track (the logic lives in _users) ----------------------------------
+
+    def custom_attributes(self) -> list[CustomAttribute]:
+        """Every custom attribute Braze holds with its type and status (GET
+        /custom_attributes, every page; paced under that endpoint's 1,000 per hour)."""
+        return _users.custom_attributes(self)
+
+    def export_users(
+        self, external_ids: Iterable[str], fields: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """What Braze holds for ``external_ids``: one ``{"external_id": ..., field: value}``
+        per profile found, with only the listed ``fields`` it has (POST /users/export/ids,
+        50 ids per request, paced under that endpoint's own limit)."""
+        return _users.export_users(self, external_ids, fields)
+
+    def merge_users(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Merge each ``(merge, keep)`` pair's first profile into the second (POST
+        /users/merge, 50 per request); return how many Braze accepted."""
+        return _users.merge_users(self, pairs)
+
+    def delete_users(self, external_ids: Iterable[str]) -> int:
+        """Delete the profiles of ``external_ids`` (POST /users/delete, 50 per request);
+        return how many Braze queued (verify with :meth:`export_users`)."""
+        return _users.delete_users(self, external_ids)
 
 
 _ARRAY_OF = {AttributesObject: "attributes", EventObject: "events", PurchaseObject: "purchases"}

@@ -10,6 +10,7 @@ import json
 import re
 import sys
 from collections import abc
+from collections.abc import Iterable
 from html import escape
 from os import PathLike
 from pathlib import Path
@@ -20,6 +21,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from cattrs.v import format_exception, transform_error
 
 from ._converter import make_converter
+from ._schema import CustomAttribute, SchemaProblem, check_schema
 from ._limits import (
     EVENT_PROPERTY_RESERVED,
     MAX_STRING_LENGTH,
@@ -130,6 +132,12 @@ class Mapping:
         """
         out: dict[str, Any] = _converter.unstructure(self)
         return out
+
+    def check_schema(self, attributes: Iterable[CustomAttribute]) -> list[SchemaProblem]:
+        """Every mapped attribute (fields and trigger attributes) whose values Braze would
+        not keep, against Braze's ``attributes`` (``client.custom_attributes()``)."""
+        fields = [*self.fields, *(a for t in self.triggers for a in t.attributes)]
+        return check_schema(fields, attributes)
 
     def _repr_html_(self) -> str:
         rows = "".join(
