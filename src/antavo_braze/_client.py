@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from attrs import field, frozen
 
+from . import _users
 from ._batching import Batch, BatchLimits, BatchMode, Item, pack
 from ._coerce import coerce_date
 from ._endpoint import parse_endpoint
@@ -40,7 +41,6 @@ from ._limits import (
     PERMISSIONS,
     REQUIRED_PERMISSIONS,
 )
-from . import _users
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
 from ._schema import CustomAttribute
