@@ -153,6 +153,8 @@ class SyncReport:
     possible_duplicates: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
+    merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
+    deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -196,6 +198,10 @@ class SyncReport:
                 f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
                 "answer was lost: Braze may have recorded them twice"
             )
+        if self.merged:
+            lines.append(f"merged {self.merged} profile(s) into others (/users/merge)")
+        if self.deleted:
+            lines.append(f"deleted (verified) {self.deleted} profile(s) (/users/delete)")
         if self.attribute_values_saved:
             lines.append(
                 f"change detection left out {self.attribute_values_saved} unchanged attribute "
@@ -410,6 +416,9 @@ class _Run:
         # Why each skipped position was skipped, when the caller needs every record's own
         # outcome (the background sender); None on the hot path.
         self.skips: dict[int, str] | None = None
+        # Merges and deletes ("as": "merge"/"delete"), applied after the run's track requests.
+        self.identities: list[Any] = []
+        self.merged = self.deleted = 0
 
     # --- entering and leaving ------------------------------------------------------------
 
@@ -717,6 +726,8 @@ class _Run:
             possible_duplicates=self.possible_duplicates,
             retries=retries,
             rate_limit_waits=rate_limit_waits,
+            merged=self.merged,
+            deleted=self.deleted,
         )
         log.info("%s sync: %s", self.kind, report.summary(), extra={"report": report})
         return report

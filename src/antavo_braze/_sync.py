@@ -33,9 +33,11 @@ from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
 from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
 from ._http import CallStats, Interrupt
+from ._identity import Identity, apply_identities
 from ._input import BadInput
 from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
+from ._limits import DELETE_VERIFY_SECONDS
 from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
 from ._state import StateStore, get_many
@@ -156,6 +158,10 @@ class Syncer:
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
       how requests would be batched.
+    - ``allow_deletes``: events mapped ``"as": "delete"`` delete Braze profiles only when
+      True; a run that would delete more than ``max_delete_ratio`` of at least 100 records
+      deletes nothing and says so; each delete counts once Braze no longer exports the
+      profile (waiting up to ``verify_deletes_within`` seconds).
     """
 
     def __init__(
@@ -175,6 +181,9 @@ class Syncer:
         give_up_after: int | None = 10,
         interrupt_grace: float = 5.0,
         handle_signals: bool = True,
+        allow_deletes: bool = False,
+        max_delete_ratio: float = 0.05,
+        verify_deletes_within: float = DELETE_VERIFY_SECONDS,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
@@ -183,6 +192,10 @@ class Syncer:
         if on_invalid_field not in ("fail_record", "drop_field"):
             raise ConfigurationError(
                 f"on_invalid_field must be 'fail_record' or 'drop_field', not {on_invalid_field!r}"
+            )
+        if not 0.0 <= max_delete_ratio <= 1.0:
+            raise ConfigurationError(
+                f"max_delete_ratio must be between 0 and 1, not {max_delete_ratio!r}"
             )
         if isinstance(mapping, (str, PathLike)):
             mapping = Mapping.from_file(mapping)
@@ -207,6 +220,9 @@ class Syncer:
         self.interrupt_grace = interrupt_grace
         self.handle_signals = handle_signals
         self._progress = progress
+        self.allow_deletes = allow_deletes
+        self.max_delete_ratio = max_delete_ratio
+        self.verify_deletes_within = verify_deletes_within
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
 
     def __repr__(self) -> str:
@@ -389,6 +405,8 @@ class Syncer:
         signum = stats.interrupted or interrupt.signal
         if signum is None and (run.parts or packer.pending):
             signum = signal.SIGINT  # stopped hard: the loop never said why
+        if run.identities:
+            stats.requests += self._identities(client, run, signum)
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
         report = run.report(
@@ -397,6 +415,32 @@ class Syncer:
         if signum is not None:
             raise SyncInterrupted(report, signum)
         return report, run
+
+    def _identities(self, client: BrazeClient, run: _Run, signum: int | None) -> int:
+        """Merges and deletes collected by the run: applied now, or failed as not sent.
+        Return the requests made."""
+        identities, run.identities = run.identities, []
+        if signum is None:
+            return apply_identities(
+                client,
+                run,
+                identities,
+                allow_deletes=self.allow_deletes,
+                max_delete_ratio=self.max_delete_ratio,
+                verify_within=self.verify_deletes_within,
+            )
+        name = signal.Signals(signum).name
+        for identity in identities:
+            run.fail(
+                identity.position,
+                identity.record,
+                identity.external_id,
+                "interrupted",
+                f"interrupted ({name}) before the {identity.action} was sent",
+                retryable=True,
+                outcome="not_sent",
+            )
+        return 0
 
     def _sync_changes(
         self, kind: str, records: Sequence[Any]
@@ -729,6 +773,12 @@ class Syncer:
             if mapped.skipped:
                 run.total += 1
                 run.skip(position, f"no mapping for action {_action(event)!r}")
+                continue
+            if mapped.identity is not None:  # a merge or delete: applied after the run
+                run.total += 1
+                action, into = mapped.identity
+                external_id = mapper.event_customer(event)
+                run.identities.append(Identity(position, event, external_id, action, into))
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)

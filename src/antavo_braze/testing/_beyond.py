@@ -13,6 +13,7 @@ As Braze does (``shared/reference/braze-2026.md`` 1.3-1.6):
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
 import threading
@@ -137,7 +138,7 @@ class Beyond:
     def _custom_attributes(self, ex: _Exchange) -> Reply:
         with self.fake._lock:
             names = sorted(self.types.keys() | self.status.keys())
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "array_length": 500 if self.types.get(n) == "Array" else None,
                     "data_type": self.types.get(n, "String"),
@@ -251,7 +252,7 @@ class Beyond:
                 )
             pairs.append((str(merge), str(keep)))
         for merge, keep in pairs:
-            self._later(lambda m=merge, k=keep: self._apply_merge(m, k))
+            self._later(functools.partial(self._apply_merge, merge, keep))
         return 200, {"message": "success"}, {}, body
 
     def _delete(self, ex: _Exchange) -> Reply:
@@ -271,7 +272,7 @@ class Beyond:
                 body,
             )
         for external_id in ids:
-            self._later(lambda e=external_id: self._apply_delete(e))
+            self._later(functools.partial(self._apply_delete, external_id))
         return 202, {"message": "success", "deleted": len(ids)}, {}, body
 
     def _later(self, action: Callable[[], None]) -> None:
