@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
@@ -28,6 +29,7 @@ from ._accounting import (
     fingerprint,
     stderr_progress,
 )
+from ._audit import AuditReport, drifted_members, new_tally
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
@@ -273,6 +275,25 @@ class Syncer:
                 yield self._open(run, position, record, (model_item(obj, position),))
 
         return self._run("attributes", [{"id": member_id, **values}], build)
+
+    def audit(self, members: Iterable[Any], *, fix: bool = False) -> AuditReport:
+        """Compare each member's mapped values (as this mapping would send them) with what
+        Braze holds (``/users/export/ids``, only the mapped fields); per field, equal /
+        different / missing in Braze with examples. ``fix=True`` sends only the drifted
+        fields (``report.fixed``)."""
+        client = self.client
+        if client is None:
+            raise ConfigurationError("an audit reads Braze: this Syncer has no client")
+        tally = new_tally(self.mapper)
+        start = time.perf_counter()
+        drift = drifted_members(self.mapper, client.export_users, _rows(members), tally)
+        fixed = None
+        if fix:
+            fixed = self._execute("attributes", drift, self._wire_attribute_groups)[0]
+        else:
+            for _ in drift:
+                pass
+        return tally.report(time.perf_counter() - start, fixed)
 
     def preview_members(self, members: Iterable[Any]) -> list[dict[str, Any]]:
         """The ``/users/track`` bodies a member sync would send; no network (records that
