@@ -193,7 +193,7 @@ def test_client_identity_endpoints_send_50_ids_per_request(
     client.track(attributes=[{"external_id": f"u{n}", "points": n} for n in range(120)])
     exported = client.export_users([f"u{n}" for n in range(120)] + ["nobody"], ["points"])
     assert sorted(u["points"] for u in exported) == list(range(120))
-    assert [len(b["external_ids"]) for b in paths(fake, "/users/export/ids")] == [50, 50, 21]
+    assert sorted(len(b["external_ids"]) for b in paths(fake, "/users/export/ids")) == [21, 50, 50]
     assert client.merge_users([(f"u{n}", f"u{n + 60}") for n in range(55)]) == 55
     assert [len(b["merge_updates"]) for b in paths(fake, "/users/merge")] == [50, 5]
     assert client.delete_users([f"u{n}" for n in range(60, 120)]) == 60
