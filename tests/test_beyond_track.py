@@ -552,3 +552,48 @@ def test_export_is_paced_under_its_own_limit() -> None:
         client.export_users([f"u{n}" for n in range(90 * 50)], ["points"])
         assert fake.status_counts[429] == 0
         assert sum(fake.status_counts.values()) == 90
+
+
+def test_dry_run_settles_merges_and_deletes(client: ab.BrazeClient) -> None:
+    """A dry run accounts for identity events: allowed ones would succeed, guarded ones fail."""
+    events = [
+        {"customer": "a", "action": "erase"},
+        {"customer": "b", "action": "customer_merge", "data": {"target": "c"}},
+    ]
+    refused = ab.Syncer(None, IDENTITY_MAPPING).dry_run("events", events)
+    assert (refused.succeeded, refused.failed) == (1, 1)
+    allowed = ab.Syncer(None, IDENTITY_MAPPING, allow_deletes=True).dry_run("events", events)
+    assert (allowed.succeeded, allowed.failed, allowed.requests) == (2, 0, 0)
+
+
+TYPE_NAMES = {
+    ab.BrazeType.NUMBER: "Number",
+    ab.BrazeType.STRING: "String",
+    ab.BrazeType.BOOLEAN: "Boolean",
+    ab.BrazeType.DATE: "Time",
+    ab.BrazeType.ARRAY: "Array",
+    ab.BrazeType.OBJECT: "Object",
+    ab.BrazeType.ARRAY_OF_OBJECTS: "Array of Objects",
+}
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(list(ab.BrazeType)), st.sampled_from(list(ab.BrazeType))),
+        min_size=1,
+        max_size=7,
+    )
+)
+def test_check_schema_flags_exactly_the_mismatched_types(
+    pairs: list[tuple[ab.BrazeType, ab.BrazeType]],
+) -> None:
+    """A declared type is a problem exactly when Braze holds the attribute as another type."""
+    fields = [
+        ab.FieldMapping(f"f{n}", f"attr_{n}", declared) for n, (declared, _) in enumerate(pairs)
+    ]
+    attributes = [
+        ab.CustomAttribute(f"attr_{n}", TYPE_NAMES[held]) for n, (_, held) in enumerate(pairs)
+    ]
+    mapping = ab.Mapping(fields=tuple(fields))
+    flagged = {p.remote_field for p in mapping.check_schema(attributes)}
+    assert flagged == {f"attr_{n}" for n, (declared, held) in enumerate(pairs) if declared != held}

@@ -20,7 +20,13 @@ from ._client import BrazeClient
 from ._limits import IDS_PER_REQUEST
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 
-__all__ = ["GUARD_MIN_RECORDS", "Identity", "apply_identities", "delete_guard"]
+__all__ = [
+    "GUARD_MIN_RECORDS",
+    "Identity",
+    "apply_identities",
+    "delete_guard",
+    "settle_dry_run",
+]
 
 log = logging.getLogger("antavo_braze.sync")
 
@@ -113,6 +119,24 @@ def apply_identities(
             continue
         queued.extend(chunk)
     return requests + _verify(client, run, queued, verify_within, sleep)
+
+
+def settle_dry_run(
+    run: _Run, identities: Sequence[Identity], *, allow_deletes: bool, max_delete_ratio: float
+) -> None:
+    """A dry run: merges and deletes the guards allow count as would-succeed; the rest fail
+    with the guard's reason, as the real run would."""
+    deletes = [i for i in identities if i.action == "delete"]
+    refusal = delete_guard(
+        len(deletes), run.total, allow_deletes=allow_deletes, max_delete_ratio=max_delete_ratio
+    )
+    for identity in identities:
+        if identity.action == "delete" and refusal is not None:
+            run.fail(
+                identity.position, identity.record, identity.external_id, "validation", refusal
+            )
+        else:
+            run.succeeded += 1
 
 
 def _fail_all(run: _Run, chunk: Sequence[Identity], exc: AntavoBrazeError) -> None:

@@ -35,7 +35,7 @@ from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
 from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
 from ._http import CallStats, Interrupt
-from ._identity import Identity, apply_identities
+from ._identity import Identity, apply_identities, settle_dry_run
 from ._input import BadInput
 from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
@@ -322,6 +322,13 @@ class Syncer:
         for batch in pack(build(_rows(records), run), self.limits):
             count += 1
             run.settle(BatchOutcome(batch))
+        identities, run.identities = run.identities, []
+        settle_dry_run(
+            run,
+            identities,
+            allow_deletes=self.allow_deletes,
+            max_delete_ratio=self.max_delete_ratio,
+        )
         run.state_updates.clear()  # nothing was accepted
         return run.report(requests=count)
 
