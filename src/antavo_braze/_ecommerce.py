@@ -73,7 +73,10 @@ def _text(value: Any, field: str, *, required: bool = True) -> str | None:
 
 
 def _number(value: Any, field: str) -> float | int:
-    number = coerce_number(value)
+    try:
+        number = coerce_number(value)
+    except CoercionError as exc:
+        raise exc.at(field) from None
     if number is None:
         raise CoercionError(value, _TYPE, "a number is required", field=field)
     return number
