@@ -597,3 +597,64 @@ def test_check_schema_flags_exactly_the_mismatched_types(
     mapping = ab.Mapping(fields=tuple(fields))
     flagged = {p.remote_field for p in mapping.check_schema(attributes)}
     assert flagged == {f"attr_{n}" for n, (declared, held) in enumerate(pairs) if declared != held}
+
+
+def test_merge_refused_by_braze_fails_the_merge_records(fake: FakeBraze) -> None:
+    """A key without users.merge fails the merges (not retryable), naming the permission."""
+    fake.add_key("no-merge", ["users.track"])
+    with fake.client(api_key="no-merge") as client:
+        report = ab.Syncer(client, IDENTITY_MAPPING).sync_events(
+            [
+                {"customer": "a", "action": "customer_merge", "data": {"target": "b"}},
+                {"customer": "a", "action": "opt_in"},
+            ]
+        )
+    assert (report.succeeded, report.failed, report.merged) == (1, 1, 0)
+    failure = report.failures[0]
+    assert failure.stage == "braze"
+    assert not failure.retryable
+    assert "users.merge" in failure.reason
+
+
+def test_merge_during_an_outage_fails_retryable(fake: FakeBraze, client: ab.BrazeClient) -> None:
+    """A merge Braze answers 503 to after every retry fails as retryable."""
+    fake.inject(times=10, status=503, path="/users/merge")
+    report = ab.Syncer(client, IDENTITY_MAPPING).sync_events(
+        [{"customer": "a", "action": "customer_merge", "data": {"target": "b"}}]
+    )
+    assert report.failed == 1
+    assert report.failures[0].retryable
+
+
+def test_delete_that_cannot_be_verified_fails(fake: FakeBraze) -> None:
+    """Without users.export.ids the delete is queued but not verified: it fails, saying so."""
+    fake.add_key("no-export", ["users.track", "users.delete"])
+    with fake.client(api_key="no-export") as client:
+        client.track(attributes=[{"external_id": "a", "points": 1}])
+        report = ab.Syncer(client, IDENTITY_MAPPING, allow_deletes=True).sync_events(
+            [{"customer": "a", "action": "erase"}]
+        )
+    assert (report.failed, report.deleted) == (1, 0)
+    assert "deleted (queued) but not verified" in report.failures[0].reason
+    assert "users.export.ids" in report.failures[0].reason
+    assert "a" not in fake.profiles  # it was deleted; only the proof is missing
+
+
+def test_audit_report_as_plain_data(fake: FakeBraze, client: ab.BrazeClient) -> None:
+    """to_dict carries the counts, examples and the fix's outcome; str names what drifted."""
+    rows = members(4)
+    rows[0]["score"] = "bad"
+    syncer = ab.Syncer(client, MEMBER_MAPPING)
+    syncer.sync_members(rows[1:])
+    with fake._lock:
+        fake.profiles["m1"]["loyalty_points"] = 0
+    report = syncer.audit(rows, fix=True)
+    data = json.loads(json.dumps(report.to_dict()))
+    assert (data["members"], data["drifted"], data["invalid"]) == (3, 1, 1)
+    assert data["fixed"] == {"total": 1, "succeeded": 1, "failed": 0, "requests": 1}
+    assert data["fields"]["loyalty_points"]["examples"][0]["found"] == 0
+    text = str(report)
+    assert "m1: Antavo 101, Braze 0" in text
+    assert "1 record(s) the mapping refused" in text
+    assert "fix: 1 records: 1 succeeded" in text
+    assert not report.ok  # a refused record is never "all in Braze"
