@@ -350,7 +350,8 @@ def _validate_against_braze(args: argparse.Namespace, mapping: Mapping) -> bool:
 
 def check_schema_before_run(client: BrazeClient, mapping: Mapping) -> None:
     """``--check-schema`` (sync, pull): refuse to start when the mapping does not fit the
-    attribute types Braze holds (raises the CLI's one-line usage error, exit 2)."""
+    attribute types Braze holds (raises the CLI's one-line usage error, exit 2). Give it a
+    client of its own, not the one that then syncs (see ``cmd_sync``)."""
     problems = schema_problems(client, mapping)
     if problems:
         _print_schema_problems(problems, sys.stderr)
@@ -428,7 +429,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
         base = Checkpoint.for_input(args.kind, args.input)
     if client is not None and args.check_schema:
         try:
-            check_schema_before_run(client, mapping)
+            # A client of its own: the pacer learns from every answer's rate-limit headers,
+            # and /custom_attributes' hourly budget must not hold back /users/track.
+            with _client_from_env(args) as schema_client:
+                check_schema_before_run(schema_client, mapping)
         except BaseException:
             client.close()
             _close_state(state)
