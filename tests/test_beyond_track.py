@@ -658,3 +658,19 @@ def test_audit_report_as_plain_data(fake: FakeBraze, client: ab.BrazeClient) -> 
     assert "1 record(s) the mapping refused" in text
     assert "fix: 1 records: 1 succeeded" in text
     assert not report.ok  # a refused record is never "all in Braze"
+
+
+def test_background_sender_carries_erasures_and_merges(
+    fake: FakeBraze, client: ab.BrazeClient
+) -> None:
+    """Per-change callers get a merge's and a delete's own outcome from their Submission."""
+    client.track(attributes=[{"external_id": f"s{n}", "points": n} for n in range(3)])
+    syncer = ab.Syncer(client, IDENTITY_MAPPING, allow_deletes=True)
+    with ab.BackgroundSender(syncer, flush_interval=0.05) as sender:
+        erased = sender.submit_event({"customer": "s0", "action": "erase"})
+        merged = sender.submit_event(
+            {"customer": "s1", "action": "customer_merge", "data": {"target": "s2"}}
+        )
+        assert erased.result(timeout=30).status == "succeeded"
+        assert merged.result(timeout=30).status == "succeeded"
+    assert sorted(fake.profiles) == ["s2"]
