@@ -10,6 +10,7 @@ second, ``/users/merge`` and ``/users/delete`` 20,000 per minute together
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -19,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from ._fork import reset_after_fork
 from ._json import dumps, loads
 from ._limits import (
     CUSTOM_ATTRIBUTES_RATE,
@@ -57,13 +59,18 @@ PERMISSION_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None
 
 
 class _Throttle:
-    """At most ``requests`` per ``per`` seconds (a sliding window), shared by threads."""
+    """At most ``requests`` per ``per`` seconds (a sliding window), shared by threads; a
+    forked child starts with a fresh lock."""
 
     def __init__(self, requests: int, per: float) -> None:
         self.requests = requests
         self.per = per
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
+        reset_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # one held by another thread at fork() never frees
 
     def acquire(self) -> None:
         """Block until one more request fits in the window, then count it."""
@@ -88,6 +95,15 @@ _throttles: weakref.WeakKeyDictionary[BrazeClient, dict[str, _Throttle]] = (
     weakref.WeakKeyDictionary()
 )
 _throttles_lock = threading.Lock()
+
+
+def _new_registry_lock() -> None:
+    global _throttles_lock
+    _throttles_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_new_registry_lock)
 
 
 def throttle(client: BrazeClient, name: str) -> _Throttle:
