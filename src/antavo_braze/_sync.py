@@ -31,7 +31,13 @@ from ._accounting import (
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
-from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
+from ._deadletter import (
+    DeadLetterEntry,
+    DeadLetterObject,
+    DeadLetterSink,
+    open_sink,
+    read_dead_letters,
+)
 from ._http import CallStats, Interrupt
 from ._input import BadInput
 from ._interrupts import stop_on_signals
@@ -154,6 +160,9 @@ class Syncer:
       not sent (failed, retryable); if nothing had got through, :class:`TransportError`.
     - ``interrupt_grace``: seconds in-flight requests get after Ctrl-C/SIGTERM;
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
+    - ``max_clear_ratio``: the mass-clear guard (``when_missing: "clear"``): from the 100th
+      member on, a field that would be cleared for more than this share of the members seen
+      is no longer cleared in this run (``report.clears_stopped``); ``None`` turns it off.
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
       how requests would be batched.
     """
@@ -175,6 +184,7 @@ class Syncer:
         give_up_after: int | None = 10,
         interrupt_grace: float = 5.0,
         handle_signals: bool = True,
+        max_clear_ratio: float | None = 0.5,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
@@ -183,6 +193,10 @@ class Syncer:
         if on_invalid_field not in ("fail_record", "drop_field"):
             raise ConfigurationError(
                 f"on_invalid_field must be 'fail_record' or 'drop_field', not {on_invalid_field!r}"
+            )
+        if max_clear_ratio is not None and not 0 <= max_clear_ratio <= 1:
+            raise ConfigurationError(
+                f"max_clear_ratio must be between 0 and 1 (or None), not {max_clear_ratio!r}"
             )
         if isinstance(mapping, (str, PathLike)):
             mapping = Mapping.from_file(mapping)
@@ -206,6 +220,7 @@ class Syncer:
         self.give_up_after = give_up_after
         self.interrupt_grace = interrupt_grace
         self.handle_signals = handle_signals
+        self.max_clear_ratio = max_clear_ratio
         self._progress = progress
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
 
@@ -341,6 +356,7 @@ class Syncer:
             fresh=_fresh(records),
             field_names=self.mapper.fields if kind == "member" else (),
             event_arrays=kind in ("event", "replay"),
+            max_clear_ratio=self.max_clear_ratio if self.mapper._fields.clearing else None,
         )
 
     def _progress_callback(self, total: int | None) -> Callable[[Progress], None] | None:
@@ -513,7 +529,9 @@ class Syncer:
     # --- members ----------------------------------------------------------------------------
 
     def _member_builder(self) -> Build:
-        if self.state is not None:
+        if self.state is not None or self.mapper._fields.clearing:
+            # Change detection, or clears to guard: a batch at a time (the hot path is for
+            # mappings that only send what is present).
             return self._stateful_member_groups
         return self._member_groups
 
@@ -528,7 +546,6 @@ class Syncer:
         member_id = self.mapper.member_id
         fill = self.mapper._fields.fill
         absent = run.absent
-        clears = any(clear for _, _, clear in self.mapper.fields)
         new_item = _new_item
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
         position, mapped = -1, 0
@@ -537,7 +554,6 @@ class Syncer:
                 external_id = None
                 try:
                     external_id = member_id(record)
-                    before = sum(absent) if clears else 0
                     fields = record if record.__class__ is dict else member_fields(record)
                     wire = fill(fields, {"external_id": external_id}, absent)
                 except CoercionError as exc:
@@ -556,7 +572,7 @@ class Syncer:
                     continue
                 else:
                     mapped += 1
-                    if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
+                    if len(wire) == 1:
                         run.skip(position, _NO_FIELD)
                         continue
                 count = len(wire) - 1
@@ -613,28 +629,69 @@ class Syncer:
         stopped = next(
             (n for n, step in enumerate(plan.steps) if step.location == exc.field), len(plan.steps)
         )
+        clearing = len(plan.steps)
         for number, step in enumerate(plan.steps):
             if number > stopped and step.get(fields) is MISSING:
                 run.absent[number] += 1
+                if values.get(step.remote_field, MISSING) is None:  # a clear: count it too
+                    run.absent[clearing + plan.clearing.index(number)] += 1
         return values, problems
 
     def _stateful_member_groups(
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
-        """Members with a state store: a batch at a time, one state read per batch."""
+        """Members with a state store or clears: a batch at a time, one state read per batch.
+
+        Clears are guarded (:class:`ClearGuard`): records wait until it can judge (the first
+        100 members), and a field it stopped is no longer cleared. What is still held when
+        the run stops is failed as interrupted (never sent), so the report adds up.
+        """
         chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]] = []
         chunk_size = self.limits.max_objects
-        for position, record in enumerate(records):
-            mapped = self._map_with_absent(run, position, record)
-            if mapped is None:
-                run.total += 1
-            else:
-                chunk.append((position, record, *mapped))
-            if len(chunk) >= chunk_size:
+        guard = run.clear_guard
+        try:
+            for position, record in enumerate(records):
+                mapped = self._map_with_absent(run, position, record)
+                if mapped is None:
+                    run.total += 1
+                else:
+                    chunk.append((position, record, *mapped))
+                    guard.observe(mapped[2])
+                if len(chunk) >= chunk_size and not guard.holding:
+                    self._guarded(run, chunk)
+                    yield from self._compare(run, chunk)  # empties the chunk
+            if chunk:
+                self._guarded(run, chunk)
                 yield from self._compare(run, chunk)
-                chunk = []
-        if chunk:
-            yield from self._compare(run, chunk)
+        except (GeneratorExit, KeyboardInterrupt):  # stopped: what is held was never sent
+            for position, record, external_id, values, _ in chunk:
+                wire = {"external_id": external_id, **values}
+                run.total += 1
+                run.fail(
+                    position, record, external_id, "interrupted", "interrupted before it was sent",
+                    retryable=True, outcome="not_sent",
+                    objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+                )  # fmt: skip
+            raise
+
+    @staticmethod
+    def _guarded(run: _Run, chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]]) -> None:
+        """Take the clears the guard stopped out of the chunk (a record left with nothing to
+        send is skipped)."""
+        stopped = run.clear_guard.stopped
+        if not stopped:
+            return
+        kept = []
+        for position, record, external_id, values, cleared in chunk:
+            for name in cleared & stopped.keys():
+                del values[name]
+                cleared.discard(name)
+            if values:
+                kept.append((position, record, external_id, values, cleared))
+            else:
+                run.total += 1
+                run.skip(position, "nothing to send but a mass clear the guard stopped")
+        chunk[:] = kept
 
     def _map_with_absent(
         self, run: _Run, position: int, record: Any
@@ -650,37 +707,61 @@ class Syncer:
         external_id = None
         try:
             external_id = self.mapper.member_id(record)
-            before = list(run.absent)
-            values = plan.fill(member_fields(record), {}, run.absent)
+            fields = member_fields(record)
+            values = plan.fill(fields, {}, run.absent)
         except CoercionError as exc:
             refused = self._refused(run, position, record, external_id, exc)
             if refused is None:
                 return None
             assert external_id is not None
-            return external_id, refused, set()
+            fields = member_fields(record)
+            cleared = {
+                step.remote_field
+                for step in plan.steps
+                if step.clear and refused.get(step.remote_field, 0) is None
+                and step.get(fields) is MISSING
+            }  # fmt: skip
+            return external_id, refused, cleared
         except Exception as exc:
             run.fail(position, record, _record_id(record), "validation", _describe(exc))
             return None
         run.mapped += 1
-        missing = [n for n, (a, b) in enumerate(zip(before, run.absent, strict=True)) if a != b]
-        if len(missing) == len(plan.steps):
+        if not values:
             run.skip(position, _NO_FIELD)
             return None
-        cleared = {plan.steps[n].remote_field for n in missing if plan.steps[n].clear}
+        cleared = {
+            plan.steps[n].remote_field
+            for n in plan.clearing
+            if values.get(plan.steps[n].remote_field, 0) is None
+            and plan.steps[n].get(fields) is MISSING
+        }
         return external_id, values, cleared
 
     def _compare(
         self, run: _Run, chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]]
     ) -> Iterator[Sequence[Item]]:
-        assert self.state is not None
+        if self.state is None:  # clears without state: what is left after the guard goes
+            while chunk:
+                position, record, external_id, values, cleared = chunk.pop(0)
+                run.cleared.update(cleared)
+                wire = {"external_id": external_id, **values}
+                yield self._open(
+                    run,
+                    position,
+                    record,
+                    (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),),
+                )
+            return
         previous = get_many(self.state, [external_id for _, _, external_id, _, _ in chunk])
         secret = self._secret
-        for position, record, external_id, values, cleared in chunk:
+        while chunk:  # each entry leaves the chunk as it is settled or yielded
+            position, record, external_id, values, cleared = chunk.pop(0)
             before = previous.get(external_id)
             # Clearing only removes what Braze holds: a field never sent stays unsent.
-            for name in cleared:
+            for name in list(cleared):
                 if before is None or name not in before:
                     del values[name]
+                    cleared.discard(name)
             prints = {name: fingerprint(value, secret) for name, value in values.items()}
             if before is not None:
                 changed = {k for k, v in prints.items() if before.get(k) != v}
@@ -696,6 +777,7 @@ class Syncer:
                 run.total += 1
                 run.skip(position, _NO_FIELD)
                 continue
+            run.cleared.update(name for name in cleared if name in values)
             wire = {"external_id": external_id, **values}
             group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),)
             run.states[position] = (external_id, prints)
