@@ -300,7 +300,7 @@ class SyncReport:
             lines.append(
                 f"  {count:>7,} x [{stage}] {name}: {reason}  "
                 f"(e.g. {where} {example.record_id or '?'}"
-                + (f", value {example.value}" if example.value is not None else "")
+                + (f", value {_short(example.value)}" if example.value is not None else "")
                 + ")"
             )
         if len(groups) > _SHOWN_GROUPS:
@@ -827,6 +827,10 @@ class _Run:
 
 def _by_index(failure: RecordFailure) -> int:
     return failure.index
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _general_reason(failure: RecordFailure) -> str:

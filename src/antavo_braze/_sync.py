@@ -48,7 +48,7 @@ from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
 from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
 
-__all__ = ["Syncer"]
+__all__ = ["Syncer", "needs_a_look"]
 
 log = logging.getLogger("antavo_braze.sync")
 
@@ -56,6 +56,7 @@ SendMode = Literal["full", "changed"]
 InvalidField = Literal["fail_record", "drop_field"]
 Build = Callable[[Iterable[Any], _Run], Generator[Sequence[Item], None, None]]
 _NO_FIELD = "no mapped field present"
+_NO_ACTION = "no mapping for action"
 _UNCHANGED = "unchanged since Braze last accepted it"
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
@@ -288,10 +289,13 @@ class Syncer:
         records: Iterable[Any],
         *,
         dead_letter: str | PathLike[str] | DeadLetterSink | None = None,
+        on_body: Callable[[dict[str, Any]], None] | None = None,
     ) -> SyncReport:
         """Validate and batch without sending: ``requests`` counts the bodies that would go,
         failures are the validation failures (written to ``dead_letter`` if given; the
-        Syncer's own dead letter is never touched)."""
+        Syncer's own dead letter is never touched). ``on_body`` is given each request body
+        that would be sent (``--dry-run --show N``). Nothing was accepted: the records that
+        would be sent count as ``succeeded``."""
         build = self._member_builder() if kind == "members" else self._event_groups
         sink = open_sink(dead_letter)
         _start(sink)
@@ -299,6 +303,8 @@ class Syncer:
         count = 0
         for batch in pack(build(_rows(records), run), self.limits):
             count += 1
+            if on_body is not None:
+                on_body(loads(batch.body))
             run.settle(BatchOutcome(batch))
         run.state_updates.clear()  # nothing was accepted
         return run.report(requests=count)
@@ -810,11 +816,18 @@ class Syncer:
                 continue
             if mapped.skipped:
                 run.total += 1
-                run.skip(position, f"no mapping for action {_action(event)!r}")
+                run.skip(position, f"{_NO_ACTION} {_action(event)!r}")
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
             yield self._open(run, position, event, items)
+
+
+def needs_a_look(reason: str) -> bool:
+    """Whether records skipped for ``reason`` point at a mistake (a mapping that matches
+    nothing in the input) rather than at work already done (unchanged, already sent, another
+    worker's shard, settled by the run this one resumes)."""
+    return reason == _NO_FIELD or reason.startswith(_NO_ACTION)
 
 
 def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:

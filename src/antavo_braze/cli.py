@@ -1,8 +1,11 @@
 """``antavo-braze``: a thin command-line shell over the public API.
 
-Exit codes: 0 every record succeeded; 1 some record failed; 2 a usage, file or mapping error;
-3 Braze refused the credentials or a permission; 130 / 143 interrupted by SIGINT / SIGTERM
-(the partial report is printed, and with ``--dead-letter`` the run can be resumed).
+Exit codes (:func:`exit_code`): 0 every record succeeded or was legitimately skipped; 1 some
+record failed, values were dropped (``drop_field``) or a guard stopped (mass clear); 2 a usage,
+file, mapping or infrastructure error (Redis, the state store: one line, no traceback); 3 Braze
+refused the credentials or a permission; 4 nothing was sent because every record was skipped for
+a reason that needs a look (no mapped field present, an unmatched action); 130 / 143 interrupted
+by SIGINT / SIGTERM (the partial report is printed; with ``--dead-letter`` a run can be resumed).
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import _demo
-from ._accounting import Progress
+from ._accounting import Progress, SyncReport
 from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
@@ -36,7 +39,7 @@ from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
 from ._shard import Sharded, parse_shard
 from ._state import SqliteStateStore, StateStore
-from ._sync import Syncer
+from ._sync import Syncer, needs_a_look
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
@@ -49,12 +52,32 @@ from .exceptions import (
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOTHING_SENT = 0, 1, 2, 3, 4
 DEFAULT_MAX_IN_FLIGHT = 8  # one default for every command that sends
 
 
 class _UserError(Exception):
     """A mistake in the command line or its files: one line, no traceback."""
+
+
+def _is_infrastructure_error(exc: BaseException) -> bool:
+    """Redis or a state store that cannot be reached (the library raises the driver's own
+    errors: redis-py's, or OS errors such as a refused connection)."""
+    return type(exc).__module__.split(".")[0] == "redis" or isinstance(exc, OSError)
+
+
+def exit_code(report: SyncReport) -> int:
+    """The exit code a sync's report calls for (the module docstring lists them)."""
+    if report.failed or report.dropped or report.guard_stopped:
+        return EXIT_FAILED
+    if (
+        report.total
+        and not report.succeeded
+        and report.skipped_by_reason
+        and all(needs_a_look(reason) for reason in report.skipped_by_reason)
+    ):
+        return EXIT_NOTHING_SENT
+    return EXIT_OK
 
 
 class _ProgressLine:
@@ -134,6 +157,18 @@ def _state_store(location: str | None) -> StateStore | None:
         return SqliteStateStore(location)
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
+    except Exception as exc:
+        if _is_infrastructure_error(exc):
+            raise _UserError(f"cannot reach the state store {_redacted(location)}: {exc}") from None
+        raise
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password (Redis URLs may carry one)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
 
 
 def _load_mapping(path: str) -> Mapping:
@@ -338,7 +373,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             records = Sharded(records, *parse_shard(args.shard), kind=args.kind)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
-    progress = _ProgressLine(sys.stderr) if not args.quiet else None
+    progress: Any = _ProgressLine(sys.stderr) if not args.quiet else None
     state = _state_store(args.state)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
@@ -346,7 +381,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     base = checkpoint
     if base is None and args.dead_letter and args.input != "-" and not args.dry_run:
         base = Checkpoint.for_input(args.kind, args.input)
-    sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
+    sink: Any = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
+    early_stop = None
+    if args.max_failures:
+        early_stop = _EarlyStop(args.max_failures, sink, progress)
+        sink, progress, records = early_stop, early_stop, early_stop.records(records)
     try:
         syncer = Syncer(
             client,
@@ -356,12 +395,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             send=args.send,
             progress=progress,
             on_invalid_field=args.on_invalid_field,
+            max_clear_ratio=None if args.allow_mass_clear else 0.5,
         )
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
     try:
         if args.dry_run:
-            report = syncer.dry_run(args.kind, records, dead_letter=sink)
+            report = syncer.dry_run(
+                args.kind, records, dead_letter=sink, on_body=_Shown(args.show, sys.stdout)
+            )
         elif args.kind == "members":
             report = syncer.sync_members(records)
         else:
@@ -387,15 +429,95 @@ def cmd_sync(args: argparse.Namespace) -> int:
             client.close()
         _close_state(state)
         syncer.close()
+    _print_sync_report(report, args)
+    if early_stop is not None and early_stop.stopped:
+        print(
+            f"stopped early: the first {args.max_failures} records all failed (--max-failures); "
+            "the rest of the input was not read"
+        )
+    if args.dead_letter and not args.dry_run:
+        checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
+    return exit_code(report)
+
+
+def _print_sync_report(report: SyncReport, args: argparse.Namespace) -> None:
+    """The report, worded for what happened: a dry run sent nothing, so nothing succeeded."""
+    text = str(report)
     if args.dry_run:
-        print(f"dry run: {report.requests} request bodies would be sent")
-    print(report)
-    if args.dead_letter:
-        if report.failed:
+        rest = text.partition("\n")[2]
+        text = (
+            f"dry run, nothing sent: {report.total} records: {report.succeeded} would be sent in "
+            f"{report.requests} requests, {report.failed} would fail, {report.skipped} skipped"
+            + (f"\n{rest}" if rest else "")
+        )
+    print(text)
+    if report.failed:
+        if args.dead_letter:
             print(f"failed records written to {args.dead_letter}")
-        if not args.dry_run:
-            checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
-    return EXIT_OK if report.ok else EXIT_FAILED
+        elif not args.dry_run:
+            print(
+                "keep the failed records with --dead-letter FILE: fix the cause, then "
+                "`antavo-braze replay FILE` resends them"
+            )
+    if report.dropped:
+        print(
+            f"{len(report.dropped)} invalid value(s) were left out (--on-invalid-field "
+            "drop_field): exit 1 so that it is seen"
+        )
+
+
+class _Shown:
+    """``--dry-run --show N``: prints the first N request bodies that would be sent."""
+
+    def __init__(self, count: int, stream: TextIO) -> None:
+        self.left = count
+        self.stream = stream
+
+    def __call__(self, body: dict[str, Any]) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.stream.write("request body: " + json.dumps(body, indent=2) + "\n")
+
+
+class _EarlyStop:
+    """``--max-failures N``: the input ends once its first N records all failed (a fault that
+    hits every record stops the run instead of failing the whole file). It counts failures
+    as the dead-letter sink (passing entries on) and successes from the progress callback."""
+
+    def __init__(self, limit: int, sink: Any, progress: Any) -> None:
+        self.limit = limit
+        self.sink = sink
+        self.inner_progress = progress
+        self.failed = 0
+        self.succeeded = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        start = getattr(self.sink, "start", None)
+        if callable(start):
+            start()
+
+    def write(self, entry: Any) -> None:
+        self.failed += 1
+        if self.sink is not None:
+            self.sink.write(entry)
+
+    def __call__(self, progress: Progress) -> None:
+        self.succeeded = max(self.succeeded, progress.succeeded)
+        if self.inner_progress is not None:
+            self.inner_progress(progress)
+
+    def close(self) -> None:
+        close = getattr(self.inner_progress, "close", None)
+        if callable(close):
+            close()
+
+    def records(self, records: Iterable[Any]) -> Iterator[Any]:
+        for record in records:
+            if self.failed >= self.limit and not self.succeeded:
+                self.stopped = True
+                return
+            yield record
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -509,9 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: BRAZE_REST_ENDPOINT (your instance's REST endpoint, e.g. "
         "https://rest.iad-01.braze.com, or an instance name like US-01), BRAZE_API_KEY (a REST "
         "API key with users.track), BRAZE_APP_ID (optional: the app the data belongs to), "
-        "HTTPS_PROXY / NO_PROXY (an egress proxy). Exit codes: 0 all records succeeded, 1 some "
-        "failed, 2 usage, file or mapping error, 3 credentials or permission refused, "
-        "130/143 interrupted by SIGINT/SIGTERM.",
+        "HTTPS_PROXY / NO_PROXY (an egress proxy). Exit codes: 0 all records succeeded (or "
+        "were skipped as unchanged, already sent or another worker's), 1 some failed, values "
+        "were dropped or a guard stopped (mass clear), 2 usage, file, mapping or "
+        "infrastructure error (Redis, state store), 3 credentials or permission refused, "
+        "4 nothing sent: every record was skipped for a reason that needs a look (no mapped "
+        "field present, unmatched action), 130/143 interrupted by SIGINT/SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -563,6 +688,24 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--input", required=True, help="records: .jsonl/.json/.csv[.gz] or -")
     _add_reading(sync)
     sync.add_argument("--dry-run", action="store_true", help="validate and batch; send nothing")
+    sync.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dry-run: print the first N request bodies that would be sent",
+    )
+    sync.add_argument(
+        "--allow-mass-clear",
+        action="store_true",
+        help="clear (when_missing: clear) even when most members would lose a field",
+    )
+    sync.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="stop early when the first N records all failed (a fault hitting every record)",
+    )
     sync.add_argument(
         "--dead-letter", help="write failed records here (JSON Lines, a new file per run)"
     )
@@ -668,6 +811,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("antavo-braze: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as exc:
+        if not _is_infrastructure_error(exc):
+            raise
+        # Redis or a state store went away mid-run: one line, the infrastructure's code.
+        print(f"antavo-braze: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,173 @@
+"""The CLI never surprises: guarded clears, honest exit codes, dry runs that show what goes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import antavo_braze as ab
+from antavo_braze.testing import FakeBraze
+
+from .servers import free_port
+from .test_cli import braze_env, run
+
+
+def write_mapping(folder: Path, config: dict[str, Any]) -> Path:
+    """A mapping file in ``folder``."""
+    path = folder / "mapping.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Records as JSON Lines."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+TIER_MAPPING = {
+    "when_missing": "clear",
+    "fields": [
+        {"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"},
+        {"loyalty_field": "email", "remote_field": "email"},
+        {"loyalty_field": "tiers.0.name", "remote_field": "loyalty_tier"},
+    ],
+}
+
+
+def seed(fake: FakeBraze, count: int) -> None:
+    """Braze holds points, an email and a Gold tier for ``count`` members."""
+    with fake.client() as client:
+        report = ab.Syncer(client, TIER_MAPPING).sync_members(
+            {"id": f"m-{n}", "score": n, "email": f"m{n}@example.com", "tiers": [{"name": "Gold"}]}
+            for n in range(count)
+        )
+    assert report.succeeded == count
+
+
+def held(fake: FakeBraze, name: str) -> int:
+    """How many profiles hold ``name``."""
+    return sum(name in profile for profile in fake.profiles.values())
+
+
+def test_a_csv_without_a_column_clears_nothing(fake: FakeBraze, tmp_path: Path) -> None:
+    """A CSV with no email or tiers column leaves every email and tier in Braze (exit 0)."""
+    seed(fake, 150)
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    members = tmp_path / "members.csv"
+    members.write_text("id,score\n" + "".join(f"m-{n},{n + 1}\n" for n in range(150)))
+    result = run(
+        "sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet",
+        env=braze_env(fake),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (held(fake, "email"), held(fake, "loyalty_tier")) == (150, 150)
+    assert fake.profiles["m-3"]["loyalty_points"] == 4
+    assert "email (-> email)" in result.stdout  # reported: found in no record
+    assert "cleared" not in result.stdout.replace("nor cleared", "")
+
+
+def test_the_guard_stops_a_mass_clear_and_exits_1(fake: FakeBraze, tmp_path: Path) -> None:
+    """Tiers gone for every member: the run stops clearing (exit 1); --allow-mass-clear goes on."""
+    seed(fake, 150)
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    rows = [{"id": f"m-{n}", "score": n, "tiers": []} for n in range(150)]
+    members = write_jsonl(tmp_path / "members.jsonl", rows)
+    args = ["sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet"]
+    stopped = run(*args, env=braze_env(fake))
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "STOPPED clearing loyalty_tier: 100 of the first 100 members" in stopped.stdout
+    assert held(fake, "loyalty_tier") == 150
+    allowed = run(*args, "--allow-mass-clear", env=braze_env(fake))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert held(fake, "loyalty_tier") == 0
+    assert "loyalty_tier x150" in allowed.stdout
+
+
+def test_a_rerun_that_sends_nothing_prints_no_clears(fake: FakeBraze, tmp_path: Path) -> None:
+    """With --state, a downgrade clears once; the unchanged re-run says nothing of clears."""
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    gold = [{"id": f"m-{n}", "score": n, "tiers": [{"name": "Gold"}]} for n in range(3)]
+    lost = [{"id": f"m-{n}", "score": n, "tiers": []} for n in range(3)]
+    state = ["--state", str(tmp_path / "state.sqlite"), "--quiet", "--mapping", str(mapping)]
+    for rows, cleared in ((gold, 0), (lost, 3), (lost, 0)):
+        members = write_jsonl(tmp_path / "m.jsonl", rows)
+        result = run("sync", "members", "--input", str(members), *state, env=braze_env(fake))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("loyalty_tier x3" in result.stdout) == (cleared == 3)
+    assert held(fake, "loyalty_tier") == 0
+    assert "skipped 3: unchanged" in result.stdout
+
+
+def test_exit_codes(fake: FakeBraze, tmp_path: Path) -> None:
+    """0 all sent, 1 a failure or a dropped value, 2 Redis down (one line), 4 nothing to send."""
+    points = {"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"}
+    mapping = write_mapping(tmp_path, {"fields": [points]})
+    base = ["sync", "members", "--mapping", str(mapping), "--quiet", "--input"]
+    good = write_jsonl(tmp_path / "good.jsonl", [{"id": "a", "score": 1}])
+    assert run(*base, str(good), env=braze_env(fake)).returncode == 0
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "score": 1}, {"id": "b", "score": "x"}])
+    failed = run(*base, str(bad), env=braze_env(fake))
+    assert failed.returncode == 1
+    assert "--dead-letter FILE" in failed.stdout  # how to keep them
+    dropped = run(*base, str(bad), "--on-invalid-field", "drop_field", env=braze_env(fake))
+    assert dropped.returncode == 1
+    assert "left out" in dropped.stdout
+    nothing = write_jsonl(tmp_path / "none.jsonl", [{"id": f"m{n}", "points": n} for n in range(9)])
+    skipped = run(*base, str(nothing), env=braze_env(fake))
+    assert skipped.returncode == 4, skipped.stdout
+    assert "skipped 9: no mapped field present" in skipped.stdout
+    redis_down = f"redis://127.0.0.1:{free_port()}/0"
+    down = run(*base, str(good), "--state", redis_down, env=braze_env(fake))
+    assert down.returncode == 2
+    assert "Traceback" not in down.stderr
+    assert len(down.stderr.strip().splitlines()) == 1
+    assert "cannot reach the state store" in down.stderr
+
+
+def test_events_given_to_sync_members_get_one_grouped_hint(fake: FakeBraze, tmp_path: Path) -> None:
+    """The wrong kind of file: one summary line with the count and the fix, not 500 lines."""
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    events = write_jsonl(
+        tmp_path / "events.jsonl",
+        [{"customer": f"m-{n}", "action": "opt_in", "data": {}} for n in range(500)],
+    )
+    result = run(
+        "sync", "members", "--mapping", str(mapping), "--input", str(events), "--quiet",
+        env=braze_env(fake),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "500 x [validation] id: " in result.stdout
+    assert "the record has no 'id' (it looks like an event" in result.stdout
+    assert "use `sync events`" in result.stdout
+    assert result.stdout.count("\n") < 12
+
+
+def test_max_failures_stops_a_run_that_fails_every_record(fake: FakeBraze, tmp_path: Path) -> None:
+    """--max-failures 20 reads no further than needed when every record fails."""
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    rows = [{"id": f"m-{n}", "score": "12,5"} for n in range(5000)]
+    members = write_jsonl(tmp_path / "m.jsonl", rows)
+    result = run(
+        "sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet",
+        "--max-failures", "20", env=braze_env(fake),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "stopped early: the first 20 records all failed" in result.stdout
+    total = int(result.stdout.split(" records:")[0])
+    assert 20 <= total < 5000
+
+
+def test_dry_run_shows_bodies(tmp_path: Path) -> None:
+    """--dry-run --show 1 prints the first request body; no credentials needed."""
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    members = write_jsonl(tmp_path / "m.jsonl", [{"id": "m-1", "score": "7"}])
+    result = run(
+        "sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet",
+        "--dry-run", "--show", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = result.stdout.split("request body: ", 1)[1].split("\ndry run")[0]
+    assert json.loads(body) == {"attributes": [{"external_id": "m-1", "loyalty_points": 7}]}
+    assert "dry run, nothing sent: 1 records: 1 would be sent in 1 requests" in result.stdout
