@@ -171,3 +171,35 @@ def test_dry_run_shows_bodies(tmp_path: Path) -> None:
     body = result.stdout.split("request body: ", 1)[1].split("\ndry run")[0]
     assert json.loads(body) == {"attributes": [{"external_id": "m-1", "loyalty_points": 7}]}
     assert "dry run, nothing sent: 1 records: 1 would be sent in 1 requests" in result.stdout
+
+
+def test_two_replays_of_one_dead_letter_do_not_double_events(
+    fake: FakeBraze, tmp_path: Path
+) -> None:
+    """A cron job replaying the same file twice: the second is refused (exit 2); --again forces."""
+    dead = write_jsonl(
+        tmp_path / "dead.jsonl",
+        [
+            {
+                "version": 1, "kind": "event", "index": n, "record_id": f"m-{n}",
+                "stage": "braze", "reason": "HTTP 503", "retryable": True, "outcome": "failed",
+                "record": {"customer": f"m-{n}", "action": "point_add"},
+                "objects": [{"array": "events", "object": {
+                    "external_id": f"m-{n}", "name": "earned", "time": "2026-01-01T00:00:00Z"}}],
+            }
+            for n in range(7)
+        ],
+    )  # fmt: skip
+    first = run("replay", str(dead), "--quiet", env=braze_env(fake))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert len(fake.events) == 7
+    marked = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert all(entry["replayed_at"] for entry in marked)
+    second = run("replay", str(dead), "--quiet", env=braze_env(fake))
+    assert second.returncode == 2
+    assert "replayed before" in second.stderr
+    assert "--again" in second.stderr
+    assert len(fake.events) == 7
+    forced = run("replay", str(dead), "--quiet", "--again", env=braze_env(fake))
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert len(fake.events) == 14

@@ -595,7 +595,12 @@ class _Run:
             "value": None if first is None else first.value,
         }
         if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
-            return attrs.evolve(record, replays=record.replays + 1, **fields)  # type: ignore[arg-type]
+            return attrs.evolve(
+                record,
+                replays=record.replays + 1,
+                replayed_at=None,  # a new failure: the next replay may resend it
+                **fields,  # type: ignore[arg-type]
+            )
         kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
         return DeadLetterEntry(
             kind=kind,  # type: ignore[arg-type]

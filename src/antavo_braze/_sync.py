@@ -18,6 +18,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Literal
 
+import attrs
+
 from ._accounting import (
     Progress,
     RecordOutcome,
@@ -35,14 +37,16 @@ from ._deadletter import (
     DeadLetterEntry,
     DeadLetterObject,
     DeadLetterSink,
+    entry_to_json,
     open_sink,
     read_dead_letters,
 )
+from ._files import replace_private
 from ._http import CallStats, Interrupt
 from ._input import BadInput
 from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
-from ._mapper import MISSING, Mapper, member_fields
+from ._mapper import MISSING, Mapper, member_fields, utc_now
 from ._mapping import Mapping
 from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
@@ -314,6 +318,7 @@ class Syncer:
         path: str | PathLike[str],
         *,
         allow_duplicates: bool = False,
+        again: bool = False,
     ) -> SyncReport:
         """Resend the retryable records of a dead-letter file.
 
@@ -321,15 +326,24 @@ class Syncer:
         and record carried forward). Entries not resent — not retryable, or an unknown
         outcome for events and purchases (they may already be in Braze; ``allow_duplicates``
         resends them) — are skipped with their reason and carried over unchanged.
+
+        The file read is rewritten with each resent entry marked ``replayed_at``; a later
+        replay skips marked entries (``again=True`` resends them), so replaying the same
+        file twice never doubles events or purchases.
         """
         source = Path(path)
         target = getattr(self.dead_letter, "path", None)
         if target is not None and _same_file(Path(target), source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
         entries = read_dead_letters(source)
+        resent: set[int] = set()
 
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
             for position, entry in enumerate(records):
+                if entry.replayed_at is not None and not again:
+                    run.total += 1
+                    run.skip(position, f"{_ALREADY_REPLAYED} (again=True / --again resends it)")
+                    continue
                 reason = _not_resent(entry, allow_duplicates)
                 if reason is not None:
                     run.total += 1
@@ -346,9 +360,14 @@ class Syncer:
                     run.total += 1
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
+                resent.add(position)
                 yield self._open(run, position, entry, items)
 
-        return self._run("replay", entries, build)
+        try:
+            return self._run("replay", entries, build)
+        finally:
+            if resent:
+                _mark_replayed(source, resent)
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -821,6 +840,20 @@ class Syncer:
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
             yield self._open(run, position, event, items)
+
+
+_ALREADY_REPLAYED = "already replayed"
+
+
+def _mark_replayed(path: Path, positions: set[int]) -> None:
+    """Rewrite a dead-letter file with the entries at ``positions`` marked as replayed now."""
+    now = utc_now().isoformat(timespec="seconds").replace("+00:00", "Z")
+    lines = [
+        entry_to_json(attrs.evolve(entry, replayed_at=now) if position in positions else entry)
+        + "\n"
+        for position, entry in enumerate(read_dead_letters(path))
+    ]
+    replace_private(path, "".join(lines))
 
 
 def needs_a_look(reason: str) -> bool:

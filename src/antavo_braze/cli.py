@@ -524,17 +524,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise _UserError(f"dead-letter file not found: {args.input}")
+    fresh = replayed = 0
     try:  # a file that is not a dead letter is a usage error before anything is sent
-        for _ in read_dead_letters(source):
-            pass
+        for entry in read_dead_letters(source):
+            fresh += entry.replayed_at is None
+            replayed += entry.replayed_at is not None
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
+    if replayed and not fresh and not args.again:
+        raise _UserError(
+            f"{args.input} was replayed before (its {replayed} entries are marked replayed_at): "
+            "replaying it again could double events and purchases; --again resends them"
+        )
     output = args.dead_letter or str(source.with_name(source.stem + ".replay.jsonl"))
+    # After an earlier replay its output holds what still failed: add to it, never empty it.
+    sink = JsonlDeadLetter(output, append=bool(replayed))
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
     with _client_from_env(args) as client:
         try:
-            syncer = Syncer(client, Mapping(), dead_letter=output, progress=progress)
-            report = syncer.replay(source, allow_duplicates=args.include_unknown)
+            syncer = Syncer(client, Mapping(), dead_letter=sink, progress=progress)
+            report = syncer.replay(source, allow_duplicates=args.include_unknown, again=args.again)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         except SyncInterrupted as stop:
@@ -756,6 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-unknown",
         action="store_true",
         help="also resend events and purchases whose outcome is unknown (may double-count)",
+    )
+    replay.add_argument(
+        "--again",
+        action="store_true",
+        help="resend entries an earlier replay already resent (marked replayed_at)",
     )
     _add_common(replay)
     replay.set_defaults(func=cmd_replay)
