@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +208,44 @@ def test_two_replays_of_one_dead_letter_do_not_double_events(
     forced = run("replay", str(dead), "--quiet", "--again", env=braze_env(fake))
     assert forced.returncode == 0, forced.stdout + forced.stderr
     assert len(fake.events) == 14
+
+
+def test_fake_braze_command_is_used_by_sync(tmp_path: Path) -> None:
+    """`antavo-braze fake` prints what to export; a sync against it lands in its --dump file."""
+    dump = tmp_path / "held.json"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    command = ["fake", "--port", str(port), "--dump", str(dump)]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "antavo_braze.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(4)]
+        exports = dict(
+            line.strip().removeprefix("export ").split("=", 1) for line in lines if "export" in line
+        )
+        assert exports["BRAZE_REST_ENDPOINT"] == f"http://127.0.0.1:{port}"
+        mapping = write_mapping(tmp_path, TIER_MAPPING)
+        members = write_jsonl(tmp_path / "m.jsonl", [{"id": "m-1", "score": "12"}])
+        synced = run(
+            "sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet",
+            env=exports,
+        )  # fmt: skip
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # it writes the dump about every 0.2 s
+            if dump.exists() and "m-1" in dump.read_text():
+                break
+            time.sleep(0.05)
+        assert json.loads(dump.read_text())["profiles"] == {"m-1": {"loyalty_points": 12}}
+        assert dump.stat().st_mode & 0o077 == 0
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert "stopped: it holds 1 profiles, 0 events, 0 purchases" in out

@@ -287,6 +287,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fake(args: argparse.Namespace) -> int:
+    """A FakeBraze in the foreground, to try the CLI on: prints what to export; on Ctrl-C
+    (and with ``--dump FILE`` every second while it runs) writes what it holds."""
+    from .testing import FakeBraze
+
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+
+    previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with FakeBraze(api_key=args.api_key, port=args.port) as fake:
+            print(
+                f"antavo-braze {__version__}: a fake Braze is listening on {fake.url} "
+                "(nothing leaves this machine). In another shell:\n"
+                f"  export BRAZE_REST_ENDPOINT={fake.url}\n"
+                f"  export BRAZE_API_KEY={fake.api_key}\n"
+                "Ctrl-C stops it"
+                + (f"; what it holds is kept in {args.dump}" if args.dump else ""),
+                flush=True,
+            )
+            written = -1
+            while not stopped:
+                time.sleep(0.2)
+                if args.dump and len(fake.requests) != written:
+                    written = len(fake.requests)
+                    _dump_fake(fake, args.dump)
+            if args.dump:
+                _dump_fake(fake, args.dump)
+            held = _fake_holdings(fake)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+    counts = ", ".join(f"{len(value)} {name}" for name, value in held.items())
+    print(f"stopped: it holds {counts}" + (f" (written to {args.dump})" if args.dump else ""))
+    if not args.dump:
+        print(json.dumps(held, indent=2, sort_keys=True, default=str))
+    return EXIT_OK
+
+
+def _fake_holdings(fake: Any) -> dict[str, Any]:
+    """A copy of what the fake holds, taken under its lock (its threads keep writing)."""
+    with fake._lock:
+        text = json.dumps(
+            {"profiles": fake.profiles, "events": fake.events, "purchases": fake.purchases},
+            default=str,
+        )
+    held: dict[str, Any] = json.loads(text)
+    return held
+
+
+def _dump_fake(fake: Any, path: str) -> None:
+    """What the fake holds, as JSON, owner-only (it is member data)."""
+    try:
+        replace_private(path, json.dumps(_fake_holdings(fake), indent=2, default=str) + "\n")
+    except (ConfigurationError, OSError) as exc:
+        raise _UserError(f"--dump {path}: {exc}") from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     with _client_from_env(args) as client:
         permissions = client.check_permissions()
@@ -659,6 +719,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--members", type=int, default=25, help="members to generate (25)")
     demo.add_argument("--events", type=int, default=20, help="events to generate (20)")
     demo.set_defaults(func=cmd_demo, verbose=0, quiet=False, log_file=None)
+
+    fake = commands.add_parser(
+        "fake",
+        help="run a fake Braze to try the CLI on",
+        description="Run a fake Braze (the test double the SDK's own tests use) on 127.0.0.1 "
+        "until Ctrl-C, and print the BRAZE_REST_ENDPOINT and BRAZE_API_KEY to export. It "
+        "validates requests as Braze does and keeps profiles, events and purchases; on Ctrl-C "
+        "it prints what it holds (or writes it to --dump FILE, kept current while it runs).",
+    )
+    fake.add_argument("--port", type=int, default=0, help="port (a free one)")
+    fake.add_argument("--api-key", default="fake-key", help="the key it accepts (fake-key)")
+    fake.add_argument("--dump", metavar="FILE", help="keep what it holds in FILE (JSON)")
+    fake.set_defaults(func=cmd_fake, verbose=0, quiet=False, log_file=None)
 
     check = commands.add_parser(
         "check",
