@@ -25,6 +25,7 @@ PURE = [
     "_limits.py",
     "_wire.py",
     "_profile.py",
+    "_filecheck.py",
     "exceptions.py",
 ]
 NETWORK = {"requests", "urllib3", "http", "socket", "h11", "aiohttp", "redis"}

@@ -249,3 +249,87 @@ def test_fake_braze_command_is_used_by_sync(tmp_path: Path) -> None:
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert "stopped: it holds 1 profiles, 0 events, 0 purchases" in out
+
+
+def validate(mapping: Path, records: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    """validate MAPPING --input FILE."""
+    return run("validate", str(mapping), "--input", str(records), *more)
+
+
+def test_validate_input_wrong_types_and_decimal_commas(tmp_path: Path) -> None:
+    """Declared types the values do not have, and decimal commas: exit 1, field, count, example."""
+    mapping = write_mapping(
+        tmp_path,
+        {
+            "fields": [
+                {"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"},
+                {"loyalty_field": "vip", "remote_field": "vip", "type": "boolean"},
+                {"loyalty_field": "tags", "remote_field": "tags", "type": "array"},
+                {"loyalty_field": "tier", "remote_field": "loyalty_tier", "type": "string"},
+            ]
+        },
+    )
+    rows = [
+        {"id": f"m-{n}", "score": f"{n},5", "vip": "sometimes", "tags": "a,b",
+         "tier": {"name": "Gold"}}
+        for n in range(50)
+    ]  # fmt: skip
+    result = validate(mapping, write_jsonl(tmp_path / "m.jsonl", rows))
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "sample: all 50 records of" in out
+    assert "score -> loyalty_points (number): found in 50 of 50: 0 valid, 50 invalid" in out
+    assert "e.g. line 1: '0,5'" in out
+    assert "hint: decimal comma: export with a decimal point (12.5) (50 values)" in out
+    assert "vip -> vip (boolean): found in 50 of 50: 0 valid, 50 invalid" in out
+    assert 'a list written in one cell: add "split": ","' in out
+    assert "the value is an object: map a path inside it, e.g. '.name'" in out
+    assert "a sync would fail or store wrong types: score (50 invalid)" in out
+
+
+def test_validate_input_latin1_csv(tmp_path: Path) -> None:
+    """A Latin-1 CSV read as UTF-8: its unreadable rows are counted per column, with the fix."""
+    mapping = write_mapping(
+        tmp_path,
+        {"fields": [{"loyalty_field": "first_name", "remote_field": "first_name"}]},
+    )
+    members = tmp_path / "m.csv"
+    names = ["Zoé", "Ann", "Jürgen", "Bob"] * 10
+    members.write_bytes(
+        ("id;first_name\n" + "".join(f"m-{n};{name}\n" for n, name in enumerate(names))).encode(
+            "latin-1"
+        )
+    )
+    result = validate(mapping, members)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "first_name -> first_name (inferred): found in 20 of 40: 20 valid" in out
+    assert "20 unreadable" in out
+    assert "bytes that are not valid utf-8" in out
+    assert "--encoding cp1252" in out
+    fixed = validate(mapping, members, "--encoding", "cp1252")
+    assert fixed.returncode == 0, fixed.stdout
+    assert "40 valid, 0 invalid" in fixed.stdout
+
+
+def test_validate_input_unix_seconds_in_csv(tmp_path: Path) -> None:
+    """Unix-second dates in CSV, untyped: advice is 'date' by majority (one odd value too)."""
+    mapping = write_mapping(
+        tmp_path,
+        {
+            "fields": [
+                {"loyalty_field": "optin_at", "remote_field": "loyalty_optin_at"},
+                {"loyalty_field": "vip", "remote_field": "vip"},
+            ]
+        },
+    )
+    members = tmp_path / "m.csv"
+    lines = [f"m-{n},{1735689600 + n * 86400},{n % 2}" for n in range(199)] + ["m-x,soon,1"]
+    members.write_text("id,optin_at,vip\n" + "\n".join(lines) + "\n")
+    result = validate(mapping, members)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "optin_at -> loyalty_optin_at (inferred): found in 200 of 200" in out
+    assert "199 of 200 values: declare type: date (they look like unix seconds)" in out
+    assert "declare type: boolean if these are yes/no flags" in out
+    assert "a sync would fail or store wrong types: optin_at (wrong type)" in out

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import antavo_braze as ab
 from antavo_braze._accounting import CLEAR_GUARD_FROM, ClearGuard, is_mass_clear
+from antavo_braze._filecheck import _hint, _kind
 from antavo_braze.testing import FakeBraze
 
 
@@ -164,3 +165,19 @@ def test_an_id_under_another_name_or_an_event_file_gets_a_hint(client: ab.BrazeC
     assert "sync events" in reasons[1]
     events = syncer.sync_events([{"id": "m-1", "score": 1}])
     assert "looks like a member" in events.failures[0].reason
+
+
+@given(st.integers(min_value=1_000_000_000, max_value=4_000_000_000))
+def test_unix_seconds_are_dates_as_numbers_and_as_text(seconds: int) -> None:
+    """A unix-seconds value reads as a date whether JSON wrote a number or CSV wrote text."""
+    assert _kind(seconds) == _kind(str(seconds)) == "unix seconds"
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.integers(min_value=0, max_value=10**6))
+def test_decimal_commas_are_named(whole: int, fraction: int) -> None:
+    """'12,5' is a decimal comma to the advice, the hint and the coercion error alike."""
+    text = f"{whole},{fraction}"
+    assert _kind(text) == "decimal comma"
+    assert "decimal comma" in (_hint(text) or "")
+    with pytest.raises(ab.CoercionError, match="decimal comma"):
+        ab.coerce(text, "number")

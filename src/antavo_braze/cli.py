@@ -29,11 +29,11 @@ from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
+from ._filecheck import FileCheck, check_file
 from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._mapping import Mapping
-from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
@@ -370,20 +370,61 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     if args.input is None:
         return EXIT_OK
-    profiles = profile_fields(mapping, _open_input(args), limit=args.sample)
-    records = profiles[0].records if profiles else 0
-    print(f"sample: {records} records of {args.input}")
-    width = max((len(f"{p.loyalty_field} -> {p.remote_field}") for p in profiles), default=0)
-    for profile in profiles:
-        pair = f"{profile.loyalty_field} -> {profile.remote_field}"
-        types = ", ".join(f"{name} {count}" for name, count in profile.types) or "-"
-        line = f"  {pair:<{width}}  found in {profile.found} of {profile.records} ({types})"
-        print(line + (f"  {profile.advice}" if profile.advice else ""))
-    missing = [p.loyalty_field for p in profiles if p.never_found]
-    if missing:
-        print(f"never found in the sample: {', '.join(missing)} (a sync would not send them)")
-        return EXIT_FAILED
-    return EXIT_OK
+    source = _open_input(args)
+    check = check_file(mapping, source, limit=args.sample, line_of=source.line_of)
+    _print_file_check(check, args)
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
+def _print_file_check(check: FileCheck, args: argparse.Namespace) -> None:
+    """What a sync of the file would do, field by field (``validate --input``)."""
+    size = (
+        f"all {check.records} records"
+        if check.complete
+        else f"the first {check.records} records (the file has more; --sample N reads more)"
+    )
+    print(f"sample: {size} of {args.input}, mapped and coerced as a sync would")
+    if check.unreadable:
+        print(f"  {check.unreadable} rows could not be read, e.g. {check.unreadable_examples[0]}")
+    for item in (check.ids, *check.fields):
+        declared = item.declared or "inferred"
+        counts = f"{item.valid} valid, {item.invalid} invalid"
+        if item.unreadable:
+            counts += f", {item.unreadable} unreadable"
+        print(
+            f"  {item.loyalty_field} -> {item.remote_field} ({declared}): "
+            f"found in {item.found} of {check.records}: {counts}"
+        )
+        for example in item.examples:
+            print(f"      e.g. {example}")
+        for hint in item.hints:
+            print(f"      hint: {hint}")
+        if item.advice:
+            print(f"      {'advice: ' if not item.never_found else ''}{item.advice}")
+    failing = [
+        f"{f.loyalty_field} ("
+        + ", ".join(
+            part
+            for part in (
+                f"{f.invalid} invalid" if f.invalid else "",
+                f"{f.unreadable} unreadable" if f.unreadable else "",
+                "wrong type" if f.wrong_type else "",
+                "never found" if f.never_found else "",
+            )
+            if part
+        )
+        + ")"
+        for f in (check.ids, *check.fields)
+        if f.failing
+    ]
+    if check.unreadable:
+        failing.append(f"{check.unreadable} unreadable rows")
+    if failing:
+        print(f"a sync would fail or store wrong types: {'; '.join(failing)}")
+    elif check.records:
+        print("a sync of this sample would succeed")
+    else:
+        print("no records in the file")
 
 
 def _open_input(args: argparse.Namespace) -> RecordSource:
@@ -751,10 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("mapping", metavar="MAPPING")
     validate.add_argument(
         "--input",
-        help="also profile the mapped fields over sample member records (exit 1 when a "
-        "mapped field is never found)",
+        help="also map and coerce a sample of member records as a sync would: per field, "
+        "valid / invalid / unreadable values with examples and hints (exit 1 when anything "
+        "would fail, a type is wrong or a field is never found)",
     )
-    validate.add_argument("--sample", type=int, default=1000, help="records to profile (1000)")
+    validate.add_argument("--sample", type=int, default=1000, help="records to check (1000)")
     _add_reading(validate)
     validate.set_defaults(func=cmd_validate, verbose=0, quiet=False, log_file=None)
 
