@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import antavo_braze as ab
 from antavo_braze.testing import FakeBraze
@@ -333,3 +336,28 @@ def test_validate_input_unix_seconds_in_csv(tmp_path: Path) -> None:
     assert "199 of 200 values: declare type: date (they look like unix seconds)" in out
     assert "declare type: boolean if these are yes/no flags" in out
     assert "a sync would fail or store wrong types: optin_at (wrong type)" in out
+
+
+def test_ca_bundle_option_and_environment(tmp_path: Path) -> None:
+    """A TLS-inspecting proxy's CA: --ca-bundle or BRAZE_CA_BUNDLE, not only SSL_CERT_FILE."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    members = write_jsonl(tmp_path / "m.jsonl", [{"id": "m-1", "score": 1}])
+    args = ["sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet"]
+    with FakeBraze(ssl_context=context) as fake:
+        untrusted = run(*args, env=braze_env(fake))
+        assert untrusted.returncode == 2
+        assert "TLS certificate verification failed" in untrusted.stderr
+        option = run(*args, "--ca-bundle", str(bundle), env=braze_env(fake))
+        assert option.returncode == 0, option.stderr
+        from_env = run(*args, env={**braze_env(fake), "BRAZE_CA_BUNDLE": str(bundle)})
+        assert from_env.returncode == 0, from_env.stderr
+        missing = run(*args, "--ca-bundle", str(tmp_path / "none.pem"), env=braze_env(fake))
+        assert missing.returncode == 2
+        assert "CA bundle not found" in missing.stderr
+    assert fake.profiles == {"m-1": {"loyalty_points": 1}}

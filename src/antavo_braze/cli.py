@@ -107,6 +107,8 @@ class _ProgressLine:
 
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
     options: dict[str, Any] = {"max_in_flight": args.max_in_flight}
+    if getattr(args, "ca_bundle", None):
+        options["ca_bundle"] = args.ca_bundle
     try:
         if getattr(args, "batch_size", None):
             options["limits"] = BatchLimits(max_objects=args.batch_size)
@@ -256,6 +258,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "-v", "--verbose", action="count", default=0, help="log retries and the summary"
     )
     parser.add_argument("--log-file", help="also write the log to this file")
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="trust this CA file for Braze's TLS (a TLS-inspecting proxy; or BRAZE_CA_BUNDLE)",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -780,6 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe each permission the SDK uses (changing no data). Exit 0 when the "
         "key has users.track, all a sync needs; the read permissions are optional.",
     )
+    check.add_argument("--ca-bundle", metavar="PEM", help="trust this CA file (BRAZE_CA_BUNDLE)")
     check.set_defaults(func=cmd_check, max_in_flight=1, verbose=0, quiet=False, log_file=None)
 
     validate = commands.add_parser(
