@@ -693,7 +693,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ModuleNotFoundError:
         raise _UserError(
-            "serve needs an ASGI server: pip install 'antavo-braze[serve]' (uvicorn)"
+            "serve needs an ASGI server: pip install uvicorn (the package's 'serve' extra)"
         ) from None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
@@ -904,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/antavo/events and /antavo/members, answered 202 once queued (on disk with --spool); "
         "GET /healthz and /metrics. Authentication from ANTAVO_BRAZE_WEBHOOK_BASIC "
         "(user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET; without either, loopback only. "
-        "Needs pip install 'antavo-braze[serve]'.",
+        "Needs uvicorn (the 'serve' extra: pip install '.[serve]' in a checkout).",
     )
     serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")
