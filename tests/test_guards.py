@@ -181,3 +181,16 @@ def test_decimal_commas_are_named(whole: int, fraction: int) -> None:
     assert "decimal comma" in (_hint(text) or "")
     with pytest.raises(ab.CoercionError, match="decimal comma"):
         ab.coerce(text, "number")
+
+
+def test_the_guard_works_on_iterators_too(fake: FakeBraze, client: ab.BrazeClient) -> None:
+    """From a generator (objects encoded as built) the stopped clears are taken out as well."""
+    seeded(fake, client, 150)
+    changed = ({"id": f"m-{n}", "score": n, "tiers": []} for n in range(150))
+    report = ab.Syncer(client, tier_mapping()).sync_members(changed)
+    assert (report.succeeded, report.fields["loyalty_tier"].cleared) == (150, 0)
+    assert "loyalty_tier" in report.clears_stopped
+    assert fake.profiles["m-7"] == {"loyalty_points": 7, "loyalty_tier": "Gold"}
+    only_clears = ({"id": f"m-{n}", "tiers": []} for n in range(150))
+    skipped = ab.Syncer(client, tier_mapping()).sync_members(only_clears)
+    assert skipped.skipped_by_reason == {"nothing to send but a mass clear the guard stopped": 150}

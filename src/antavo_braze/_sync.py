@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import attrs
 
@@ -554,9 +554,7 @@ class Syncer:
     # --- members ----------------------------------------------------------------------------
 
     def _member_builder(self) -> Build:
-        if self.state is not None or self.mapper._fields.clearing:
-            # Change detection, or clears to guard: a batch at a time (the hot path is for
-            # mappings that only send what is present).
+        if self.state is not None:
             return self._stateful_member_groups
         return self._member_groups
 
@@ -566,17 +564,27 @@ class Syncer:
         """Members without a state store: the hot path.
 
         A record counts in ``run.total`` once handled (failed, skipped or packed): one cut
-        short by a hard interrupt was never read, and ``--resume`` reads it again.
+        short by a hard interrupt was never read, and ``--resume`` reads it again. With
+        clearing fields, the records go through the clear guard (:meth:`_guard_clears`).
         """
         member_id = self.mapper.member_id
-        fill = self.mapper._fields.fill
+        plan = self.mapper._fields
+        fill = plan.fill
         absent = run.absent
         new_item = _new_item
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
+        clearing = bool(plan.clearing)
+        first_clear = len(plan.steps)  # the clear counters follow the absent ones
+        clear_names = [plan.steps[n].remote_field for n in plan.clearing]
+        held: list[_Held] = []  # records waiting for the guard to judge
+        guard = run.clear_guard
+        before: list[int] = []
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
                 external_id = None
+                if clearing:
+                    before = absent[first_clear:]
                 try:
                     external_id = member_id(record)
                     fields = record if record.__class__ is dict else member_fields(record)
@@ -600,6 +608,15 @@ class Syncer:
                     if len(wire) == 1:
                         run.skip(position, _NO_FIELD)
                         continue
+                if clearing:
+                    after = absent[first_clear:]
+                    if after != before or held or guard.holding:
+                        fired = [
+                            n for n, a, b in zip(clear_names, before, after, strict=True) if a != b
+                        ]
+                        yield from self._guard_clears(run, held, position, record, wire, fired)
+                        continue
+                    guard.seen += 1  # judged already, and it clears nothing: counted, sent
                 count = len(wire) - 1
                 item: tuple[Any, ...]
                 if fresh:  # encoded with its batch, in one call (see _batching)
@@ -608,16 +625,78 @@ class Syncer:
                     data = dumps_object(wire)
                     item = (ATTRIBUTES, data, external_id, position, 1, count, record, None)
                 yield (new_item(Item, item),)
+            while held:  # the input ended before the guard could judge: they go as they are
+                group = self._release(run, held.pop(0))
+                if group is not None:
+                    yield group
         except GeneratorExit:  # closed after a yield: that record was handled
             run.total += position + 1
+            self._interrupted(run, held)
             raise
         except BaseException:  # stopped while mapping record `position`: it was not
             run.total += max(position, 0)
+            self._interrupted(run, held)
             raise
         else:
             run.total += position + 1
         finally:
             run.mapped += mapped
+
+    def _guard_clears(
+        self,
+        run: _Run,
+        held: list[_Held],
+        position: int,
+        record: Any,
+        wire: dict[str, Any],
+        fired: list[str],
+    ) -> Iterator[tuple[Item]]:
+        """A member of a mapping that clears, through the mass-clear guard: held back while
+        the guard cannot judge (the first 100 members), released without the clears it
+        stopped. From an iterator (not fresh) the object is encoded now, as on the hot path."""
+        guard = run.clear_guard
+        guard.observe(fired)
+        if run.fresh:
+            held.append(_Held(position, record, wire, b"", fired))
+        else:
+            held.append(_Held(position, record, None, dumps_object(wire), fired))
+        if guard.holding:
+            return
+        while held:
+            group = self._release(run, held.pop(0))
+            if group is not None:
+                yield group
+
+    @staticmethod
+    def _release(run: _Run, entry: _Held) -> tuple[Item] | None:
+        """One judged member's item, without the clears the guard stopped (``None``: nothing
+        left to send, skipped)."""
+        position, record, wire, data, fired = entry
+        stopped = [name for name in fired if name in run.clear_guard.stopped]
+        values = wire if wire is not None else loads(data)
+        if stopped:
+            for name in stopped:
+                del values[name]
+            if len(values) == 1:
+                run.skip(position, "nothing to send but a mass clear the guard stopped")
+                return None
+            if wire is None:
+                data = dumps_object(values)
+        run.cleared.update(name for name in fired if name not in stopped)
+        count = len(values) - 1
+        return (Item(ATTRIBUTES, data, values["external_id"], position, 1, count, record, wire),)
+
+    @staticmethod
+    def _interrupted(run: _Run, held: list[_Held]) -> None:
+        """Fail what the guard still held when the run stopped: never sent, retryable."""
+        while held:
+            position, record, wire, data, _ = held.pop(0)
+            wire = wire if wire is not None else loads(data)
+            run.fail(
+                position, record, wire["external_id"], "interrupted",
+                "interrupted before it was sent", retryable=True, outcome="not_sent",
+                objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+            )  # fmt: skip
 
     def _refused(
         self,
@@ -854,6 +933,16 @@ def _mark_replayed(path: Path, positions: set[int]) -> None:
         for position, entry in enumerate(read_dead_letters(path))
     ]
     replace_private(path, "".join(lines))
+
+
+class _Held(NamedTuple):
+    """A member the clear guard holds back: its wire object (fresh input) or encoding."""
+
+    position: int
+    record: Any
+    wire: dict[str, Any] | None
+    data: bytes
+    fired: list[str]
 
 
 def needs_a_look(reason: str) -> bool:
