@@ -501,7 +501,8 @@ class _Run:
         # Field presence (member syncs): absent counts are filled by the compiled plan.
         self.field_names = field_names
         # The compiled plan's counters: one per field (absent), then one per clearing field.
-        self.absent = [0] * (len(field_names) + sum(clears for _, _, clears in field_names))
+        clearing = sum(clears for _, _, clears in field_names)
+        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
         self.cleared: Counter[str] = Counter()  # nulls sent per remote field
         self.clear_guard = ClearGuard(max_clear_ratio)
         self.invalid: Counter[str] = Counter()

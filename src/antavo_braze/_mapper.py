@@ -109,7 +109,8 @@ class _FieldStep(NamedTuple):
 
 
 # fill(record, out, counts): adds every present field to ``out``; counts absent ones per step
-# (``counts[n]``) and the clears it wrote (``counts[len(steps) + k]`` for the k-th clearing step).
+# (``counts[n]``) and the clears it wrote (``counts[len(steps) + k]`` for the k-th clearing step,
+# and all of them in the last counter, one test per record for "did anything clear?").
 Fill = Callable[[Any, dict[str, Any], list[int]], dict[str, Any]]
 
 # Values of these exact classes need no coercer call: the plan tests them inline.
@@ -141,6 +142,7 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
     }
     lines = ["def fill(record, out, absent):", "    get = record.get"]
     clearing = len(steps)
+    every_clear = clearing + sum(step.clear for step in steps)
     for number, step in enumerate(steps):
         namespace[f"coerce{number}"] = step.coerce
         namespace[f"get{number}"] = step.get
@@ -164,6 +166,7 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
                 f"        if get({step.first_key!r}, MISSING) is not MISSING:",
                 f"            out[{step.remote_field!r}] = None",
                 f"            absent[{clearing}] += 1",
+                f"            absent[{every_clear}] += 1",
             ]
             clearing += 1
     lines.append("    return out")
@@ -186,7 +189,7 @@ class _Plan:
     @property
     def counters(self) -> int:
         """How long the ``counts`` list given to ``fill`` is."""
-        return len(self.steps) + len(self.clearing)
+        return len(self.steps) + len(self.clearing) + (1 if self.clearing else 0)
 
     def values(self, record: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.fill(record, {} if out is None else out, [0] * self.counters)

@@ -574,17 +574,16 @@ class Syncer:
         new_item = _new_item
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
         clearing = bool(plan.clearing)
-        first_clear = len(plan.steps)  # the clear counters follow the absent ones
-        clear_names = [plan.steps[n].remote_field for n in plan.clearing]
+        clear_steps = [plan.steps[n] for n in plan.clearing]
         held: list[_Held] = []  # records waiting for the guard to judge
         guard = run.clear_guard
-        before: list[int] = []
+        mark = 0
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
                 external_id = None
                 if clearing:
-                    before = absent[first_clear:]
+                    mark = absent[-1]  # every clear so far
                 try:
                     external_id = member_id(record)
                     fields = record if record.__class__ is dict else member_fields(record)
@@ -609,10 +608,12 @@ class Syncer:
                         run.skip(position, _NO_FIELD)
                         continue
                 if clearing:
-                    after = absent[first_clear:]
-                    if after != before or held or guard.holding:
+                    if absent[-1] != mark or held or guard.holding:
                         fired = [
-                            n for n, a, b in zip(clear_names, before, after, strict=True) if a != b
+                            step.remote_field
+                            for step in clear_steps
+                            if wire.get(step.remote_field, 0) is None
+                            and step.get(member_fields(record)) is MISSING
                         ]
                         yield from self._guard_clears(run, held, position, record, wire, fired)
                         continue
@@ -739,6 +740,7 @@ class Syncer:
                 run.absent[number] += 1
                 if values.get(step.remote_field, MISSING) is None:  # a clear: count it too
                     run.absent[clearing + plan.clearing.index(number)] += 1
+                    run.absent[-1] += 1
         return values, problems
 
     def _stateful_member_groups(
