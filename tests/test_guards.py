@@ -194,3 +194,15 @@ def test_the_guard_works_on_iterators_too(fake: FakeBraze, client: ab.BrazeClien
     only_clears = ({"id": f"m-{n}", "tiers": []} for n in range(150))
     skipped = ab.Syncer(client, tier_mapping()).sync_members(only_clears)
     assert skipped.skipped_by_reason == {"nothing to send but a mass clear the guard stopped": 150}
+
+
+def test_check_file_from_python() -> None:
+    """What `validate --input` prints is ab.check_file's result, reachable from Python."""
+    mapping = ab.Mapping.from_dict(
+        {"fields": [{"loyalty_field": "score", "remote_field": "p", "type": "number"}]}
+    )
+    check = ab.check_file(mapping, [{"id": "a", "score": "1,5"}, {"id": "b", "score": 2}])
+    assert not check.ok
+    (score,) = check.fields
+    assert (score.found, score.valid, score.invalid) == (2, 1, 1)
+    assert score.examples[0].startswith("record 1: '1,5'")

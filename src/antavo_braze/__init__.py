@@ -29,6 +29,7 @@ from ._deadletter import (
     MemoryDeadLetter,
     read_dead_letters,
 )
+from ._filecheck import FieldCheck, FileCheck, check_file
 from ._http import BrazeResponse
 from ._input import BadInput, RecordSource, read_records
 from ._mapper import MappedEvent, Mapper
@@ -91,9 +92,11 @@ __all__ = [
     "DroppedField",
     "EventMapping",
     "EventObject",
+    "FieldCheck",
     "FieldCounts",
     "FieldMapping",
     "FieldProblem",
+    "FileCheck",
     "InProcessPacer",
     "JsonlDeadLetter",
     "LoyaltyEvent",
@@ -132,6 +135,7 @@ __all__ = [
     "Trigger",
     "TriggerCondition",
     "__version__",
+    "check_file",
     "coerce",
     "decide_retry",
     "infer_type",
