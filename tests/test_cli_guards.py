@@ -121,7 +121,7 @@ def test_exit_codes(fake: FakeBraze, tmp_path: Path) -> None:
     assert "--dead-letter FILE" in failed.stdout  # how to keep them
     dropped = run(*base, str(bad), "--on-invalid-field", "drop_field", env=braze_env(fake))
     assert dropped.returncode == 1
-    assert "left out" in dropped.stdout
+    assert "left out (drop_field): score x1 (e.g. 'x': cannot coerce" in dropped.stdout
     nothing = write_jsonl(tmp_path / "none.jsonl", [{"id": f"m{n}", "points": n} for n in range(9)])
     skipped = run(*base, str(nothing), env=braze_env(fake))
     assert skipped.returncode == 4, skipped.stdout

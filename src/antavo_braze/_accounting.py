@@ -260,7 +260,15 @@ class SyncReport:
         for reason, count in self.skipped_by_reason.items():
             lines.append(f"skipped {count}: {reason}")
         if self.dropped:
-            lines.append(f"{len(self.dropped)} invalid field value(s) left out (drop_field)")
+            by_field: Counter[str] = Counter(d.field for d in self.dropped)
+            example = {d.field: d for d in reversed(self.dropped)}
+            lines.append(
+                f"{len(self.dropped)} invalid field value(s) left out (drop_field): "
+                + "; ".join(
+                    f"{name} x{count} (e.g. {_short(example[name].value)}: {example[name].reason})"
+                    for name, count in by_field.most_common(5)
+                )
+            )
         if self.possible_duplicates:
             lines.append(
                 f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
