@@ -206,3 +206,46 @@ def test_check_file_from_python() -> None:
     (score,) = check.fields
     assert (score.found, score.valid, score.invalid) == (2, 1, 1)
     assert score.examples[0].startswith("record 1: '1,5'")
+
+
+@given(
+    succeeded=st.integers(min_value=0, max_value=5),
+    failed=st.integers(min_value=0, max_value=5),
+    reasons=st.dictionaries(
+        st.sampled_from(
+            [
+                "no mapped field present",
+                "no mapping for action 'x'",
+                "unchanged since Braze last accepted it",
+                "already sent",
+            ]
+        ),
+        st.integers(min_value=1, max_value=5),
+        max_size=3,
+    ),
+    stopped=st.booleans(),
+)
+def test_exit_code_rule(
+    succeeded: int, failed: int, reasons: dict[str, int], stopped: bool
+) -> None:
+    """1 for failures or a stopped guard; 4 only when nothing was sent and every skip needs
+    a look; 0 otherwise."""
+    from antavo_braze.cli import exit_code
+
+    skipped = sum(reasons.values())
+    report = ab.SyncReport(
+        total=succeeded + failed + skipped,
+        succeeded=succeeded,
+        failed=failed,
+        skipped=skipped,
+        requests=0,
+        skipped_by_reason=reasons,
+        clears_stopped={"tier": (100, 100)} if stopped else {},
+    )
+    look = {"no mapped field present", "no mapping for action 'x'"}
+    if failed or stopped:
+        assert exit_code(report) == 1
+    elif not succeeded and reasons and set(reasons) <= look:
+        assert exit_code(report) == 4
+    else:
+        assert exit_code(report) == 0
