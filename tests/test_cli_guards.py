@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -361,3 +362,41 @@ def test_ca_bundle_option_and_environment(tmp_path: Path) -> None:
         assert missing.returncode == 2
         assert "CA bundle not found" in missing.stderr
     assert fake.profiles == {"m-1": {"loyalty_points": 1}}
+
+
+def test_redis_going_away_mid_run_is_one_line_and_exit_2(fake: FakeBraze, tmp_path: Path) -> None:
+    """The state store's Redis stops during a sync: one line on stderr, exit 2, no traceback."""
+    from antavo_braze.testing import RedisServerMissingError, redis_server
+
+    points = {"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"}
+    mapping = write_mapping(tmp_path, {"fields": [points]})
+    lines = [json.dumps({"id": f"m-{n}", "score": n}) + "\n" for n in range(6000)]
+    server = redis_server()
+    try:
+        url = server.__enter__()
+    except RedisServerMissingError as exc:
+        pytest.skip(str(exc))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    sync = subprocess.Popen(
+        [sys.executable, "-m", "antavo_braze.cli", "sync", "members", "--mapping", str(mapping),
+         "--input", "-", "--format", "jsonl", "--state", url, "--quiet"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, **braze_env(fake)},
+    )  # fmt: skip
+    assert sync.stdin is not None
+    try:
+        sync.stdin.write("".join(lines[:3000]))
+        sync.stdin.flush()
+        deadline = time.monotonic() + 60
+        while len(fake.profiles) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(fake.profiles) >= 1000  # sending (reads run ahead of it)
+    finally:
+        server.__exit__(None, None, None)  # Redis goes away
+    with contextlib.suppress(BrokenPipeError):  # it may have stopped reading already
+        sync.stdin.write("".join(lines[3000:]))
+    out, err = sync.communicate(timeout=120)
+    assert sync.returncode == 2, out + err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "ConnectionError" in err
