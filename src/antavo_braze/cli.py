@@ -952,7 +952,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _is_infrastructure_error(exc):
             raise
         # Redis or a state store went away mid-run: one line, the infrastructure's code.
-        print(f"antavo-braze: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"antavo-braze: error: Redis or the state store became unreachable: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
 
