@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ import antavo_braze as ab
 from antavo_braze._accounting import CLEAR_GUARD_FROM, ClearGuard, is_mass_clear
 from antavo_braze._filecheck import _hint, _kind
 from antavo_braze.testing import FakeBraze
+
+from .servers import free_port
 
 
 def tier_mapping(path: str = "tiers.0.name", **top: Any) -> ab.Mapping:
@@ -249,3 +252,33 @@ def test_exit_code_rule(
         assert exit_code(report) == 4
     else:
         assert exit_code(report) == 0
+
+
+def test_replay_marks_what_it_resent(tmp_path: Path) -> None:
+    """A resent entry is marked in the file read; if it fails again, the retry lives on,
+    unmarked, in the new dead letter; a second replay skips marked entries."""
+    from antavo_braze._deadletter import DeadLetterEntry, DeadLetterObject, entry_to_json
+
+    source, output = tmp_path / "dead.jsonl", tmp_path / "out.jsonl"
+    event = {"external_id": "m-1", "name": "earned", "time": "2026-01-01T00:00:00Z"}
+    entry = DeadLetterEntry(
+        kind="event", index=0, record_id="m-1", stage="braze", reason="HTTP 503",
+        retryable=True, objects=(DeadLetterObject("events", event),),
+    )  # fmt: skip
+    source.write_text(entry_to_json(entry) + "\n")
+    down = ab.BrazeClient(f"http://127.0.0.1:{free_port()}", "k", retry=ab.RetryPolicy(attempts=1))
+    with down:
+        failed = ab.Syncer(down, ab.Mapping(), dead_letter=output).replay(source)
+    assert failed.failed == 1
+    assert all(e.replayed_at for e in ab.read_dead_letters(source))
+    (carried,) = ab.read_dead_letters(output)
+    assert (carried.replays, carried.replayed_at) == (1, None)
+    with FakeBraze() as fake, fake.client() as client:
+        syncer = ab.Syncer(client, ab.Mapping(), dead_letter=tmp_path / "out2.jsonl")
+        assert syncer.replay(source).skipped_by_reason == {
+            "already replayed (again=True / --again resends it)": 1
+        }
+        assert syncer.replay(output).succeeded == 1
+        assert syncer.replay(output).succeeded == 0  # marked now
+        assert syncer.replay(source, again=True).succeeded == 1
+        assert len(fake.events) == 2

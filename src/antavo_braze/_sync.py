@@ -364,10 +364,15 @@ class Syncer:
                 yield self._open(run, position, entry, items)
 
         try:
-            return self._run("replay", entries, build)
-        finally:
+            report = self._run("replay", entries, build)
+        except SyncInterrupted:  # what was cut off is in the new dead letter, not lost
             if resent:
                 _mark_replayed(source, resent)
+            raise
+        # (A call that failed as a whole, nothing got through, marks nothing.)
+        if resent:
+            _mark_replayed(source, resent)
+        return report
 
     # --- the pipeline -----------------------------------------------------------------------
 
