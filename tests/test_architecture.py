@@ -27,6 +27,7 @@ PURE = [
     "_profile.py",
     "_schema.py",
     "_ecommerce.py",
+    "_filecheck.py",
     "exceptions.py",
 ]
 NETWORK = {"requests", "urllib3", "http", "socket", "h11", "aiohttp", "redis"}

@@ -112,8 +112,10 @@ def test_sync_events_csv_dry_run(tmp_path: Path) -> None:
         "--quiet",
     )
     assert result.returncode == 1
-    assert "dry run: 1 request bodies would be sent" in result.stdout
-    assert "3 records: 1 succeeded, 1 failed, 1 skipped" in result.stdout
+    # Nothing was sent, so nothing "succeeded".
+    assert "dry run, nothing sent: 3 records: 1 would be sent in 1 requests" in result.stdout
+    assert "1 would fail, 1 skipped" in result.stdout
+    assert "succeeded" not in result.stdout
 
 
 def test_sync_with_state(fake: FakeBraze, tmp_path: Path) -> None:
@@ -208,7 +210,7 @@ def test_broken_jsonl_line(tmp_path: Path) -> None:
         str(dead),
     )
     assert result.returncode == 1, result.stderr
-    assert "3 records: 2 succeeded, 1 failed" in result.stdout
+    assert "3 records: 2 would be sent in 1 requests, 1 would fail" in result.stdout
     entry = json.loads(dead.read_text())
     assert (entry["stage"], entry["line"], entry["index"]) == ("input", 2, 1)
     assert f"failed records written to {dead}" in result.stdout

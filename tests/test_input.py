@@ -154,7 +154,8 @@ def test_csv_rows_that_fail(tmp_path: Path) -> None:
     assert reasons == [
         "column 'tags' starts like JSON but is not JSON",
         "the row has 3 cells, the header 2",
-        "column 'tags': bytes that are not valid in the encoding",
+        "column 'tags': bytes that are not valid utf-8 (a Latin-1 / Windows-1252 export? "
+        "pass --encoding cp1252 (encoding='cp1252'))",
     ]
     assert records(path, delimiter=",", encoding="latin-1")[2] == {"id": "c", "tags": "café"}
 

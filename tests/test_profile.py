@@ -94,11 +94,13 @@ def test_validate_with_input_exits_1_on_a_field_never_found(tmp_path: Path) -> N
     bad.write_text(json.dumps({"fields": [{"loyalty_field": "scroe", "remote_field": "p"}]}))
     result = run("validate", str(bad), "--input", str(members))
     assert result.returncode == 1, result.stderr
-    assert "scroe -> p  found in 0 of 20 (-)  never found: did you mean 'score'?" in result.stdout
+    assert "scroe -> p (inferred): found in 0 of 20: 0 valid, 0 invalid" in result.stdout
+    assert "never found: did you mean 'score'?" in result.stdout
     good = tmp_path / "good.json"
     good.write_text(
         json.dumps({"fields": [{"loyalty_field": "score", "remote_field": "p", "type": "number"}]})
     )
     ok = run("validate", str(good), "--input", str(members), "--sample", "5")
     assert ok.returncode == 0, ok.stdout
-    assert "found in 5 of 5 (int 5)" in ok.stdout
+    assert "score -> p (number): found in 5 of 5: 5 valid, 0 invalid" in ok.stdout
+    assert "the first 5 records (the file has more" in ok.stdout

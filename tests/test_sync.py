@@ -332,7 +332,9 @@ def test_report_renderings(client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     )
     text = str(report)
     assert text.startswith("26 records: 1 succeeded, 25 failed, 0 skipped")
-    assert "and 5 more failures" in text
+    # One fault hitting every record is one group with its count and an example.
+    assert "25 x [validation] score: cannot coerce … to number" in text
+    assert "(e.g. #1 b0, value 'x')" in text
     assert "<table>" in report._repr_html_()
     assert report.failures_table()[0]["stage"] == "validation"
     ok = ab.Syncer(client, mapping).sync_members([{"id": "a", "score": 1}])

@@ -30,6 +30,7 @@ from ._deadletter import (
     MemoryDeadLetter,
     read_dead_letters,
 )
+from ._filecheck import FieldCheck, FileCheck, check_file
 from ._http import BrazeResponse
 from ._input import BadInput, RecordSource, read_records
 from ._mapper import MappedEvent, Mapper
@@ -97,9 +98,11 @@ __all__ = [
     "EventMapping",
     "EventObject",
     "FieldAudit",
+    "FieldCheck",
     "FieldCounts",
     "FieldMapping",
     "FieldProblem",
+    "FileCheck",
     "InProcessPacer",
     "JsonlDeadLetter",
     "LoyaltyEvent",
@@ -139,6 +142,7 @@ __all__ = [
     "Trigger",
     "TriggerCondition",
     "__version__",
+    "check_file",
     "coerce",
     "decide_retry",
     "infer_type",

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 from collections import Counter
@@ -31,6 +32,8 @@ from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outc
 from .exceptions import CoercionError, short_repr
 
 __all__ = [
+    "CLEAR_GUARD_FROM",
+    "ClearGuard",
     "DroppedField",
     "FieldCounts",
     "FieldProblem",
@@ -40,6 +43,7 @@ __all__ = [
     "Stage",
     "SyncReport",
     "fingerprint",
+    "is_mass_clear",
     "record_view",
 ]
 
@@ -48,6 +52,9 @@ log = logging.getLogger("antavo_braze.sync")
 Stage = Literal["input", "validation", "braze", "transport", "interrupted"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 _SHOWN_FAILURES = 20
+_GROUPED_FROM = 5  # more failures than this are shown grouped by stage, field and reason
+_SHOWN_GROUPS = 10
+CLEAR_GUARD_FROM = 100  # the mass-clear guard judges from this many members on
 _HTML_ROWS = 200
 
 
@@ -119,12 +126,57 @@ class DroppedField:
 @frozen
 class FieldCounts:
     """How one mapped field fared over a member sync: in how many records it was ``present``
-    (and sent), ``absent``, ``invalid``, and ``cleared`` (sent as null, ``when_missing``)."""
+    (and sent), ``absent``, ``invalid``, and ``cleared`` (sent as null, ``when_missing``);
+    ``path`` is its ``loyalty_field``."""
 
     present: int = 0
     absent: int = 0
     invalid: int = 0
     cleared: int = 0
+    path: str = ""
+
+
+def is_mass_clear(seen: int, cleared: int, max_ratio: float | None) -> bool:
+    """Whether clearing a field in ``cleared`` of the ``seen`` members so far is a mass
+    clear: judged from the 100th member on, more than ``max_ratio`` of them (``None``: never)."""
+    return max_ratio is not None and seen >= CLEAR_GUARD_FROM and cleared > max_ratio * seen
+
+
+class ClearGuard:
+    """The mass-clear guard of one run: counts, per clearing field, the members it would
+    clear; once a field is a mass clear (:func:`is_mass_clear`) it is ``stopped`` and no
+    more of it is cleared. Until the guard can judge (100 members), the caller holds the
+    records back (:attr:`holding`)."""
+
+    __slots__ = ("cleared", "max_ratio", "seen", "stopped")
+
+    def __init__(self, max_ratio: float | None) -> None:
+        self.max_ratio = max_ratio
+        self.seen = 0
+        self.cleared: Counter[str] = Counter()
+        self.stopped: dict[str, tuple[int, int]] = {}  # field: (cleared, seen) when stopped
+
+    @property
+    def holding(self) -> bool:
+        """Whether records must wait: the guard cannot judge yet."""
+        return self.max_ratio is not None and self.seen < CLEAR_GUARD_FROM
+
+    def observe(self, fields: Iterable[str]) -> None:
+        """One more member, which would clear ``fields``."""
+        self.seen += 1
+        for name in fields:
+            self.cleared[name] += 1
+        if self.seen < CLEAR_GUARD_FROM:
+            return
+        for name, count in self.cleared.items():
+            if name not in self.stopped and is_mass_clear(self.seen, count, self.max_ratio):
+                self.stopped[name] = (count, self.seen)
+                log.warning(
+                    "stopped clearing %s: %d of the first %d members would have lost it",
+                    name,
+                    count,
+                    self.seen,
+                )
 
 
 @frozen
@@ -135,6 +187,8 @@ class SyncReport:
     (member syncs); a field never present is named in ``str(report)``. ``skipped_by_reason``
     says why records were skipped. ``possible_duplicates`` counts events and purchases that
     succeeded after an earlier attempt whose answer was lost (Braze may hold them twice).
+    ``clears_stopped``: the fields the mass-clear guard stopped clearing, each with
+    ``(members that would have lost it, members seen)`` when it stopped.
     """
 
     total: int
@@ -155,6 +209,7 @@ class SyncReport:
     rate_limit_waits: int = 0
     merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
     deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
+    clears_stopped: Mapping[str, tuple[int, int]] = field(factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -173,26 +228,49 @@ class SyncReport:
             f"{self.skipped} skipped; {self.requests} requests{rate}"
         )
 
+    @property
+    def guard_stopped(self) -> bool:
+        """Whether a guard stopped part of the run (a mass clear): worth a look like a failure."""
+        return bool(self.clears_stopped)
+
     def notes(self) -> list[str]:
         """What looks wrong but is not an error: fields never found, values cleared, skips."""
         lines = []
-        mapped = sum(1 for _ in self.fields)
-        never = [name for name, c in self.fields.items() if c.present == 0 and c.absent]
-        if never and mapped:
+        never = [
+            f"{c.path or name} (-> {name})"
+            for name, c in self.fields.items()
+            if c.absent and c.present == 0 and c.invalid == 0 and c.cleared == 0
+        ]
+        if never:
             lines.append(
-                f"mapped field(s) never found in any record: {', '.join(never)} "
-                "(check the loyalty_field paths; `antavo-braze validate MAPPING --input FILE`)"
+                f"mapped path(s) found in no record, so never sent nor cleared: "
+                f"{', '.join(never)} (check the loyalty_field; "
+                "`antavo-braze validate MAPPING --input FILE`)"
+            )
+        for name, (count, seen) in self.clears_stopped.items():
+            lines.append(
+                f"STOPPED clearing {name}: {count} of the first {seen} members would have lost "
+                "it (a misspelled path or a partial export?); nothing more of it was cleared "
+                "(max_clear_ratio; --allow-mass-clear if this is meant)"
             )
         cleared = {name: c.cleared for name, c in self.fields.items() if c.cleared}
         if cleared:
             lines.append(
-                "cleared (sent as null, when_missing: clear): "
+                "cleared (null, when_missing: clear): "
                 + ", ".join(f"{name} x{count}" for name, count in cleared.items())
             )
         for reason, count in self.skipped_by_reason.items():
             lines.append(f"skipped {count}: {reason}")
         if self.dropped:
-            lines.append(f"{len(self.dropped)} invalid field value(s) left out (drop_field)")
+            by_field: Counter[str] = Counter(d.field for d in self.dropped)
+            example = {d.field: d for d in reversed(self.dropped)}
+            lines.append(
+                f"{len(self.dropped)} invalid field value(s) left out (drop_field): "
+                + "; ".join(
+                    f"{name} x{count} (e.g. {_short(example[name].value)}: {example[name].reason})"
+                    for name, count in by_field.most_common(5)
+                )
+            )
         if self.possible_duplicates:
             lines.append(
                 f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
@@ -209,13 +287,39 @@ class SyncReport:
             )
         return lines
 
+    def failure_groups(self) -> list[tuple[tuple[str, str, str], int, RecordFailure]]:
+        """The failures grouped by ``(stage, field, reason)``, largest group first: each
+        with its count and its first failure (an example)."""
+        counts: Counter[tuple[str, str, str]] = Counter()
+        first: dict[tuple[str, str, str], RecordFailure] = {}
+        for failure in self.failures:
+            key = (failure.stage, failure.field or "-", _general_reason(failure))
+            counts[key] += 1
+            first.setdefault(key, failure)
+        return [(key, count, first[key]) for key, count in counts.most_common()]
+
     def __str__(self) -> str:
         lines = [self.summary(), *self.notes()]
-        for failure in self.failures[:_SHOWN_FAILURES]:
-            where = f"line {failure.line}" if failure.line is not None else f"#{failure.index}"
-            lines.append(f"  {where} {failure.record_id or '?'} [{failure.stage}] {failure.reason}")
-        if len(self.failures) > _SHOWN_FAILURES:
-            lines.append(f"  ... and {len(self.failures) - _SHOWN_FAILURES} more failures")
+        if len(self.failures) <= _GROUPED_FROM:
+            for failure in self.failures:
+                where = f"line {failure.line}" if failure.line is not None else f"#{failure.index}"
+                lines.append(
+                    f"  {where} {failure.record_id or '?'} [{failure.stage}] {failure.reason}"
+                )
+            return "\n".join(lines)
+        groups = self.failure_groups()
+        lines.append(f"failures by stage, field and reason ({len(groups)} kinds):")
+        for (stage, name, reason), count, example in groups[:_SHOWN_GROUPS]:
+            where = f"line {example.line}" if example.line is not None else f"#{example.index}"
+            lines.append(
+                f"  {count:>7,} x [{stage}] {name}: {reason}  "
+                f"(e.g. {where} {example.record_id or '?'}"
+                + (f", value {_short(example.value)}" if example.value is not None else "")
+                + ")"
+            )
+        if len(groups) > _SHOWN_GROUPS:
+            rest = sum(count for _, count, _ in groups[_SHOWN_GROUPS:])
+            lines.append(f"  ... {rest:,} more in {len(groups) - _SHOWN_GROUPS} other kinds")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -382,6 +486,7 @@ class _Run:
         fresh: bool = False,
         field_names: tuple[tuple[str, str, bool], ...] = (),
         event_arrays: bool = False,
+        max_clear_ratio: float | None = None,
     ) -> None:
         self.kind = kind
         self.sink = sink
@@ -409,7 +514,11 @@ class _Run:
         self.state_updates: list[tuple[str, dict[str, str]]] = []
         # Field presence (member syncs): absent counts are filled by the compiled plan.
         self.field_names = field_names
-        self.absent = [0] * len(field_names)
+        # The compiled plan's counters: one per field (absent), then one per clearing field.
+        clearing = sum(clears for _, _, clears in field_names)
+        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
+        self.cleared: Counter[str] = Counter()  # nulls sent per remote field
+        self.clear_guard = ClearGuard(max_clear_ratio)
         self.invalid: Counter[str] = Counter()
         self.mapped = 0  # member records whose fields were looked at
         self.event_arrays = event_arrays
@@ -504,7 +613,12 @@ class _Run:
             "value": None if first is None else first.value,
         }
         if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
-            return attrs.evolve(record, replays=record.replays + 1, **fields)  # type: ignore[arg-type]
+            return attrs.evolve(
+                record,
+                replays=record.replays + 1,
+                replayed_at=None,  # a new failure: the next replay may resend it
+                **fields,  # type: ignore[arg-type]
+            )
         kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
         return DeadLetterEntry(
             kind=kind,  # type: ignore[arg-type]
@@ -691,13 +805,15 @@ class _Run:
 
     def fields_report(self) -> dict[str, FieldCounts]:
         out: dict[str, FieldCounts] = {}
-        for (location, remote, clears), absent in zip(self.field_names, self.absent, strict=True):
+        counts = self.absent[: len(self.field_names)]
+        for (location, remote, _), absent in zip(self.field_names, counts, strict=True):
             invalid = self.invalid.get(location, 0)
             out[remote] = FieldCounts(
                 present=max(0, self.mapped - absent - invalid),
                 absent=absent,
                 invalid=invalid,
-                cleared=absent if clears else 0,
+                cleared=self.cleared.get(remote, 0),
+                path=location,
             )
         return out
 
@@ -728,6 +844,7 @@ class _Run:
             rate_limit_waits=rate_limit_waits,
             merged=self.merged,
             deleted=self.deleted,
+            clears_stopped=dict(self.clear_guard.stopped),
         )
         log.info("%s sync: %s", self.kind, report.summary(), extra={"report": report})
         return report
@@ -735,6 +852,21 @@ class _Run:
 
 def _by_index(failure: RecordFailure) -> int:
     return failure.index
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _general_reason(failure: RecordFailure) -> str:
+    """A failure's reason without what is particular to its record (the value, a byte
+    offset), so that one fault hitting every record is one group."""
+    reason = failure.reason
+    if failure.field and reason.startswith(failure.field + ": "):
+        reason = reason[len(failure.field) + 2 :]
+    if failure.value is not None:
+        reason = reason.replace(failure.value, "…")
+    return re.sub(r"\d+", "N", reason) if failure.stage == "input" else reason
 
 
 def stderr_progress(progress: Progress) -> None:

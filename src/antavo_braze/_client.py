@@ -232,11 +232,18 @@ class BrazeClient:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> BrazeClient:
-        """Build a client from ``BRAZE_REST_ENDPOINT``, ``BRAZE_API_KEY`` and ``BRAZE_APP_ID``."""
+        """Build a client from ``BRAZE_REST_ENDPOINT``, ``BRAZE_API_KEY`` and ``BRAZE_APP_ID``
+        (and ``BRAZE_CA_BUNDLE``: the CA file of a TLS-inspecting proxy, unless ``ca_bundle``
+        is given)."""
         env = os.environ if environ is None else environ
         missing = [n for n in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not env.get(n)]
         if missing:
             raise ConfigurationError(f"set {' and '.join(missing)} in the environment")
+        if kwargs.get("ca_bundle") is None and env.get("BRAZE_CA_BUNDLE"):
+            kwargs["ca_bundle"] = env["BRAZE_CA_BUNDLE"]
+        bundle = kwargs.get("ca_bundle")
+        if bundle is not None and not os.path.isfile(bundle):
+            raise ConfigurationError(f"CA bundle not found: {os.fspath(bundle)}")
         return cls(
             env["BRAZE_REST_ENDPOINT"],
             env["BRAZE_API_KEY"],

@@ -55,6 +55,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 
 _INT_RE = re.compile(r"[+-]?\d+\Z")
 _FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+# "12,5": a decimal comma (European spreadsheets), named in the error so it is fixed at the source.
+_DECIMAL_COMMA_RE = re.compile(r"[+-]?\d{1,18},\d{1,18}\Z", re.ASCII)
 _DATE_RE = re.compile(
     r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
     r"(?:[T ](?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.:,](?P<frac>\d{1,9}))?)?"
@@ -107,6 +109,13 @@ def coerce_number(value: Any) -> int | float | None:
             if math.isfinite(number):
                 return number
             raise _fail(value, BrazeType.NUMBER, "the number is too large to store")
+        if _DECIMAL_COMMA_RE.match(text):
+            raise _fail(
+                value,
+                BrazeType.NUMBER,
+                "not a numeric string: a decimal comma (write 12.5, not 12,5; "
+                "export the file with a decimal point)",
+            )
         raise _fail(value, BrazeType.NUMBER, "not a numeric string")
     raise _fail(
         value, BrazeType.NUMBER, f"expected int, float, Decimal or numeric str, got {cls.__name__}"
@@ -375,6 +384,13 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
             isinstance(value, (str, bytes, Mapping))
             or not isinstance(value, (list, tuple, set, frozenset))
         ):
+            if isinstance(value, str):
+                raise _fail(
+                    value,
+                    BrazeType.ARRAY,
+                    'expected a list, got text (a list written in one cell? set "split": "," '
+                    "on the field)",
+                )
             raise _fail(
                 value, BrazeType.ARRAY, f"expected a list, tuple or set, got {type(value).__name__}"
             )

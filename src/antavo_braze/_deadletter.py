@@ -64,6 +64,8 @@ class DeadLetterEntry:
     - ``record``: the input record as JSON; ``objects``: the Braze objects that did not get
       through (what replay sends); ``replays``: how often it was replayed and failed again.
     - ``time``: when it failed (ISO 8601, UTC); ``version``: the schema version.
+    - ``replayed_at``: when a replay resent it (ISO 8601, UTC; written into the file the
+      replay read): a second replay skips it unless forced, so events are never doubled.
     """
 
     kind: RecordKind
@@ -81,6 +83,7 @@ class DeadLetterEntry:
     value: str | None = None
     time: str = ""
     version: int = DEAD_LETTER_VERSION
+    replayed_at: str | None = None
 
 
 _converter = make_converter()

@@ -178,7 +178,10 @@ def _json_rows(
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
-            reason = f"not valid {encoding} (byte {exc.start + 1}); pass the file's encoding"
+            reason = (
+                f"not valid {encoding} (byte {exc.start + 1}); "
+                "pass the file's encoding with --encoding (encoding=...)"
+            )
             yield number, BadInput(number, reason)
             continue
         if text.strip():
@@ -199,7 +202,8 @@ def _array_rows(handle: IO[bytes], encoding: str) -> Iterator[tuple[int, Any]]:
             try:
                 buffer += reader.decode(chunk, final=not chunk)
             except UnicodeDecodeError:
-                yield line, BadInput(line, f"not valid {encoding}; pass the file's encoding")
+                reason = f"not valid {encoding}; pass its encoding (--encoding, encoding=...)"
+                yield line, BadInput(line, reason)
                 return
             done = not chunk
             while True:
@@ -249,6 +253,7 @@ def _array_rows(handle: IO[bytes], encoding: str) -> Iterator[tuple[int, Any]]:
 def _csv_rows(
     handle: IO[bytes], encoding: str, delimiter: str | None, *, tsv: bool
 ) -> Iterator[tuple[int, Any]]:
+    named = encoding  # as the caller gave it, for the error message
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         encoding = "utf-8-sig"  # Excel writes a byte-order mark
     # Undecodable bytes are kept as surrogates, so one bad row fails alone.
@@ -275,7 +280,7 @@ def _csv_rows(
                 continue
             if not any(cell.strip() for cell in row):
                 continue
-            yield start, _csv_record(header, row, start)
+            yield start, _csv_record(header, row, start, named)
 
 
 def _chain(first: io.StringIO, then: IO[str]) -> Iterator[str]:
@@ -289,6 +294,16 @@ def _chain(first: io.StringIO, then: IO[str]) -> Iterator[str]:
         yield line
 
 
+def _undecodable(column: str, encoding: str) -> str:
+    """Why a cell could not be read, with the fix: the file's real encoding."""
+    hint = (
+        "a Latin-1 / Windows-1252 export? pass --encoding cp1252 (encoding='cp1252')"
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+        else "pass the file's encoding with --encoding (encoding=...)"
+    )
+    return f"column {column!r}: bytes that are not valid {encoding} ({hint})"
+
+
 def _sniff(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample.split("\n", 20)[0] + "\n", delimiters=",;\t|").delimiter
@@ -296,13 +311,13 @@ def _sniff(sample: str) -> str:
         return ","
 
 
-def _csv_record(header: list[str], row: list[str], line: int) -> Any:
+def _csv_record(header: list[str], row: list[str], line: int, encoding: str = "utf-8") -> Any:
     if len(row) > len(header):
         return BadInput(line, f"the row has {len(row)} cells, the header {len(header)}")
     record: dict[str, Any] = {}
     for name, cell in zip(header, row, strict=False):  # short rows: the rest is empty
         if any("\udc80" <= c <= "\udcff" for c in cell):
-            return BadInput(line, f"column {name!r}: bytes that are not valid in the encoding")
+            return BadInput(line, _undecodable(name, encoding))
         if cell == "" or not name:
             continue
         value: Any = cell

@@ -105,10 +105,13 @@ class _FieldStep(NamedTuple):
     coerce: Coercer
     location: str  # where an error points: the loyalty field, under its prefix
     inline_check: str | None  # a Python test under which the value is already valid as is
-    clear: bool = False  # when_missing "clear": an absent path sends null
+    clear: bool = False  # when_missing "clear": an absent path sends null...
+    first_key: str = ""  # ...only when the record holds the path's first key (the guard)
 
 
-# fill(record, out, absent): adds every present field to ``out``; counts absent ones per step.
+# fill(record, out, counts): adds every present field to ``out``; counts absent ones per step
+# (``counts[n]``) and the clears it wrote (``counts[len(steps) + k]`` for the k-th clearing step,
+# and all of them in the last counter, one test per record for "did anything clear?").
 Fill = Callable[[Any, dict[str, Any], list[int]], dict[str, Any]]
 
 # Values of these exact classes need no coercer call: the plan tests them inline.
@@ -126,7 +129,10 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
     Like attrs' and cattrs' generated methods, this removes the per-field interpretation
     overhead that dominates a 10-field mapping. Each block has its own ``try`` (free until
     something raises) so that an error names its field. ``absent[n]`` counts the records in
-    which field ``n`` was not found (only that rare branch pays for counting).
+    which field ``n`` was not found (only that rare branch pays for counting); a clearing
+    step writes ``null`` only when the record holds its path's first key (a partial change,
+    a file without that column or a misspelled path clears nothing) and counts that clear in
+    ``absent[len(steps) + k]``.
     """
     namespace: dict[str, Any] = {
         "MISSING": MISSING,
@@ -136,6 +142,8 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
         "MAX_STRING_LENGTH": MAX_STRING_LENGTH,
     }
     lines = ["def fill(record, out, absent):", "    get = record.get"]
+    clearing = len(steps)
+    every_clear = clearing + sum(step.clear for step in steps)
     for number, step in enumerate(steps):
         namespace[f"coerce{number}"] = step.coerce
         namespace[f"get{number}"] = step.get
@@ -155,7 +163,13 @@ def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
             f"        absent[{number}] += 1",
         ]
         if step.clear:
-            lines.append(f"        out[{step.remote_field!r}] = None")
+            lines += [
+                f"        if get({step.first_key!r}, MISSING) is not MISSING:",
+                f"            out[{step.remote_field!r}] = None",
+                f"            absent[{clearing}] += 1",
+                f"            absent[{every_clear}] += 1",
+            ]
+            clearing += 1
     lines.append("    return out")
     exec(compile("\n".join(lines), "<antavo_braze field plan>", "exec"), namespace)
     return namespace["fill"]  # type: ignore[no-any-return]
@@ -165,14 +179,21 @@ class _Plan:
     """A compiled list of fields: ``fill(record, out, absent)`` adds every present field to
     ``out``; :meth:`values` is the same without the counts."""
 
-    __slots__ = ("fill", "steps")
+    __slots__ = ("clearing", "fill", "steps")
 
     def __init__(self, steps: tuple[_FieldStep, ...]) -> None:
         self.steps = steps
+        # The steps that may clear, in the order of their counters after the absent ones.
+        self.clearing = tuple(n for n, step in enumerate(steps) if step.clear)
         self.fill = _compile_plan(steps)
 
+    @property
+    def counters(self) -> int:
+        """How long the ``counts`` list given to ``fill`` is."""
+        return len(self.steps) + len(self.clearing) + (1 if self.clearing else 0)
+
     def values(self, record: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.fill(record, {} if out is None else out, [0] * len(self.steps))
+        return self.fill(record, {} if out is None else out, [0] * self.counters)
 
     def each(self, record: Any) -> tuple[dict[str, Any], list[CoercionError]]:
         """The slow path, for a record the plan refused: every field on its own, so that
@@ -182,7 +203,7 @@ class _Plan:
         for step in self.steps:
             value = step.get(record)
             if value is MISSING:
-                if step.clear:
+                if step.clear and record.get(step.first_key, MISSING) is not MISSING:
                     out[step.remote_field] = None
                 continue
             try:
@@ -190,6 +211,37 @@ class _Plan:
             except CoercionError as exc:
                 problems.append(exc.at(step.location))
         return out, problems
+
+
+def _splitting(separator: str, coerce: Coercer) -> Coercer:
+    """``split``: a text cell (``"a, b"``) read as an array before ``coerce``."""
+
+    def split_then_coerce(value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(separator) if part.strip()]
+        return coerce(value)
+
+    return split_then_coerce
+
+
+def _no_id_reason(record: abc.Mapping[str, Any], id_field: str) -> str:
+    """Why a member has no id, with the likeliest fix: the wrong kind of file, or the id
+    under another name."""
+    reason = f"the record has no {id_field!r}"
+    if "customer" in record and "action" in record:
+        return reason + " (it looks like an event: customer, action; use `sync events`)"
+    names = [str(k) for k in record if str(k).lower().strip("_") in _ID_NAMES and k != id_field]
+    if names:
+        return reason + f' (it has {names[0]!r}: set "id_field": {names[0]!r} in the mapping)'
+    return reason
+
+
+_ID_NAMES = frozenset({"id", "customer_id", "member_id", "membership_id", "external_id", "uid"})
+
+
+def _not_an_event(record: abc.Mapping[str, Any]) -> str:
+    hint = " (it looks like a member; use `sync members`)" if "id" in record else ""
+    return "the event has no 'customer' and no 'action'" + hint
 
 
 @frozen
@@ -239,6 +291,8 @@ class Mapper:
         self._max_array_items = max_array_items
         self._truncate_strings = truncate_strings
         self._fields = self._compile_fields(mapping.fields, when_missing=mapping.when_missing)
+        self._id_field = mapping.id_field
+        self._get_id = _compile_getter(mapping.id_field)
         self._events: dict[str, tuple[EventMapping, _Plan | None]] = {}
         for entry in mapping.events:
             steps = (
@@ -275,6 +329,8 @@ class Mapper:
             if coercer is None:
                 coercer = self._coercer(item.type)
                 inline_check = None if item.type is None else _INLINE_CHECKS.get(item.type)
+            if item.split is not None:
+                coercer, inline_check = _splitting(item.split, coercer), None
             steps.append(
                 _FieldStep(
                     item.remote_field,
@@ -284,6 +340,7 @@ class Mapper:
                     item.loyalty_field if prefix is None else f"{prefix}.{item.loyalty_field}",
                     inline_check,
                     (item.when_missing or when_missing) == "clear",
+                    item.loyalty_field.split(".", 1)[0],
                 )
             )
         return _Plan(tuple(steps))
@@ -291,11 +348,15 @@ class Mapper:
     # --- members ----------------------------------------------------------------------------
 
     def member_id(self, member: Any) -> str:
-        """The ``external_id`` of a member (dict with ``id`` or :class:`LoyaltyMember`)."""
+        """The ``external_id`` of a member (dict with the mapping's ``id_field``, ``"id"``
+        by default, or :class:`LoyaltyMember`)."""
         if member.__class__ is dict or isinstance(member, abc.Mapping):
-            if "id" not in member:
-                raise CoercionError(member, "member", "the record has no 'id'", field="id")
-            return _external_id(member["id"], "id")
+            value = self._get_id(member)
+            if value is MISSING:
+                raise CoercionError(
+                    member, "member", _no_id_reason(member, self._id_field), field=self._id_field
+                )
+            return _external_id(value, self._id_field)
         if isinstance(member, LoyaltyMember):
             return _external_id(member.id, "id")
         raise CoercionError(
@@ -357,6 +418,8 @@ class Mapper:
         if isinstance(event, LoyaltyEvent):
             return _external_id(event.customer_id, "customer")
         if isinstance(event, abc.Mapping):
+            if "customer" not in event and "action" not in event:
+                raise CoercionError(event, "event", _not_an_event(event), field="customer")
             return _external_id(event.get("customer"), "customer")
         raise CoercionError(
             event, "event", f"expected a dict or LoyaltyEvent, got {type(event).__name__}"

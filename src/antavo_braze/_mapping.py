@@ -78,13 +78,16 @@ class Mapping:
 
     Build it with :meth:`from_dict` or :meth:`from_file`; :meth:`to_dict` gives the config back.
     ``when_missing`` is the default of every field (``"skip"``, or ``"clear"`` to send ``null``
-    for a path that resolves to nothing, so that a value gone in Antavo is gone in Braze).
+    for a path that resolves to nothing, so that a value gone in Antavo is gone in Braze; see
+    the guards in the mapping-file how-to). ``id_field``: the member record's key or dotted
+    path that becomes the ``external_id`` (``"id"``).
     """
 
     fields: tuple[FieldMapping, ...] = ()
     events: tuple[EventMapping, ...] = ()
     triggers: tuple[Trigger, ...] = ()
     when_missing: WhenMissing = "skip"
+    id_field: str = "id"
 
     @classmethod
     def from_dict(cls, config: abc.Mapping[str, Any]) -> Mapping:
@@ -178,6 +181,11 @@ def _load_toml(text: str) -> Any:
 
 def _semantic_problems(config: abc.Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
+    id_field = config.get("id_field")
+    if isinstance(id_field, str) and (
+        not id_field or not all(_PATH_SEGMENT.fullmatch(s) for s in id_field.split("."))
+    ):
+        problems.append(f"$.id_field: {id_field!r} is not a field name or dotted path")
     fields = config.get("fields")
     if isinstance(fields, list):
         problems += _field_list_problems(fields, "$.fields", _attribute_name_problem)
@@ -299,6 +307,15 @@ def _field_list_problems(
             problems.append(
                 f"{here}.loyalty_field: {loyalty_field!r} is not a field name or dotted path"
             )
+        split = entry.get("split")
+        if isinstance(split, str):
+            if not split:
+                problems.append(f"{here}.split: cannot be empty (give the separator, e.g. ',')")
+            if entry.get("type") not in (None, BrazeType.ARRAY.value):
+                problems.append(
+                    f"{here}.split: reads text as an array; the type must be 'array' "
+                    f"(or omitted), not {entry.get('type')!r}"
+                )
         remote = entry.get("remote_field")
         if isinstance(remote, str):
             problem = name_problem(remote, entry.get("type"))

@@ -17,7 +17,9 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+import attrs
 
 from ._accounting import (
     Progress,
@@ -33,20 +35,28 @@ from ._audit import AuditReport, drifted_members, new_tally
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
-from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
+from ._deadletter import (
+    DeadLetterEntry,
+    DeadLetterObject,
+    DeadLetterSink,
+    entry_to_json,
+    open_sink,
+    read_dead_letters,
+)
+from ._files import replace_private
 from ._http import CallStats, Interrupt
 from ._identity import Identity, apply_identities, settle_dry_run
 from ._input import BadInput
 from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
 from ._limits import DELETE_VERIFY_SECONDS
-from ._mapper import MISSING, Mapper, member_fields
+from ._mapper import MISSING, Mapper, member_fields, utc_now
 from ._mapping import Mapping
 from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
 from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
 
-__all__ = ["Syncer"]
+__all__ = ["Syncer", "needs_a_look"]
 
 log = logging.getLogger("antavo_braze.sync")
 
@@ -54,6 +64,7 @@ SendMode = Literal["full", "changed"]
 InvalidField = Literal["fail_record", "drop_field"]
 Build = Callable[[Iterable[Any], _Run], Generator[Sequence[Item], None, None]]
 _NO_FIELD = "no mapped field present"
+_NO_ACTION = "no mapping for action"
 _UNCHANGED = "unchanged since Braze last accepted it"
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
@@ -158,6 +169,9 @@ class Syncer:
       not sent (failed, retryable); if nothing had got through, :class:`TransportError`.
     - ``interrupt_grace``: seconds in-flight requests get after Ctrl-C/SIGTERM;
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
+    - ``max_clear_ratio``: the mass-clear guard (``when_missing: "clear"``): from the 100th
+      member on, a field that would be cleared for more than this share of the members seen
+      is no longer cleared in this run (``report.clears_stopped``); ``None`` turns it off.
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
       how requests would be batched.
     - ``allow_deletes``: events mapped ``"as": "delete"`` delete Braze profiles only when
@@ -183,6 +197,7 @@ class Syncer:
         give_up_after: int | None = 10,
         interrupt_grace: float = 5.0,
         handle_signals: bool = True,
+        max_clear_ratio: float | None = 0.5,
         allow_deletes: bool = False,
         max_delete_ratio: float = 0.05,
         verify_deletes_within: float = DELETE_VERIFY_SECONDS,
@@ -194,6 +209,10 @@ class Syncer:
         if on_invalid_field not in ("fail_record", "drop_field"):
             raise ConfigurationError(
                 f"on_invalid_field must be 'fail_record' or 'drop_field', not {on_invalid_field!r}"
+            )
+        if max_clear_ratio is not None and not 0 <= max_clear_ratio <= 1:
+            raise ConfigurationError(
+                f"max_clear_ratio must be between 0 and 1 (or None), not {max_clear_ratio!r}"
             )
         if not 0.0 <= max_delete_ratio <= 1.0:
             raise ConfigurationError(
@@ -221,6 +240,7 @@ class Syncer:
         self.give_up_after = give_up_after
         self.interrupt_grace = interrupt_grace
         self.handle_signals = handle_signals
+        self.max_clear_ratio = max_clear_ratio
         self._progress = progress
         self.allow_deletes = allow_deletes
         self.max_delete_ratio = max_delete_ratio
@@ -310,10 +330,13 @@ class Syncer:
         records: Iterable[Any],
         *,
         dead_letter: str | PathLike[str] | DeadLetterSink | None = None,
+        on_body: Callable[[dict[str, Any]], None] | None = None,
     ) -> SyncReport:
         """Validate and batch without sending: ``requests`` counts the bodies that would go,
         failures are the validation failures (written to ``dead_letter`` if given; the
-        Syncer's own dead letter is never touched)."""
+        Syncer's own dead letter is never touched). ``on_body`` is given each request body
+        that would be sent (``--dry-run --show N``). Nothing was accepted: the records that
+        would be sent count as ``succeeded``."""
         build = self._member_builder() if kind == "members" else self._event_groups
         sink = open_sink(dead_letter)
         _start(sink)
@@ -321,6 +344,8 @@ class Syncer:
         count = 0
         for batch in pack(build(_rows(records), run), self.limits):
             count += 1
+            if on_body is not None:
+                on_body(loads(batch.body))
             run.settle(BatchOutcome(batch))
         identities, run.identities = run.identities, []
         settle_dry_run(
@@ -337,6 +362,7 @@ class Syncer:
         path: str | PathLike[str],
         *,
         allow_duplicates: bool = False,
+        again: bool = False,
     ) -> SyncReport:
         """Resend the retryable records of a dead-letter file.
 
@@ -344,15 +370,24 @@ class Syncer:
         and record carried forward). Entries not resent — not retryable, or an unknown
         outcome for events and purchases (they may already be in Braze; ``allow_duplicates``
         resends them) — are skipped with their reason and carried over unchanged.
+
+        The file read is rewritten with each resent entry marked ``replayed_at``; a later
+        replay skips marked entries (``again=True`` resends them), so replaying the same
+        file twice never doubles events or purchases.
         """
         source = Path(path)
         target = getattr(self.dead_letter, "path", None)
         if target is not None and _same_file(Path(target), source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
         entries = read_dead_letters(source)
+        resent: set[int] = set()
 
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
             for position, entry in enumerate(records):
+                if entry.replayed_at is not None and not again:
+                    run.total += 1
+                    run.skip(position, f"{_ALREADY_REPLAYED} (again=True / --again resends it)")
+                    continue
                 reason = _not_resent(entry, allow_duplicates)
                 if reason is not None:
                     run.total += 1
@@ -369,9 +404,19 @@ class Syncer:
                     run.total += 1
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
+                resent.add(position)
                 yield self._open(run, position, entry, items)
 
-        return self._run("replay", entries, build)
+        try:
+            report = self._run("replay", entries, build)
+        except SyncInterrupted:  # what was cut off is in the new dead letter, not lost
+            if resent:
+                _mark_replayed(source, resent)
+            raise
+        # (A call that failed as a whole, nothing got through, marks nothing.)
+        if resent:
+            _mark_replayed(source, resent)
+        return report
 
     # --- the pipeline -----------------------------------------------------------------------
 
@@ -385,6 +430,7 @@ class Syncer:
             fresh=_fresh(records),
             field_names=self.mapper.fields if kind == "member" else (),
             event_arrays=kind in ("event", "replay"),
+            max_clear_ratio=self.max_clear_ratio if self.mapper._fields.clearing else None,
         )
 
     def _progress_callback(self, total: int | None) -> Callable[[Progress], None] | None:
@@ -595,21 +641,28 @@ class Syncer:
         """Members without a state store: the hot path.
 
         A record counts in ``run.total`` once handled (failed, skipped or packed): one cut
-        short by a hard interrupt was never read, and ``--resume`` reads it again.
+        short by a hard interrupt was never read, and ``--resume`` reads it again. With
+        clearing fields, the records go through the clear guard (:meth:`_guard_clears`).
         """
         member_id = self.mapper.member_id
-        fill = self.mapper._fields.fill
+        plan = self.mapper._fields
+        fill = plan.fill
         absent = run.absent
-        clears = any(clear for _, _, clear in self.mapper.fields)
         new_item = _new_item
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
+        clearing = bool(plan.clearing)
+        clear_steps = [plan.steps[n] for n in plan.clearing]
+        held: list[_Held] = []  # records waiting for the guard to judge
+        guard = run.clear_guard
+        mark = 0
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
                 external_id = None
+                if clearing:
+                    mark = absent[-1]  # every clear so far
                 try:
                     external_id = member_id(record)
-                    before = sum(absent) if clears else 0
                     fields = record if record.__class__ is dict else member_fields(record)
                     wire = fill(fields, {"external_id": external_id}, absent)
                 except CoercionError as exc:
@@ -628,9 +681,20 @@ class Syncer:
                     continue
                 else:
                     mapped += 1
-                    if len(wire) == 1 or (clears and sum(absent) - before == len(absent)):
+                    if len(wire) == 1:
                         run.skip(position, _NO_FIELD)
                         continue
+                if clearing:
+                    if absent[-1] != mark or held or guard.holding:
+                        fired = [
+                            step.remote_field
+                            for step in clear_steps
+                            if wire.get(step.remote_field, 0) is None
+                            and step.get(member_fields(record)) is MISSING
+                        ]
+                        yield from self._guard_clears(run, held, position, record, wire, fired)
+                        continue
+                    guard.seen += 1  # judged already, and it clears nothing: counted, sent
                 count = len(wire) - 1
                 item: tuple[Any, ...]
                 if fresh:  # encoded with its batch, in one call (see _batching)
@@ -639,16 +703,78 @@ class Syncer:
                     data = dumps_object(wire)
                     item = (ATTRIBUTES, data, external_id, position, 1, count, record, None)
                 yield (new_item(Item, item),)
+            while held:  # the input ended before the guard could judge: they go as they are
+                group = self._release(run, held.pop(0))
+                if group is not None:
+                    yield group
         except GeneratorExit:  # closed after a yield: that record was handled
             run.total += position + 1
+            self._interrupted(run, held)
             raise
         except BaseException:  # stopped while mapping record `position`: it was not
             run.total += max(position, 0)
+            self._interrupted(run, held)
             raise
         else:
             run.total += position + 1
         finally:
             run.mapped += mapped
+
+    def _guard_clears(
+        self,
+        run: _Run,
+        held: list[_Held],
+        position: int,
+        record: Any,
+        wire: dict[str, Any],
+        fired: list[str],
+    ) -> Iterator[tuple[Item]]:
+        """A member of a mapping that clears, through the mass-clear guard: held back while
+        the guard cannot judge (the first 100 members), released without the clears it
+        stopped. From an iterator (not fresh) the object is encoded now, as on the hot path."""
+        guard = run.clear_guard
+        guard.observe(fired)
+        if run.fresh:
+            held.append(_Held(position, record, wire, b"", fired))
+        else:
+            held.append(_Held(position, record, None, dumps_object(wire), fired))
+        if guard.holding:
+            return
+        while held:
+            group = self._release(run, held.pop(0))
+            if group is not None:
+                yield group
+
+    @staticmethod
+    def _release(run: _Run, entry: _Held) -> tuple[Item] | None:
+        """One judged member's item, without the clears the guard stopped (``None``: nothing
+        left to send, skipped)."""
+        position, record, wire, data, fired = entry
+        stopped = [name for name in fired if name in run.clear_guard.stopped]
+        values = wire if wire is not None else loads(data)
+        if stopped:
+            for name in stopped:
+                del values[name]
+            if len(values) == 1:
+                run.skip(position, "nothing to send but a mass clear the guard stopped")
+                return None
+            if wire is None:
+                data = dumps_object(values)
+        run.cleared.update(name for name in fired if name not in stopped)
+        count = len(values) - 1
+        return (Item(ATTRIBUTES, data, values["external_id"], position, 1, count, record, wire),)
+
+    @staticmethod
+    def _interrupted(run: _Run, held: list[_Held]) -> None:
+        """Fail what the guard still held when the run stopped: never sent, retryable."""
+        while held:
+            position, record, wire, data, _ = held.pop(0)
+            wire = wire if wire is not None else loads(data)
+            run.fail(
+                position, record, wire["external_id"], "interrupted",
+                "interrupted before it was sent", retryable=True, outcome="not_sent",
+                objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+            )  # fmt: skip
 
     def _refused(
         self,
@@ -685,28 +811,70 @@ class Syncer:
         stopped = next(
             (n for n, step in enumerate(plan.steps) if step.location == exc.field), len(plan.steps)
         )
+        clearing = len(plan.steps)
         for number, step in enumerate(plan.steps):
             if number > stopped and step.get(fields) is MISSING:
                 run.absent[number] += 1
+                if values.get(step.remote_field, MISSING) is None:  # a clear: count it too
+                    run.absent[clearing + plan.clearing.index(number)] += 1
+                    run.absent[-1] += 1
         return values, problems
 
     def _stateful_member_groups(
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
-        """Members with a state store: a batch at a time, one state read per batch."""
+        """Members with a state store or clears: a batch at a time, one state read per batch.
+
+        Clears are guarded (:class:`ClearGuard`): records wait until it can judge (the first
+        100 members), and a field it stopped is no longer cleared. What is still held when
+        the run stops is failed as interrupted (never sent), so the report adds up.
+        """
         chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]] = []
         chunk_size = self.limits.max_objects
-        for position, record in enumerate(records):
-            mapped = self._map_with_absent(run, position, record)
-            if mapped is None:
-                run.total += 1
-            else:
-                chunk.append((position, record, *mapped))
-            if len(chunk) >= chunk_size:
+        guard = run.clear_guard
+        try:
+            for position, record in enumerate(records):
+                mapped = self._map_with_absent(run, position, record)
+                if mapped is None:
+                    run.total += 1
+                else:
+                    chunk.append((position, record, *mapped))
+                    guard.observe(mapped[2])
+                if len(chunk) >= chunk_size and not guard.holding:
+                    self._guarded(run, chunk)
+                    yield from self._compare(run, chunk)  # empties the chunk
+            if chunk:
+                self._guarded(run, chunk)
                 yield from self._compare(run, chunk)
-                chunk = []
-        if chunk:
-            yield from self._compare(run, chunk)
+        except (GeneratorExit, KeyboardInterrupt):  # stopped: what is held was never sent
+            for position, record, external_id, values, _ in chunk:
+                wire = {"external_id": external_id, **values}
+                run.total += 1
+                run.fail(
+                    position, record, external_id, "interrupted", "interrupted before it was sent",
+                    retryable=True, outcome="not_sent",
+                    objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+                )  # fmt: skip
+            raise
+
+    @staticmethod
+    def _guarded(run: _Run, chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]]) -> None:
+        """Take the clears the guard stopped out of the chunk (a record left with nothing to
+        send is skipped)."""
+        stopped = run.clear_guard.stopped
+        if not stopped:
+            return
+        kept = []
+        for position, record, external_id, values, cleared in chunk:
+            for name in cleared & stopped.keys():
+                del values[name]
+                cleared.discard(name)
+            if values:
+                kept.append((position, record, external_id, values, cleared))
+            else:
+                run.total += 1
+                run.skip(position, "nothing to send but a mass clear the guard stopped")
+        chunk[:] = kept
 
     def _map_with_absent(
         self, run: _Run, position: int, record: Any
@@ -722,37 +890,61 @@ class Syncer:
         external_id = None
         try:
             external_id = self.mapper.member_id(record)
-            before = list(run.absent)
-            values = plan.fill(member_fields(record), {}, run.absent)
+            fields = member_fields(record)
+            values = plan.fill(fields, {}, run.absent)
         except CoercionError as exc:
             refused = self._refused(run, position, record, external_id, exc)
             if refused is None:
                 return None
             assert external_id is not None
-            return external_id, refused, set()
+            fields = member_fields(record)
+            cleared = {
+                step.remote_field
+                for step in plan.steps
+                if step.clear and refused.get(step.remote_field, 0) is None
+                and step.get(fields) is MISSING
+            }  # fmt: skip
+            return external_id, refused, cleared
         except Exception as exc:
             run.fail(position, record, _record_id(record), "validation", _describe(exc))
             return None
         run.mapped += 1
-        missing = [n for n, (a, b) in enumerate(zip(before, run.absent, strict=True)) if a != b]
-        if len(missing) == len(plan.steps):
+        if not values:
             run.skip(position, _NO_FIELD)
             return None
-        cleared = {plan.steps[n].remote_field for n in missing if plan.steps[n].clear}
+        cleared = {
+            plan.steps[n].remote_field
+            for n in plan.clearing
+            if values.get(plan.steps[n].remote_field, 0) is None
+            and plan.steps[n].get(fields) is MISSING
+        }
         return external_id, values, cleared
 
     def _compare(
         self, run: _Run, chunk: list[tuple[int, Any, str, dict[str, Any], set[str]]]
     ) -> Iterator[Sequence[Item]]:
-        assert self.state is not None
+        if self.state is None:  # clears without state: what is left after the guard goes
+            while chunk:
+                position, record, external_id, values, cleared = chunk.pop(0)
+                run.cleared.update(cleared)
+                wire = {"external_id": external_id, **values}
+                yield self._open(
+                    run,
+                    position,
+                    record,
+                    (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),),
+                )
+            return
         previous = get_many(self.state, [external_id for _, _, external_id, _, _ in chunk])
         secret = self._secret
-        for position, record, external_id, values, cleared in chunk:
+        while chunk:  # each entry leaves the chunk as it is settled or yielded
+            position, record, external_id, values, cleared = chunk.pop(0)
             before = previous.get(external_id)
             # Clearing only removes what Braze holds: a field never sent stays unsent.
-            for name in cleared:
+            for name in list(cleared):
                 if before is None or name not in before:
                     del values[name]
+                    cleared.discard(name)
             prints = {name: fingerprint(value, secret) for name, value in values.items()}
             if before is not None:
                 changed = {k for k, v in prints.items() if before.get(k) != v}
@@ -768,6 +960,7 @@ class Syncer:
                 run.total += 1
                 run.skip(position, _NO_FIELD)
                 continue
+            run.cleared.update(name for name in cleared if name in values)
             wire = {"external_id": external_id, **values}
             group = (Item(ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)),)
             run.states[position] = (external_id, prints)
@@ -800,7 +993,7 @@ class Syncer:
                 continue
             if mapped.skipped:
                 run.total += 1
-                run.skip(position, f"no mapping for action {_action(event)!r}")
+                run.skip(position, f"{_NO_ACTION} {_action(event)!r}")
                 continue
             if mapped.identity is not None:  # a merge or delete: applied after the run
                 run.total += 1
@@ -811,6 +1004,37 @@ class Syncer:
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
             yield self._open(run, position, event, items)
+
+
+_ALREADY_REPLAYED = "already replayed"
+
+
+def _mark_replayed(path: Path, positions: set[int]) -> None:
+    """Rewrite a dead-letter file with the entries at ``positions`` marked as replayed now."""
+    now = utc_now().isoformat(timespec="seconds").replace("+00:00", "Z")
+    lines = [
+        entry_to_json(attrs.evolve(entry, replayed_at=now) if position in positions else entry)
+        + "\n"
+        for position, entry in enumerate(read_dead_letters(path))
+    ]
+    replace_private(path, "".join(lines))
+
+
+class _Held(NamedTuple):
+    """A member the clear guard holds back: its wire object (fresh input) or encoding."""
+
+    position: int
+    record: Any
+    wire: dict[str, Any] | None
+    data: bytes
+    fired: list[str]
+
+
+def needs_a_look(reason: str) -> bool:
+    """Whether records skipped for ``reason`` point at a mistake (a mapping that matches
+    nothing in the input) rather than at work already done (unchanged, already sent, another
+    worker's shard, settled by the run this one resumes)."""
+    return reason == _NO_FIELD or reason.startswith(_NO_ACTION)
 
 
 def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:

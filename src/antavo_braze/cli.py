@@ -1,8 +1,11 @@
 """``antavo-braze``: a thin command-line shell over the public API.
 
-Exit codes: 0 every record succeeded; 1 some record failed; 2 a usage, file or mapping error;
-3 Braze refused the credentials or a permission; 130 / 143 interrupted by SIGINT / SIGTERM
-(the partial report is printed, and with ``--dead-letter`` the run can be resumed).
+Exit codes (:func:`exit_code`): 0 every record succeeded or was legitimately skipped; 1 some
+record failed, values were dropped (``drop_field``) or a guard stopped (mass clear); 2 a usage,
+file, mapping or infrastructure error (Redis, the state store: one line, no traceback); 3 Braze
+refused the credentials or a permission; 4 nothing was sent because every record was skipped for
+a reason that needs a look (no mapped field present, an unmatched action); 130 / 143 interrupted
+by SIGINT / SIGTERM (the partial report is printed; with ``--dead-letter`` a run can be resumed).
 """
 
 from __future__ import annotations
@@ -15,18 +18,19 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import _demo
-from ._accounting import Progress
+from ._accounting import Progress, SyncReport
 from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
+from ._filecheck import FileCheck, check_file
 from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import (
@@ -36,14 +40,13 @@ from ._limits import (
     TRACK_RATE_SECONDS,
 )
 from ._mapping import Mapping
-from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
 from ._schema import SchemaProblem
 from ._shard import Sharded, parse_shard
 from ._state import SqliteStateStore, StateStore
-from ._sync import Syncer
+from ._sync import Syncer, needs_a_look
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
@@ -56,12 +59,32 @@ from .exceptions import (
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOTHING_SENT = 0, 1, 2, 3, 4
 DEFAULT_MAX_IN_FLIGHT = 8  # one default for every command that sends
 
 
 class _UserError(Exception):
     """A mistake in the command line or its files: one line, no traceback."""
+
+
+def _is_infrastructure_error(exc: BaseException) -> bool:
+    """Redis or a state store that cannot be reached (the library raises the driver's own
+    errors: redis-py's, or OS errors such as a refused connection)."""
+    return type(exc).__module__.split(".")[0] == "redis" or isinstance(exc, OSError)
+
+
+def exit_code(report: SyncReport) -> int:
+    """The exit code a sync's report calls for (the module docstring lists them)."""
+    if report.failed or report.dropped or report.guard_stopped:
+        return EXIT_FAILED
+    if (
+        report.total
+        and not report.succeeded
+        and report.skipped_by_reason
+        and all(needs_a_look(reason) for reason in report.skipped_by_reason)
+    ):
+        return EXIT_NOTHING_SENT
+    return EXIT_OK
 
 
 class _ProgressLine:
@@ -91,6 +114,8 @@ class _ProgressLine:
 
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
     options: dict[str, Any] = {"max_in_flight": args.max_in_flight}
+    if getattr(args, "ca_bundle", None):
+        options["ca_bundle"] = args.ca_bundle
     try:
         if getattr(args, "batch_size", None):
             options["limits"] = BatchLimits(max_objects=args.batch_size)
@@ -141,6 +166,18 @@ def _state_store(location: str | None) -> StateStore | None:
         return SqliteStateStore(location)
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
+    except Exception as exc:
+        if _is_infrastructure_error(exc):
+            raise _UserError(f"cannot reach the state store {_redacted(location)}: {exc}") from None
+        raise
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password (Redis URLs may carry one)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
 
 
 def _load_mapping(path: str) -> Mapping:
@@ -248,6 +285,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "-v", "--verbose", action="count", default=0, help="log retries and the summary"
     )
     parser.add_argument("--log-file", help="also write the log to this file")
+    parser.add_argument(
+        "--ca-bundle",
+        metavar="PEM",
+        help="trust this CA file for Braze's TLS (a TLS-inspecting proxy; or BRAZE_CA_BUNDLE)",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -279,6 +321,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fake(args: argparse.Namespace) -> int:
+    """A FakeBraze in the foreground, to try the CLI on: prints what to export; on Ctrl-C
+    (and with ``--dump FILE`` every second while it runs) writes what it holds."""
+    from .testing import FakeBraze
+
+    stopped: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+
+    previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with FakeBraze(api_key=args.api_key, port=args.port) as fake:
+            print(
+                f"antavo-braze {__version__}: a fake Braze is listening on {fake.url} "
+                "(nothing leaves this machine). In another shell:\n"
+                f"  export BRAZE_REST_ENDPOINT={fake.url}\n"
+                f"  export BRAZE_API_KEY={fake.api_key}\n"
+                "Ctrl-C stops it"
+                + (f"; what it holds is kept in {args.dump}" if args.dump else ""),
+                flush=True,
+            )
+            written = -1
+            while not stopped:
+                time.sleep(0.2)
+                if args.dump and len(fake.requests) != written:
+                    written = len(fake.requests)
+                    _dump_fake(fake, args.dump)
+            if args.dump:
+                _dump_fake(fake, args.dump)
+            held = _fake_holdings(fake)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(name, handler)
+    counts = ", ".join(f"{len(value)} {name}" for name, value in held.items())
+    print(f"stopped: it holds {counts}" + (f" (written to {args.dump})" if args.dump else ""))
+    if not args.dump:
+        print(json.dumps(held, indent=2, sort_keys=True, default=str))
+    return EXIT_OK
+
+
+def _fake_holdings(fake: Any) -> dict[str, Any]:
+    """A copy of what the fake holds, taken under its lock (its threads keep writing)."""
+    with fake._lock:
+        text = json.dumps(
+            {"profiles": fake.profiles, "events": fake.events, "purchases": fake.purchases},
+            default=str,
+        )
+    held: dict[str, Any] = json.loads(text)
+    return held
+
+
+def _dump_fake(fake: Any, path: str) -> None:
+    """What the fake holds, as JSON, owner-only (it is member data)."""
+    try:
+        replace_private(path, json.dumps(_fake_holdings(fake), indent=2, default=str) + "\n")
+    except (ConfigurationError, OSError) as exc:
+        raise _UserError(f"--dump {path}: {exc}") from None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     with _client_from_env(args) as client:
         permissions = client.check_permissions()
@@ -306,20 +408,61 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.input is None:
         return EXIT_OK
-    profiles = profile_fields(mapping, _open_input(args), limit=args.sample)
-    records = profiles[0].records if profiles else 0
-    print(f"sample: {records} records of {args.input}")
-    width = max((len(f"{p.loyalty_field} -> {p.remote_field}") for p in profiles), default=0)
-    for profile in profiles:
-        pair = f"{profile.loyalty_field} -> {profile.remote_field}"
-        types = ", ".join(f"{name} {count}" for name, count in profile.types) or "-"
-        line = f"  {pair:<{width}}  found in {profile.found} of {profile.records} ({types})"
-        print(line + (f"  {profile.advice}" if profile.advice else ""))
-    missing = [p.loyalty_field for p in profiles if p.never_found]
-    if missing:
-        print(f"never found in the sample: {', '.join(missing)} (a sync would not send them)")
-        return EXIT_FAILED
-    return EXIT_OK
+    source = _open_input(args)
+    check = check_file(mapping, source, limit=args.sample, line_of=source.line_of)
+    _print_file_check(check, args)
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
+def _print_file_check(check: FileCheck, args: argparse.Namespace) -> None:
+    """What a sync of the file would do, field by field (``validate --input``)."""
+    size = (
+        f"all {check.records} records"
+        if check.complete
+        else f"the first {check.records} records (the file has more; --sample N reads more)"
+    )
+    print(f"sample: {size} of {args.input}, mapped and coerced as a sync would")
+    if check.unreadable:
+        print(f"  {check.unreadable} rows could not be read, e.g. {check.unreadable_examples[0]}")
+    for item in (check.ids, *check.fields):
+        declared = item.declared or "inferred"
+        counts = f"{item.valid} valid, {item.invalid} invalid"
+        if item.unreadable:
+            counts += f", {item.unreadable} unreadable"
+        print(
+            f"  {item.loyalty_field} -> {item.remote_field} ({declared}): "
+            f"found in {item.found} of {check.records}: {counts}"
+        )
+        for example in item.examples:
+            print(f"      e.g. {example}")
+        for hint in item.hints:
+            print(f"      hint: {hint}")
+        if item.advice:
+            print(f"      {'advice: ' if not item.never_found else ''}{item.advice}")
+    failing = [
+        f"{f.loyalty_field} ("
+        + ", ".join(
+            part
+            for part in (
+                f"{f.invalid} invalid" if f.invalid else "",
+                f"{f.unreadable} unreadable" if f.unreadable else "",
+                "wrong type" if f.wrong_type else "",
+                "never found" if f.never_found else "",
+            )
+            if part
+        )
+        + ")"
+        for f in (check.ids, *check.fields)
+        if f.failing
+    ]
+    if check.unreadable:
+        failing.append(f"{check.unreadable} unreadable rows")
+    if failing:
+        print(f"a sync would fail or store wrong types: {'; '.join(failing)}")
+    elif check.records:
+        print("a sync of this sample would succeed")
+    else:
+        print("no records in the file")
 
 
 def schema_problems(client: BrazeClient, mapping: Mapping) -> list[SchemaProblem]:
@@ -419,7 +562,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             records = Sharded(records, *parse_shard(args.shard), kind=args.kind)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
-    progress = _ProgressLine(sys.stderr) if not args.quiet else None
+    progress: Any = _ProgressLine(sys.stderr) if not args.quiet else None
     state = _state_store(args.state)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
@@ -437,7 +580,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
             client.close()
             _close_state(state)
             raise
-    sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
+    sink: Any = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
+    early_stop = None
+    if args.max_failures:
+        early_stop = _EarlyStop(args.max_failures, sink, progress)
+        sink, progress, records = early_stop, early_stop, early_stop.records(records)
     try:
         syncer = Syncer(
             client,
@@ -447,6 +594,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             send=args.send,
             progress=progress,
             on_invalid_field=args.on_invalid_field,
+            max_clear_ratio=None if args.allow_mass_clear else 0.5,
             allow_deletes=args.allow_deletes,
             max_delete_ratio=args.max_delete_ratio,
         )
@@ -454,7 +602,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         raise _UserError(str(exc)) from None
     try:
         if args.dry_run:
-            report = syncer.dry_run(args.kind, records, dead_letter=sink)
+            report = syncer.dry_run(
+                args.kind, records, dead_letter=sink, on_body=_Shown(args.show, sys.stdout)
+            )
         elif args.kind == "members":
             report = syncer.sync_members(records)
         else:
@@ -480,15 +630,95 @@ def cmd_sync(args: argparse.Namespace) -> int:
             client.close()
         _close_state(state)
         syncer.close()
+    _print_sync_report(report, args)
+    if early_stop is not None and early_stop.stopped:
+        print(
+            f"stopped early: the first {args.max_failures} records all failed (--max-failures); "
+            "the rest of the input was not read"
+        )
+    if args.dead_letter and not args.dry_run:
+        checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
+    return exit_code(report)
+
+
+def _print_sync_report(report: SyncReport, args: argparse.Namespace) -> None:
+    """The report, worded for what happened: a dry run sent nothing, so nothing succeeded."""
+    text = str(report)
     if args.dry_run:
-        print(f"dry run: {report.requests} request bodies would be sent")
-    print(report)
-    if args.dead_letter:
-        if report.failed:
+        rest = text.partition("\n")[2]
+        text = (
+            f"dry run, nothing sent: {report.total} records: {report.succeeded} would be sent in "
+            f"{report.requests} requests, {report.failed} would fail, {report.skipped} skipped"
+            + (f"\n{rest}" if rest else "")
+        )
+    print(text)
+    if report.failed:
+        if args.dead_letter:
             print(f"failed records written to {args.dead_letter}")
-        if not args.dry_run:
-            checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
-    return EXIT_OK if report.ok else EXIT_FAILED
+        elif not args.dry_run:
+            print(
+                "keep the failed records with --dead-letter FILE: fix the cause, then "
+                "`antavo-braze replay FILE` resends them"
+            )
+    if report.dropped:
+        print(
+            f"{len(report.dropped)} invalid value(s) were left out (--on-invalid-field "
+            "drop_field): exit 1 so that it is seen"
+        )
+
+
+class _Shown:
+    """``--dry-run --show N``: prints the first N request bodies that would be sent."""
+
+    def __init__(self, count: int, stream: TextIO) -> None:
+        self.left = count
+        self.stream = stream
+
+    def __call__(self, body: dict[str, Any]) -> None:
+        if self.left > 0:
+            self.left -= 1
+            self.stream.write("request body: " + json.dumps(body, indent=2) + "\n")
+
+
+class _EarlyStop:
+    """``--max-failures N``: the input ends once its first N records all failed (a fault that
+    hits every record stops the run instead of failing the whole file). It counts failures
+    as the dead-letter sink (passing entries on) and successes from the progress callback."""
+
+    def __init__(self, limit: int, sink: Any, progress: Any) -> None:
+        self.limit = limit
+        self.sink = sink
+        self.inner_progress = progress
+        self.failed = 0
+        self.succeeded = 0
+        self.stopped = False
+
+    def start(self) -> None:
+        start = getattr(self.sink, "start", None)
+        if callable(start):
+            start()
+
+    def write(self, entry: Any) -> None:
+        self.failed += 1
+        if self.sink is not None:
+            self.sink.write(entry)
+
+    def __call__(self, progress: Progress) -> None:
+        self.succeeded = max(self.succeeded, progress.succeeded)
+        if self.inner_progress is not None:
+            self.inner_progress(progress)
+
+    def close(self) -> None:
+        close = getattr(self.inner_progress, "close", None)
+        if callable(close):
+            close()
+
+    def records(self, records: Iterable[Any]) -> Iterator[Any]:
+        for record in records:
+            if self.failed >= self.limit and not self.succeeded:
+                self.stopped = True
+                return
+            yield record
 
 
 def _antavo_members() -> Iterable[Any]:
@@ -542,17 +772,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = Path(args.input)
     if not source.is_file():
         raise _UserError(f"dead-letter file not found: {args.input}")
+    fresh = replayed = 0
     try:  # a file that is not a dead letter is a usage error before anything is sent
-        for _ in read_dead_letters(source):
-            pass
+        for entry in read_dead_letters(source):
+            fresh += entry.replayed_at is None
+            replayed += entry.replayed_at is not None
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
+    if replayed and not fresh and not args.again:
+        raise _UserError(
+            f"{args.input} was replayed before (its {replayed} entries are marked replayed_at): "
+            "replaying it again could double events and purchases; --again resends them"
+        )
     output = args.dead_letter or str(source.with_name(source.stem + ".replay.jsonl"))
+    # After an earlier replay its output holds what still failed: add to it, never empty it.
+    sink = JsonlDeadLetter(output, append=bool(replayed))
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
     with _client_from_env(args) as client:
         try:
-            syncer = Syncer(client, Mapping(), dead_letter=output, progress=progress)
-            report = syncer.replay(source, allow_duplicates=args.include_unknown)
+            syncer = Syncer(client, Mapping(), dead_letter=sink, progress=progress)
+            report = syncer.replay(source, allow_duplicates=args.include_unknown, again=args.again)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         except SyncInterrupted as stop:
@@ -594,7 +833,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ModuleNotFoundError:
         raise _UserError(
-            "serve needs an ASGI server: pip install 'antavo-braze[serve]' (uvicorn)"
+            "serve needs an ASGI server: pip install uvicorn (the package's 'serve' extra)"
         ) from None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
@@ -649,9 +888,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Environment: BRAZE_REST_ENDPOINT (your instance's REST endpoint, e.g. "
         "https://rest.iad-01.braze.com, or an instance name like US-01), BRAZE_API_KEY (a REST "
         "API key with users.track), BRAZE_APP_ID (optional: the app the data belongs to), "
-        "HTTPS_PROXY / NO_PROXY (an egress proxy). Exit codes: 0 all records succeeded, 1 some "
-        "failed, 2 usage, file or mapping error, 3 credentials or permission refused, "
-        "130/143 interrupted by SIGINT/SIGTERM.",
+        "HTTPS_PROXY / NO_PROXY (an egress proxy), BRAZE_CA_BUNDLE (a TLS-inspecting proxy's "
+        "CA file). Exit codes: 0 all records succeeded (or "
+        "were skipped as unchanged, already sent or another worker's), 1 some failed, values "
+        "were dropped or a guard stopped (mass clear), 2 usage, file, mapping or "
+        "infrastructure error (Redis, state store), 3 credentials or permission refused, "
+        "4 nothing sent: every record was skipped for a reason that needs a look (no mapped "
+        "field present, unmatched action), 130/143 interrupted by SIGINT/SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -666,6 +909,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=20, help="events to generate (20)")
     demo.set_defaults(func=cmd_demo, verbose=0, quiet=False, log_file=None)
 
+    fake = commands.add_parser(
+        "fake",
+        help="run a fake Braze to try the CLI on",
+        description="Run a fake Braze (the test double the SDK's own tests use) on 127.0.0.1 "
+        "until Ctrl-C, and print the BRAZE_REST_ENDPOINT and BRAZE_API_KEY to export. It "
+        "validates requests as Braze does and keeps profiles, events and purchases; on Ctrl-C "
+        "it prints what it holds (or writes it to --dump FILE, kept current while it runs).",
+    )
+    fake.add_argument("--port", type=int, default=0, help="port (a free one)")
+    fake.add_argument("--api-key", default="fake-key", help="the key it accepts (fake-key)")
+    fake.add_argument("--dump", metavar="FILE", help="keep what it holds in FILE (JSON)")
+    fake.set_defaults(func=cmd_fake, verbose=0, quiet=False, log_file=None)
+
     check = commands.add_parser(
         "check",
         help="check the API key's permissions",
@@ -673,6 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
         "key has users.track, all a sync needs; the others are optional, each marked with "
         "the feature that needs it (read endpoints, schema check, audit, merges, deletes).",
     )
+    check.add_argument("--ca-bundle", metavar="PEM", help="trust this CA file (BRAZE_CA_BUNDLE)")
     check.set_defaults(func=cmd_check, max_in_flight=1, verbose=0, quiet=False, log_file=None)
 
     validate = commands.add_parser(
@@ -685,10 +942,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("mapping", metavar="MAPPING")
     validate.add_argument(
         "--input",
-        help="also profile the mapped fields over sample member records (exit 1 when a "
-        "mapped field is never found)",
+        help="also map and coerce a sample of member records as a sync would: per field, "
+        "valid / invalid / unreadable values with examples and hints (exit 1 when anything "
+        "would fail, a type is wrong or a field is never found)",
     )
-    validate.add_argument("--sample", type=int, default=1000, help="records to profile (1000)")
+    validate.add_argument("--sample", type=int, default=1000, help="records to check (1000)")
     validate.add_argument(
         "--against-braze",
         action="store_true",
@@ -711,6 +969,24 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--input", required=True, help="records: .jsonl/.json/.csv[.gz] or -")
     _add_reading(sync)
     sync.add_argument("--dry-run", action="store_true", help="validate and batch; send nothing")
+    sync.add_argument(
+        "--show",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dry-run: print the first N request bodies that would be sent",
+    )
+    sync.add_argument(
+        "--allow-mass-clear",
+        action="store_true",
+        help="clear (when_missing: clear) even when most members would lose a field",
+    )
+    sync.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="stop early when the first N records all failed (a fault hitting every record)",
+    )
     sync.add_argument(
         "--dead-letter", help="write failed records here (JSON Lines, a new file per run)"
     )
@@ -790,6 +1066,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also resend events and purchases whose outcome is unknown (may double-count)",
     )
+    replay.add_argument(
+        "--again",
+        action="store_true",
+        help="resend entries an earlier replay already resent (marked replayed_at)",
+    )
     _add_common(replay)
     replay.set_defaults(func=cmd_replay)
 
@@ -800,7 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/antavo/events and /antavo/members, answered 202 once queued (on disk with --spool); "
         "GET /healthz and /metrics. Authentication from ANTAVO_BRAZE_WEBHOOK_BASIC "
         "(user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET; without either, loopback only. "
-        "Needs pip install 'antavo-braze[serve]'.",
+        "Needs uvicorn (the 'serve' extra: pip install '.[serve]' in a checkout).",
     )
     serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")
@@ -844,6 +1125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("antavo-braze: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
+    except Exception as exc:
+        if not _is_infrastructure_error(exc):
+            raise
+        # Redis or a state store went away mid-run: one line, the infrastructure's code.
+        print(
+            f"antavo-braze: error: Redis or the state store became unreachable: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

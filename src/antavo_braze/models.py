@@ -83,13 +83,16 @@ class FieldMapping:
     """One pair: Antavo ``loyalty_field`` (a dotted path) → Braze ``remote_field``.
 
     ``when_missing``: what a path that resolves to nothing sends — ``"skip"`` nothing,
-    ``"clear"`` ``null`` (Braze removes the attribute); ``None`` takes the mapping's setting.
+    ``"clear"`` ``null`` (Braze removes the attribute) — only when the record holds the
+    path's first key; ``None`` takes the mapping's setting. ``split``: a separator that reads a
+    text value as an array (``","``: a CSV cell ``"a,b"`` becomes ``["a", "b"]``).
     """
 
     loyalty_field: str
     remote_field: str
     type: BrazeType | None = None
     when_missing: WhenMissing | None = None
+    split: str | None = None
 
 
 EventAs = Literal["event", "purchase", "order_placed", "merge", "delete"]
