@@ -163,7 +163,7 @@ def test_decide_retry_waits_what_braze_asks() -> None:
     policy = ab.RetryPolicy(max_rate_limit_wait=60)
     asked = ab.AttemptOutcome(429, {"X-Ratelimit-Retry-After": "7"})
     assert ab.decide_retry(policy, asked, 1, NOW, 0.5) == ab.RetryDecision(
-        True, 7.0, rate_limited=True
+        True, 7.0, rate_limited=True, retryable=True
     )
     too_long = ab.decide_retry(policy, ab.AttemptOutcome(429, {"Retry-After": "3600"}), 1, NOW, 0)
     assert not too_long.retry

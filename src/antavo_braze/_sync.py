@@ -40,7 +40,7 @@ from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
 from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
-from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
+from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
 
 __all__ = ["Syncer"]
 
@@ -151,7 +151,8 @@ class Syncer:
     - ``on_invalid_field``: ``"fail_record"`` (a bad field fails its member) or
       ``"drop_field"`` (the bad field is left out and listed in ``report.dropped``).
     - ``give_up_after``: after this many requests in a row got no answer at all, the rest is
-      not sent (failed, retryable); if nothing had got through, :class:`TransportError`.
+      not sent (failed, retryable); if nothing was ever answered, :class:`TransportError`
+      (with ``.report``, like every error that stops a run).
     - ``interrupt_grace``: seconds in-flight requests get after Ctrl-C/SIGTERM;
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
@@ -378,24 +379,32 @@ class Syncer:
         interrupt = Interrupt()
         groups = build(_until_interrupted(_rows(records), interrupt), run)
         packer = Packer(groups, self.limits)
+        fatal: AntavoBrazeError | None = None
         try:
             with stop_on_signals(interrupt, self.handle_signals):
                 self._send(client, run, packer, stats, interrupt)
         except KeyboardInterrupt:
             pass  # a hard stop: what is still open fails as interrupted, below
+        except AntavoBrazeError as exc:
+            fatal = exc  # every batch sent was settled; what was not sent is closed below
         finally:
             groups.close()  # the builder counts the records it handled as it ends
             interrupt.close()
         signum = stats.interrupted or interrupt.signal
-        if signum is None and (run.parts or packer.pending):
+        if signum is None and fatal is None and (run.parts or packer.pending):
             signum = signal.SIGINT  # stopped hard: the loop never said why
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
+        elif fatal is not None:
+            run.close_open(packer.pending, f"the run stopped at {type(fatal).__name__}")
         report = run.report(
             requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
         )
         if signum is not None:
             raise SyncInterrupted(report, signum)
+        if fatal is not None:
+            fatal.report = report  # the partial accounting travels with the error
+            raise fatal
         return report, run
 
     def _sync_changes(
@@ -491,10 +500,8 @@ class Syncer:
 
     @staticmethod
     def _gave_up(run: _Run, outcome: BatchOutcome) -> None:
-        if run.succeeded == 0:
-            raise TransportError(
-                f"Braze unreachable: nothing got through ({outcome.error}); no record was sent"
-            )
+        # Nothing ever answered is fatal in the loop (raised with the report); here Braze had
+        # answered before, so the rest of the input is accounted for as not sent.
         log.warning(
             "Braze unreachable: %s; the remaining records fail as not sent (retryable)",
             outcome.error,
