@@ -6,6 +6,7 @@ It knows Braze's wire objects and nothing about Antavo or the mapping.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -71,18 +72,25 @@ TRACK = "/users/track"
 
 
 class _Secret:
-    """Holds the API key; every text form of it is redacted."""
+    """Holds the API key; every text form of it is redacted: whole occurrences in any letter
+    case and its base64 forms, never a part of another word (a short key inside "known")."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        raw = value.encode()
+        forms = {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
+        encoded = {f.decode() for f in forms} | {f.decode().rstrip("=") for f in forms}
+        alternatives = [f"(?i:{re.escape(value)})"]
+        alternatives += [re.escape(form) for form in sorted(encoded, key=len, reverse=True)]
+        self._pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{'|'.join(alternatives)})(?![A-Za-z0-9])")
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, text: str) -> str:
-        return text.replace(self._value, _REDACTED) if self._value else text
+        return self._pattern.sub(_REDACTED, text) if self._value else text
 
     def __repr__(self) -> str:
         return "'***'"

@@ -76,8 +76,9 @@ class AttemptOutcome:
 class RetryDecision:
     """What follows an attempt: ``retry`` after ``wait`` seconds, or stop (``fatal``: stop
     everything, no record can succeed). ``reason`` explains a stop; ``rate_limited`` marks
-    waits Braze asked for; ``retryable``: the failure is of a kind a later try may mend (what
-    the dead letter records, so ``replay`` resends exactly what was retried here)."""
+    waits Braze asked for; ``retryable``: a later try may succeed — what was retried here, and
+    the fatal failures of the setup (key, permission, TLS, proxy, host name) once fixed; never
+    a refusal of the request itself (400, 404, ...). The dead letter records it for ``replay``."""
 
     retry: bool
     wait: float = 0.0
@@ -114,9 +115,11 @@ def decide_retry(
     status = outcome.status
     if outcome.failure in _UNMENDABLE:
         what = "TLS certificate verification failed" if outcome.failure == "tls" else "not retried"
-        return RetryDecision(False, reason=what, fatal=True)
+        return RetryDecision(False, reason=what, fatal=True, retryable=True)
     if outcome.failure is None and status is not None and not is_retryable_status(status):
-        return RetryDecision(False, reason=f"HTTP {status}", fatal=status in FATAL_STATUSES)
+        # 401/403 are about the setup, not the record: once the key is fixed it may go.
+        fatal = status in FATAL_STATUSES
+        return RetryDecision(False, reason=f"HTTP {status}", fatal=fatal, retryable=fatal)
     if status == 429 and outcome.failure is None:
         asked = retry_after_seconds(outcome.headers, now)
         if asked is not None and asked > policy.max_rate_limit_wait:

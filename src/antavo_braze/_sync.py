@@ -396,7 +396,17 @@ class Syncer:
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
         elif fatal is not None:
-            run.close_open(packer.pending, f"the run stopped at {type(fatal).__name__}")
+            stopped = f"the run stopped at {type(fatal).__name__}"
+            run.close_open(packer.pending, stopped)
+            if each:  # the sender's window: what the stop left unread fails as not sent too
+                for position in range(run.total, len(records)):  # type: ignore[arg-type]
+                    record = records[position]  # type: ignore[index]
+                    run.total += 1
+                    run.fail(
+                        position, record, _change_id(kind, record), "interrupted",
+                        f"interrupted ({stopped}) before it was sent",
+                        retryable=True, outcome="not_sent",
+                    )  # fmt: skip
         report = run.report(
             requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
         )
@@ -404,6 +414,8 @@ class Syncer:
             raise SyncInterrupted(report, signum)
         if fatal is not None:
             fatal.report = report  # the partial accounting travels with the error
+            if each:  # the background sender answers each submission from these
+                fatal._outcomes = run.outcomes(run.total)  # type: ignore[attr-defined]
             raise fatal
         return report, run
 
@@ -449,14 +461,14 @@ class Syncer:
         run.skips = {}
         for position, record in enumerate(records):
             run.total += 1
-            if kind == "event":
-                record_id = _event_id(record)
-            elif kind == "attributes":  # a wire object, or the values refused at submit
-                record_id = _text_id(record.get("external_id", record.get("id")))
-            else:
-                record_id = _record_id(record)
             run.fail(
-                position, record, record_id, stage, reason, retryable=retryable, outcome="not_sent"
+                position,
+                record,
+                _change_id(kind, record),
+                stage,
+                reason,
+                retryable=retryable,
+                outcome="not_sent",
             )
         return run.outcomes(len(records))
 
@@ -761,6 +773,15 @@ def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _change_id(kind: str, record: Any) -> str | None:
+    """The member or event a background sender's change is about."""
+    if kind == "event":
+        return _event_id(record)
+    if kind == "attributes":  # a wire object, or the values refused at submit
+        return _text_id(record.get("external_id", record.get("id")))
+    return _record_id(record)
 
 
 def _text_id(value: Any) -> str | None:

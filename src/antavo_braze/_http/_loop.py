@@ -27,7 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, NamedTuple, Protocol, cast
 
 from .._fork import reset_after_fork
@@ -497,6 +497,9 @@ class SendLoop:
                 connection = future.result()
             except (OSError, ValueError) as exc:  # urllib3 and socket errors, bad hosts
                 self._attempt_failed(exchange, exc)
+                continue
+            except CancelledError:  # the client was closed while this connect was queued
+                self._attempt_failed(exchange, OSError("the client was closed"))
                 continue
             self._send(connection, exchange)
         self._connecting = pending
