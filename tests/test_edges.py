@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import select
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
+from antavo_braze._demo import DEMO_MAPPING, sample_members
 from antavo_braze._endpoint import parse_endpoint
 from antavo_braze._http._pool import ConnectionPool, UnmendableError, unmendable
 from antavo_braze.testing import FakeBraze
@@ -462,3 +466,41 @@ def test_redaction_replaces_whole_keys_in_any_case_and_base64() -> None:
     assert key.upper() not in text
     assert base64.b64encode(key.encode()).decode() not in text
     assert text.count("[REDACTED]") == 3
+
+
+def test_the_cli_prints_the_partial_report_when_a_fatal_error_stops_a_run(
+    tmp_path: Path,
+) -> None:
+    """Key revoked after 3 requests: the CLI prints the report, says how to continue, exits
+    3; --resume then sends the rest, and no member is lost between Braze and the dead letter."""
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps(DEMO_MAPPING))
+    rows = list(sample_members(1500))
+    members = tmp_path / "members.jsonl"
+    members.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    args = ["sync", "members", "--mapping", str(mapping), "--input", str(members)]
+    args += ["--dead-letter", str(dead), "--max-in-flight", "1", "--quiet"]
+
+    def script(n: int) -> list[bytes | float | None]:
+        return [OK] if n < 3 else [answer({"message": "Invalid API key"}, 401)]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRAZE_")}
+    command = [sys.executable, "-m", "antavo_braze.cli", *args]
+    with RawServer(script) as server:
+        env.update(BRAZE_REST_ENDPOINT=server.url, BRAZE_API_KEY="revoked")
+        first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 3, first.stderr
+    assert "records: 225 succeeded" in first.stdout
+    assert "--resume" in first.stderr
+    assert "Traceback" not in first.stderr
+    with FakeBraze(api_key="test-key") as fake:
+        env.update(BRAZE_REST_ENDPOINT=fake.url, BRAZE_API_KEY="test-key")
+        second = subprocess.run(
+            [*command, "--resume"], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert second.returncode == 0, second.stderr
+        refused = {json.loads(line)["record_id"] for line in dead.read_text().splitlines()}
+        sent_first = {r["id"] for r in rows[:225]}
+        assert set(fake.profiles) | refused | sent_first == {r["id"] for r in rows}
+        assert len(refused) == 75  # the batch the 401 answered: replay sends it
