@@ -139,8 +139,8 @@ def track(server: RawServer, in_flight: int, timeout: float = 5.0) -> ab.TrackRe
         try:
             return client.track(attributes=OBJECTS)
         except (ab.TransportError, ab.BrazeAPIError) as exc:
-            assert isinstance(exc.result, ab.TrackResult)
-            return exc.result
+            result: ab.TrackResult = exc.result
+            return result
 
 
 @IN_FLIGHT

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import select
+import shutil
 import socket
 import ssl
 import subprocess
@@ -26,9 +27,10 @@ import antavo_braze as ab
 from antavo_braze._demo import DEMO_MAPPING, sample_members
 from antavo_braze._endpoint import parse_endpoint
 from antavo_braze._http._pool import ConnectionPool, UnmendableError, unmendable
+from antavo_braze._redis import redis_client
 from antavo_braze.testing import FakeBraze
 
-from .servers import CLOSE, RawServer
+from .servers import CLOSE, RawServer, free_port
 
 pytestmark = pytest.mark.timeout(120)
 FAST = ab.RetryPolicy(attempts=3, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
@@ -504,3 +506,74 @@ def test_the_cli_prints_the_partial_report_when_a_fatal_error_stops_a_run(
         sent_first = {r["id"] for r in rows[:225]}
         assert set(fake.profiles) | refused | sent_first == {r["id"] for r in rows}
         assert len(refused) == 75  # the batch the 401 answered: replay sends it
+
+
+# --- 12. dependency floors that work ----------------------------------------------------------
+
+
+def test_an_8_mb_nested_answer_is_refused_in_a_thread_too() -> None:
+    """8 MB of nesting is not Braze's answer (orjson before 3.9.15 crashed on it)."""
+    deep = b"[" * 4_000_000 + b"]" * 4_000_000
+    with (
+        RawServer(lambda n: [answer(deep)]) as server,
+        ab.BrazeClient(server.url, "k", retry=ab.RetryPolicy(attempts=1)) as client,
+    ):
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                client.track(attributes=attrs(1))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=call)  # a thread's smaller stack
+        worker.start()
+        worker.join(60)
+    assert isinstance(outcome[0], ab.TransportError)
+    assert "not Braze's answer" in str(outcome[0])
+
+
+@pytest.fixture
+def tls_redis(ca: Any, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server speaking only TLS, with a certificate for another host name."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    cert = ca.issue_cert("elsewhere.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--save", "",
+         "--tls-cert-file", str(tmp_path / "cert.pem"),
+         "--tls-key-file", str(tmp_path / "key.pem"),
+         "--tls-ca-cert-file", str(bundle), "--tls-auth-clients", "no"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield port, bundle
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_rediss_checks_the_host_name(tls_redis: tuple[int, Path]) -> None:
+    """rediss:// to a server whose certificate names another host is refused (redis-py 5
+    did not check the name unless told to)."""
+    redis = pytest.importorskip("redis")
+    port, bundle = tls_redis
+    client = redis_client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={bundle}")
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)hostname|certificate"):
+        client.ping()
+    client.close()
+    unchecked = redis_client(
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={bundle}&ssl_check_hostname=false"
+    )
+    assert unchecked.ping()  # the chain is trusted: only the name was wrong
+    unchecked.close()
