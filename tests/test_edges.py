@@ -134,6 +134,27 @@ def test_a_server_closing_every_connection_after_answering_fails_nothing() -> No
     assert result.accepted == 200
 
 
+def test_a_kept_connection_that_takes_no_byte_costs_no_attempt() -> None:
+    """A reused connection whose first send fails with nothing taken: retried on a new
+    connection without spending an attempt (one allowed, and the object succeeds)."""
+
+    def script(n: int) -> list[bytes | float | None]:
+        return [OK, 3.0] if n == 0 else [OK]  # the first connection is not read for 3 s
+
+    with (
+        RawServer(script) as server,
+        ab.BrazeClient(server.url, "k", retry=ab.RetryPolicy(attempts=1)) as client,
+    ):
+        assert client.track(attributes=attrs(1)).ok
+        (idle,) = client._pool._idle
+        idle.sock.shutdown(socket.SHUT_WR)  # its next send fails at once (EPIPE), unread
+        result = client.track(attributes=attrs(1))
+    assert result.ok
+    assert result.requests == 2  # the free try and the one that counted
+    assert server.requests == 2
+    assert server.connections == 2
+
+
 # --- 2. only Braze's answer counts ------------------------------------------------------------
 
 
