@@ -1,6 +1,10 @@
-"""Sessions: tests, lint, typing, docs, bench. Each installs what it needs into its own venv."""
+"""Sessions: tests, lint, typing, docs, floors, bench. Each installs what it needs into its own
+venv."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import nox
 
@@ -38,6 +42,39 @@ def tests(session: nox.Session) -> None:
             "tests/test_json.py",
             "tests/test_fast_paths.py",
         )
+
+
+# Extras whose floors are proven with the runtime dependencies' (the others are test tools).
+FLOOR_EXTRAS = ("fast", "redis")
+
+
+def lowest_allowed() -> list[str]:
+    """``name==floor`` for every runtime dependency and FLOOR_EXTRAS, read from pyproject.toml
+    (the one place the floors are written)."""
+    import tomllib
+
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in FLOOR_EXTRAS:
+        specs += project["optional-dependencies"][extra]
+    pins = []
+    for spec in specs:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([0-9][^,;\s]*)", spec.strip())
+        if match is None:
+            raise ValueError(f"{spec!r}: a floor must be written as name>=version")
+        pins.append(f"{match[1]}=={match[2]}")
+    return pins
+
+
+@nox.session
+def floors(session: nox.Session) -> None:
+    """The suite against the lowest allowed version of every runtime dependency (and of orjson
+    and redis-py): a floor in pyproject.toml is a promise that this passes."""
+    session.install("-e", ".[test]")
+    pins = lowest_allowed()
+    session.install(*pins)
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    session.run("pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *session.posargs)
 
 
 @nox.session

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,10 +33,21 @@ Script = Callable[[int], "list[bytes | float | None]"]
 
 class RawServer:
     """A TCP server on 127.0.0.1 that answers request number ``n`` with ``script(n)``, byte
-    for byte (requests are read with h11, answers are whatever the script says)."""
+    for byte (requests are read with h11, answers are whatever the script says).
 
-    def __init__(self, script: Script) -> None:
+    ``greeting``: bytes sent on every new connection before any request is read; ``tls``:
+    the TLS context for connection number ``n`` (``None``: plain TCP for that one)."""
+
+    def __init__(
+        self,
+        script: Script,
+        *,
+        greeting: bytes = b"",
+        tls: Callable[[int], ssl.SSLContext | None] | None = None,
+    ) -> None:
         self.script = script
+        self.greeting = greeting
+        self.tls = tls
         self.requests = 0
         self.connections = 0
         self.bodies: list[bytes] = []
@@ -63,8 +75,9 @@ class RawServer:
             except OSError:
                 continue
             with self._lock:
+                number = self.connections
                 self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
 
     def _read_request(self, conn: socket.socket) -> bool:
         parser = h11.Connection(h11.SERVER)
@@ -87,9 +100,18 @@ class RawServer:
             elif isinstance(event, h11.ConnectionClosed):
                 return False
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, number: int) -> None:
         conn.settimeout(30)
+        context = self.tls(number) if self.tls is not None else None
+        if context is not None:
+            try:
+                conn = context.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return  # the client refused the handshake: what the test is about
         with conn:
+            if self.greeting:
+                conn.sendall(self.greeting)
             while not self._stop.is_set():
                 if not self._read_request(conn):
                     return

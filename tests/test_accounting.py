@@ -130,13 +130,19 @@ def test_a_list_s_members_are_sent_and_dead_lettered_as_they_were(fake: FakeBraz
 
 
 def test_braze_unreachable_from_the_start_raises_at_once() -> None:
-    """A closed port: TransportError after a few batches, not a full run of retries."""
+    """A closed port: TransportError after a few batches, not a full run of retries; its
+    ``.report`` accounts for every record read (none succeeded, all failed retryable)."""
     with RawServer(lambda n: [CLOSE]) as server:
         url = server.url
     with ab.BrazeClient(url, "k", retry=FAST) as client:
         syncer = ab.Syncer(client, MAPPING, give_up_after=3)
-        with pytest.raises(ab.TransportError, match="nothing got through"):
+        with pytest.raises(ab.TransportError, match="Braze unreachable") as info:
             syncer.sync_members({"id": f"m{i}", "score": i} for i in range(20_000))
+    assert "none was ever answered (0 went out whole" in str(info.value)
+    report = info.value.report
+    assert report.succeeded == 0
+    assert 0 < report.total == report.failed < 20_000
+    assert all(f.retryable for f in report.failures)
 
 
 def test_braze_lost_midway_fails_the_rest_as_not_sent(

@@ -19,6 +19,15 @@ from .conftest import in_threads
 KEY = "test-key"
 
 
+def failed_track(client: ab.BrazeClient, error: type[Exception], **objects: Any) -> ab.TrackResult:
+    """Run a track() that must raise ``error``; return the TrackResult the error carries."""
+    with pytest.raises(error) as info:
+        client.track(**objects)
+    result = getattr(info.value, "result", None)
+    assert isinstance(result, ab.TrackResult)
+    return result
+
+
 @pytest.fixture(autouse=True)
 def _every_retry_logged(caplog: pytest.LogCaptureFixture) -> None:
     """Capture the send loop's DEBUG records too (repeated retries are logged at DEBUG)."""
@@ -168,7 +177,8 @@ def test_legacy_mode_sends_75_per_array() -> None:
 def test_combined_fake_refuses_legacy_batches() -> None:
     """A combined-limit account answers a 150-object request with 400, never retried."""
     with FakeBraze() as fake, fake.client(batch_mode="legacy") as client:
-        result = client.track(attributes=attrs(75), events=[event(f"m-{i}") for i in range(75)])
+        events = [event(f"m-{i}") for i in range(75)]
+        result = failed_track(client, ab.BadRequestError, attributes=attrs(75), events=events)
         assert result.accepted == 0
         assert {r.stage for r in result.rejected} == {"braze"}
         assert "Max Input Length Exceeded" in result.rejected[0].reason
@@ -208,7 +218,7 @@ def test_client_errors_are_not_retried(
 ) -> None:
     """4xx other than 429 fail at once, with the status in the reason."""
     fake.inject(status=status)
-    result = client.track(attributes=attrs(2))
+    result = failed_track(client, ab.BrazeAPIError, attributes=attrs(2))
     assert len(fake.requests) == 1
     assert [r.stage for r in result.rejected] == ["braze", "braze"]
     assert str(status) in result.rejected[0].reason
@@ -263,7 +273,7 @@ def test_5xx_exhausted_fails_the_objects(fake: FakeBraze) -> None:
     """After every attempt the objects fail (stage braze), none is lost."""
     fake.inject(times=5, status=502)
     with fake.client() as client:
-        result = client.track(attributes=attrs(2))
+        result = failed_track(client, ab.ServerError, attributes=attrs(2))
     assert result.requests == 5
     assert [r.stage for r in result.rejected] == ["braze", "braze"]
     assert "502" in result.rejected[0].reason
@@ -307,7 +317,7 @@ def test_429_longer_than_allowed_fails_fast(
         caplog.at_level(logging.DEBUG, logger="antavo_braze.http"),
         fake.client(retry=policy) as client,
     ):
-        result = client.track(attributes=attrs(1))
+        result = failed_track(client, ab.RateLimitError, attributes=attrs(1))
     assert retry_waits(caplog) == []
     assert result.requests == 1
     assert result.rejected[0].stage == "braze"
@@ -338,7 +348,7 @@ def test_dropped_every_time_is_a_transport_failure(fake: FakeBraze) -> None:
     """When every attempt is dropped the objects fail with stage transport."""
     fake.inject(times=5, drop=True)
     with fake.client() as client:
-        result = client.track(attributes=attrs(1))
+        result = failed_track(client, ab.TransportError, attributes=attrs(1))
     assert result.rejected[0].stage == "transport"
     with fake.client() as client:
         fake.inject(times=5, drop=True)
@@ -353,7 +363,7 @@ def test_slow_replies_time_out_and_retry(fake: FakeBraze) -> None:
         assert client.track(attributes=attrs(1)).ok
     fake.inject(times=2, delay=0.3)
     with fake.client(timeout=0.05, retry=ab.RetryPolicy(attempts=2)) as client:
-        result = client.track(attributes=attrs(1))
+        result = failed_track(client, ab.TransportError, attributes=attrs(1))
     assert result.rejected[0].stage == "transport"
     assert "Timeout" in result.rejected[0].reason
 
@@ -389,7 +399,7 @@ def test_oversize_object_fails_without_sending(fake: FakeBraze, client: ab.Braze
 def test_payload_too_large_from_braze() -> None:
     """A 413 from Braze is a non-retried failure."""
     with FakeBraze(max_body_bytes=200) as fake, fake.client() as client:
-        result = client.track(attributes=attrs(20))
+        result = failed_track(client, ab.BadRequestError, attributes=attrs(20))
     assert result.rejected[0].reason.startswith("Braze answered HTTP 413")
     assert len(fake.requests) == 1
 
@@ -561,11 +571,12 @@ def test_check_permissions(fake: FakeBraze) -> None:
 def test_invalid_json_from_braze(fake: FakeBraze, client: ab.BrazeClient) -> None:
     """A 2xx whose body is not Braze's JSON is a failed attempt, retried, never a success."""
     fake.inject(times=5, status=200, body=b"not json")
-    with pytest.raises(ab.TransportError, match="not Braze's JSON"):
+    with pytest.raises(ab.TransportError, match="not Braze's answer"):
         client.list_event_names()
     fake.inject(times=5, status=201, body=b"<html>proxy says hi</html>")
-    result = client.track(attributes=attrs(1))
+    result = failed_track(client, ab.TransportError, attributes=attrs(1))
     assert [(r.stage, r.index) for r in result.rejected] == [("transport", 0)]
+    assert "not Braze's answer" in result.rejected[0].reason
     assert result.requests == 5
     assert client.track(attributes=attrs(1)).ok
 

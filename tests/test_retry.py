@@ -133,7 +133,7 @@ OUTCOMES = st.one_of(
             st.integers(0, 10_000).map(str),
         ),
     ),
-    st.builds(ab.AttemptOutcome, failure=st.sampled_from(["transport", "tls"])),
+    st.builds(ab.AttemptOutcome, failure=st.sampled_from(["transport", "tls", "unmendable"])),
     st.builds(ab.AttemptOutcome, status=st.integers(200, 299), failure=st.just("invalid_answer")),
 )
 
@@ -142,20 +142,32 @@ OUTCOMES = st.one_of(
 def test_decide_retry_properties(
     policy: ab.RetryPolicy, outcome: ab.AttemptOutcome, attempt: int, jitter: float
 ) -> None:
-    """Never more attempts than the policy allows; client errors, 401/403 and TLS failures
-    are never retried; no wait is negative or longer than the policy allows."""
+    """Never more attempts than the policy allows; client errors, 401/403, TLS and other
+    unmendable failures are never retried; no wait is negative or longer than the policy
+    allows; what is retried is retryable (the dead letter's answer is the same decision)."""
     decision = ab.decide_retry(policy, outcome, attempt, NOW, jitter)
     if decision.retry:
         assert attempt < policy.attempts
         assert 0 <= decision.wait <= max(policy.wait_max, policy.max_rate_limit_wait)
-        assert outcome.failure != "tls"
+        assert outcome.failure not in ("tls", "unmendable")
+        assert decision.retryable
         if outcome.failure is None and outcome.status is not None:
             assert is_retryable_status(outcome.status)
         assert decision.rate_limited is (outcome.status == 429 and outcome.failure is None)
     else:
         assert decision.reason
-    fatal = outcome.failure == "tls" or (outcome.failure is None and outcome.status in (401, 403))
+    unmendable = outcome.failure in ("tls", "unmendable")
+    fatal = unmendable or (outcome.failure is None and outcome.status in (401, 403))
     assert decision.fatal is fatal
+    # Not retryable only when the request itself was refused (400, 404, ...): a setup failure
+    # (fatal) may go once fixed.
+    refused = (
+        outcome.failure is None
+        and outcome.status is not None
+        and not is_retryable_status(outcome.status)
+        and not fatal
+    )
+    assert decision.retryable is not refused
 
 
 def test_decide_retry_waits_what_braze_asks() -> None:
@@ -163,7 +175,7 @@ def test_decide_retry_waits_what_braze_asks() -> None:
     policy = ab.RetryPolicy(max_rate_limit_wait=60)
     asked = ab.AttemptOutcome(429, {"X-Ratelimit-Retry-After": "7"})
     assert ab.decide_retry(policy, asked, 1, NOW, 0.5) == ab.RetryDecision(
-        True, 7.0, rate_limited=True
+        True, 7.0, rate_limited=True, retryable=True
     )
     too_long = ab.decide_retry(policy, ab.AttemptOutcome(429, {"Retry-After": "3600"}), 1, NOW, 0)
     assert not too_long.retry

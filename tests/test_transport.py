@@ -78,11 +78,19 @@ def test_timeouts_are_retried() -> None:
 
 
 def test_unreachable_endpoint_fails_every_batch_with_stage_transport() -> None:
-    """Nothing listening: every object ends rejected at stage transport, none lost."""
+    """Nothing listening: track() raises TransportError after the retries; its ``.result``
+    has every object rejected at stage transport, none lost, and the cause chained."""
     port = free_port()
     policy = ab.RetryPolicy(attempts=2, wait_initial=0.001, wait_max=0.001, wait_jitter=0)
-    with ab.BrazeClient(f"http://127.0.0.1:{port}", "k" * 32, max_in_flight=4, retry=policy) as c:
-        result = c.track(attributes=attrs(200))
+    with (
+        ab.BrazeClient(f"http://127.0.0.1:{port}", "k" * 32, max_in_flight=4, retry=policy) as c,
+        pytest.raises(ab.TransportError) as info,
+    ):
+        c.track(attributes=attrs(200))
+    assert isinstance(info.value.__cause__, OSError)
+    assert (info.value.method, info.value.attempts) == ("POST", 2)
+    assert info.value.url == f"http://127.0.0.1:{port}/users/track"
+    result = info.value.result
     assert len(result.rejected) == 200
     assert {r.stage for r in result.rejected} == {"transport"}
     assert result.requests == 2 * 3  # three batches, two attempts each
@@ -298,14 +306,18 @@ def test_explicit_proxy_with_authentication(
             assert "s3cret" not in repr(client)
             assert client.proxy == proxy.url
         bad = f"http://user:wrong@127.0.0.1:{proxy.port}"
-        with ab.BrazeClient(endpoint, "test-key", proxy=bad, ca_bundle=tls[1], retry=FAST) as c:
-            result = c.track(attributes=attrs(1))
+        with (
+            ab.BrazeClient(endpoint, "test-key", proxy=bad, ca_bundle=tls[1], retry=FAST) as c,
+            pytest.raises(ab.TransportError, match="407") as info,
+        ):
+            c.track(attributes=attrs(1))
+        result = info.value.result
         assert result.rejected[0].stage == "transport"
         assert "407" in result.rejected[0].reason
         assert "wrong" not in result.rejected[0].reason
         kinds = [e["kind"] for e in proxy.events()]
     assert kinds.count("tunnel") == 1
-    assert kinds.count("refused") == FAST.attempts
+    assert kinds.count("refused") == 1  # a 407 is not retried: no retry can mend it
 
 
 def test_plain_http_through_a_forwarding_proxy(fake: FakeBraze, tmp_path: Path) -> None:

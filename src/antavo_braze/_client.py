@@ -6,6 +6,7 @@ It knows Braze's wire objects and nothing about Antavo or the mapping.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
@@ -73,18 +74,25 @@ TRACK = "/users/track"
 
 
 class _Secret:
-    """Holds the API key; every text form of it is redacted."""
+    """Holds the API key; every text form of it is redacted: whole occurrences in any letter
+    case and its base64 forms, never a part of another word (a short key inside "known")."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_pattern", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        raw = value.encode()
+        forms = {base64.b64encode(raw), base64.urlsafe_b64encode(raw)}
+        encoded = {f.decode() for f in forms} | {f.decode().rstrip("=") for f in forms}
+        alternatives = [f"(?i:{re.escape(value)})"]
+        alternatives += [re.escape(form) for form in sorted(encoded, key=len, reverse=True)]
+        self._pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{'|'.join(alternatives)})(?![A-Za-z0-9])")
 
     def reveal(self) -> str:
         return self._value
 
     def redact(self, text: str) -> str:
-        return text.replace(self._value, _REDACTED) if self._value else text
+        return self._pattern.sub(_REDACTED, text) if self._value else text
 
     def __repr__(self) -> str:
         return "'***'"
@@ -131,7 +139,9 @@ class BatchOutcome:
 
     ``attempts`` the requests it took; ``unknown``: some attempt went out whole without a
     usable answer (Braze may have applied it: events could be recorded twice); ``not_sent``:
-    it never left (an interrupt, or Braze unreachable).
+    it never left (an interrupt, a fatal error, or Braze unreachable); ``retryable``: the
+    whole request failed in a way a later try may mend (429, 408, 5xx, network, interrupted)
+    — decided once, by :func:`~antavo_braze._retry.decide_retry`, and carried here.
     """
 
     batch: Batch
@@ -142,18 +152,7 @@ class BatchOutcome:
     attempts: int = 0
     unknown: bool = False
     not_sent: bool = False
-
-    @property
-    def retryable(self) -> bool:
-        """True when the whole request failed in a way a later retry may fix (5xx, 429,
-        network, interrupted)."""
-        if self.error is None or self.stage == "validation":
-            return False
-        if self.stage in ("transport", "interrupted"):
-            return True
-        return isinstance(self.error, BrazeAPIError) and (
-            self.error.status_code == 429 or self.error.status_code >= 500
-        )
+    retryable: bool = False
 
     def failure(self, item_number: int) -> tuple[str, str] | None:
         """``(stage, reason)`` if item ``item_number`` of the batch failed, else ``None``."""
@@ -366,7 +365,9 @@ class BrazeClient:
         give_up_after: int | None = None,
         grace: float | None = None,
     ) -> Generator[BatchOutcome, None, None]:
-        """Outcomes of ``batches`` as they finish (401, 403 and TLS failures raise at once)."""
+        """Outcomes of ``batches`` as they finish. A fatal failure (401, 403, TLS, Braze
+        unreachable) stops the loop taking work: what was queued comes back not sent, what was
+        in flight finishes, and then the error is raised (so every batch is accounted for)."""
         loop = self._loop(stats, interrupt=interrupt, give_up_after=give_up_after, grace=grace)
 
         def exchanges() -> Iterator[Exchange]:
@@ -379,16 +380,18 @@ class BrazeClient:
         oversize: list[Batch] = []
         source = IterSource(exchanges(), self._registry)
         results = loop.run(source)
+        fatal: AntavoBrazeError | None = None
         for result in results:
             while oversize:
                 yield _oversize(oversize.pop())
-            if result.fatal:
-                results.close()
-                assert result.error is not None
-                raise result.error
+            if result.fatal and fatal is None:
+                fatal = result.error
+                loop.halt(source, f"the run stopped at {type(fatal).__name__}")
             yield self._outcome(result)
         while oversize:
             yield _oversize(oversize.pop())
+        if fatal is not None:
+            raise fatal
 
     def _outcome(self, result: Result) -> BatchOutcome:
         batch: Batch = result.exchange.tag
@@ -397,6 +400,7 @@ class BrazeClient:
             "attempts": exchange.attempt,
             "unknown": exchange.unknown,
             "not_sent": result.not_sent,
+            "retryable": result.retryable,
         }
         if result.error is not None:
             return BatchOutcome(batch, error=result.error, stage=result.stage, **common)  # type: ignore[arg-type]
@@ -438,6 +442,12 @@ class BrazeClient:
         Plain dicts reach every Braze feature (``_merge_objects``, ``$add``/``$remove``/
         ``$update``, ``subscription_groups``, ``user_alias``) and are checked against the same
         limits first: an object that breaks one is rejected with stage ``"validation"``.
+
+        When a request fails as a whole after its retries, the typed error is raised once every
+        batch is done (:class:`ServerError`, :class:`RateLimitError`, :class:`BadRequestError`,
+        :class:`BrazeAPIError`, :class:`TransportError`), with ``.result`` the call's
+        :class:`TrackResult` and the cause chained; 401, 403 and unmendable connection failures
+        stop the call at once (what was not sent is rejected with stage ``"interrupted"``).
         """
         where: list[tuple[str, int]] = []
         rejected: list[RejectedObject] = []
@@ -464,15 +474,28 @@ class BrazeClient:
         stats = CallStats()
         accepted = 0
         warnings: list[str] = []
-        for outcome in self._send_batches(pack(groups, self.limits), stats=stats):
-            warnings.extend(outcome.warnings)
-            for number, item in enumerate(outcome.batch.items):
-                failure = outcome.failure(number)
-                if failure is None:
-                    accepted += 1
-                else:
-                    array, index = where[item.record]
-                    rejected.append(RejectedObject(array, index, *failure))
+        settled = [False] * len(where)
+        error: AntavoBrazeError | None = None
+        try:
+            for outcome in self._send_batches(pack(groups, self.limits), stats=stats):
+                warnings.extend(outcome.warnings)
+                if error is None and outcome.error is not None and outcome.stage != "validation":
+                    error = outcome.error
+                for number, item in enumerate(outcome.batch.items):
+                    settled[item.record] = True
+                    failure = outcome.failure(number)
+                    if failure is None:
+                        accepted += 1
+                    else:
+                        array, index = where[item.record]
+                        rejected.append(RejectedObject(array, index, *failure))
+        except AntavoBrazeError as fatal:
+            error = fatal
+            reason = f"not sent: the call stopped at {type(fatal).__name__}: {fatal}"[:300]
+            for group in groups:  # batches the stop left unbuilt
+                if not settled[group[0].record]:
+                    array, index = where[group[0].record]
+                    rejected.append(RejectedObject(array, index, "interrupted", reason))
         rejected.sort(key=lambda r: (r.input_array, r.index))
         if warnings:
             log.warning(
@@ -480,12 +503,16 @@ class BrazeClient:
                 len(warnings),
                 "; ".join(warnings[:5]),
             )
-        return TrackResult(
+        result = TrackResult(
             requests=stats.requests,
             accepted=accepted,
             rejected=tuple(rejected),
             warnings=tuple(warnings),
         )
+        if error is not None:
+            error.result = result
+            raise error
+        return result
 
     # --- read endpoints --------------------------------------------------------------------
 

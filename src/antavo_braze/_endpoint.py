@@ -15,7 +15,7 @@ from attrs import frozen
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from ._limits import INSTANCES
+from ._limits import ENDPOINT_PERMISSIONS, INSTANCES
 from .exceptions import ConfigurationError
 
 __all__ = ["Target", "is_loopback", "parse_endpoint", "resolve_endpoint"]
@@ -26,6 +26,16 @@ _PATH = re.compile(r"[A-Za-z0-9._~/-]*")
 # Host label (iad-03, fra-01, ...) -> instance name, from the REST hosts themselves.
 _BY_LABEL = {urlsplit(url).hostname.split(".")[1]: name for name, url in INSTANCES.items()}  # type: ignore[union-attr]
 _EXAMPLE = INSTANCES["US-03"]
+# Braze's own endpoint paths: an endpoint ending in one was given the request URL, not the base
+# (kept as a prefix, every call would go to ".../users/track/users/track"). "/events" alone
+# is left out: it could be a gateway's own prefix.
+_BRAZE_PATHS = (
+    *(path for path in ENDPOINT_PERMISSIONS if path.count("/") > 1),
+    "/users/merge",
+    "/users/delete",
+    "/users/export/ids",
+    "/custom_attributes",
+)
 
 
 @frozen
@@ -148,6 +158,13 @@ def parse_endpoint(endpoint: str) -> Target:
     path = parts.path.rstrip("/")
     if not _PATH.fullmatch(path):
         raise _fail(endpoint, "the path prefix holds characters that need escaping")
+    for braze_path in _BRAZE_PATHS:
+        if path.lower().endswith(braze_path):
+            base = text.strip().rstrip("/")[: -len(braze_path)]
+            raise ConfigurationError(
+                f"the Braze endpoint {endpoint!r} ends with Braze's path {braze_path!r}: give "
+                f"the base URL (the REST endpoint), e.g. {base!r}; the SDK adds the paths"
+            )
     # Two parsers must read the same host, port and path, or the key could go elsewhere.
     other_host = (other.host or "").strip("[]").lower()
     if other_host != (parts.hostname or "").lower() or other.port != port:

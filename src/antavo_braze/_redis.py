@@ -132,8 +132,11 @@ def redis_client(redis: Any) -> Any:
         raise ConfigurationError(
             "Redis support needs the redis package: pip install 'antavo-braze[redis]'"
         ) from None
+    # TLS checks the host name (redis-py before 6 did not unless told): an explicit
+    # ssl_check_hostname in the URL still decides.
+    checked = redis.lower().startswith("rediss:") and "ssl_check_hostname" not in redis
     try:
-        return redis_py.Redis.from_url(redis)
+        return redis_py.Redis.from_url(redis, **({"ssl_check_hostname": True} if checked else {}))
     except ValueError as exc:
         raise ConfigurationError(f"not a Redis URL: {exc}") from None
 

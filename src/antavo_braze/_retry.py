@@ -35,7 +35,11 @@ FATAL_STATUSES = frozenset({401, 403})
 _EPOCH_THRESHOLD = 1_000_000_000
 _MAX_HEADER_NUMBER = 32  # characters: longer header "numbers" are ignored, never parsed
 
-Failure = Literal["transport", "tls", "invalid_answer"]
+# "transport": no usable answer (connection, timeout, broken framing); "invalid_answer": a 2xx
+# that is not Braze's answer; "tls": the certificate did not verify; "unmendable": a failure no
+# retry can mend (TLS protocol version, a name that does not resolve, a proxy refusing).
+Failure = Literal["transport", "tls", "invalid_answer", "unmendable"]
+_UNMENDABLE: frozenset[str] = frozenset({"tls", "unmendable"})
 
 
 @frozen
@@ -59,7 +63,8 @@ class AttemptOutcome:
     """How one attempt ended: a complete HTTP answer (``status``) and/or a ``failure``.
 
     ``failure`` is ``"transport"`` (connection, timeout, broken framing), ``"tls"`` (the
-    certificate did not verify) or ``"invalid_answer"`` (a 2xx whose body is not Braze's JSON).
+    certificate did not verify), ``"unmendable"`` (TLS protocol version, unknown host name, a
+    proxy refusing the tunnel) or ``"invalid_answer"`` (a 2xx that is not Braze's answer).
     """
 
     status: int | None = None
@@ -71,13 +76,16 @@ class AttemptOutcome:
 class RetryDecision:
     """What follows an attempt: ``retry`` after ``wait`` seconds, or stop (``fatal``: stop
     everything, no record can succeed). ``reason`` explains a stop; ``rate_limited`` marks
-    waits Braze asked for."""
+    waits Braze asked for; ``retryable``: a later try may succeed — what was retried here, and
+    the fatal failures of the setup (key, permission, TLS, proxy, host name) once fixed; never
+    a refusal of the request itself (400, 404, ...). The dead letter records it for ``replay``."""
 
     retry: bool
     wait: float = 0.0
     reason: str = ""
     rate_limited: bool = False
     fatal: bool = False
+    retryable: bool = False
 
 
 def is_retryable_status(status: int) -> bool:
@@ -105,10 +113,13 @@ def decide_retry(
     ``jitter_fraction`` in [0, 1). A successful attempt never comes here.
     """
     status = outcome.status
-    if outcome.failure == "tls":
-        return RetryDecision(False, reason="TLS certificate verification failed", fatal=True)
+    if outcome.failure in _UNMENDABLE:
+        what = "TLS certificate verification failed" if outcome.failure == "tls" else "not retried"
+        return RetryDecision(False, reason=what, fatal=True, retryable=True)
     if outcome.failure is None and status is not None and not is_retryable_status(status):
-        return RetryDecision(False, reason=f"HTTP {status}", fatal=status in FATAL_STATUSES)
+        # 401/403 are about the setup, not the record: once the key is fixed it may go.
+        fatal = status in FATAL_STATUSES
+        return RetryDecision(False, reason=f"HTTP {status}", fatal=fatal, retryable=fatal)
     if status == 429 and outcome.failure is None:
         asked = retry_after_seconds(outcome.headers, now)
         if asked is not None and asked > policy.max_rate_limit_wait:
@@ -116,15 +127,20 @@ def decide_retry(
                 False,
                 reason=f"rate limited: Braze asked to wait {asked:.0f}s, more than "
                 f"max_rate_limit_wait={policy.max_rate_limit_wait:.0f}s",
+                retryable=True,
             )
         if attempt >= policy.attempts:
-            return RetryDecision(False, reason=f"rate limited: HTTP 429 after {attempt} attempt(s)")
+            return RetryDecision(
+                False,
+                reason=f"rate limited: HTTP 429 after {attempt} attempt(s)",
+                retryable=True,
+            )
         wait = asked if asked is not None else backoff_delay(policy, attempt, jitter_fraction)
-        return RetryDecision(True, wait, rate_limited=True)
+        return RetryDecision(True, wait, rate_limited=True, retryable=True)
     if attempt >= policy.attempts:
         what = f"HTTP {status}" if outcome.failure is None else outcome.failure
-        return RetryDecision(False, reason=f"{what} after {attempt} attempt(s)")
-    return RetryDecision(True, backoff_delay(policy, attempt, jitter_fraction))
+        return RetryDecision(False, reason=f"{what} after {attempt} attempt(s)", retryable=True)
+    return RetryDecision(True, backoff_delay(policy, attempt, jitter_fraction), retryable=True)
 
 
 # --- reading Braze's rate-limit headers (linear, bounded) --------------------------------------

@@ -551,10 +551,14 @@ class BackgroundSender:
                     self._counts["rate_limit_waits"] += report.rate_limit_waits
             except (AuthenticationError, PermissionDeniedError) as exc:
                 log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "braze", str(exc))
+                outcomes = getattr(exc, "_outcomes", None) or self.syncer._fail_changes(
+                    kind, records, "braze", str(exc)
+                )  # a run stopped by it has settled each record already
             except AntavoBrazeError as exc:
                 log.error("a window could not be sent; it goes to the dead letter: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "transport", str(exc))
+                outcomes = getattr(exc, "_outcomes", None) or self.syncer._fail_changes(
+                    kind, records, "transport", str(exc)
+                )
             except Exception as exc:  # a bug of ours: never leave a caller waiting for it
                 log.exception("the background sender failed on a window")
                 reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]

@@ -54,7 +54,7 @@ from ._mapper import MISSING, Mapper, member_fields, utc_now
 from ._mapping import Mapping
 from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
-from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
+from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
 
 __all__ = ["Syncer", "needs_a_look"]
 
@@ -166,7 +166,8 @@ class Syncer:
     - ``on_invalid_field``: ``"fail_record"`` (a bad field fails its member) or
       ``"drop_field"`` (the bad field is left out and listed in ``report.dropped``).
     - ``give_up_after``: after this many requests in a row got no answer at all, the rest is
-      not sent (failed, retryable); if nothing had got through, :class:`TransportError`.
+      not sent (failed, retryable); if nothing was ever answered, :class:`TransportError`
+      (with ``.report``, like every error that stops a run).
     - ``interrupt_grace``: seconds in-flight requests get after Ctrl-C/SIGTERM;
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
     - ``max_clear_ratio``: the mass-clear guard (``when_missing: "clear"``): from the 100th
@@ -468,26 +469,46 @@ class Syncer:
         interrupt = Interrupt()
         groups = build(_until_interrupted(_rows(records), interrupt), run)
         packer = Packer(groups, self.limits)
+        fatal: AntavoBrazeError | None = None
         try:
             with stop_on_signals(interrupt, self.handle_signals):
                 self._send(client, run, packer, stats, interrupt)
         except KeyboardInterrupt:
             pass  # a hard stop: what is still open fails as interrupted, below
+        except AntavoBrazeError as exc:
+            fatal = exc  # every batch sent was settled; what was not sent is closed below
         finally:
             groups.close()  # the builder counts the records it handled as it ends
             interrupt.close()
         signum = stats.interrupted or interrupt.signal
-        if signum is None and (run.parts or packer.pending):
+        if signum is None and fatal is None and (run.parts or packer.pending):
             signum = signal.SIGINT  # stopped hard: the loop never said why
         if run.identities:
             stats.requests += self._identities(client, run, signum)
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
+        elif fatal is not None:
+            stopped = f"the run stopped at {type(fatal).__name__}"
+            run.close_open(packer.pending, stopped)
+            if each:  # the sender's window: what the stop left unread fails as not sent too
+                for position in range(run.total, len(records)):  # type: ignore[arg-type]
+                    record = records[position]  # type: ignore[index]
+                    run.total += 1
+                    run.fail(
+                        position, record, _change_id(kind, record), "interrupted",
+                        f"interrupted ({stopped}) before it was sent",
+                        retryable=True, outcome="not_sent",
+                    )  # fmt: skip
         report = run.report(
             requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
         )
         if signum is not None:
             raise SyncInterrupted(report, signum)
+        if fatal is not None:
+            fatal.report = report  # the partial accounting travels with the error
+            if each:  # the background sender answers each submission from these
+                fatal._outcomes = run.outcomes(run.total)  # type: ignore[attr-defined]
+            raise fatal
         return report, run
 
     def _identities(self, client: BrazeClient, run: _Run, signum: int | None) -> int:
@@ -558,14 +579,14 @@ class Syncer:
         run.skips = {}
         for position, record in enumerate(records):
             run.total += 1
-            if kind == "event":
-                record_id = _event_id(record)
-            elif kind == "attributes":  # a wire object, or the values refused at submit
-                record_id = _text_id(record.get("external_id", record.get("id")))
-            else:
-                record_id = _record_id(record)
             run.fail(
-                position, record, record_id, stage, reason, retryable=retryable, outcome="not_sent"
+                position,
+                record,
+                _change_id(kind, record),
+                stage,
+                reason,
+                retryable=retryable,
+                outcome="not_sent",
             )
         return run.outcomes(len(records))
 
@@ -609,10 +630,8 @@ class Syncer:
 
     @staticmethod
     def _gave_up(run: _Run, outcome: BatchOutcome) -> None:
-        if run.succeeded == 0:
-            raise TransportError(
-                f"Braze unreachable: nothing got through ({outcome.error}); no record was sent"
-            )
+        # Nothing ever answered is fatal in the loop (raised with the report); here Braze had
+        # answered before, so the rest of the input is accounted for as not sent.
         log.warning(
             "Braze unreachable: %s; the remaining records fail as not sent (retryable)",
             outcome.error,
@@ -1056,6 +1075,15 @@ def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _change_id(kind: str, record: Any) -> str | None:
+    """The member or event a background sender's change is about."""
+    if kind == "event":
+        return _event_id(record)
+    if kind == "attributes":  # a wire object, or the values refused at submit
+        return _text_id(record.get("external_id", record.get("id")))
+    return _record_id(record)
 
 
 def _text_id(value: Any) -> str | None:

@@ -623,6 +623,30 @@ def cmd_sync(args: argparse.Namespace) -> int:
         else:
             print("interrupted (with --dead-letter a run can be resumed)", file=sys.stderr)
         return 128 + stop.signal
+    except AntavoBrazeError as exc:
+        if exc.report is None:
+            raise
+        # A fatal error mid-run (key revoked, TLS refused, Braze unreachable): the partial
+        # report, then how to continue; main() names the error and sets the exit code.
+        if progress is not None:
+            progress.close()
+        print(exc.report)
+        if base is not None and args.dead_letter:
+            base.after(exc.report).save(checkpoint_path(args.dead_letter))
+            print(
+                f"stopped by the error below after {exc.report.total} records: failed and "
+                f"unsent records are in {args.dead_letter}; fix the cause and run the same "
+                "command with --resume to continue (what the error itself refused stays "
+                "there for `antavo-braze replay`)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"stopped by the error below after {exc.report.total} records (with "
+                "--dead-letter the run could be resumed)",
+                file=sys.stderr,
+            )
+        raise
     finally:
         if progress is not None:
             progress.close()

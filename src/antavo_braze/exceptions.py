@@ -60,7 +60,19 @@ _short_repr = short_repr
 
 
 class AntavoBrazeError(Exception):
-    """Root of every error raised by antavo_braze."""
+    """Root of every error raised by antavo_braze.
+
+    An error that ends a request says which: ``method``, ``url`` (the full URL called; never
+    a secret in it) and ``attempts``; its cause is chained (``__cause__``). Raised in the
+    middle of a sync it carries ``report`` (the partial :class:`~antavo_braze.SyncReport`);
+    raised by ``client.track()``, ``result`` (the call's :class:`~antavo_braze.TrackResult`).
+    """
+
+    method: str | None = None
+    url: str | None = None
+    attempts: int | None = None
+    report: Any = None
+    result: Any = None
 
 
 class ConfigurationError(AntavoBrazeError):
@@ -161,7 +173,7 @@ class BrazeAPIError(AntavoBrazeError):
         super().__init__(message or f"Braze answered HTTP {status_code}: {body[:300]}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.status_code, self.body, str(self)))
+        return (type(self), (self.status_code, self.body, str(self)), self.__dict__)
 
 
 class AuthenticationError(BrazeAPIError):
@@ -185,7 +197,9 @@ class ServerError(BrazeAPIError):
 
 
 class TransportError(AntavoBrazeError):
-    """Connection errors and timeouts after every retry."""
+    """Connection errors and timeouts after every retry; failures no retry can mend (TLS,
+    a name that does not resolve, a proxy refusing the tunnel) at once; a 2xx that is not
+    Braze's answer after every retry; Braze unreachable."""
 
 
 class QueueFull(AntavoBrazeError):  # noqa: N818 - the name DESIGN.md promises

@@ -5,13 +5,17 @@ included), 1xx interim answers, Content-Length, chunked bodies with extensions a
 and bodies that end with the connection; it bounds an incomplete head. This module adds only
 what h11 leaves to its user: how much we accept (:data:`MAX_RESPONSE_BYTES`, interim answers),
 content codings (we ask for ``identity``; gzip/deflate are decoded within the same bound, any
-other coding is refused), and the socket.
+other coding is refused), the socket, and pairing: an answer belongs to the request just
+written, so a connection that has bytes before a request is written or after a complete
+answer (a second answer, trailing data) is never used again. Empty lines (CRLF) around an
+answer are ignored, as RFC 9112 asks of a robust recipient.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import time
 import zlib
 from typing import Any
 
@@ -25,6 +29,7 @@ __all__ = ["BrazeResponse", "Connection", "ProtocolError"]
 
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _RECV = 262_144
+_BLANK = b"\r\n"  # bytes of the empty lines a robust client skips before a status line
 
 
 class ProtocolError(OSError):
@@ -87,11 +92,14 @@ class Connection:
         "_head",
         "_interim",
         "_out",
+        "_size",
+        "_started",
         "deadline",
         "h11",
         "response",
         "sent",
         "sock",
+        "used",
     )
 
     def __init__(self, sock: socket.socket) -> None:
@@ -101,7 +109,10 @@ class Connection:
         self.deadline = 0.0
         self.response: BrazeResponse | None = None
         self.sent = False  # the whole request went out (its answer may now be lost)
+        self.used = False  # it carried an answer before (a kept-alive connection)
+        self._started = False  # a byte of this request's answer has arrived
         self._out = memoryview(b"")
+        self._size = 0
         self._head: tuple[int, dict[str, str]] | None = None
         self._body = bytearray()
         self._decoder: _Decoder | None = None
@@ -110,9 +121,19 @@ class Connection:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def dropped(self) -> bool:
-        """Whether an idle connection was closed by the server (it then reads as ready)."""
-        return wait_for_read(self.sock, timeout=0.0)
+    def usable(self) -> bool:
+        """Whether the server has neither closed this idle connection nor sent anything on it
+        (empty lines aside): bytes before a request would be read as that request's answer."""
+        while wait_for_read(self.sock, timeout=0.0):
+            try:
+                data = self.sock.recv(_RECV)
+            except _WOULD_BLOCK:  # TLS records without data (a session ticket)
+                return True
+            except OSError:
+                return False
+            if not data or data.strip(_BLANK):
+                return False
+        return True
 
     def start(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes | None
@@ -124,7 +145,9 @@ class Connection:
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
         self._out = memoryview(data)
+        self._size = len(data)
         self.sent = False
+        self._started = False
         self.response = None
         self._head = None
         self._body = bytearray()
@@ -134,6 +157,16 @@ class Connection:
     @property
     def writing(self) -> bool:
         return bool(self._out)
+
+    @property
+    def untouched(self) -> bool:
+        """Not a byte of the request was taken by the socket (the server cannot have it)."""
+        return len(self._out) == self._size
+
+    @property
+    def answering(self) -> bool:
+        """A byte of the answer to the current request has arrived."""
+        return self._started
 
     def write(self) -> bool:
         """Send what the socket takes now; ``True`` once the whole request is out."""
@@ -147,12 +180,19 @@ class Connection:
         return True
 
     def read(self) -> bool:
-        """Take what has arrived; ``True`` once the answer is complete (see :attr:`response`)."""
+        """Take what has arrived; ``True`` once the answer is complete (see :attr:`response`).
+
+        Raises :class:`TimeoutError` past :attr:`deadline` even while bytes keep arriving."""
         while True:
             try:
                 data = self.sock.recv(_RECV)
             except _WOULD_BLOCK:
                 return False
+            if not self._started and data:
+                data = data.lstrip(_BLANK)  # a stray CRLF after the previous answer
+                if not data:
+                    continue
+                self._started = True
             try:
                 self.h11.receive_data(data)
                 if self._events():
@@ -161,6 +201,8 @@ class Connection:
                 raise ProtocolError(f"malformed HTTP answer: {exc}") from None
             if not data:
                 raise ProtocolError("the connection closed before the answer was complete")
+            if time.monotonic() >= self.deadline:
+                raise TimeoutError("the answer did not complete in time (still arriving)")
 
     def _events(self) -> bool:
         conn = self.h11
@@ -218,11 +260,19 @@ class Connection:
         self._body = bytearray()
 
     def reusable(self) -> bool:
-        """Whether the connection can carry the next request (both sides done, kept alive)."""
+        """Whether the connection can carry the next request: both sides done, kept alive,
+        and nothing after the answer (a second answer would pair with the next request)."""
         conn = self.h11
         if self._out or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
-        conn.start_next_cycle()
+        trailing, closed = conn.trailing_data
+        if closed or trailing.strip(_BLANK):
+            return False
+        if trailing:  # only empty lines: start afresh without them
+            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES)
+        else:
+            conn.start_next_cycle()
+        self.used = True
         return True
 
     def close(self) -> None:

@@ -7,8 +7,10 @@ is only the number of slots: one slot is the same loop.
 
 Per attempt: a pacer slot, then a whole-request deadline (connect + send + the complete
 answer). Per answer: :func:`~antavo_braze._retry.decide_retry` says retry (a timer in the
-loop) or stop. Only a 2xx whose body is a JSON object counts as answered. Never two requests in
-flight for one profile (``keys``), also across loops of threads that share a client.
+loop) or stop. Only a 2xx whose body is Braze's answer counts as answered (:func:`braze_answer`).
+Never two requests in flight for one profile (``keys``), also across loops of threads that
+share a client. A fatal result (:meth:`SendLoop.halt`) stops the loop taking new work: what
+follows ends ``not_sent``, so the caller can account for every request.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, NamedTuple, Protocol, cast
 
 from .._fork import reset_after_fork
@@ -43,8 +45,8 @@ from ..exceptions import (
     ServerError,
     TransportError,
 )
-from ._connection import BrazeResponse, Connection
-from ._pool import ConnectionPool, TLSVerificationError
+from ._connection import BrazeResponse, Connection, ProtocolError
+from ._pool import ConnectionPool, TLSVerificationError, UnmendableError
 
 __all__ = [
     "CallStats",
@@ -55,12 +57,15 @@ __all__ = [
     "Result",
     "SendLoop",
     "Source",
+    "braze_answer",
 ]
 
 log = logging.getLogger("antavo_braze.http")
 
 _BUSY_POLL = 0.005  # seconds: a profile busy in another thread's loop is looked at again
 DEFAULT_GRACE = 5.0  # seconds in-flight requests get to finish after an interrupt
+_TRACK = "/users/track"
+_BRAZE_MESSAGES = ("success", "queued")  # "queued": Braze's maintenance answer (still applied)
 
 
 class Exchange:
@@ -70,6 +75,7 @@ class Exchange:
         "attempt",
         "body",
         "deadline",
+        "fresh",
         "keys",
         "method",
         "path",
@@ -97,6 +103,7 @@ class Exchange:
         self.tag = tag
         self.attempt = 0
         self.unknown = False  # some attempt went out whole and got no usable answer
+        self.fresh = False  # the next attempt opens a new connection
         self.deadline = 0.0
         self.started = 0.0
 
@@ -106,7 +113,9 @@ class Result(NamedTuple):
 
     ``stage`` is ``""`` when answered, ``"braze"`` (an error status), ``"transport"`` (no
     usable answer) or ``"interrupted"``. ``fatal``: no other request can succeed either (401,
-    403, TLS verification). ``not_sent``: the loop gave up before sending it at all.
+    403, TLS, unmendable connection failures). ``not_sent``: the loop gave up before sending
+    it at all. ``retryable``: a later try may succeed (decided by
+    :func:`~antavo_braze._retry.decide_retry` alone; the dead letter records it).
     """
 
     exchange: Exchange
@@ -116,6 +125,7 @@ class Result(NamedTuple):
     stage: str
     fatal: bool = False
     not_sent: bool = False
+    retryable: bool = False
 
 
 class CallStats:
@@ -274,6 +284,7 @@ class SendLoop:
         self.unreachable = False
         self._try_acquire = pacer.try_acquire if isinstance(pacer, NonBlockingPacer) else None
         self._prefix = pool.target.base_path
+        self._base_url = pool.target.url
         if pool.forwarding:  # absolute-form targets through an http proxy
             self._prefix = f"http://{pool.target.authority}{self._prefix}"
         self._results: deque[Result] = deque()
@@ -285,6 +296,9 @@ class SendLoop:
         self._source_wait: float | None = 0.0
         self._stop_at: float | None = None  # when stopping: the end of the grace
         self._failures_in_a_row = 0
+        self._answers = 0  # HTTP answers of any status: Braze (or something) is reachable
+        self._unknown = 0  # exchanges that went out whole without a usable answer
+        self._stop_reason: str | None = None  # why the loop stopped taking work (halt)
         self._retry_reasons: Counter[str] = Counter()
         self._selector: selectors.BaseSelector | None = None
         self._live: Source | None = None
@@ -386,7 +400,8 @@ class SendLoop:
         exchange.started = now
         exchange.deadline = now + self.timeout
         self.stats.requests += 1
-        connection = self.pool.checkout()
+        connection = None if exchange.fresh else self.pool.checkout()
+        exchange.fresh = False
         if connection is None:
             future = self.pool.connect(self.timeout)
             future.add_done_callback(self._wake)
@@ -403,6 +418,9 @@ class SendLoop:
         connection.deadline = exchange.deadline
         self._active[connection] = exchange
         try:
+            if not connection.used and not connection.usable():
+                # A new connection the server already spoke on: its bytes would pair with ours.
+                raise ProtocolError("the server sent data before any request was written")
             done = connection.write()
         except OSError as exc:
             self._failed(connection, exc)
@@ -480,6 +498,9 @@ class SendLoop:
             except (OSError, ValueError) as exc:  # urllib3 and socket errors, bad hosts
                 self._attempt_failed(exchange, exc)
                 continue
+            except CancelledError:  # the client was closed while this connect was queued
+                self._attempt_failed(exchange, OSError("the client was closed"))
+                continue
             self._send(connection, exchange)
         self._connecting = pending
 
@@ -496,6 +517,7 @@ class SendLoop:
         else:
             connection.close()
         status = response.status_code
+        self._answers += 1
         self.pacer.observe(status, response.headers)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -508,12 +530,12 @@ class SendLoop:
                 extra={"status": status, "attempt": exchange.attempt, "path": exchange.path},
             )
         if 200 <= status < 300:
-            payload = _json_object(response.content)
+            payload = braze_answer(exchange.path, response.content)
             if payload is not None:
                 self._failures_in_a_row = 0
                 self._finish(Result(exchange, response, payload, None, ""))
                 return
-            exchange.unknown = True  # a proxy's page, a cut or garbled body: was it applied?
+            exchange.unknown = True  # a gateway's page, a cut or garbled body: was it applied?
             outcome = AttemptOutcome(status, response.headers, "invalid_answer")
         else:
             self._failures_in_a_row = 0  # Braze is reachable
@@ -527,12 +549,26 @@ class SendLoop:
         exchange = self._active.pop(connection)
         if connection.sent:
             exchange.unknown = True  # the request went out whole: Braze may have applied it
+        if connection.used and not connection.answering:
+            # A kept-alive connection the server closed as we used it: the retry opens a new
+            # one, and costs no attempt when not a byte of the request was taken.
+            exchange.fresh = True
+            if connection.untouched and isinstance(exc, OSError):
+                connection.close()
+                exchange.attempt -= 1
+                self._sequence += 1
+                heapq.heappush(self._retries, (time.monotonic(), self._sequence, exchange))
+                return
         connection.close()
         self._attempt_failed(exchange, exc)
 
     def _attempt_failed(self, exchange: Exchange, exc: BaseException) -> None:
         self.pacer.observe(None, {})
-        failure: Failure = "tls" if isinstance(exc, TLSVerificationError) else "transport"
+        failure: Failure = "transport"
+        if isinstance(exc, TLSVerificationError):
+            failure = "tls"
+        elif isinstance(exc, UnmendableError):
+            failure = "unmendable"
         self._decide(exchange, AttemptOutcome(failure=failure), None, exc)
 
     def _decide(
@@ -547,7 +583,7 @@ class SendLoop:
         )
         what = f"HTTP {outcome.status}" if exc is None else self._reason(exc)
         if outcome.failure == "invalid_answer":
-            what += " with a body that is not Braze's JSON answer"
+            what += " that is not Braze's answer"
         if decision.retry and self._stop_at is None:
             self.stats.retries += 1
             if decision.rate_limited:
@@ -574,14 +610,40 @@ class SendLoop:
             self._finish(self._interrupted(exchange))
             return
         error, stage = self._error(exchange, outcome, decision, response, what)
+        error.__cause__ = exc
+        fatal = decision.fatal
+        if exchange.unknown:
+            self._unknown += 1
         if stage == "transport" and outcome.status is None:
             self._failures_in_a_row += 1
             if self.give_up_after is not None and self._failures_in_a_row >= self.give_up_after:
                 self.unreachable = True
-        self._finish(Result(exchange, response, None, error, stage, decision.fatal))
+                if not self._answers:  # nothing ever answered: stop, as for a TLS refusal
+                    fatal = True
+                    cause = error
+                    error = self._located(
+                        TransportError(
+                            f"Braze unreachable at {self._base_url}: {self._failures_in_a_row} "
+                            f"requests in a row got no answer and none was ever answered "
+                            f"({self._unknown} went out whole and may have been applied); "
+                            f"last: {error}"
+                        ),
+                        exchange,
+                    )
+                    error.__cause__ = cause
+        self._finish(
+            Result(exchange, response, None, error, stage, fatal, retryable=decision.retryable)
+        )
 
     def _reason(self, exc: BaseException) -> str:
         return self.redact(f"{type(exc).__name__}: {exc}")[:300]
+
+    def _located(self, error: AntavoBrazeError, exchange: Exchange) -> AntavoBrazeError:
+        """``error`` marked with the call it ends: method, URL (no secrets in it), attempts."""
+        error.method = exchange.method
+        error.url = self._base_url + exchange.target
+        error.attempts = exchange.attempt
+        return error
 
     def _error(
         self,
@@ -591,17 +653,18 @@ class SendLoop:
         response: BrazeResponse | None,
         what: str,
     ) -> tuple[AntavoBrazeError, str]:
-        where = f"{exchange.method} {exchange.path}"
-        if outcome.failure == "tls":
-            return TransportError(f"{where}: {decision.reason}: {what}"), "transport"
+        where = f"{exchange.method} {self._base_url}{exchange.path}"
+        if outcome.failure in ("tls", "unmendable"):
+            error: AntavoBrazeError = TransportError(f"{where}: {decision.reason}: {what}")
+            return self._located(error, exchange), "transport"
         if outcome.failure is not None:
             message = f"{where} failed after {exchange.attempt} attempt(s): {what}"
-            return TransportError(message), "transport"
+            return self._located(TransportError(message), exchange), "transport"
         assert response is not None
         assert outcome.status is not None
         needed = ENDPOINT_PERMISSIONS.get(exchange.path)
         error = _status_error(outcome.status, self.redact(response.text), where, decision, needed)
-        return error, "braze"
+        return self._located(error, exchange), "braze"
 
     def _finish(self, result: Result) -> None:
         self.registry.release(result.exchange.keys)
@@ -611,26 +674,42 @@ class SendLoop:
         error = TransportError(
             f"not sent: Braze unreachable ({self.give_up_after} requests in a row got no answer)"
         )
-        self._finish(Result(exchange, None, None, error, "transport", not_sent=True))
+        self._finish(
+            Result(exchange, None, None, error, "transport", not_sent=True, retryable=True)
+        )
 
     # --- stopping ------------------------------------------------------------------------
 
     def _interrupted(self, exchange: Exchange) -> Result:
-        name = signal.Signals(self.interrupted or signal.SIGINT).name
+        name = self._stop_reason or signal.Signals(self.interrupted or signal.SIGINT).name
         if exchange.unknown:
             text = f"interrupted ({name}) after the request went out: Braze may have applied it"
         else:
             text = f"interrupted ({name}) before it was sent"
         return Result(
-            exchange, None, None, TransportError(text), "interrupted", not_sent=not exchange.unknown
+            exchange,
+            None,
+            None,
+            TransportError(text),
+            "interrupted",
+            not_sent=not exchange.unknown,
+            retryable=True,
         )
 
-    def _stop(self, source: Source, signum: int) -> None:
+    def halt(self, source: Source, reason: str) -> None:
+        """Stop taking new work after a fatal result (``reason`` names it): queued exchanges
+        end ``"interrupted"`` and not sent now, in-flight ones get the grace to finish."""
+        if self._stop_at is None:
+            self._stop_reason = reason
+            self._stop(source, None)
+
+    def _stop(self, source: Source, signum: int | None) -> None:
         """Stop taking new work; in-flight requests get the grace, queued ones end now."""
         if self._stop_at is not None:  # a second interrupt: no more grace
             self._abandon_in_flight()
             return
-        self.interrupted = self.stats.interrupted = signum
+        if signum is not None:
+            self.interrupted = self.stats.interrupted = signum
         self._stop_at = time.monotonic() + self.grace
         if self.interrupt is not None and self._selector is not None:
             # Seen: it stays readable, and select must now wait for the in-flight answers.
@@ -677,13 +756,22 @@ class SendLoop:
         self._wake_read = self._wake_write = None
 
 
-def _json_object(content: bytes) -> Any:
-    """The body as a JSON object, or ``None`` (not JSON, not an object, too deep)."""
+def braze_answer(path: str, content: bytes) -> Any:
+    """The 2xx body as Braze's answer, or ``None`` when it is not one: not a JSON object (or
+    too deep), and for ``/users/track`` a ``"message"`` other than ``"success"``/``"queued"`` or
+    ``errors`` that is not a list (``{}``, a gateway's ``{"status": "ok"}``, an error page)."""
     try:
         payload = loads(content)
     except (ValueError, RecursionError, MemoryError):
         return None
-    return payload if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    if path == _TRACK and (
+        payload.get("message") not in _BRAZE_MESSAGES
+        or not isinstance(payload.get("errors", []), list)
+    ):
+        return None
+    return payload
 
 
 def _status_error(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import threading
 import urllib.request
@@ -22,13 +23,78 @@ from .._fork import reset_after_fork
 from ..exceptions import ConfigurationError
 from ._connection import Connection
 
-__all__ = ["ConnectionPool", "Proxy", "TLSVerificationError", "resolve_proxy"]
+__all__ = [
+    "ConnectionPool",
+    "Proxy",
+    "TLSVerificationError",
+    "UnmendableError",
+    "resolve_proxy",
+    "unmendable",
+]
 
 _CONNECT_THREADS = 16
+# OpenSSL reasons of a handshake that no retry can mend: the two sides share no protocol
+# version or cipher, or the "server" does not speak TLS at all.
+_TLS_PROTOCOL_REASONS = frozenset(
+    {
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "WRONG_VERSION_NUMBER",
+        "NO_PROTOCOLS_AVAILABLE",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "NO_SHARED_CIPHER",
+        "NO_CIPHERS_AVAILABLE",
+        "UNSAFE_LEGACY_RENEGOTIATION_DISABLED",
+    }
+)
+# getaddrinfo's "this name does not exist" (EAI_AGAIN, a resolver that did not answer, may mend).
+_NO_SUCH_NAME = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, name)
+)
+_PROXY_REFUSALS = ("Tunnel connection failed: 407", "Tunnel connection failed: 403")
 
 
-class TLSVerificationError(OSError):
+class UnmendableError(OSError):
+    """A connection failure no retry can mend: stop at once (see :func:`unmendable`)."""
+
+
+class TLSVerificationError(UnmendableError):
     """The server's certificate did not verify (hostname, chain, expiry): retrying cannot help."""
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def unmendable(exc: BaseException, host: str) -> UnmendableError | None:
+    """The unmendable failure behind a connection error, or ``None`` (retrying may help).
+
+    TLS: the certificate did not verify, or no protocol version/cipher in common; DNS: the
+    name does not exist (not a resolver that did not answer); a proxy answering 407 or 403 to
+    CONNECT."""
+    for cause in _causes(exc):
+        if isinstance(cause, UnmendableError):
+            return cause
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return TLSVerificationError(f"{host}: {cause.verify_message or cause}")
+        if isinstance(cause, ssl.CertificateError):  # pragma: no cover - old Pythons
+            return TLSVerificationError(f"{host}: {cause}")
+        if isinstance(cause, ssl.SSLError) and cause.reason in _TLS_PROTOCOL_REASONS:
+            return UnmendableError(
+                f"{host}: TLS handshake refused ({cause.reason}): the server offers no "
+                "TLS version or cipher we accept (TLS 1.2 at least), or does not speak TLS"
+            )
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_NAME:
+            return UnmendableError(f"{host}: the host name does not resolve ({cause.strerror})")
+        text = str(cause)
+        if any(refusal in text for refusal in _PROXY_REFUSALS):
+            return UnmendableError(f"the proxy refused the tunnel to {host}: {text[:200]}")
+    return None
 
 
 @frozen
@@ -161,20 +227,19 @@ class ConnectionPool:
             connection = HTTPConnection(host, port, timeout=timeout)
         try:
             connection.connect()
-        except ssl.SSLCertVerificationError as exc:
+        except (OSError, HTTPError, ValueError) as exc:
             connection.close()
-            raise TLSVerificationError(f"{target.host}: {exc.verify_message or exc}") from None
-        except ssl.CertificateError as exc:  # pragma: no cover - hostname mismatch on old Pythons
-            connection.close()
-            raise TLSVerificationError(f"{target.host}: {exc}") from None
-        except HTTPError as exc:
-            connection.close()
-            cause = exc.__context__
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                raise TLSVerificationError(f"{target.host}: {cause.verify_message}") from None
-            raise OSError(str(exc)) from None
+            refused = unmendable(exc, target.host)
+            if refused is not None:
+                raise refused from None
+            if isinstance(exc, HTTPError):
+                raise OSError(str(exc)) from exc
+            raise
         sock, connection.sock = connection.sock, None  # the loop owns the socket now
         assert sock is not None
+        if self.closed:  # closed while we connected: nobody will take it
+            sock.close()
+            raise OSError("the client was closed")
         return Connection(sock)
 
     def connect(self, timeout: float) -> Future[Connection]:
@@ -191,13 +256,13 @@ class ConnectionPool:
     # --- keeping -------------------------------------------------------------------------
 
     def checkout(self) -> Connection | None:
-        """An idle connection the server has not closed meanwhile (as urllib3 checks before
-        reusing one), or ``None``."""
+        """An idle connection the server has not closed, and has sent nothing on, meanwhile
+        (a stray answer there would be read as the next request's), or ``None``."""
         while True:
             with self._lock:
                 self._check()
                 connection = self._idle.pop() if self._idle else None
-            if connection is None or not connection.dropped():
+            if connection is None or connection.usable():
                 return connection
             connection.close()
 
@@ -221,4 +286,6 @@ class ConnectionPool:
         for connection in idle:
             connection.close()
         if executor is not None:
-            executor.shutdown(wait=True)
+            # Never wait behind connects queued at a slow proxy: queued ones are cancelled,
+            # running ones close their socket when they finish (``open`` sees ``closed``).
+            executor.shutdown(wait=False, cancel_futures=True)

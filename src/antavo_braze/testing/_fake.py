@@ -723,7 +723,8 @@ class FakeBraze:
         if self.latency:
             time.sleep(self.latency)
         if fault is not None and fault.status is not None:
-            payload = fault.body if fault.body is not None else {"message": "injected fault"}
+            default = "success" if 200 <= fault.status < 300 else "injected fault"
+            payload = fault.body if fault.body is not None else {"message": default}
             self._reply(ex, fault.status, payload, dict(fault.headers))
             return
         if not ex.key_valid:
