@@ -18,6 +18,7 @@ from ._accounting import (
     RecordOutcome,
     SyncReport,
 )
+from ._antavo._client import AntavoClient
 from ._batching import BatchLimits
 from ._client import BrazeClient, RejectedObject, TrackResult
 from ._coerce import coerce, infer_type
@@ -71,6 +72,7 @@ from .models import (
 
 __all__ = [
     "AntavoBrazeError",
+    "AntavoClient",
     "AttemptOutcome",
     "AttributesObject",
     "AuthenticationError",
