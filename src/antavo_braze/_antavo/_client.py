@@ -199,12 +199,14 @@ class AntavoClient:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def customer(self, customer_id: str) -> dict[str, Any]:
-        """One customer object as Antavo returns it (what ``sync_members`` takes)."""
+    def customer(self, customer_id: str, *, fields: Sequence[str] | None = None) -> dict[str, Any]:
+        """One customer object as Antavo returns it (what ``sync_members`` takes);
+        ``fields`` asks for Antavo's extra attributes (``groups``, ``purchases.ytd``, ...)."""
         text = str(customer_id)
         if not text or len(text) > 512:
             raise ConfigurationError(f"not a customer id: {text[:80]!r}")
-        body = self._get(f"/customers/{quote(text, safe='')}", {})
+        params = {} if not fields else {"fields": ",".join(fields)}
+        body = self._get(f"/customers/{quote(text, safe='')}", params)
         if not isinstance(body, dict):
             raise ServerError(200, "", f"Antavo answered a customer that is not an object: {text}")
         return body
