@@ -382,7 +382,8 @@ def test_a_callers_session_is_used_and_left_open(fake: FakeAntavo) -> None:
 def test_times_round_trip_through_the_filter_format(seconds: int) -> None:
     """Unix seconds -> the Z form -> back: the same second, never a '+'."""
     text = format_time(to_utc(seconds))
-    assert "+" not in text and text.endswith("Z")
+    assert "+" not in text
+    assert text.endswith("Z")
     assert to_utc(text).timestamp() == seconds
 
 
