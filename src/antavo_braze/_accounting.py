@@ -153,6 +153,7 @@ class SyncReport:
     possible_duplicates: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
+    watermark: str | None = None  # a pull from Antavo: where the next pull of its kind starts
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -196,6 +197,8 @@ class SyncReport:
                 f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
                 "answer was lost: Braze may have recorded them twice"
             )
+        if self.watermark is not None:
+            lines.append(f"watermark: the next pull starts at {self.watermark}")
         if self.attribute_values_saved:
             lines.append(
                 f"change detection left out {self.attribute_values_saved} unchanged attribute "
@@ -401,6 +404,9 @@ class _Run:
         self.parts: dict[int, _Parts] = {}
         self.states: dict[int, tuple[str, dict[str, str]]] = {}
         self.state_updates: list[tuple[str, dict[str, str]]] = []
+        # The event ledger: ids of events in flight by position, and those Braze accepted.
+        self.sent: dict[int, str] = {}
+        self.sent_updates: list[str] = []
         # Field presence (member syncs): absent counts are filled by the compiled plan.
         self.field_names = field_names
         self.absent = [0] * len(field_names)
@@ -539,7 +545,7 @@ class _Run:
         clean = outcome.error is None and not outcome.rejected
         duplicated = clean and outcome.unknown and self.event_arrays
         items = outcome.batch.items
-        if clean and not duplicated and not self.parts and not self.states:
+        if clean and not duplicated and not self.parts and not self.states and not self.sent:
             # Every object accepted, each its own record, nothing to remember: count them.
             self.succeeded += len(items)
             self.attribute_values += sum([item.values for item in items])
@@ -556,7 +562,7 @@ class _Run:
                 values += item.values
                 if duplicated and item.array != ATTRIBUTES:
                     self.possible_duplicates += 1
-                if self.states:
+                if self.states or self.sent:
                     self._remember(item.record)
                 continue
             parts = self.parts[item.record]
@@ -595,11 +601,15 @@ class _Run:
             objects=_objects(parts.failed),
         )
         self.states.pop(position, None)
+        self.sent.pop(position, None)
 
     def _remember(self, position: int) -> None:
         state = self.states.pop(position, None)
         if state is not None:
             self.state_updates.append(state)
+        event_id = self.sent.pop(position, None)
+        if event_id is not None:
+            self.sent_updates.append(event_id)
 
     @staticmethod
     def _outcome_of(outcome: BatchOutcome) -> Outcome:
@@ -623,6 +633,7 @@ class _Run:
             objects=_objects([item]),
         )
         self.states.pop(item.record, None)
+        self.sent.pop(item.record, None)
 
     # --- progress and the report ---------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._accounting import (
     Progress,
@@ -28,6 +28,7 @@ from ._accounting import (
     fingerprint,
     stderr_progress,
 )
+from ._antavo._client import AntavoClient, TimeLike
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
@@ -38,9 +39,12 @@ from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
 from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
-from ._state import StateStore, get_many
+from ._state import StateStore, already_sent, get_many, has_ledger, record_sent
 from ._wire import WireError, model_item, wire_item
 from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
+
+if TYPE_CHECKING:
+    from ._antavo._client import AntavoClient, TimeLike
 
 __all__ = ["Syncer"]
 
@@ -51,6 +55,9 @@ InvalidField = Literal["fail_record", "drop_field"]
 Build = Callable[[Iterable[Any], _Run], Generator[Sequence[Item], None, None]]
 _NO_FIELD = "no mapped field present"
 _UNCHANGED = "unchanged since Braze last accepted it"
+ALREADY_SENT = "already sent"  # the event ledger holds its id: Braze accepted it before
+_REPEATED = "repeats an earlier event of this input (same id)"
+_LEDGER_CHUNK = 75  # events looked up in the ledger at once
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
@@ -238,6 +245,25 @@ class Syncer:
         """Send each event as a custom event or purchases (plus trigger attributes)."""
         return self._run("event", events, self._event_groups)
 
+    def pull_members(
+        self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
+    ) -> SyncReport:
+        """Read the customers Antavo changed in ``(since, until]`` and sync them; ``since``
+        defaults to the state store's watermark, which moves to ``until`` once the whole
+        window is settled (``report.watermark``: where the next pull starts)."""
+        from ._pull import pull
+
+        return pull(self, antavo, "members", since, until)
+
+    def pull_events(
+        self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
+    ) -> SyncReport:
+        """Read Antavo's events of ``[since, until)`` and sync them, each once (the ledger);
+        the watermark as for :meth:`pull_members`."""
+        from ._pull import pull
+
+        return pull(self, antavo, "events", since, until)
+
     def sync_attributes(
         self,
         member_id: str,
@@ -307,8 +333,12 @@ class Syncer:
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
         entries = read_dead_letters(source)
 
+        ledger = self._ledger()
+
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
-            for position, entry in enumerate(records):
+            for position, entry, event_id in self._unsent(records, run, _entry_event_key):
+                if event_id is _SKIP:
+                    continue
                 reason = _not_resent(entry, allow_duplicates)
                 if reason is not None:
                     run.total += 1
@@ -325,6 +355,8 @@ class Syncer:
                     run.total += 1
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
+                if ledger and event_id is not None:
+                    run.sent[position] = event_id
                 yield self._open(run, position, entry, items)
 
         return self._run("replay", entries, build)
@@ -481,6 +513,9 @@ class Syncer:
                         if run.state_updates and self.state is not None:
                             self.state.put_many(run.state_updates)
                             run.state_updates = []
+                        if run.sent_updates:
+                            record_sent(self.state, run.sent_updates)
+                            run.sent_updates = []
                     return
                 except KeyboardInterrupt:
                     if interrupt.signal is not None:
@@ -707,7 +742,10 @@ class Syncer:
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
         mapper = self.mapper
-        for position, event in enumerate(records):
+        ledger = self._ledger()
+        for position, event, event_id in self._unsent(records, run, _event_key):
+            if event_id is _SKIP:
+                continue
             if event.__class__ is BadInput:
                 run.total += 1
                 run.fail(position, event, None, "input", event.reason, line=event.line)
@@ -732,7 +770,63 @@ class Syncer:
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
+            if ledger and event_id is not None:
+                run.sent[position] = event_id  # recorded once Braze accepts it
             yield self._open(run, position, event, items)
+
+    def _ledger(self) -> bool:
+        return self.state is not None and has_ledger(self.state)
+
+    def _unsent(
+        self, records: Iterable[Any], run: _Run, key: Callable[[Any], str | None]
+    ) -> Iterator[tuple[int, Any, Any]]:
+        """``(position, record, event id)``; with a ledger, events Braze accepted before
+        (or repeated in this input while the first is in flight) are skipped here and come
+        with the id ``_SKIP``. The ledger is read a chunk at a time."""
+        if not self._ledger():
+            for position, record in enumerate(records):
+                yield position, record, key(record)
+            return
+        chunk: list[tuple[int, Any, str | None]] = []
+        for position, record in enumerate(records):
+            chunk.append((position, record, key(record)))
+            if len(chunk) >= _LEDGER_CHUNK:
+                yield from self._check_ledger(chunk, run)
+                chunk = []
+        yield from self._check_ledger(chunk, run)
+
+    def _check_ledger(
+        self, chunk: list[tuple[int, Any, str | None]], run: _Run
+    ) -> Iterator[tuple[int, Any, Any]]:
+        hits = already_sent(self.state, [i for _, _, i in chunk if i is not None])
+        in_flight = set(run.sent.values())
+        for position, record, event_id in chunk:
+            if event_id is not None and (event_id in hits or event_id in in_flight):
+                run.total += 1
+                run.skip(position, ALREADY_SENT if event_id in hits else _REPEATED)
+                yield position, record, _SKIP
+                continue
+            if event_id is not None:
+                in_flight.add(event_id)
+            yield position, record, event_id
+
+
+_SKIP = object()  # the id _unsent gives a record it skipped
+
+
+def _event_key(record: Any) -> str | None:
+    """An event's Antavo ``id`` (the ledger's key), if it has one."""
+    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
+
+
+def _entry_event_key(entry: Any) -> str | None:
+    """The Antavo ``id`` of the event a dead-letter entry holds."""
+    if isinstance(entry, DeadLetterEntry) and entry.kind == "event":
+        return _event_key(entry.record)
+    return None
 
 
 def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:

@@ -260,16 +260,17 @@ class AntavoClient:
         """``(since, until)`` as whole UTC seconds; ``until`` defaults to now minus ``lag``
         (a window is closed before it is read)."""
         start = to_utc(since)
-        if until is None:
-            end = to_utc(datetime.now(timezone.utc) - timedelta(seconds=self.lag))
-        else:
-            end = to_utc(until)
+        end = self.closed_until() if until is None else to_utc(until)
         if end < start:
             raise ConfigurationError(
                 f"the window ends before it starts: since {format_time(start)}, "
                 f"until {format_time(end)}"
             )
         return start, end
+
+    def closed_until(self) -> datetime:
+        """Now minus ``lag``, in whole seconds: the end of the newest closed window."""
+        return to_utc(datetime.now(timezone.utc) - timedelta(seconds=self.lag))
 
     # --- paging ------------------------------------------------------------------------------
 
