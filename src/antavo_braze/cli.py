@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from . import _demo
 from ._accounting import Progress
+from ._antavo._client import AntavoClient
 from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
@@ -502,6 +504,145 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- pull: read Antavo and sync ----------------------------------------------------------------
+
+
+def _antavo_from_env(**options: Any) -> AntavoClient:
+    try:
+        return AntavoClient.from_env(**options)
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _wait_or_stop(seconds: float) -> int | None:
+    """Wait ``seconds`` between two pulls; SIGINT/SIGTERM end the wait at once: the signal
+    number, else ``None``."""
+    woken = threading.Event()
+    caught: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        caught.append(signum)
+        woken.set()
+
+    previous = {name: signal.signal(name, handler) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        woken.wait(seconds)
+    finally:
+        for name, old in previous.items():
+            signal.signal(name, old)
+    return caught[0] if caught else None
+
+
+def _antavo_refused(exc: AntavoBrazeError) -> int:
+    print(f"antavo-braze: Antavo refused the credentials: {exc}", file=sys.stderr)
+    return EXIT_AUTH
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    mapping = _load_mapping(args.mapping)
+    if not args.state and not args.since:
+        raise _UserError(
+            "pull needs --since, or --state (its watermark says where the last pull ended)"
+        )
+    if args.follow and not args.state:
+        raise _UserError("--follow needs --state: each pull starts where the last one ended")
+    if args.every <= 0:
+        raise _UserError("--every must be a positive number of seconds")
+    if args.lag < 0:
+        raise _UserError("--lag must not be negative")
+    antavo = _antavo_from_env(lag=args.lag)
+    state = _state_store(args.state)
+    client = _client_from_env(args)
+    sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
+    progress = _ProgressLine(sys.stderr) if not (args.quiet or args.follow) else None
+    try:
+        syncer = Syncer(client, mapping, dead_letter=sink, state=state, progress=progress)
+    except ConfigurationError as exc:
+        client.close()
+        raise _UserError(str(exc)) from None
+    pull = syncer.pull_members if args.kind == "members" else syncer.pull_events
+    since, until = args.since, args.until
+    try:
+        while True:
+            try:
+                report = pull(antavo, since=since, until=until)
+            except SyncInterrupted as stop:
+                if progress is not None:
+                    progress.close()
+                print(stop.report)
+                print("interrupted: the watermark did not move", file=sys.stderr)
+                return 128 + stop.signal
+            except (AuthenticationError, PermissionDeniedError) as exc:
+                if getattr(exc, "service", None) == "antavo":
+                    return _antavo_refused(exc)
+                raise
+            except ConfigurationError as exc:
+                raise _UserError(str(exc)) from None
+            except AntavoBrazeError as exc:
+                partial = getattr(exc, "report", None)
+                if not args.follow:
+                    if partial is not None:
+                        print(partial)
+                    raise
+                print(f"{_now()} pull failed ({exc}); the watermark did not move", flush=True)
+            else:
+                if progress is not None:
+                    progress.close()
+                if not args.follow:
+                    print(report)
+                    if args.dead_letter and report.failed:
+                        print(f"failed records written to {args.dead_letter}")
+                    return EXIT_OK if report.ok else EXIT_FAILED
+                print(f"{_now()} {report.summary()}; next from {report.watermark}", flush=True)
+            since, until = None, None  # from the watermark on
+            signum = _wait_or_stop(args.every)
+            if signum is not None:
+                print(f"stopped ({signal.Signals(signum).name})", file=sys.stderr)
+                return 128 + signum
+    finally:
+        client.close()
+        antavo.close()
+        syncer.close()
+        _close_state(state)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _add_pull(commands: Any) -> None:
+    pull = commands.add_parser(
+        "pull",
+        help="read members or events from Antavo and sync them",
+        description="Read the customers Antavo changed, or its events, over a window and "
+        "sync them. With --state the pull starts where the last one ended (its watermark) "
+        "and events Braze accepted are never sent again. Credentials from ANTAVO_API_URL "
+        "(or ANTAVO_STACK), ANTAVO_API_KEY, ANTAVO_API_SECRET and the BRAZE_* variables.",
+    )
+    pull.add_argument("kind", choices=["members", "events"])
+    pull.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
+    pull.add_argument("--state", help="SQLite file or redis:// URL: watermark, ledger, changes")
+    pull.add_argument("--since", help="window start (ISO 8601, e.g. 2026-12-01T00:00:00Z)")
+    pull.add_argument("--until", help="window end (ISO 8601; default: now minus 60 seconds)")
+    pull.add_argument(
+        "--lag",
+        type=float,
+        default=60.0,
+        help="seconds a window's default end stays behind now, for events Antavo makes "
+        "visible late (60)",
+    )
+    pull.add_argument("--dead-letter", help="append failed records to this JSON Lines file")
+    pull.add_argument(
+        "--follow", action="store_true", help="pull again every --every seconds until stopped"
+    )
+    pull.add_argument(
+        "--every", type=float, default=60.0, help="seconds between pulls with --follow (60)"
+    )
+    _add_budget(pull)
+    _add_common(pull)
+    pull.set_defaults(func=cmd_pull)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="antavo-braze",
@@ -641,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(serve)
     serve.set_defaults(func=cmd_serve)
+    _add_pull(commands)
     return parser
 
 
