@@ -45,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger("antavo_braze.sync")
 
-Stage = Literal["input", "validation", "braze", "transport", "interrupted"]
+Stage = Literal["input", "validation", "braze", "transport", "interrupted", "antavo"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 _SHOWN_FAILURES = 20
 _HTML_ROWS = 200

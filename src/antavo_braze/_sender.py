@@ -29,10 +29,10 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from os import PathLike
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from attrs import frozen
@@ -51,6 +51,9 @@ from .exceptions import (
     QueueFull,
 )
 
+if TYPE_CHECKING:
+    from ._antavo._client import AntavoClient
+
 __all__ = ["BackgroundSender", "SenderStats", "Submission"]
 
 log = logging.getLogger("antavo_braze.sender")
@@ -60,6 +63,7 @@ OnFull = Literal["block", "raise"]
 _ORPHAN_CHECK = 10.0  # seconds between looks for spooled rows of processes that died
 _RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
+_REFRESH_THREADS = 8  # members read from Antavo at once (antavo=)
 
 
 class Submission:
@@ -111,6 +115,8 @@ class SenderStats:
     skipped: int
     requests: int
     rate_limit_waits: int
+    refreshed: int = 0  # members read from Antavo and sent with their events (antavo=)
+    refresh_failed: int = 0  # members Antavo could not give: their events went without
 
 
 class _Change:
@@ -189,6 +195,12 @@ class BackgroundSender:
     change until its outcome is known (without one, what is queued lives in memory only).
     At interpreter exit, pending work gets ``exit_timeout`` seconds; what remains is logged
     (and stays in the spool, or goes to the dead letter as not sent).
+
+    ``antavo`` (an :class:`~antavo_braze.AntavoClient`) honours Antavo's rule that a change
+    sends the member's whole mapping: for each member with events in a window, the current
+    customer object is read from Antavo once and its mapped fields are sent just before the
+    events. When Antavo cannot be read, the events still go and that refresh alone fails
+    (stage ``"antavo"``, retryable, in the dead letter; ``stats().refresh_failed``).
     """
 
     def __init__(
@@ -201,6 +213,7 @@ class BackgroundSender:
         spool: str | PathLike[str] | None = None,
         on_full: OnFull = "block",
         exit_timeout: float = 5.0,
+        antavo: AntavoClient | None = None,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -220,6 +233,7 @@ class BackgroundSender:
         self.max_queue = max_queue
         self.on_full: OnFull = on_full
         self.exit_timeout = exit_timeout
+        self.antavo = antavo
         self.spool = Spool(spool) if spool is not None else None
         self._closed = False
         self._reset()
@@ -248,7 +262,17 @@ class BackgroundSender:
         self._orphans_checked = 0.0
         self._receipts: OrderedDict[str, None] = OrderedDict()
         self._counts = dict.fromkeys(
-            ("received", "succeeded", "failed", "skipped", "requests", "rate_limit_waits"), 0
+            (
+                "received",
+                "succeeded",
+                "failed",
+                "skipped",
+                "requests",
+                "rate_limit_waits",
+                "refreshed",
+                "refresh_failed",
+            ),
+            0,
         )
 
     def _after_fork(self) -> None:
@@ -542,6 +566,8 @@ class BackgroundSender:
         return window
 
     def _send(self, window: list[_Change]) -> None:
+        if self.antavo is not None:
+            self._refresh(window, self.antavo)
         for kind, changes in _by_kind(window):
             records = [c.record for c in changes]
             try:
@@ -560,6 +586,48 @@ class BackgroundSender:
                 reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
                 outcomes = self.syncer._fail_changes(kind, records, "transport", reason)
             self._finish(changes, outcomes)
+
+    def _refresh(self, window: list[_Change], antavo: AntavoClient) -> None:
+        """Antavo's rule: read each member with events in ``window`` once, and send its
+        mapped fields; a member Antavo cannot give fails alone (its events still go)."""
+        ids = list(
+            dict.fromkeys(
+                member_id
+                for change in window
+                if change.kind == "event" and (member_id := _event_id(change.record)) is not None
+            )
+        )
+        if not ids:
+            return
+
+        def fetch(member_id: str) -> dict[str, Any] | str:
+            try:
+                return antavo.customer(member_id)
+            except AntavoBrazeError as exc:
+                return str(exc)[:300]
+
+        with ThreadPoolExecutor(min(_REFRESH_THREADS, len(ids))) as pool:
+            found = list(pool.map(fetch, ids))
+        members = [m for m in found if isinstance(m, dict)]
+        for member_id, result in zip(ids, found, strict=True):
+            if isinstance(result, str):
+                log.warning("could not read member %s from Antavo: %s", member_id, result)
+                self.syncer._fail_changes(
+                    "member", [{"id": member_id}], "antavo", f"refresh from Antavo: {result}"
+                )
+        refreshed = 0
+        if members:
+            try:
+                report, _ = self.syncer._sync_changes("member", members)
+                refreshed = report.succeeded + report.skipped
+                with self._cond:
+                    self._counts["requests"] += report.requests
+            except AntavoBrazeError as exc:
+                log.error("the refreshed members could not be sent: %s", exc)
+                self.syncer._fail_changes("member", members, "transport", str(exc))
+        with self._cond:
+            self._counts["refreshed"] += refreshed
+            self._counts["refresh_failed"] += len(ids) - refreshed
 
     def _finish(
         self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True
@@ -670,4 +738,6 @@ class BackgroundSender:
                 skipped=counts["skipped"],
                 requests=counts["requests"],
                 rate_limit_waits=counts["rate_limit_waits"],
+                refreshed=counts["refreshed"],
+                refresh_failed=counts["refresh_failed"],
             )

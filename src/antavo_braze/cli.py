@@ -53,6 +53,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 DEFAULT_MAX_IN_FLIGHT = 8  # one default for every command that sends
+_REFRESH_RETRY = RetryPolicy(attempts=2, wait_initial=0.5, wait_max=2.0, wait_jitter=0.5)
 
 
 class _UserError(Exception):
@@ -458,12 +459,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise _UserError(
             "serve needs an ASGI server: pip install 'antavo-braze[serve]' (uvicorn)"
         ) from None
+    # --antavo: Antavo's rule, each event's member read from Antavo and sent with it. Two
+    # tries at most: a window never waits long on Antavo (a failed refresh is dead-lettered).
+    antavo = _antavo_from_env(retry=_REFRESH_RETRY) if args.antavo else None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
     state = _state_store(args.state)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
-        sender = BackgroundSender(syncer, spool=args.spool, flush_at=client.limits.max_objects)
+        sender = BackgroundSender(
+            syncer, spool=args.spool, flush_at=client.limits.max_objects, antavo=antavo
+        )
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
@@ -491,6 +497,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             signal.signal(name, handler)
         sender.close(timeout=args.shutdown_timeout)
         client.close()
+        if antavo is not None:
+            antavo.close()
         syncer.close()
         _close_state(state)
     stats = sender.stats()
@@ -772,6 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (8080)")
     serve.add_argument("--dead-letter", help="append failed changes to this JSON Lines file")
+    serve.add_argument(
+        "--antavo",
+        action="store_true",
+        help="Antavo's rule: read each event's member from Antavo (ANTAVO_* credentials) "
+        "once per window and send its mapped fields with the events",
+    )
     _add_state(serve)
     _add_budget(serve)
     serve.add_argument(
