@@ -171,3 +171,18 @@ def test_follow_pulls_each_cycle_and_stops_cleanly(
     assert "Traceback" not in err
     assert len(fake.events) == 13
     assert "1 records: 1 succeeded" in out
+
+
+def test_demo_pulls_from_an_embedded_fake_antavo() -> None:
+    """`antavo-braze demo` also pulls from a fake Antavo and shows the ledger at work."""
+    result = subprocess.run(
+        [sys.executable, "-m", "antavo_braze.cli", "demo", "--members", "3", "--events", "4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Pulling from a fake Antavo" in result.stdout
+    assert "pull members: 5 records: 5 succeeded" in result.stdout
+    assert "skipped as already sent" in result.stdout

@@ -37,7 +37,7 @@ from ._ratelimit import InProcessPacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
 from ._shard import Sharded, parse_shard
-from ._state import SqliteStateStore, StateStore
+from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Syncer
 from ._version import __version__
 from .exceptions import (
@@ -252,7 +252,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             "\n(the member 'member-broken' fails on purpose: its score is not a number)", file=out
         )
+        _demo_pull(client, out)
     return EXIT_OK
+
+
+def _demo_pull(client: BrazeClient, out: TextIO) -> None:
+    """The demo's second half: pulls from an embedded fake Antavo (signed reads)."""
+    from .testing import FakeAntavo
+
+    with FakeAntavo() as antavo, antavo.client() as reader:
+        for member in _demo.sample_members(5, seed=1):
+            antavo.add_customer(member)
+        for event in _demo.sample_events(8, seed=1):
+            moment = event.get("timestamp", event["data"].get("effective_timestamp"))
+            antavo.add_event({**event, "timestamp": moment})
+        print(f"\nPulling from a fake Antavo on {antavo.url} (Escher-signed reads):", file=out)
+        syncer = Syncer(client, _demo.DEMO_MAPPING, state=MemoryStateStore())
+        since = "2020-01-01T00:00:00Z"
+        print("pull members:", syncer.pull_members(reader, since=since).summary(), file=out)
+        print("pull events: ", syncer.pull_events(reader, since=since).summary(), file=out)
+        again = syncer.pull_events(reader, since=since)
+        print("pull events again (the same window):", again.summary(), file=out)
+        print(
+            f"  {again.skipped_by_reason.get('already sent', 0)} skipped as already sent: "
+            "the state store's ledger sends each event once",
+            file=out,
+        )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
