@@ -17,6 +17,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -256,7 +257,7 @@ class FakeAntavo:
     Antavo); :meth:`fail_next` injects faults; ``on_request`` (a callable taking the path)
     runs before each answer, e.g. to change data while a client pages through it;
     ``clock_offset`` seconds shift the fake's clock (a skew test). What it received is in
-    ``requests``.
+    ``requests``; ``status_counts`` counts its answers by status.
     """
 
     def __init__(
@@ -288,6 +289,7 @@ class FakeAntavo:
         self.customers: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.requests: list[RecordedAntavoRequest] = []
+        self.status_counts: Counter[int] = Counter()  # answers by status (also unrecorded)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -491,6 +493,8 @@ class FakeAntavo:
         answer: Any,
     ) -> None:
         self._record(handler.command, target, headers, status)
+        with self._lock:
+            self.status_counts[status] += 1
         data = json.dumps(answer).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
