@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import pickle
 from datetime import datetime, timezone
@@ -417,3 +418,112 @@ def test_customer_list_envelopes() -> None:
     assert customer_ids({"id": "a"}) == ["a"]
     with pytest.raises(ValueError, match="usable id"):
         customer_ids([{"name": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (datetime(2026, 12, 6, 9, 0, 0, 500_000), "2026-12-06T09:00:00Z"),  # naive: UTC
+        ("2026-12-06T10:00:00+01:00", "2026-12-06T09:00:00Z"),
+        ("2026-12-06", "2026-12-06T00:00:00Z"),
+        (datetime(2026, 12, 6, tzinfo=timezone.utc).date(), "2026-12-06T00:00:00Z"),
+        (1_796_547_600.9, "2026-12-06T09:00:00Z"),
+    ],
+)
+def test_times_in_every_accepted_form(value: Any, expected: str) -> None:
+    """Datetimes (naive = UTC), dates, unix seconds and ISO strings become whole UTC seconds."""
+    assert format_time(to_utc(value)) == expected
+
+
+@pytest.mark.parametrize("value", [True, "yesterday", object(), 1e20])
+def test_what_is_not_a_time_is_refused(value: Any) -> None:
+    """A bool, a word, an object or an absurd number is a ConfigurationError."""
+    with pytest.raises(ab.ConfigurationError, match="time"):
+        to_utc(value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"api_key": ""}, "ANTAVO_API_KEY"),
+        ({"api_secret": ""}, "ANTAVO_API_SECRET"),
+        ({"api_key": "bad key!"}, "Escher credential"),
+        ({"requests_per_minute": 0}, "requests_per_minute"),
+        ({"page_size": 500}, "page_size"),
+        ({"timeout": 0}, "timeout"),
+        ({"stack": "Not A Stack"}, "stack name"),
+        ({"endpoint": ""}, "empty"),
+        ({"endpoint": "ftp://api.st2.antavo.com"}, "not an Antavo API URL"),
+        ({"endpoint": "https://user:pw@api.st2.antavo.com"}, "no credentials"),
+    ],
+)
+def test_bad_configuration_is_refused_clearly(kwargs: dict[str, Any], message: str) -> None:
+    """Every bad option is a ConfigurationError saying which, never the secret."""
+    options: dict[str, Any] = {"endpoint": "st2", "api_key": KEY, "api_secret": SECRET}
+    options.update(kwargs)
+    endpoint = options.pop("endpoint")
+    with pytest.raises(ab.ConfigurationError, match=message) as caught:
+        ab.AntavoClient(endpoint, **options)
+    assert SECRET not in str(caught.value)
+
+
+def test_window_and_ids_are_checked(fake: FakeAntavo) -> None:
+    """A window that ends before it starts, and an empty customer id, are refused unsent;
+    a closed client refuses to read."""
+    client = fake.client()
+    with pytest.raises(ab.ConfigurationError, match="ends before it starts"):
+        list(client.events(2000, 1000))
+    with pytest.raises(ab.ConfigurationError, match="customer id"):
+        client.customer("")
+    client.close()
+    with pytest.raises(ab.ConfigurationError, match="closed"):
+        client.customer("c-1")
+    assert fake.requests == []
+
+
+def test_answers_that_are_not_antavos_fail_clearly(fake: FakeAntavo) -> None:
+    """A 2xx that is not JSON is retried then fails; a list without ids, an event page
+    without data, and an event without a customer are errors naming what came."""
+    policy = ab.RetryPolicy(attempts=2, wait_initial=0, wait_jitter=0)
+    with fake.client(retry=policy) as client:
+        fake.fail_next(200, count=2, body=b"<html>not json</html>")
+        with pytest.raises(ab.TransportError, match="not Antavo's answer"):
+            client.customer("c-1")
+        fake.fail_next(200, body=[{"name": "no id"}])
+        with pytest.raises(ab.ServerError, match="usable id"):
+            list(client.changed_customers(0, 10))
+        fake.fail_next(200, body={"total": 1})
+        with pytest.raises(ab.ServerError, match="no 'data' list"):
+            list(client.events(0, 10))
+        fake.fail_next(200, body={"total": 1, "data": [{"id": "e1", "action": "x"}]})
+        with pytest.raises(ab.ServerError, match="names no customer"):
+            list(client.events(0, 10))
+        fake.fail_next(200, body=["a", "b"])
+        with pytest.raises(ab.ServerError, match="not an object"):
+            client.customer("c-1")
+
+
+def test_a_customer_listed_but_gone_is_skipped(fake: FakeAntavo) -> None:
+    """A customer the list names that 404s when fetched (merged, erased) is left out."""
+    fake.add_customer({"id": "c-1", "updated_at": 100})
+    fake.add_customer({"id": "c-2", "updated_at": 101})
+    fake.on_request = lambda path: fake.customers.pop("c-1", None) if path == "/customers" else None
+    with fake.client() as client:
+        assert [c["id"] for c in client.changed_customers(0, 200)] == ["c-2"]
+
+
+def test_a_list_that_keeps_moving_gives_up(fake: FakeAntavo) -> None:
+    """A list that moves by more than the overlap on every second page: after three
+    re-reads, a TransportError that says so."""
+    for number in range(400):
+        fake.add_customer({"id": f"c-{number:03d}", "updated_at": 1000 + number})
+    lists = itertools.count(1)
+
+    def churn(path: str) -> None:
+        if path == "/customers" and next(lists) % 2 == 0:  # each page two: 50 leave first
+            for customer_id in sorted(fake.customers)[:50]:
+                del fake.customers[customer_id]
+
+    fake.on_request = churn
+    with fake.client() as client, pytest.raises(ab.TransportError, match="kept changing"):
+        list(client.changed_customers(999, 5000))

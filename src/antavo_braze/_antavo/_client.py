@@ -414,7 +414,7 @@ class AntavoClient:
         """The typed error for a request that failed for good, with Antavo's code and a
         hint; never the key or the secret."""
         tries = f"after {attempts} attempt(s)"
-        if status is None:
+        if status is None or 200 <= status < 300:  # no answer, or not Antavo's
             exc: Exception = TransportError(f"Antavo {shown} failed {tries}: {error}")
             return exc
         kind, code, message = _antavo_error(body)

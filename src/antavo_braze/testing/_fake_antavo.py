@@ -63,7 +63,8 @@ class RecordedAntavoRequest:
 
 @frozen
 class AntavoFault:
-    """An injected answer: ``status`` with ``body`` (``None``: Antavo's error envelope), or
+    """An injected answer: ``status`` with ``body`` (JSON-ready data, or bytes sent as they
+    are; ``None``: Antavo's error envelope), or
     ``drop`` the connection without an answer; for ``count`` requests to paths starting with
     ``path`` (any path when empty)."""
 
@@ -495,7 +496,7 @@ class FakeAntavo:
         self._record(handler.command, target, headers, status)
         with self._lock:
             self.status_counts[status] += 1
-        data = json.dumps(answer).encode()
+        data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(data)))
