@@ -245,3 +245,50 @@ def test_pull_with_redis_state_sends_each_event_once_across_workers(
             store = ab.RedisStateStore(redis_db, prefix="w")
             ab.Syncer(braze, MAPPING, state=store).pull_events(reader, since=T0, until=T0 + 20)
     assert len(fake.events) == 20
+
+
+def test_events_of_this_very_second_are_pulled_with_no_lag(
+    antavo: FakeAntavo, fake: FakeBraze
+) -> None:
+    """Against the fake (lag 0) an event added just now is in the default window."""
+    antavo.add_event({"customer": "c-1", "action": "opt_in"})  # timestamp: now
+    with fake.client() as braze, antavo.client() as reader:
+        report = ab.Syncer(braze, MAPPING).pull_events(reader, since=T0)
+    assert report.succeeded == 1
+
+
+class _PlainStore:
+    """A user's own state store: change detection only, no watermark, no ledger."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, str]] = {}
+
+    def get(self, member_id: str) -> dict[str, str] | None:
+        return self.data.get(member_id)
+
+    def put_many(self, updates: Any) -> None:
+        for member_id, fields in updates:
+            self.data.setdefault(member_id, {}).update(fields)
+
+
+def test_a_store_without_watermark_or_ledger(antavo: FakeAntavo, fake: FakeBraze) -> None:
+    """A store of your own without watermarks: a pull needs since=; without a ledger an
+    event is sent each time it is synced."""
+    add_events(antavo, 2)
+    with fake.client() as braze, antavo.client() as reader:
+        syncer = ab.Syncer(braze, MAPPING, state=_PlainStore())
+        with pytest.raises(ab.ConfigurationError, match="keeps no watermark"):
+            syncer.pull_events(reader)
+        syncer.pull_events(reader, since=T0, until=T0 + 2)
+        syncer.pull_events(reader, since=T0, until=T0 + 2)
+    assert len(fake.events) == 4
+
+
+def test_memory_store_watermarks() -> None:
+    """MemoryStateStore keeps one watermark per kind."""
+    store = ab.MemoryStateStore()
+    assert store.get_watermark("events") is None
+    store.set_watermark("events", "2026-12-06T09:00:00Z")
+    store.set_watermark("members", "2026-12-06T08:00:00Z")
+    assert store.get_watermark("events") == "2026-12-06T09:00:00Z"
+    assert store.get_watermark("members") == "2026-12-06T08:00:00Z"

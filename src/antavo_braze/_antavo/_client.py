@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -269,7 +270,11 @@ class AntavoClient:
         return start, end
 
     def closed_until(self) -> datetime:
-        """Now minus ``lag``, in whole seconds: the end of the newest closed window."""
+        """Now minus ``lag``, in whole seconds: the end of the newest closed window. With
+        ``lag=0`` (tests against the fake) the next whole second, so that what happened up
+        to now is in the window."""
+        if self.lag == 0:
+            return to_utc(math.ceil(time.time()))
         return to_utc(datetime.now(timezone.utc) - timedelta(seconds=self.lag))
 
     # --- paging ------------------------------------------------------------------------------
