@@ -507,7 +507,7 @@ def test_a_customer_listed_but_gone_is_skipped(fake: FakeAntavo) -> None:
     """A customer the list names that 404s when fetched (merged, erased) is left out."""
     fake.add_customer({"id": "c-1", "updated_at": 100})
     fake.add_customer({"id": "c-2", "updated_at": 101})
-    fake.on_request = lambda path: fake.customers.pop("c-1", None) if path == "/customers" else None
+    fake.on_request = lambda path: fake.customers.pop("c-1", None) if path.endswith("c-1") else None
     with fake.client() as client:
         assert [c["id"] for c in client.changed_customers(0, 200)] == ["c-2"]
 
@@ -527,3 +527,56 @@ def test_a_list_that_keeps_moving_gives_up(fake: FakeAntavo) -> None:
     fake.on_request = churn
     with fake.client() as client, pytest.raises(ab.TransportError, match="kept changing"):
         list(client.changed_customers(999, 5000))
+
+
+def test_from_env_without_an_endpoint() -> None:
+    """No ANTAVO_API_URL and no ANTAVO_STACK: the error names them first."""
+    with pytest.raises(ab.ConfigurationError, match=r"ANTAVO_API_URL \(or ANTAVO_STACK\)"):
+        ab.AntavoClient.from_env({"ANTAVO_API_KEY": KEY, "ANTAVO_API_SECRET": SECRET})
+
+
+def test_an_answer_larger_than_the_bound_is_cut_off(
+    fake: FakeAntavo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body beyond MAX_BODY is not read to its end: the attempt fails (bounded memory)."""
+    import antavo_braze._antavo._client as module
+
+    monkeypatch.setattr(module, "MAX_BODY", 1000)
+    fake.add_customer({"id": "c-1", "notes": "x" * 5000})
+    with (
+        fake.client(retry=ab.RetryPolicy(attempts=1)) as client,
+        pytest.raises(ab.TransportError, match="larger than 1000 bytes"),
+    ):
+        client.customer("c-1")
+
+
+def test_a_listing_error_other_than_404_is_raised(fake: FakeAntavo) -> None:
+    """A customer the list names that answers 500 for good: the error is raised."""
+    fake.add_customer({"id": "c-1", "updated_at": 100})
+    fake.fail_next(500, count=5, path="/customers/c-1")
+    policy = ab.RetryPolicy(attempts=2, wait_initial=0, wait_jitter=0)
+    with fake.client(retry=policy) as client, pytest.raises(ab.ServerError):
+        list(client.changed_customers(0, 200))
+
+
+def test_shapes_tolerate_what_antavo_may_send() -> None:
+    """updated_at as a number or ISO text; a customer key spelled three ways; properties
+    as a list or a mapping; an existing data object kept."""
+    from antavo_braze._antavo._shapes import event_customer, updated_at
+
+    assert updated_at({"updated_at": 5}) == 5.0
+    assert updated_at({"updated_at": "1970-01-01T00:00:10Z"}) == 10.0
+    assert updated_at({"updated_at": "garbage"}) is None
+    assert updated_at({}) is None
+    assert event_customer({"Customer": {"id": "a"}}) == "a"
+    assert event_customer({"customer": {"id": "b"}}) == "b"
+    assert event_customer({"customer": "c"}) == "c"
+    assert event_customer({"customer": True}) is None
+    envelope = event_envelope({"id": "e", "customer": "c", "action": "x",
+                               "data": {"kept": 1}, "properties": {"extra": 2}})  # fmt: skip
+    assert envelope["data"] == {"kept": 1, "extra": 2}
+    assert "timestamp" not in envelope
+    with pytest.raises(ValueError, match="not a list"):
+        customer_ids("text")
+    with pytest.raises(ValueError, match="empty or too long"):
+        customer_ids([{"id": ""}])
