@@ -28,7 +28,6 @@ from ._accounting import (
     fingerprint,
     stderr_progress,
 )
-from ._antavo._client import AntavoClient, TimeLike
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
