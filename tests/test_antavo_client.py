@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 from escherauth import Escher, EscherRequestsAuth
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
@@ -580,3 +580,37 @@ def test_shapes_tolerate_what_antavo_may_send() -> None:
         customer_ids("text")
     with pytest.raises(ValueError, match="empty or too long"):
         customer_ids([{"id": ""}])
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=260),
+    moved=st.sets(st.integers(min_value=0, max_value=259), max_size=40),
+    at_request=st.integers(min_value=1, max_value=4),
+)
+def test_paging_never_loses_or_repeats_a_customer(
+    count: int, moved: set[int], at_request: int
+) -> None:
+    """Whatever customers change (and move to the list's end) at whichever page: every
+    customer is read exactly once — the unchanged ones from this window, the changed ones
+    either here or in the next window."""
+    moved = {m for m in moved if m < count}
+    with FakeAntavo() as fake:
+        for number in range(count):
+            fake.add_customer({"id": f"c-{number:03d}", "updated_at": 1000 + number})
+        lists = itertools.count(1)
+
+        def churn(path: str) -> None:
+            if path == "/customers" and next(lists) == at_request:
+                for number in moved:
+                    fake.update_customer(f"c-{number:03d}", updated_at=5000 + number)
+
+        fake.on_request = churn
+        with fake.client() as client:
+            first = [c["id"] for c in client.changed_customers(999, 2000)]
+            fake.on_request = None
+            second = [c["id"] for c in client.changed_customers(2000, 9000)]
+    assert len(first) == len(set(first))
+    unchanged = {f"c-{n:03d}" for n in range(count) if n not in moved}
+    assert unchanged <= set(first)
+    assert set(first) | set(second) == {f"c-{n:03d}" for n in range(count)}
