@@ -65,6 +65,42 @@ def test_sender_reads_each_member_once_per_window_and_sends_its_fields(
     assert fake.profiles["c-2"]["loyalty_points"] == 200
     assert len(fake.events) == 3
     assert (stats.refreshed, stats.refresh_failed) == (2, 0)
+    tracks = [r for r in fake.requests if r.path == "/users/track"]
+    assert len(tracks) == 1  # the members' fields travel in the events' request
+    assert len(tracks[0].body["attributes"]) == 2
+    assert len(tracks[0].body["events"]) == 3
+
+
+def test_a_refreshed_member_braze_cannot_take_fails_alone(
+    antavo: FakeAntavo, fake: FakeBraze, tmp_path: Path
+) -> None:
+    """Antavo gives a member whose score is not a number: its events go, the member alone
+    fails (a member entry in the dead letter); with a state store an unchanged member is
+    not sent again in the next window."""
+    antavo.add_customer({"id": "c-1", "score": "lots"})
+    antavo.add_customer({"id": "c-2", "score": 7})
+    dead = tmp_path / "dead.jsonl"
+    with (
+        fake.client() as braze,
+        antavo.client() as reader,
+        ab.Syncer(braze, MAPPING, dead_letter=dead, state=ab.MemoryStateStore()) as syncer,
+        ab.BackgroundSender(syncer, antavo=reader, flush_interval=5.0) as sender,
+    ):
+        first = [sender.submit_event(event(c, n)) for n, c in enumerate(["c-1", "c-2"])]
+        assert sender.flush(timeout=30)
+        again = sender.submit_event(event("c-2", 9))
+        assert sender.flush(timeout=30)
+        stats = sender.stats()
+    assert [s.result(timeout=5).status for s in [*first, again]] == ["succeeded"] * 3
+    assert len(fake.events) == 3
+    assert fake.profiles["c-2"]["loyalty_points"] == 7
+    entries = list(ab.read_dead_letters(dead))
+    assert [(e.kind, e.record_id, e.stage) for e in entries] == [("member", "c-1", "validation")]
+    assert (stats.refreshed, stats.refresh_failed) == (2, 1)  # c-2 twice (then unchanged)
+    attributes = [
+        a for r in fake.requests if r.path == "/users/track" for a in r.body.get("attributes", [])
+    ]
+    assert [a["external_id"] for a in attributes] == ["c-2"]
 
 
 def test_antavo_down_the_events_still_go_and_the_refresh_fails_alone(

@@ -416,6 +416,9 @@ class _Run:
         # Why each skipped position was skipped, when the caller needs every record's own
         # outcome (the background sender); None on the hot path.
         self.skips: dict[int, str] | None = None
+        # An event run that also carries members (the sender's refresh from Antavo): the
+        # positions from here on are members.
+        self.members_from: int | None = None
 
     # --- entering and leaving ------------------------------------------------------------
 
@@ -503,6 +506,8 @@ class _Run:
         if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
             return attrs.evolve(record, replays=record.replays + 1, **fields)  # type: ignore[arg-type]
         kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
+        if self.members_from is not None and position >= self.members_from:
+            kind = "member"  # a member refreshed from Antavo, sent with a window's events
         return DeadLetterEntry(
             kind=kind,  # type: ignore[arg-type]
             index=position,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from attrs import frozen
 
-from ._accounting import RecordOutcome, record_view
+from ._accounting import RecordOutcome, Stage, record_view
 from ._fork import reset_after_fork
 from ._spool import Spool
 from ._sync import Syncer, _event_id, _record_id
@@ -198,9 +198,10 @@ class BackgroundSender:
 
     ``antavo`` (an :class:`~antavo_braze.AntavoClient`) honours Antavo's rule that a change
     sends the member's whole mapping: for each member with events in a window, the current
-    customer object is read from Antavo once and its mapped fields are sent just before the
-    events. When Antavo cannot be read, the events still go and that refresh alone fails
-    (stage ``"antavo"``, retryable, in the dead letter; ``stats().refresh_failed``).
+    customer object is read from Antavo once and its mapped fields are sent in the same
+    requests as the events. When Antavo cannot be read, the events still go and that refresh
+    alone fails (stage ``"antavo"``, retryable, in the dead letter;
+    ``stats().refresh_failed``).
     """
 
     def __init__(
@@ -566,30 +567,50 @@ class BackgroundSender:
         return window
 
     def _send(self, window: list[_Change]) -> None:
-        if self.antavo is not None:
-            self._refresh(window, self.antavo)
+        members = self._refresh(window, self.antavo) if self.antavo is not None else []
         for kind, changes in _by_kind(window):
             records = [c.record for c in changes]
+            refreshed = members if kind == "event" else []
             try:
-                report, outcomes = self.syncer._sync_changes(kind, records)
+                if refreshed:  # Antavo's rule: the members' fields in the events' requests
+                    report, outcomes, member_outcomes = self.syncer._sync_events_with_members(
+                        records, refreshed
+                    )
+                    self._count_refresh(member_outcomes)
+                else:
+                    report, outcomes = self.syncer._sync_changes(kind, records)
                 with self._cond:
                     self._counts["requests"] += report.requests
                     self._counts["rate_limit_waits"] += report.rate_limit_waits
             except (AuthenticationError, PermissionDeniedError) as exc:
                 log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "braze", str(exc))
+                outcomes = self._fail_window(kind, records, refreshed, "braze", str(exc))
             except AntavoBrazeError as exc:
                 log.error("a window could not be sent; it goes to the dead letter: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "transport", str(exc))
+                outcomes = self._fail_window(kind, records, refreshed, "transport", str(exc))
             except Exception as exc:  # a bug of ours: never leave a caller waiting for it
                 log.exception("the background sender failed on a window")
                 reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
-                outcomes = self.syncer._fail_changes(kind, records, "transport", reason)
+                outcomes = self._fail_window(kind, records, refreshed, "transport", reason)
             self._finish(changes, outcomes)
 
-    def _refresh(self, window: list[_Change], antavo: AntavoClient) -> None:
-        """Antavo's rule: read each member with events in ``window`` once, and send its
-        mapped fields; a member Antavo cannot give fails alone (its events still go)."""
+    def _fail_window(
+        self, kind: Kind, records: list[Any], members: list[Any], stage: Stage, reason: str
+    ) -> list[RecordOutcome]:
+        """Dead-letter a window that could not be sent (and the members refreshed for it)."""
+        if members:
+            self._count_refresh(self.syncer._fail_changes("member", members, stage, reason))
+        return self.syncer._fail_changes(kind, records, stage, reason)
+
+    def _count_refresh(self, outcomes: list[RecordOutcome]) -> None:
+        with self._cond:
+            for outcome in outcomes:
+                self._counts["refresh_failed" if outcome.status == "failed" else "refreshed"] += 1
+
+    def _refresh(self, window: list[_Change], antavo: AntavoClient) -> list[dict[str, Any]]:
+        """Antavo's rule: read each member with events in ``window`` once (the customer
+        objects to send with the events); a member Antavo cannot give fails alone, now
+        (stage ``antavo``, retryable), and its events still go."""
         ids = list(
             dict.fromkeys(
                 member_id
@@ -598,7 +619,7 @@ class BackgroundSender:
             )
         )
         if not ids:
-            return
+            return []
 
         def fetch(member_id: str) -> dict[str, Any] | str:
             try:
@@ -608,26 +629,15 @@ class BackgroundSender:
 
         with ThreadPoolExecutor(min(_REFRESH_THREADS, len(ids))) as pool:
             found = list(pool.map(fetch, ids))
-        members = [m for m in found if isinstance(m, dict)]
         for member_id, result in zip(ids, found, strict=True):
             if isinstance(result, str):
                 log.warning("could not read member %s from Antavo: %s", member_id, result)
-                self.syncer._fail_changes(
-                    "member", [{"id": member_id}], "antavo", f"refresh from Antavo: {result}"
+                self._count_refresh(
+                    self.syncer._fail_changes(
+                        "member", [{"id": member_id}], "antavo", f"refresh from Antavo: {result}"
+                    )
                 )
-        refreshed = 0
-        if members:
-            try:
-                report, _ = self.syncer._sync_changes("member", members)
-                refreshed = report.succeeded + report.skipped
-                with self._cond:
-                    self._counts["requests"] += report.requests
-            except AntavoBrazeError as exc:
-                log.error("the refreshed members could not be sent: %s", exc)
-                self.syncer._fail_changes("member", members, "transport", str(exc))
-        with self._cond:
-            self._counts["refreshed"] += refreshed
-            self._counts["refresh_failed"] += len(ids) - refreshed
+        return [m for m in found if isinstance(m, dict)]
 
     def _finish(
         self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True

@@ -443,6 +443,41 @@ class Syncer:
         report, run = self._execute(kind, records, builds[kind], each=True)
         return report, run.outcomes(len(records))
 
+    def _sync_events_with_members(
+        self, events: Sequence[Any], members: Sequence[Any]
+    ) -> tuple[SyncReport, list[RecordOutcome], list[RecordOutcome]]:
+        """A sender window's events and the members read from Antavo for them, in the same
+        requests (Antavo's rule: a change sends the member's whole mapping). Events are at
+        positions ``0..n-1``, members after them; each record fails alone. Returns the
+        report, the events' outcomes and the members'."""
+        count = len(events)
+
+        def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
+            run.members_from = count
+            run.field_names = self.mapper.fields
+            run.absent = [0] * len(run.field_names)
+            chunk = []
+            for offset, member in enumerate(members):
+                mapped = self._map_with_absent(run, count + offset, member)
+                if mapped is None:
+                    run.total += 1
+                else:
+                    chunk.append((count + offset, member, *mapped))
+            if self.state is not None:
+                yield from self._compare(run, chunk)
+            else:
+                for position, member, external_id, values, _ in chunk:
+                    wire = {"external_id": external_id, **values}
+                    item = Item(
+                        ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)
+                    )
+                    yield self._open(run, position, member, (item,))
+            yield from self._event_groups(events, run)
+
+        report, run = self._execute("event", [*events, *members], build, each=True)
+        outcomes = run.outcomes(count + len(members))
+        return report, outcomes[:count], outcomes[count:]
+
     def _wire_attribute_groups(
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
