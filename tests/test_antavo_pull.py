@@ -292,3 +292,30 @@ def test_memory_store_watermarks() -> None:
     store.set_watermark("members", "2026-12-06T08:00:00Z")
     assert store.get_watermark("events") == "2026-12-06T09:00:00Z"
     assert store.get_watermark("members") == "2026-12-06T08:00:00Z"
+
+
+def test_an_interrupted_pull_keeps_the_watermark(antavo: FakeAntavo, fake: FakeBraze) -> None:
+    """SIGINT while page two is read: SyncInterrupted with the partial report, whose
+    watermark is the window's start; the stored watermark does not move."""
+    import os
+    import signal
+
+    add_events(antavo, 150)
+    state = ab.MemoryStateStore()
+    state.set_watermark("events", "2026-05-28T20:26:40Z")
+    pages = []
+
+    def interrupt(path: str) -> None:
+        pages.append(path)
+        if len(pages) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    antavo.on_request = interrupt
+    with fake.client() as braze, antavo.client() as reader:
+        syncer = ab.Syncer(braze, MAPPING, state=state)
+        with pytest.raises(ab.SyncInterrupted) as caught:
+            syncer.pull_events(reader, until=T0 + 200)
+    report = caught.value.report
+    assert report.watermark == "2026-05-28T20:26:40Z"
+    assert report.total == report.succeeded + report.failed + report.skipped
+    assert state.get_watermark("events") == "2026-05-28T20:26:40Z"

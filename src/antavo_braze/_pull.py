@@ -18,7 +18,7 @@ from ._accounting import SyncReport
 from ._antavo._client import AntavoClient, TimeLike
 from ._antavo._shapes import format_time, to_utc
 from ._state import read_watermark, write_watermark
-from .exceptions import AntavoBrazeError, ConfigurationError
+from .exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 
 if TYPE_CHECKING:
     from ._sync import Syncer
@@ -74,7 +74,14 @@ def pull(
     reading = _Reading(
         antavo.changed_customers(start, end) if kind == "members" else antavo.events(start, end)
     )
-    report = syncer.sync_members(reading) if kind == "members" else syncer.sync_events(reading)
+    try:
+        if kind == "members":
+            report = syncer.sync_members(reading)
+        else:
+            report = syncer.sync_events(reading)
+    except SyncInterrupted as stop:  # not settled: the next pull starts where this one did
+        stop.report = attrs.evolve(stop.report, watermark=format_time(start))
+        raise
     settled = reading.error is None and (report.failed == 0 or syncer.dead_letter is not None)
     mark = format_time(end if settled else start)
     if settled and state is not None:
