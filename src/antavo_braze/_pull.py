@@ -74,11 +74,9 @@ def pull(
     reading = _Reading(
         antavo.changed_customers(start, end) if kind == "members" else antavo.events(start, end)
     )
+    sync = syncer.sync_members if kind == "members" else syncer.sync_events
     try:
-        if kind == "members":
-            report = syncer.sync_members(reading)
-        else:
-            report = syncer.sync_events(reading)
+        report = sync(reading)
     except SyncInterrupted as stop:  # not settled: the next pull starts where this one did
         stop.report = attrs.evolve(stop.report, watermark=format_time(start))
         raise
