@@ -817,9 +817,9 @@ class Syncer:
         """``(position, record, event id)``; with a ledger, events Braze accepted before
         (or repeated in this input while the first is in flight) are skipped here and come
         with the id ``_SKIP``. The ledger is read a chunk at a time."""
-        if not self._ledger():
+        if not self._ledger():  # no ledger: the id is not needed
             for position, record in enumerate(records):
-                yield position, record, key(record)
+                yield position, record, None
             return
         chunk: list[tuple[int, Any, str | None]] = []
         for position, record in enumerate(records):
