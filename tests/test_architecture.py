@@ -69,6 +69,9 @@ def test_only_the_client_touches_the_network() -> None:
             # The shared budget and state talk to Redis (never to Braze), and import the
             # optional client only to open a URL.
             assert found == {"redis"}, (name, found)
+        elif name == "_antavo/_client.py":
+            # The Antavo client: requests (with escherauth's signing) is its transport.
+            assert found == {"requests"}, (name, found)
         elif name == "_endpoint.py":
             # urllib3's URL parser only: the second opinion on what an endpoint URL means.
             assert {n for n in imported if n.startswith("urllib3")} == {
@@ -94,6 +97,18 @@ def test_client_knows_no_antavo_or_mapping() -> None:
     """The client imports neither the mapping nor the mapper."""
     found = imports_of(SRC / "_client.py")
     assert not found & {"._mapping", "._mapper", "._sync"}
+
+
+def test_antavo_side_knows_no_braze() -> None:
+    """The Antavo client knows Antavo's API, never Braze's client, the mapping or the sync."""
+    for path in (SRC / "_antavo").glob("*.py"):
+        found = imports_of(path)
+        braze = {"._client", "._sync", "._mapping", "._mapper", "._batching", "._wire"}
+        assert not {n.lstrip(".") for n in found if n.startswith("..")} & {
+            b.lstrip(".") for b in braze
+        }, (path.name, found)
+    shapes = imports_of(SRC / "_antavo" / "_shapes.py")
+    assert not {n.split(".")[0] for n in shapes} & NETWORK, shapes
 
 
 def test_library_never_imports_the_test_double() -> None:
@@ -132,9 +147,10 @@ def test_exception_tree() -> None:
 
 
 def test_runtime_dependencies() -> None:
-    """pyproject lists attrs, cattrs, urllib3 and the HTTP framing library (h11) at runtime."""
+    """pyproject lists attrs, cattrs, urllib3, the HTTP framing library (h11), and requests
+    with escherauth (the Antavo side) at runtime."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the 3.10 run skips this one
 
     project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
     names = sorted(d.split(">")[0].split("=")[0] for d in project["dependencies"])
-    assert names == ["attrs", "cattrs", "h11", "urllib3"]
+    assert names == ["attrs", "cattrs", "escherauth", "h11", "requests", "urllib3"]

@@ -18,6 +18,7 @@ from ._accounting import (
     RecordOutcome,
     SyncReport,
 )
+from ._antavo._client import AntavoClient
 from ._audit import AuditExample, AuditReport, FieldAudit
 from ._batching import BatchLimits
 from ._client import BrazeClient, RejectedObject, TrackResult
@@ -74,6 +75,7 @@ from .models import (
 
 __all__ = [
     "AntavoBrazeError",
+    "AntavoClient",
     "AttemptOutcome",
     "AttributesObject",
     "AuditExample",

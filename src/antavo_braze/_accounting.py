@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger("antavo_braze.sync")
 
-Stage = Literal["input", "validation", "braze", "transport", "interrupted"]
+Stage = Literal["input", "validation", "braze", "transport", "interrupted", "antavo"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 _SHOWN_FAILURES = 20
 _GROUPED_FROM = 5  # more failures than this are shown grouped by stage, field and reason
@@ -210,6 +210,7 @@ class SyncReport:
     merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
     deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
     clears_stopped: Mapping[str, tuple[int, int]] = field(factory=dict)
+    watermark: str | None = None  # a pull from Antavo: where the next pull of its kind starts
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -280,6 +281,8 @@ class SyncReport:
             lines.append(f"merged {self.merged} profile(s) into others (/users/merge)")
         if self.deleted:
             lines.append(f"deleted (verified) {self.deleted} profile(s) (/users/delete)")
+        if self.watermark is not None:
+            lines.append(f"watermark: the next pull starts at {self.watermark}")
         if self.attribute_values_saved:
             lines.append(
                 f"change detection left out {self.attribute_values_saved} unchanged attribute "
@@ -512,6 +515,9 @@ class _Run:
         self.parts: dict[int, _Parts] = {}
         self.states: dict[int, tuple[str, dict[str, str]]] = {}
         self.state_updates: list[tuple[str, dict[str, str]]] = []
+        # The event ledger: ids of events in flight by position, and those Braze accepted.
+        self.sent: dict[int, str] = {}
+        self.sent_updates: list[str] = []
         # Field presence (member syncs): absent counts are filled by the compiled plan.
         self.field_names = field_names
         # The compiled plan's counters: one per field (absent), then one per clearing field.
@@ -528,6 +534,9 @@ class _Run:
         # Merges and deletes ("as": "merge"/"delete"), applied after the run's track requests.
         self.identities: list[Any] = []
         self.merged = self.deleted = 0
+        # An event run that also carries members (the sender's refresh from Antavo): the
+        # positions from here on are members.
+        self.members_from: int | None = None
 
     # --- entering and leaving ------------------------------------------------------------
 
@@ -620,6 +629,8 @@ class _Run:
                 **fields,  # type: ignore[arg-type]
             )
         kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
+        if self.members_from is not None and position >= self.members_from:
+            kind = "member"  # a member refreshed from Antavo, sent with a window's events
         return DeadLetterEntry(
             kind=kind,  # type: ignore[arg-type]
             index=position,
@@ -662,7 +673,7 @@ class _Run:
         clean = outcome.error is None and not outcome.rejected
         duplicated = clean and outcome.unknown and self.event_arrays
         items = outcome.batch.items
-        if clean and not duplicated and not self.parts and not self.states:
+        if clean and not duplicated and not self.parts and not self.states and not self.sent:
             # Every object accepted, each its own record, nothing to remember: count them.
             self.succeeded += len(items)
             self.attribute_values += sum([item.values for item in items])
@@ -679,7 +690,7 @@ class _Run:
                 values += item.values
                 if duplicated and item.array != ATTRIBUTES:
                     self.possible_duplicates += 1
-                if self.states:
+                if self.states or self.sent:
                     self._remember(item.record)
                 continue
             parts = self.parts[item.record]
@@ -718,11 +729,15 @@ class _Run:
             objects=_objects(parts.failed),
         )
         self.states.pop(position, None)
+        self.sent.pop(position, None)
 
     def _remember(self, position: int) -> None:
         state = self.states.pop(position, None)
         if state is not None:
             self.state_updates.append(state)
+        event_id = self.sent.pop(position, None)
+        if event_id is not None:
+            self.sent_updates.append(event_id)
 
     @staticmethod
     def _outcome_of(outcome: BatchOutcome) -> Outcome:
@@ -746,6 +761,7 @@ class _Run:
             objects=_objects([item]),
         )
         self.states.pop(item.record, None)
+        self.sent.pop(item.record, None)
 
     # --- progress and the report ---------------------------------------------------------
 

@@ -298,9 +298,13 @@ class RedisStateStore:
     """Change-detection state shared by every worker: per member, a Redis hash of
     ``{field: keyed hash}`` under ``{prefix}:m:<member id>`` (never the values). One round
     trip per batch (pipelined), whatever the batch size. The hashes' secret lives in
-    ``{prefix}:secret``, made by the first worker."""
+    ``{prefix}:secret``, made by the first worker. The event ledger (accepted event ids,
+    kept ``ledger_days``) and the pull watermarks live under the same prefix."""
 
-    def __init__(self, redis: Any, *, prefix: str = "antavo_braze:state") -> None:
+    def __init__(
+        self, redis: Any, *, prefix: str = "antavo_braze:state", ledger_days: float = 30.0
+    ) -> None:
+        self.ledger_days = ledger_days
         self._owns_client = isinstance(redis, str)
         self.redis = redis_client(redis)
         self.prefix = prefix
@@ -335,6 +339,31 @@ class RedisStateStore:
             if fields:
                 pipe.hset(self._key(member_id), mapping=dict(fields))
         pipe.execute()
+
+    # The event ledger: ``{prefix}:sent:<event id>``, each key expiring after the horizon.
+
+    def sent_events(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` recorded as sent (within the horizon: older keys expired)."""
+        unique = list(dict.fromkeys(ids))
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in unique:
+            pipe.exists(f"{self.prefix}:sent:{event_id}")
+        return {i for i, hit in zip(unique, pipe.execute(), strict=True) if hit}
+
+    def record_sent(self, ids: Iterable[str]) -> None:
+        """Record event ids Braze accepted; each is forgotten after ``ledger_days``."""
+        seconds = max(1, int(self.ledger_days * 86_400))
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in ids:
+            pipe.set(f"{self.prefix}:sent:{event_id}", "1", ex=seconds)
+        pipe.execute()
+
+    def get_watermark(self, kind: str) -> str | None:
+        value = self.redis.get(f"{self.prefix}:watermark:{kind}")
+        return None if value is None else _text(value)
+
+    def set_watermark(self, kind: str, value: str) -> None:
+        self.redis.set(f"{self.prefix}:watermark:{kind}", value)
 
     def close(self) -> None:
         """Close the connections of a client this store made from a URL (yours stay open)."""

@@ -29,15 +29,15 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from os import PathLike
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 from attrs import frozen
 
-from ._accounting import RecordOutcome, record_view
+from ._accounting import RecordOutcome, Stage, record_view
 from ._fork import reset_after_fork
 from ._spool import Spool
 from ._sync import Syncer, _event_id, _record_id
@@ -51,6 +51,9 @@ from .exceptions import (
     QueueFull,
 )
 
+if TYPE_CHECKING:
+    from ._antavo._client import AntavoClient
+
 __all__ = ["BackgroundSender", "SenderStats", "Submission"]
 
 log = logging.getLogger("antavo_braze.sender")
@@ -60,6 +63,7 @@ OnFull = Literal["block", "raise"]
 _ORPHAN_CHECK = 10.0  # seconds between looks for spooled rows of processes that died
 _RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
+_REFRESH_THREADS = 8  # members read from Antavo at once (antavo=)
 
 
 class Submission:
@@ -111,6 +115,8 @@ class SenderStats:
     skipped: int
     requests: int
     rate_limit_waits: int
+    refreshed: int = 0  # members read from Antavo and sent with their events (antavo=)
+    refresh_failed: int = 0  # members Antavo could not give: their events went without
 
 
 class _Change:
@@ -189,6 +195,13 @@ class BackgroundSender:
     change until its outcome is known (without one, what is queued lives in memory only).
     At interpreter exit, pending work gets ``exit_timeout`` seconds; what remains is logged
     (and stays in the spool, or goes to the dead letter as not sent).
+
+    ``antavo`` (an :class:`~antavo_braze.AntavoClient`) honours Antavo's rule that a change
+    sends the member's whole mapping: for each member with events in a window, the current
+    customer object is read from Antavo once and its mapped fields are sent in the same
+    requests as the events. When Antavo cannot be read, the events still go and that refresh
+    alone fails (stage ``"antavo"``, retryable, in the dead letter;
+    ``stats().refresh_failed``).
     """
 
     def __init__(
@@ -201,6 +214,7 @@ class BackgroundSender:
         spool: str | PathLike[str] | None = None,
         on_full: OnFull = "block",
         exit_timeout: float = 5.0,
+        antavo: AntavoClient | None = None,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -220,6 +234,7 @@ class BackgroundSender:
         self.max_queue = max_queue
         self.on_full: OnFull = on_full
         self.exit_timeout = exit_timeout
+        self.antavo = antavo
         self.spool = Spool(spool) if spool is not None else None
         self._closed = False
         self._reset()
@@ -248,7 +263,17 @@ class BackgroundSender:
         self._orphans_checked = 0.0
         self._receipts: OrderedDict[str, None] = OrderedDict()
         self._counts = dict.fromkeys(
-            ("received", "succeeded", "failed", "skipped", "requests", "rate_limit_waits"), 0
+            (
+                "received",
+                "succeeded",
+                "failed",
+                "skipped",
+                "requests",
+                "rate_limit_waits",
+                "refreshed",
+                "refresh_failed",
+            ),
+            0,
         )
 
     def _after_fork(self) -> None:
@@ -542,28 +567,82 @@ class BackgroundSender:
         return window
 
     def _send(self, window: list[_Change]) -> None:
+        members = self._refresh(window, self.antavo) if self.antavo is not None else []
         for kind, changes in _by_kind(window):
             records = [c.record for c in changes]
+            refreshed = members if kind == "event" else []
             try:
-                report, outcomes = self.syncer._sync_changes(kind, records)
+                if refreshed:  # Antavo's rule: the members' fields in the events' requests
+                    report, outcomes, member_outcomes = self.syncer._sync_events_with_members(
+                        records, refreshed
+                    )
+                    self._count_refresh(member_outcomes)
+                else:
+                    report, outcomes = self.syncer._sync_changes(kind, records)
                 with self._cond:
                     self._counts["requests"] += report.requests
                     self._counts["rate_limit_waits"] += report.rate_limit_waits
             except (AuthenticationError, PermissionDeniedError) as exc:
                 log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
-                outcomes = getattr(exc, "_outcomes", None) or self.syncer._fail_changes(
-                    kind, records, "braze", str(exc)
-                )  # a run stopped by it has settled each record already
+                # A run stopped by a fatal error has settled each record already.
+                outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
+                    kind, records, refreshed, "braze", str(exc)
+                )
             except AntavoBrazeError as exc:
                 log.error("a window could not be sent; it goes to the dead letter: %s", exc)
-                outcomes = getattr(exc, "_outcomes", None) or self.syncer._fail_changes(
-                    kind, records, "transport", str(exc)
+                outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
+                    kind, records, refreshed, "transport", str(exc)
                 )
             except Exception as exc:  # a bug of ours: never leave a caller waiting for it
                 log.exception("the background sender failed on a window")
                 reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
-                outcomes = self.syncer._fail_changes(kind, records, "transport", reason)
+                outcomes = self._fail_window(kind, records, refreshed, "transport", reason)
             self._finish(changes, outcomes)
+
+    def _fail_window(
+        self, kind: Kind, records: list[Any], members: list[Any], stage: Stage, reason: str
+    ) -> list[RecordOutcome]:
+        """Dead-letter a window that could not be sent (and the members refreshed for it)."""
+        if members:
+            self._count_refresh(self.syncer._fail_changes("member", members, stage, reason))
+        return self.syncer._fail_changes(kind, records, stage, reason)
+
+    def _count_refresh(self, outcomes: list[RecordOutcome]) -> None:
+        with self._cond:
+            for outcome in outcomes:
+                self._counts["refresh_failed" if outcome.status == "failed" else "refreshed"] += 1
+
+    def _refresh(self, window: list[_Change], antavo: AntavoClient) -> list[dict[str, Any]]:
+        """Antavo's rule: read each member with events in ``window`` once (the customer
+        objects to send with the events); a member Antavo cannot give fails alone, now
+        (stage ``antavo``, retryable), and its events still go."""
+        ids = list(
+            dict.fromkeys(
+                member_id
+                for change in window
+                if change.kind == "event" and (member_id := _event_id(change.record)) is not None
+            )
+        )
+        if not ids:
+            return []
+
+        def fetch(member_id: str) -> dict[str, Any] | str:
+            try:
+                return antavo.customer(member_id)
+            except AntavoBrazeError as exc:
+                return str(exc)[:300]
+
+        with ThreadPoolExecutor(min(_REFRESH_THREADS, len(ids))) as pool:
+            found = list(pool.map(fetch, ids))
+        for member_id, result in zip(ids, found, strict=True):
+            if isinstance(result, str):
+                log.warning("could not read member %s from Antavo: %s", member_id, result)
+                self._count_refresh(
+                    self.syncer._fail_changes(
+                        "member", [{"id": member_id}], "antavo", f"refresh from Antavo: {result}"
+                    )
+                )
+        return [m for m in found if isinstance(m, dict)]
 
     def _finish(
         self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True
@@ -674,4 +753,6 @@ class BackgroundSender:
                 skipped=counts["skipped"],
                 requests=counts["requests"],
                 rate_limit_waits=counts["rate_limit_waits"],
+                refreshed=counts["refreshed"],
+                refresh_failed=counts["refresh_failed"],
             )

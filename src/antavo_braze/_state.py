@@ -1,8 +1,16 @@
-"""What Braze last accepted per member, for change detection.
+"""What Braze last accepted per member, for change detection; which events it accepted;
+where the last pull from Antavo ended.
 
 Stores keep, per member and field, a keyed hash of the value Braze accepted (never the value:
 state files hold no emails or birth dates). Each store has its own ``secret`` for the hash,
 kept with the data, so that every process sharing a store computes the same hashes.
+
+The event ledger stands in for the idempotency key Braze does not have: the ``id`` of every
+event Braze accepted, kept for ``ledger_days`` (default 30) — an event seen again within that
+horizon (an overlapping pull, a replay, a resume, a redelivered webhook) is not sent again.
+An id older than the horizon is forgotten, so keep the horizon longer than any window you
+may pull or replay again. The watermark of each kind of pull (``"members"``, ``"events"``) is
+where the next pull starts.
 """
 
 from __future__ import annotations
@@ -10,15 +18,30 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Protocol, runtime_checkable
 
 from ._sqlite import SqliteFile
+from .exceptions import ConfigurationError
 
-__all__ = ["MemoryStateStore", "SqliteStateStore", "StateStore", "get_many"]
+__all__ = [
+    "LEDGER_DAYS",
+    "MemoryStateStore",
+    "SqliteStateStore",
+    "StateStore",
+    "already_sent",
+    "get_many",
+    "has_ledger",
+    "read_watermark",
+    "record_sent",
+    "write_watermark",
+]
 
 _IN_CHUNK = 500  # ids per SELECT ... IN (...)
+LEDGER_DAYS = 30.0  # how long an accepted event's id is remembered, by default
+_DAY = 86_400.0
 
 
 @runtime_checkable
@@ -50,13 +73,82 @@ def get_many(store: StateStore, ids: Sequence[str]) -> dict[str, dict[str, str]]
     return out
 
 
-class MemoryStateStore:
-    """A state store in a dict: for tests, notebooks and one-process runs."""
+def has_ledger(store: object) -> bool:
+    """Whether ``store`` keeps the event ledger (``sent_events`` and ``record_sent``)."""
+    return callable(getattr(store, "sent_events", None)) and callable(
+        getattr(store, "record_sent", None)
+    )
 
-    def __init__(self) -> None:
+
+def already_sent(store: object, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` the ledger holds (none without a ledger)."""
+    if not ids or not has_ledger(store):
+        return set()
+    found: set[str] = store.sent_events(ids)  # type: ignore[attr-defined]
+    return found
+
+
+def record_sent(store: object, ids: Sequence[str]) -> None:
+    """Remember that Braze accepted the events ``ids`` (nothing without a ledger)."""
+    if ids and has_ledger(store):
+        store.record_sent(ids)  # type: ignore[attr-defined]
+
+
+def read_watermark(store: object, kind: str) -> str | None:
+    """Where the last pull of ``kind`` ended (ISO 8601), if the store keeps one."""
+    get = getattr(store, "get_watermark", None)
+    if not callable(get):
+        raise ConfigurationError(
+            f"{type(store).__name__} keeps no watermark: use SqliteStateStore, "
+            "RedisStateStore or MemoryStateStore, or pass since="
+        )
+    value = get(kind)
+    return None if value is None else str(value)
+
+
+def write_watermark(store: object, kind: str, value: str) -> None:
+    """Move the watermark of ``kind`` to ``value`` (a store without watermarks keeps none:
+    ``report.watermark`` still says it)."""
+    put = getattr(store, "set_watermark", None)
+    if callable(put):
+        put(kind, value)
+
+
+class MemoryStateStore:
+    """A state store in a dict: for tests, notebooks and one-process runs. ``ledger_days``:
+    how long accepted event ids are remembered."""
+
+    def __init__(self, *, ledger_days: float = LEDGER_DAYS) -> None:
         self._data: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self.secret = os.urandom(32)
+        self.ledger_days = ledger_days
+        self._sent: dict[str, float] = {}
+        self._watermarks: dict[str, str] = {}
+
+    def sent_events(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` recorded as sent within the horizon."""
+        cutoff = time.time() - self.ledger_days * _DAY
+        with self._lock:
+            return {i for i in ids if self._sent.get(i, -1.0) >= cutoff}
+
+    def record_sent(self, ids: Iterable[str]) -> None:
+        """Record event ids Braze accepted (and forget those past the horizon)."""
+        now = time.time()
+        cutoff = now - self.ledger_days * _DAY
+        with self._lock:
+            for event_id in ids:
+                self._sent[event_id] = now
+            for event_id in [i for i, t in self._sent.items() if t < cutoff]:
+                del self._sent[event_id]
+
+    def get_watermark(self, kind: str) -> str | None:
+        with self._lock:
+            return self._watermarks.get(kind)
+
+    def set_watermark(self, kind: str, value: str) -> None:
+        with self._lock:
+            self._watermarks[kind] = value
 
     def get(self, member_id: str) -> dict[str, str] | None:
         with self._lock:
@@ -78,9 +170,17 @@ class MemoryStateStore:
 
 class SqliteStateStore:
     """A state store in an SQLite file (created ``0600``); safe for several processes on one
-    machine (WAL mode). Each thread and each forked child opens its own connection."""
+    machine (WAL mode). Each thread and each forked child opens its own connection.
+    ``ledger_days``: how long accepted event ids are remembered (default 30)."""
 
-    def __init__(self, path: str | PathLike[str], *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | PathLike[str],
+        *,
+        timeout: float = 30.0,
+        ledger_days: float = LEDGER_DAYS,
+    ) -> None:
+        self.ledger_days = ledger_days
         self._file = SqliteFile(path, timeout=timeout, synchronous="NORMAL")
         self.path = self._file.path
         db = self._file.connection()
@@ -89,6 +189,11 @@ class SqliteStateStore:
             " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
         )
         db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS sent_events ("
+            " event_id TEXT PRIMARY KEY, sent_at REAL NOT NULL)"
+        )
+        db.execute("CREATE INDEX IF NOT EXISTS sent_events_at ON sent_events (sent_at)")
         db.execute(
             "INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)", (os.urandom(32).hex(),)
         )
@@ -135,6 +240,46 @@ class SqliteStateStore:
         return int(
             self._file.connection().execute("SELECT COUNT(*) FROM member_state").fetchone()[0]
         )
+
+    def sent_events(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` recorded as sent within the horizon."""
+        db = self._file.connection()
+        cutoff = time.time() - self.ledger_days * _DAY
+        unique = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT event_id FROM sent_events WHERE event_id IN ({marks}) AND sent_at >= ?"
+            found.update(row[0] for row in db.execute(query, [*chunk, cutoff]))
+        return found
+
+    def record_sent(self, ids: Iterable[str]) -> None:
+        """Record event ids Braze accepted, and forget those past the horizon."""
+        now = time.time()
+        with self._file.write() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO sent_events (event_id, sent_at) VALUES (?, ?)",
+                [(event_id, now) for event_id in ids],
+            )
+            db.execute(
+                "DELETE FROM sent_events WHERE sent_at < ?", (now - self.ledger_days * _DAY,)
+            )
+
+    def get_watermark(self, kind: str) -> str | None:
+        row = (
+            self._file.connection()
+            .execute("SELECT value FROM meta WHERE name = ?", (f"watermark:{kind}",))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def set_watermark(self, kind: str, value: str) -> None:
+        with self._file.write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                (f"watermark:{kind}", value),
+            )
 
     def close(self) -> None:
         """Close this thread's connection."""

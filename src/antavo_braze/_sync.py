@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import attrs
 
@@ -52,9 +52,12 @@ from ._json import dumps_object, loads
 from ._limits import DELETE_VERIFY_SECONDS
 from ._mapper import MISSING, Mapper, member_fields, utc_now
 from ._mapping import Mapping
-from ._state import StateStore, get_many
+from ._state import StateStore, already_sent, get_many, has_ledger, record_sent
 from ._wire import WireError, model_item, wire_item
 from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
+
+if TYPE_CHECKING:
+    from ._antavo._client import AntavoClient, TimeLike
 
 __all__ = ["Syncer", "needs_a_look"]
 
@@ -66,6 +69,9 @@ Build = Callable[[Iterable[Any], _Run], Generator[Sequence[Item], None, None]]
 _NO_FIELD = "no mapped field present"
 _NO_ACTION = "no mapping for action"
 _UNCHANGED = "unchanged since Braze last accepted it"
+ALREADY_SENT = "already sent"  # the event ledger holds its id: Braze accepted it before
+_REPEATED = "repeats an earlier event of this input (same id)"
+_LEDGER_CHUNK = 75  # events looked up in the ledger at once
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
@@ -277,6 +283,25 @@ class Syncer:
         """Send each event as a custom event or purchases (plus trigger attributes)."""
         return self._run("event", events, self._event_groups)
 
+    def pull_members(
+        self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
+    ) -> SyncReport:
+        """Read the customers Antavo changed in ``(since, until]`` and sync them; ``since``
+        defaults to the state store's watermark, which moves to ``until`` once the whole
+        window is settled (``report.watermark``: where the next pull starts)."""
+        from ._pull import pull
+
+        return pull(self, antavo, "members", since, until)
+
+    def pull_events(
+        self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
+    ) -> SyncReport:
+        """Read Antavo's events of ``[since, until)`` and sync them, each once (the ledger);
+        the watermark as for :meth:`pull_members`."""
+        from ._pull import pull
+
+        return pull(self, antavo, "events", since, until)
+
     def sync_attributes(
         self,
         member_id: str,
@@ -383,8 +408,12 @@ class Syncer:
         entries = read_dead_letters(source)
         resent: set[int] = set()
 
+        ledger = self._ledger()
+
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
-            for position, entry in enumerate(records):
+            for position, entry, event_id in self._unsent(records, run, _entry_event_key):
+                if event_id is _SKIP:
+                    continue
                 if entry.replayed_at is not None and not again:
                     run.total += 1
                     run.skip(position, f"{_ALREADY_REPLAYED} (again=True / --again resends it)")
@@ -406,6 +435,8 @@ class Syncer:
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
                 resent.add(position)
+                if ledger and event_id is not None:
+                    run.sent[position] = event_id
                 yield self._open(run, position, entry, items)
 
         try:
@@ -551,6 +582,41 @@ class Syncer:
         report, run = self._execute(kind, records, builds[kind], each=True)
         return report, run.outcomes(len(records))
 
+    def _sync_events_with_members(
+        self, events: Sequence[Any], members: Sequence[Any]
+    ) -> tuple[SyncReport, list[RecordOutcome], list[RecordOutcome]]:
+        """A sender window's events and the members read from Antavo for them, in the same
+        requests (Antavo's rule: a change sends the member's whole mapping). Events are at
+        positions ``0..n-1``, members after them; each record fails alone. Returns the
+        report, the events' outcomes and the members'."""
+        count = len(events)
+
+        def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
+            run.members_from = count
+            run.field_names = self.mapper.fields
+            run.absent = [0] * len(run.field_names)
+            chunk = []
+            for offset, member in enumerate(members):
+                mapped = self._map_with_absent(run, count + offset, member)
+                if mapped is None:
+                    run.total += 1
+                else:
+                    chunk.append((count + offset, member, *mapped))
+            if self.state is not None:
+                yield from self._compare(run, chunk)
+            else:
+                for position, member, external_id, values, _ in chunk:
+                    wire = {"external_id": external_id, **values}
+                    item = Item(
+                        ATTRIBUTES, dumps_object(wire), external_id, position, 1, len(values)
+                    )
+                    yield self._open(run, position, member, (item,))
+            yield from self._event_groups(events, run)
+
+        report, run = self._execute("event", [*events, *members], build, each=True)
+        outcomes = run.outcomes(count + len(members))
+        return report, outcomes[:count], outcomes[count:]
+
     def _wire_attribute_groups(
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
@@ -620,6 +686,9 @@ class Syncer:
                         if run.state_updates and self.state is not None:
                             self.state.put_many(run.state_updates)
                             run.state_updates = []
+                        if run.sent_updates:
+                            record_sent(self.state, run.sent_updates)
+                            run.sent_updates = []
                     return
                 except KeyboardInterrupt:
                     if interrupt.signal is not None:
@@ -991,7 +1060,10 @@ class Syncer:
         self, records: Iterable[Any], run: _Run
     ) -> Generator[Sequence[Item], None, None]:
         mapper = self.mapper
-        for position, event in enumerate(records):
+        ledger = self._ledger()
+        for position, event, event_id in self._unsent(records, run, _event_key):
+            if event_id is _SKIP:
+                continue
             if event.__class__ is BadInput:
                 run.total += 1
                 run.fail(position, event, None, "input", event.reason, line=event.line)
@@ -1022,7 +1094,63 @@ class Syncer:
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
+            if ledger and event_id is not None:
+                run.sent[position] = event_id  # recorded once Braze accepts it
             yield self._open(run, position, event, items)
+
+    def _ledger(self) -> bool:
+        return self.state is not None and has_ledger(self.state)
+
+    def _unsent(
+        self, records: Iterable[Any], run: _Run, key: Callable[[Any], str | None]
+    ) -> Iterator[tuple[int, Any, Any]]:
+        """``(position, record, event id)``; with a ledger, events Braze accepted before
+        (or repeated in this input while the first is in flight) are skipped here and come
+        with the id ``_SKIP``. The ledger is read a chunk at a time."""
+        if not self._ledger():  # no ledger: the id is not needed
+            for position, record in enumerate(records):
+                yield position, record, None
+            return
+        chunk: list[tuple[int, Any, str | None]] = []
+        for position, record in enumerate(records):
+            chunk.append((position, record, key(record)))
+            if len(chunk) >= _LEDGER_CHUNK:
+                yield from self._check_ledger(chunk, run)
+                chunk = []
+        yield from self._check_ledger(chunk, run)
+
+    def _check_ledger(
+        self, chunk: list[tuple[int, Any, str | None]], run: _Run
+    ) -> Iterator[tuple[int, Any, Any]]:
+        hits = already_sent(self.state, [i for _, _, i in chunk if i is not None])
+        in_flight = set(run.sent.values())
+        for position, record, event_id in chunk:
+            if event_id is not None and (event_id in hits or event_id in in_flight):
+                run.total += 1
+                run.skip(position, ALREADY_SENT if event_id in hits else _REPEATED)
+                yield position, record, _SKIP
+                continue
+            if event_id is not None:
+                in_flight.add(event_id)
+            yield position, record, event_id
+
+
+_SKIP = object()  # the id _unsent gives a record it skipped
+
+
+def _event_key(record: Any) -> str | None:
+    """An event's Antavo ``id`` (the ledger's key), if it has one."""
+    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
+    return None
+
+
+def _entry_event_key(entry: Any) -> str | None:
+    """The Antavo ``id`` of the event a dead-letter entry holds."""
+    if isinstance(entry, DeadLetterEntry) and entry.kind == "event":
+        return _event_key(entry.record)
+    return None
 
 
 _ALREADY_REPLAYED = "already replayed"

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from typing import Any, TextIO
 
 from . import _demo
 from ._accounting import Progress, SyncReport
+from ._antavo._client import AntavoClient
 from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
@@ -45,7 +47,7 @@ from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
 from ._schema import SchemaProblem
 from ._shard import Sharded, parse_shard
-from ._state import SqliteStateStore, StateStore
+from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Syncer, needs_a_look
 from ._version import __version__
 from .exceptions import (
@@ -61,6 +63,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_NOTHING_SENT = 0, 1, 2, 3, 4
 DEFAULT_MAX_IN_FLIGHT = 8  # one default for every command that sends
+_REFRESH_RETRY = RetryPolicy(attempts=2, wait_initial=0.5, wait_max=2.0, wait_jitter=0.5)
 
 
 class _UserError(Exception):
@@ -318,6 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(
             "\n(the member 'member-broken' fails on purpose: its score is not a number)", file=out
         )
+        _demo_pull(client, out)
     return EXIT_OK
 
 
@@ -379,6 +383,30 @@ def _dump_fake(fake: Any, path: str) -> None:
         replace_private(path, json.dumps(_fake_holdings(fake), indent=2, default=str) + "\n")
     except (ConfigurationError, OSError) as exc:
         raise _UserError(f"--dump {path}: {exc}") from None
+
+
+def _demo_pull(client: BrazeClient, out: TextIO) -> None:
+    """The demo's second half: pulls from an embedded fake Antavo (signed reads)."""
+    from .testing import FakeAntavo
+
+    with FakeAntavo() as antavo, antavo.client() as reader:
+        for member in _demo.sample_members(5, seed=1):
+            antavo.add_customer(member)
+        for event in _demo.sample_events(8, seed=1):
+            moment = event.get("timestamp", event["data"].get("effective_timestamp"))
+            antavo.add_event({**event, "timestamp": moment})
+        print(f"\nPulling from a fake Antavo on {antavo.url} (Escher-signed reads):", file=out)
+        syncer = Syncer(client, _demo.DEMO_MAPPING, state=MemoryStateStore())
+        since = "2020-01-01T00:00:00Z"
+        print("pull members:", syncer.pull_members(reader, since=since).summary(), file=out)
+        print("pull events: ", syncer.pull_events(reader, since=since).summary(), file=out)
+        again = syncer.pull_events(reader, since=since)
+        print("pull events again (the same window):", again.summary(), file=out)
+        print(
+            f"  {again.skipped_by_reason.get('already sent', 0)} skipped as already sent: "
+            "the state store's ledger sends each event once",
+            file=out,
+        )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -859,12 +887,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise _UserError(
             "serve needs an ASGI server: pip install uvicorn (the package's 'serve' extra)"
         ) from None
+    # --antavo: Antavo's rule, each event's member read from Antavo and sent with it. Two
+    # tries at most: a window never waits long on Antavo (a failed refresh is dead-lettered).
+    antavo = _antavo_from_env(retry=_REFRESH_RETRY) if args.antavo else None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
     state = _state_store(args.state)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
-        sender = BackgroundSender(syncer, spool=args.spool, flush_at=client.limits.max_objects)
+        sender = BackgroundSender(
+            syncer, spool=args.spool, flush_at=client.limits.max_objects, antavo=antavo
+        )
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
@@ -892,6 +925,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             signal.signal(name, handler)
         sender.close(timeout=args.shutdown_timeout)
         client.close()
+        if antavo is not None:
+            antavo.close()
         syncer.close()
         _close_state(state)
     stats = sender.stats()
@@ -903,6 +938,145 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+# --- pull: read Antavo and sync ----------------------------------------------------------------
+
+
+def _antavo_from_env(**options: Any) -> AntavoClient:
+    try:
+        return AntavoClient.from_env(**options)
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _wait_or_stop(seconds: float) -> int | None:
+    """Wait ``seconds`` between two pulls; SIGINT/SIGTERM end the wait at once: the signal
+    number, else ``None``."""
+    woken = threading.Event()
+    caught: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        caught.append(signum)
+        woken.set()
+
+    previous = {name: signal.signal(name, handler) for name in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        woken.wait(seconds)
+    finally:
+        for name, old in previous.items():
+            signal.signal(name, old)
+    return caught[0] if caught else None
+
+
+def _antavo_refused(exc: AntavoBrazeError) -> int:
+    print(f"antavo-braze: Antavo refused the credentials: {exc}", file=sys.stderr)
+    return EXIT_AUTH
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    mapping = _load_mapping(args.mapping)
+    if not args.state and not args.since:
+        raise _UserError(
+            "pull needs --since, or --state (its watermark says where the last pull ended)"
+        )
+    if args.follow and not args.state:
+        raise _UserError("--follow needs --state: each pull starts where the last one ended")
+    if args.every <= 0:
+        raise _UserError("--every must be a positive number of seconds")
+    if args.lag < 0:
+        raise _UserError("--lag must not be negative")
+    antavo = _antavo_from_env(lag=args.lag)
+    state = _state_store(args.state)
+    client = _client_from_env(args)
+    sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
+    progress = _ProgressLine(sys.stderr) if not (args.quiet or args.follow) else None
+    try:
+        syncer = Syncer(client, mapping, dead_letter=sink, state=state, progress=progress)
+    except ConfigurationError as exc:
+        client.close()
+        raise _UserError(str(exc)) from None
+    pull = syncer.pull_members if args.kind == "members" else syncer.pull_events
+    since, until = args.since, args.until
+    try:
+        while True:
+            try:
+                report = pull(antavo, since=since, until=until)
+            except SyncInterrupted as stop:
+                if progress is not None:
+                    progress.close()
+                print(stop.report)
+                print("interrupted: the watermark did not move", file=sys.stderr)
+                return 128 + stop.signal
+            except (AuthenticationError, PermissionDeniedError) as exc:
+                if getattr(exc, "service", None) == "antavo":
+                    return _antavo_refused(exc)
+                raise
+            except ConfigurationError as exc:
+                raise _UserError(str(exc)) from None
+            except AntavoBrazeError as exc:
+                partial = getattr(exc, "report", None)
+                if not args.follow:
+                    if partial is not None:
+                        print(partial)
+                    raise
+                print(f"{_now()} pull failed ({exc}); the watermark did not move", flush=True)
+            else:
+                if progress is not None:
+                    progress.close()
+                if not args.follow:
+                    print(report)
+                    if args.dead_letter and report.failed:
+                        print(f"failed records written to {args.dead_letter}")
+                    return EXIT_OK if report.ok else EXIT_FAILED
+                print(f"{_now()} {report.summary()}; next from {report.watermark}", flush=True)
+            since, until = None, None  # from the watermark on
+            signum = _wait_or_stop(args.every)
+            if signum is not None:
+                print(f"stopped ({signal.Signals(signum).name})", file=sys.stderr)
+                return 128 + signum
+    finally:
+        client.close()
+        antavo.close()
+        syncer.close()
+        _close_state(state)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _add_pull(commands: Any) -> None:
+    pull = commands.add_parser(
+        "pull",
+        help="read members or events from Antavo and sync them",
+        description="Read the customers Antavo changed, or its events, over a window and "
+        "sync them. With --state the pull starts where the last one ended (its watermark) "
+        "and events Braze accepted are never sent again. Credentials from ANTAVO_API_URL "
+        "(or ANTAVO_STACK), ANTAVO_API_KEY, ANTAVO_API_SECRET and the BRAZE_* variables.",
+    )
+    pull.add_argument("kind", choices=["members", "events"])
+    pull.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
+    pull.add_argument("--state", help="SQLite file or redis:// URL: watermark, ledger, changes")
+    pull.add_argument("--since", help="window start (ISO 8601, e.g. 2026-12-01T00:00:00Z)")
+    pull.add_argument("--until", help="window end (ISO 8601; default: now minus 60 seconds)")
+    pull.add_argument(
+        "--lag",
+        type=float,
+        default=60.0,
+        help="seconds a window's default end stays behind now, for events Antavo makes "
+        "visible late (60)",
+    )
+    pull.add_argument("--dead-letter", help="append failed records to this JSON Lines file")
+    pull.add_argument(
+        "--follow", action="store_true", help="pull again every --every seconds until stopped"
+    )
+    pull.add_argument(
+        "--every", type=float, default=60.0, help="seconds between pulls with --follow (60)"
+    )
+    _add_budget(pull)
+    _add_common(pull)
+    pull.set_defaults(func=cmd_pull)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1112,6 +1286,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (8080)")
     serve.add_argument("--dead-letter", help="append failed changes to this JSON Lines file")
+    serve.add_argument(
+        "--antavo",
+        action="store_true",
+        help="Antavo's rule: read each event's member from Antavo (ANTAVO_* credentials) "
+        "once per window and send its mapped fields with the events",
+    )
     _add_state(serve)
     _add_budget(serve)
     serve.add_argument(
@@ -1122,6 +1302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(serve)
     serve.set_defaults(func=cmd_serve)
+    _add_pull(commands)
     return parser
 
 

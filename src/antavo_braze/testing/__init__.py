@@ -1,5 +1,8 @@
 """Test helpers: :class:`FakeBraze`, a real HTTP server that behaves like Braze's REST API.
 
+``FakeAntavo`` does the same for Antavo's REST API (signed reads of customers and
+events), so pulls can be tested end to end.
+
 Use it in your own tests::
 
     from antavo_braze.testing import FakeBraze
@@ -17,15 +20,20 @@ throwaway ``redis-server`` for tests of :class:`~antavo_braze.RedisPacer` and
 
 from .._demo import DEMO_MAPPING, sample_events, sample_members
 from ._fake import FakeBraze, Fault, RecordedRequest
+from ._fake_antavo import AntavoFault, FakeAntavo, RecordedAntavoRequest, verify_signature
 from ._redis_server import RedisServerMissingError, redis_server
 
 __all__ = [
     "DEMO_MAPPING",
+    "AntavoFault",
+    "FakeAntavo",
     "FakeBraze",
     "Fault",
+    "RecordedAntavoRequest",
     "RecordedRequest",
     "RedisServerMissingError",
     "redis_server",
     "sample_events",
     "sample_members",
+    "verify_signature",
 ]
