@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from html import escape
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from attrs import field, frozen
 from ._batching import ATTRIBUTES, Item
 from ._client import BatchOutcome
 from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
+from ._telemetry import log_fields
 from .exceptions import CoercionError, short_repr
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RecordOutcome",
     "Stage",
     "SyncReport",
+    "failure_groups",
     "fingerprint",
     "record_view",
 ]
@@ -48,6 +50,8 @@ log = logging.getLogger("antavo_braze.sync")
 Stage = Literal["input", "validation", "braze", "transport", "interrupted"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
 _SHOWN_FAILURES = 20
+_GROUP_EXAMPLES = 5  # input positions shown per failure group
+REPORT_VERSION = 1  # of SyncReport.to_dict()'s shape: bumped when a key changes meaning
 _HTML_ROWS = 200
 
 
@@ -153,6 +157,8 @@ class SyncReport:
     possible_duplicates: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
+    rate_limit_wait: float = 0.0  # seconds waited because Braze asked to (429)
+    requests_by_status: Mapping[str, int] = field(factory=dict)  # tries; "error": no answer
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -243,6 +249,54 @@ class SyncReport:
                     "<code>pandas.DataFrame(report.failures_table())</code> has them all.</p>"
                 )
         return "".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data for schedulers and monitoring (what the CLI's
+        ``--report-json`` writes): counts, failures grouped by stage, field and reason,
+        requests, the watermark and timings. No member ids or values: the dead letter holds
+        the records."""
+        watermark = getattr(self, "watermark", None)
+        if isinstance(watermark, (datetime, date)):
+            watermark = watermark.isoformat()
+        by_stage: Counter[str] = Counter(f.stage for f in self.failures)
+        dropped: Counter[tuple[str, str]] = Counter((d.field, d.reason) for d in self.dropped)
+        return {
+            "report_version": REPORT_VERSION,
+            "ok": self.ok,
+            "counts": {
+                "total": self.total,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "skipped": self.skipped,
+                "possible_duplicates": self.possible_duplicates,
+                "attribute_values": self.attribute_values,
+                "attribute_values_saved": self.attribute_values_saved,
+            },
+            "skipped_by_reason": dict(self.skipped_by_reason),
+            "failures": {
+                "by_stage": dict(sorted(by_stage.items())),
+                "retryable": sum(1 for f in self.failures if f.retryable),
+                "groups": failure_groups(self.failures),
+            },
+            "dropped_fields": [
+                {"field": name, "reason": reason, "count": count}
+                for (name, reason), count in dropped.most_common()
+            ],
+            "fields": {name: attrs.asdict(counts) for name, counts in self.fields.items()},
+            "requests": {
+                "total": self.requests,
+                "retries": self.retries,
+                "by_status": dict(self.requests_by_status),
+                "rate_limit_waits": self.rate_limit_waits,
+                "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
+            },
+            "watermark": watermark,
+            "timings": {
+                "elapsed_seconds": round(self.elapsed, 3),
+                "records_per_second": round(self.total / self.elapsed, 1) if self.elapsed else None,
+            },
+            "warnings": list(self.warnings[:_SHOWN_FAILURES]),
+        }
 
     def failures_table(self) -> list[dict[str, Any]]:
         """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
@@ -692,13 +746,22 @@ class _Run:
             )
         return out
 
-    def report(self, *, requests: int, retries: int = 0, rate_limit_waits: int = 0) -> SyncReport:
+    def report(
+        self,
+        *,
+        requests: int,
+        retries: int = 0,
+        rate_limit_waits: int = 0,
+        rate_limit_wait: float = 0.0,
+        statuses: Mapping[str, int] | None = None,
+    ) -> SyncReport:
         self.tick(force=True)
         if self.warnings:
             log.warning(
                 "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
                 len(self.warnings),
                 self.warnings[0],
+                extra=log_fields("sync", kind=self.kind, count=len(self.warnings)),
             )
         report = SyncReport(
             total=self.total,
@@ -717,9 +780,65 @@ class _Run:
             possible_duplicates=self.possible_duplicates,
             retries=retries,
             rate_limit_waits=rate_limit_waits,
+            rate_limit_wait=rate_limit_wait,
+            requests_by_status=dict(sorted(statuses.items())) if statuses else {},
         )
-        log.info("%s sync: %s", self.kind, report.summary(), extra={"report": report})
+        log.info(
+            "%s sync: %s",
+            self.kind,
+            report.summary(),
+            extra=log_fields(
+                "sync",
+                kind=self.kind,
+                total=report.total,
+                succeeded=report.succeeded,
+                failed=report.failed,
+                skipped=report.skipped,
+                requests=report.requests,
+                elapsed=round(report.elapsed, 3),
+            ),
+        )
         return report
+
+
+def failure_groups(failures: Iterable[RecordFailure]) -> list[dict[str, Any]]:
+    """Failures grouped by stage, field and reason (each problem of a record with several
+    bad fields counts in its own group), most frequent first: ``count``, how many of them
+    are ``retryable``, and the first few input ``indexes`` (and ``lines``) — never a
+    member's id or values."""
+    groups: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    for failure in failures:
+        keys: list[tuple[str, str | None, str]]
+        if failure.problems:
+            keys = [
+                (failure.stage, p.field, p.reason.replace(p.value, "<value>"))
+                for p in failure.problems
+            ]
+        else:
+            reason = failure.reason
+            if failure.value:  # the value is its own column, never part of a group's name
+                reason = reason.replace(failure.value, "<value>")
+            keys = [(failure.stage, failure.field, reason)]
+        for key in keys:
+            group = groups.get(key)
+            if group is None:
+                stage, field_name, reason = key
+                group = groups[key] = {
+                    "stage": stage,
+                    "field": field_name,
+                    "reason": reason,
+                    "count": 0,
+                    "retryable": 0,
+                    "indexes": [],
+                    "lines": [],
+                }
+            group["count"] += 1
+            group["retryable"] += failure.retryable
+            if len(group["indexes"]) < _GROUP_EXAMPLES:
+                group["indexes"].append(failure.index)
+                if failure.line is not None:
+                    group["lines"].append(failure.line)
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["stage"], g["reason"]))
 
 
 def _by_index(failure: RecordFailure) -> int:

@@ -42,6 +42,7 @@ from ._limits import (
 )
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
+from ._telemetry import Telemetry, log_fields, traced
 from ._version import __version__
 from ._wire import WireError, model_item, wire_item
 from .exceptions import (
@@ -172,6 +173,8 @@ class BrazeClient:
     ``limits`` (or ``batch_mode``) sets how much one request holds; ``pacer`` shares a rate
     budget (e.g. :class:`~antavo_braze.RedisPacer`). ``app_id`` is added to every event and
     purchase that has none. The API key never appears in repr, logs or exceptions.
+    ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for a span per call and
+    per HTTP try and the request metrics (the ``otel`` extra; default: the global ones).
     """
 
     def __init__(
@@ -189,6 +192,8 @@ class BrazeClient:
         ca_bundle: str | os.PathLike[str] | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("the Braze API key is empty")
@@ -225,6 +230,7 @@ class BrazeClient:
             proxy=resolve_proxy(target, proxy, trust_env),
         )
         self._registry = KeyRegistry()
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -296,10 +302,15 @@ class BrazeClient:
         interrupt: Interrupt | None = None,
         give_up_after: int | None = None,
         grace: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> SendLoop:
         if self._closed:
             raise ConfigurationError("this BrazeClient is closed")
-        extra = {} if grace is None else {"grace": grace}
+        extra: dict[str, Any] = {} if grace is None else {"grace": grace}
+        active = (telemetry or self._telemetry).active()
+        if active is not None:
+            active.server = (self._pool.target.host, self._pool.target.port)
+            extra["telemetry"] = active
         return SendLoop(
             self._pool,
             self.pacer,
@@ -336,6 +347,7 @@ class BrazeClient:
         assert result.response is not None
         return result.response, result.payload
 
+    @traced("request")
     def request(
         self,
         method: str,
@@ -356,9 +368,17 @@ class BrazeClient:
         interrupt: Interrupt | None = None,
         give_up_after: int | None = None,
         grace: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> Generator[BatchOutcome, None, None]:
-        """Outcomes of ``batches`` as they finish (401, 403 and TLS failures raise at once)."""
-        loop = self._loop(stats, interrupt=interrupt, give_up_after=give_up_after, grace=grace)
+        """Outcomes of ``batches`` as they finish (401, 403 and TLS failures raise at once;
+        ``telemetry``: the caller's, when it has its own providers)."""
+        loop = self._loop(
+            stats,
+            interrupt=interrupt,
+            give_up_after=give_up_after,
+            grace=grace,
+            telemetry=telemetry,
+        )
 
         def exchanges() -> Iterator[Exchange]:
             for batch in batches:
@@ -417,6 +437,7 @@ class BrazeClient:
 
     # --- /users/track ----------------------------------------------------------------------
 
+    @traced("track")
     def track(
         self,
         attributes: Iterable[AttributesObject | Mapping[str, Any]] = (),
@@ -470,6 +491,7 @@ class BrazeClient:
                 "Braze reported %d error(s) it did not attribute to an object: %s",
                 len(warnings),
                 "; ".join(warnings[:5]),
+                extra=log_fields("track", endpoint=f"POST {TRACK}", count=len(warnings)),
             )
         return TrackResult(
             requests=stats.requests,
@@ -480,6 +502,7 @@ class BrazeClient:
 
     # --- read endpoints --------------------------------------------------------------------
 
+    @traced("list_event_names")
     def list_event_names(self) -> list[str]:
         """Every custom event name (GET /events/list, all pages of 250)."""
         names: list[str] = []
@@ -495,6 +518,7 @@ class BrazeClient:
             200, "", f"GET /events/list returned more than {MAX_EVENT_LIST_PAGES} full pages"
         )
 
+    @traced("list_events")
     def list_events(self) -> list[dict[str, Any]]:
         """Every custom event with its details (GET /events, following the ``Link`` cursor)."""
         events: list[dict[str, Any]] = []
@@ -515,6 +539,7 @@ class BrazeClient:
             params = {"cursor": cursor}
         raise BrazeAPIError(200, "", f"GET /events returned more than {MAX_EVENT_LIST_PAGES} pages")
 
+    @traced("event_series")
     def event_series(
         self,
         name: str,
@@ -542,6 +567,7 @@ class BrazeClient:
             [point for point in data if isinstance(point, dict)] if isinstance(data, list) else []
         )
 
+    @traced("check_permissions")
     def check_permissions(self) -> dict[str, bool]:
         """Which of the permissions the SDK uses this key has (probes change no data).
 

@@ -39,6 +39,7 @@ from ._json import dumps_object, loads
 from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
 from ._state import StateStore, get_many
+from ._telemetry import Telemetry, log_fields, traced
 from ._wire import WireError, model_item, wire_item
 from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
 
@@ -156,6 +157,8 @@ class Syncer:
       ``handle_signals``: catch those signals during a sync (main thread, default handlers).
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
       how requests would be batched.
+    - ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for a span per call
+      and the record metrics (the ``otel`` extra); by default the client's.
     """
 
     def __init__(
@@ -175,6 +178,8 @@ class Syncer:
         give_up_after: int | None = 10,
         interrupt_grace: float = 5.0,
         handle_signals: bool = True,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
@@ -208,6 +213,10 @@ class Syncer:
         self.handle_signals = handle_signals
         self._progress = progress
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
+        if tracer_provider is None and meter_provider is None and client is not None:
+            self._telemetry = client._telemetry
+        else:
+            self._telemetry = Telemetry(tracer_provider, meter_provider)
 
     def __repr__(self) -> str:
         return (
@@ -229,15 +238,18 @@ class Syncer:
 
     # --- public API -------------------------------------------------------------------------
 
+    @traced("sync_members")
     def sync_members(self, members: Iterable[Any]) -> SyncReport:
         """Send every mapped field of each member (dicts with ``id``, :class:`LoyaltyMember`,
         or the rows of a pandas DataFrame)."""
         return self._run("member", members, self._member_builder())
 
+    @traced("sync_events")
     def sync_events(self, events: Iterable[Any]) -> SyncReport:
         """Send each event as a custom event or purchases (plus trigger attributes)."""
         return self._run("event", events, self._event_groups)
 
+    @traced("sync_attributes")
     def sync_attributes(
         self,
         member_id: str,
@@ -267,6 +279,7 @@ class Syncer:
         """The ``/users/track`` bodies an event sync would send; no network."""
         return self._preview("event", events, self._event_groups)
 
+    @traced("dry_run")
     def dry_run(
         self,
         kind: Literal["members", "events"],
@@ -288,6 +301,7 @@ class Syncer:
         run.state_updates.clear()  # nothing was accepted
         return run.report(requests=count)
 
+    @traced("replay")
     def replay(
         self,
         path: str | PathLike[str],
@@ -392,8 +406,15 @@ class Syncer:
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
         report = run.report(
-            requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
+            requests=stats.requests,
+            retries=stats.retries,
+            rate_limit_waits=stats.rate_limited,
+            rate_limit_wait=stats.rate_limit_wait,
+            statuses=stats.statuses,
         )
+        active = self._telemetry.active()
+        if active is not None:
+            active.count_records(kind, report)
         if signum is not None:
             raise SyncInterrupted(report, signum)
         return report, run
@@ -467,6 +488,7 @@ class Syncer:
             interrupt=interrupt,
             give_up_after=self.give_up_after,
             grace=self.interrupt_grace,
+            telemetry=self._telemetry,
         )
         gave_up = False
         try:
@@ -498,6 +520,7 @@ class Syncer:
         log.warning(
             "Braze unreachable: %s; the remaining records fail as not sent (retryable)",
             outcome.error,
+            extra=log_fields("sync", kind=run.kind, stage="transport", reason=str(outcome.error)),
         )
 
     @staticmethod
