@@ -49,7 +49,7 @@ class Otel:
 
     def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()
-        found = []
+        found: list[Any] = []
         for resource in data.resource_metrics if data else []:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:

@@ -333,13 +333,38 @@ class Progress:
         """Records finished per second so far."""
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
+    @property
+    def fraction(self) -> float | None:
+        """How much of the input is done (0 to 1), when its size is known."""
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far, when the input's size is known."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.done) / self.rate
+
     def line(self) -> str:
-        """A one-line rendering for terminals."""
+        """A one-line rendering for terminals: with a known total, also the percentage and
+        the time left."""
         of = f"/{self.total:,}" if self.total is not None else ""
+        fraction, eta = self.fraction, self.eta
+        share = f"{fraction:.0%}, " if fraction is not None else ""
+        left = f", ETA {_clock(eta)}" if eta is not None else ""
         return (
-            f"{self.done:,}{of} records ({self.rate:,.0f}/s): {self.succeeded:,} ok, "
-            f"{self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
+            f"{self.done:,}{of} records ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
+            f"ok, {self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
         )
+
+
+def _clock(seconds: float) -> str:
+    """``H:MM:SS`` (whole seconds, rounded up: a last second left still shows)."""
+    whole = int(-(-seconds // 1))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 # --- values for dead letters and state --------------------------------------------------------
