@@ -378,3 +378,96 @@ def test_report_to_dict_groups_failures_without_member_data(
     assert data["timings"]["elapsed_seconds"] >= 0
     assert data["skipped_by_reason"] == {"no mapped field present": 1}
     assert_no_member_data([json.dumps(data)])
+
+
+def test_serve_metrics_and_failures_logged_without_values(
+    fake: FakeBraze, mapping: ab.Mapping, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GET /metrics serves records by outcome, requests by status, rate-limit wait seconds
+    and the queue depth; a failed change is logged with its stage and field, not its value."""
+    import asyncio
+
+    from antavo_braze.serve import create_app
+
+    fake.inject(times=1, status=429, headers={"Retry-After": "0.02"})
+    with (
+        caplog.at_level(logging.WARNING, logger="antavo_braze"),
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, mapping), flush_interval=0.01) as sender,
+    ):
+        app = create_app(sender, auth=None)
+        sender.submit_member({"id": MEMBER_IDS[0], "score": 1})
+        sender.submit_member({"id": MEMBER_IDS[1], "score": SECRET_VALUE})
+        assert sender.flush(timeout=30)
+        answer: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: Any) -> None:
+            answer.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/metrics", "headers": [],
+                 "client": ("127.0.0.1", 5000)}  # fmt: skip
+        asyncio.run(app(scope, receive, send))
+    assert answer[0]["status"] == 200
+    text = answer[1]["body"].decode()
+    stats = sender.stats()
+    assert 'antavo_braze_records_total{outcome="succeeded"} 1' in text
+    assert 'antavo_braze_records_total{outcome="failed"} 1' in text
+    assert 'antavo_braze_requests_by_status_total{status="429"} 1' in text
+    assert stats.requests_by_status["429"] == 1
+    assert stats.rate_limit_wait >= 0.02
+    assert f"antavo_braze_rate_limit_wait_seconds_total {round(stats.rate_limit_wait, 3)}" in text
+    assert 'antavo_braze_sender_queue_depth{state="queued"} 0' in text
+    failed = [r for r in caplog.records if r.name == "antavo_braze.sender"]
+    assert len(failed) == 1
+    assert failed[0].field == "score"
+    assert_no_member_data([failed[0].getMessage(), *vars(failed[0]).values()])
+
+
+@pytest.mark.parametrize("first_sync", [True, False], ids=["set-after-a-sync", "set-first"])
+def test_global_providers_set_by_the_application(first_sync: bool) -> None:
+    """Providers the application sets globally (before the SDK's first call or after it)
+    receive the spans and metrics of clients built without any."""
+    script = (
+        f"FIRST_SYNC = {first_sync}\n"
+        + """
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import antavo_braze as ab
+from antavo_braze.testing import FakeBraze
+
+mapping = {"fields": [{"loyalty_field": "score", "remote_field": "points"}]}
+with FakeBraze() as fake, fake.client() as client:
+    syncer = ab.Syncer(client, mapping)
+    if FIRST_SYNC:
+        syncer.sync_members([{"id": "a", "score": 1}])  # nothing set yet: nothing recorded
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    syncer.sync_members([{"id": "b", "score": 2}, {"id": "c", "score": 3}])
+names = sorted(s.name for s in exporter.get_finished_spans())
+points = [
+    p.value
+    for r in reader.get_metrics_data().resource_metrics
+    for s in r.scope_metrics
+    for m in s.metrics
+    if m.name == "antavo_braze.records"
+    for p in m.data.data_points
+]
+print(names, points)
+"""
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['POST /users/track', 'antavo_braze.sync_members'] [2]"

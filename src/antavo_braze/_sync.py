@@ -414,7 +414,7 @@ class Syncer:
         )
         active = self._telemetry.active()
         if active is not None:
-            active.count_records(kind, report)
+            active.count_records(kind, report.succeeded, report.failed, report.skipped)
         if signum is not None:
             raise SyncInterrupted(report, signum)
         return report, run
@@ -470,6 +470,9 @@ class Syncer:
             run.fail(
                 position, record, record_id, stage, reason, retryable=retryable, outcome="not_sent"
             )
+        active = self._telemetry.active()
+        if active is not None:
+            active.count_records(kind, 0, len(records), 0)
         return run.outcomes(len(records))
 
     def _send(

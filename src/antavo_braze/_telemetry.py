@@ -5,15 +5,18 @@ records by outcome, requests by status and rate-limit wait seconds; a gauge of t
 senders' queue depth. Attributes carry counts, methods, statuses and reasons — never a member's
 id or values.
 
-Nothing here costs anything unless telemetry is configured: ``opentelemetry`` is imported on
-the first call that asks, and :meth:`Telemetry.active` answers ``None`` (the hot paths then
-skip every hook) when the package is missing, or when no provider was given and none was set
-globally. Providers set globally later are picked up by the next call.
+Nothing here costs anything unless telemetry is configured: :meth:`Telemetry.active` answers
+``None`` (the hot paths then skip every hook) when the package is missing, or when no provider
+was given and none was set globally. ``opentelemetry`` is never imported by the SDK itself
+until the application has imported it (an application that configures it has; importing it
+for nothing would cost every run the collector time of its objects). Providers set globally
+later are picked up by the next call.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -68,29 +71,35 @@ _load_lock = threading.Lock()
 
 
 def _api() -> Any:
-    """The OpenTelemetry API modules, imported once on first use; ``None`` without them."""
+    """The OpenTelemetry API modules, loaded once the application has imported them;
+    ``None`` until then, and for good when they are not installed."""
     global _otel
     if _otel is _UNLOADED:
+        if "opentelemetry" not in sys.modules:
+            return None  # not configured by anyone (yet): look again on the next call
         with _load_lock:
             if _otel is _UNLOADED:
                 try:
                     from opentelemetry import context, metrics, trace
+                    from opentelemetry.metrics import _internal as metrics_internal
                 except ImportError:
                     _otel = None
                 else:
-                    _otel = _Api(context, metrics, trace)
+                    _otel = _Api(context, metrics, trace, metrics_internal)
     return _otel
 
 
 class _Api:
     __slots__ = ("context", "metrics", "proxy_meter_provider", "trace")
 
-    def __init__(self, context: Any, metrics: Any, trace: Any) -> None:
+    def __init__(self, context: Any, metrics: Any, trace: Any, metrics_internal: Any) -> None:
         self.context = context
         self.metrics = metrics
         self.trace = trace
-        # The global default before an application sets one: "not configured".
-        self.proxy_meter_provider = type(metrics.get_meter_provider())
+        # The global default before an application sets one: "not configured". (The API
+        # names the tracing one publicly, the metrics one only privately; without it, the
+        # global meter provider is always used: its instruments are cheap no-ops until set.)
+        self.proxy_meter_provider = getattr(metrics_internal, "_ProxyMeterProvider", ())
 
 
 class _Instruments:
@@ -228,12 +237,12 @@ class Active:
 
     # --- one call ----------------------------------------------------------------------------
 
-    def count_records(self, kind: str, report: Any) -> None:
+    def count_records(self, kind: str, succeeded: int, failed: int, skipped: int) -> None:
         """Add a finished call's records, by outcome."""
         if self.instruments is None:
             return
-        for outcome in ("succeeded", "failed", "skipped"):
-            count = getattr(report, outcome)
+        counts = {"succeeded": succeeded, "failed": failed, "skipped": skipped}
+        for outcome, count in counts.items():
             if count:
                 self.instruments.records.add(
                     count, {"antavo_braze.kind": kind, "antavo_braze.outcome": outcome}
