@@ -1,6 +1,7 @@
 """What OpenTelemetry support costs: the same work with ``opentelemetry`` absent (its modules
-blocked), installed with no provider configured (the default: must be within 2%), and with
-an SDK tracer and meter provider recording everything.
+blocked), installed with no provider configured (the default: must be within 2%), imported by
+the application but with no provider (every hook then asks, and is told "none"), and with an
+SDK tracer and meter provider recording everything.
 
 Two workloads: the pipeline benchmark's dry run (map + coerce + batch + serialize N members,
 no network), and a real sync of the same members to FakeBraze in its own process over
@@ -42,6 +43,9 @@ def child() -> None:
         exec(BLOCK)
     if variant == "old":
         sys.path.insert(0, OLD_SRC or "")
+    if variant == "imported":
+        import opentelemetry.metrics
+        import opentelemetry.trace  # noqa: F401
     from _common import MAPPING, members
 
     import antavo_braze as ab
@@ -81,10 +85,11 @@ def main() -> None:
     from _common import machine
     from _server import fake_braze_process
 
-    variants = ["absent", "idle", "recording"] + (["old"] if OLD_SRC else [])
+    variants = ["absent", "idle", "imported", "recording"] + (["old"] if OLD_SRC else [])
     labels = {
         "absent": "opentelemetry not installed",
         "idle": "installed, no provider (default)",
+        "imported": "imported by the app, no provider",
         "recording": "SDK providers, recording all",
         "old": "before this change (main)",
     }

@@ -471,3 +471,26 @@ print(names, points)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['POST /users/track', 'antavo_braze.sync_members'] [2]"
+
+
+def test_asubmit_carries_the_trace_across_the_thread_pool(
+    fake: FakeBraze, mapping: ab.Mapping, otel: Otel
+) -> None:
+    """An asyncio caller's span is the parent of the window its asubmit_member joined."""
+    import asyncio
+
+    tracer = otel.tracer_provider.get_tracer("asgi-app")
+
+    async def handler(sender: ab.BackgroundSender) -> int:
+        with tracer.start_as_current_span("POST /webhook") as span:
+            submission = await sender.asubmit_member({"id": "m-1", "score": 1})
+        assert (await submission.aresult()).ok
+        return int(span.get_span_context().trace_id)
+
+    with (
+        fake.client(**otel.providers) as client,
+        ab.BackgroundSender(ab.Syncer(client, mapping), flush_interval=0.01) as sender,
+    ):
+        trace_id = asyncio.run(handler(sender))
+    (window,) = [s for s in otel.spans() if s.name == "antavo_braze.sender.send"]
+    assert window.context.trace_id == trace_id
