@@ -220,19 +220,21 @@ class Active:
         if span is None:
             return
         exchange.span = None
+        attributes: dict[str, Any] = {}  # set at once: each call takes the span's lock
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
+            attributes["http.response.status_code"] = status
         if isinstance(payload, dict):
             errors = payload.get("errors")
             if isinstance(errors, list):
-                span.set_attribute("antavo_braze.partial_errors", len(errors))
+                attributes["antavo_braze.partial_errors"] = len(errors)
         if decision is not None:
-            span.set_attribute("antavo_braze.retry", decision.retry)
+            attributes["antavo_braze.retry"] = decision.retry
             if decision.retry:
-                span.set_attribute("antavo_braze.retry_wait", decision.wait)
+                attributes["antavo_braze.retry_wait"] = decision.wait
         if error is not None:
-            span.set_attribute("error.type", error)
+            attributes["error.type"] = error
             span.set_status(_api().trace.StatusCode.ERROR, error)
+        span.set_attributes(attributes)
         span.end()
 
     # --- one call ----------------------------------------------------------------------------
