@@ -494,3 +494,29 @@ def test_asubmit_carries_the_trace_across_the_thread_pool(
         trace_id = asyncio.run(handler(sender))
     (window,) = [s for s in otel.spans() if s.name == "antavo_braze.sender.send"]
     assert window.context.trace_id == trace_id
+
+
+def test_failed_tries_and_calls_are_marked_as_errors(
+    fake: FakeBraze, mapping: ab.Mapping, otel: Otel
+) -> None:
+    """A dropped connection marks its try with the exception's type; a call that raises
+    (credentials refused) is an error span naming the error, not its message."""
+    fake.inject(times=1, drop=True)
+    with fake.client(**otel.providers) as client:
+        report = ab.Syncer(client, mapping).sync_members(members()[:2])
+    assert report.succeeded == 2
+    dropped = next(s for s in otel.spans() if s.name == "POST /users/track")
+    assert dropped.attributes is not None
+    assert dropped.attributes["error.type"] not in ("", None)
+    assert "http.response.status_code" not in dropped.attributes
+    otel.exporter.clear()
+    with (
+        fake.client(api_key="wrong-key", **otel.providers) as client,
+        pytest.raises(ab.AuthenticationError),
+    ):
+        ab.Syncer(client, mapping).sync_members(members()[:2])
+    (call,) = [s for s in otel.spans() if s.name == "antavo_braze.sync_members"]
+    assert call.status.status_code == trace.StatusCode.ERROR
+    assert call.attributes is not None
+    assert call.attributes["error.type"] == "AuthenticationError"
+    assert_no_member_data([call.status.description, *call.attributes.values()])
