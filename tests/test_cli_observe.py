@@ -66,13 +66,13 @@ def test_sync_report_json(fake: FakeBraze, tmp_path: Path) -> None:
     assert data["ok"] is False
     assert data["counts"]["total"] == 12
     assert data["counts"]["succeeded"] == 10
-    (group,) = data["failures"]["groups"]
+    (group,) = data["failures"]
     assert (group["stage"], group["field"], group["count"]) == ("validation", "score", 2)
     assert group["lines"] == [11, 12]
-    assert data["requests"]["total"] == 2
-    assert data["requests"]["by_status"]["503"] == 1
-    assert data["requests"]["retries"] == 1
-    assert data["started_at"] <= data["finished_at"]
+    assert data["requests"] == 2
+    assert data["requests_by_status"]["503"] == 1
+    assert data["retries"] == 1
+    assert data["timings"]["started_at"] <= data["timings"]["finished_at"]
     assert data["timings"]["elapsed_seconds"] >= 0
     assert "watermark" in data
     text = out.read_text()

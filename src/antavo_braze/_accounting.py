@@ -273,23 +273,19 @@ class SyncReport:
                 "attribute_values_saved": self.attribute_values_saved,
             },
             "skipped_by_reason": dict(self.skipped_by_reason),
-            "failures": {
-                "by_stage": dict(sorted(by_stage.items())),
-                "retryable": sum(1 for f in self.failures if f.retryable),
-                "groups": failure_groups(self.failures),
-            },
+            "failures": failure_groups(self.failures),
+            "failures_by_stage": dict(sorted(by_stage.items())),
+            "failures_retryable": sum(1 for f in self.failures if f.retryable),
             "dropped_fields": [
                 {"field": name, "reason": reason, "count": count}
                 for (name, reason), count in dropped.most_common()
             ],
             "fields": {name: attrs.asdict(counts) for name, counts in self.fields.items()},
-            "requests": {
-                "total": self.requests,
-                "retries": self.retries,
-                "by_status": dict(self.requests_by_status),
-                "rate_limit_waits": self.rate_limit_waits,
-                "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
-            },
+            "requests": self.requests,
+            "retries": self.retries,
+            "requests_by_status": dict(self.requests_by_status),
+            "rate_limit_waits": self.rate_limit_waits,
+            "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
             "watermark": watermark,
             "timings": {
                 "elapsed_seconds": round(self.elapsed, 3),

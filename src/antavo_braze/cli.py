@@ -201,16 +201,15 @@ def _add_report_json(parser: argparse.ArgumentParser) -> None:
 def _write_report_json(
     path: str | None, report: Any, *, command: str, started_at: datetime, exit_code: int
 ) -> None:
-    """``--report-json``: the report's ``to_dict()`` with the command, when it ran and its
-    exit code (owner-only, written whole: a scheduler never reads half a file)."""
+    """``--report-json``: the report's ``to_dict()`` with the command, its exit code and
+    when it ran (owner-only, written whole: a scheduler never reads half a file)."""
     if not path:
         return
-    data = {
-        "command": command,
+    data = {"command": command, "exit_code": exit_code, **report.to_dict()}
+    data["timings"] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "exit_code": exit_code,
-        **report.to_dict(),
+        **data.get("timings", {}),
     }
     try:
         replace_private(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
