@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import antavo_braze as ab
 from antavo_braze.testing import FakeBraze
@@ -520,3 +522,78 @@ def test_failed_tries_and_calls_are_marked_as_errors(
     assert call.attributes is not None
     assert call.attributes["error.type"] == "AuthenticationError"
     assert_no_member_data([call.status.description, *call.attributes.values()])
+
+
+def test_the_sdk_never_imports_opentelemetry_itself() -> None:
+    """Installed but not imported by the application, opentelemetry stays unimported
+    through a whole sync: no provider can be configured, and nothing is paid for it."""
+    script = """
+import sys
+import antavo_braze as ab
+from antavo_braze.testing import FakeBraze
+
+mapping = {"fields": [{"loyalty_field": "score", "remote_field": "points"}]}
+with FakeBraze() as fake, fake.client() as client:
+    syncer = ab.Syncer(client, mapping)
+    syncer.sync_members([{"id": "a", "score": 1}])
+    with ab.BackgroundSender(syncer) as sender:
+        sender.submit_member({"id": "b", "score": 2}).result(10)
+print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+problems = st.lists(
+    st.builds(
+        ab.FieldProblem,
+        field=st.sampled_from(["score", "tier", "dob"]),
+        value=st.text(alphabet="XYZ0123", min_size=1, max_size=8),  # never in a reason's words
+        reason=st.sampled_from(["not a number", "too long"]),
+    ),
+    max_size=3,
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["validation", "braze", "transport"]), problems, st.booleans()),
+        max_size=30,
+    )
+)
+def test_failure_groups_count_every_problem_once(
+    specs: list[tuple[str, list[ab.FieldProblem], bool]],
+) -> None:
+    """Groups account for every problem (a failure without problems counts once), group
+    names never hold a value, and the most frequent group comes first."""
+    from antavo_braze._accounting import failure_groups
+
+    failures = []
+    for index, (stage, found, retryable) in enumerate(specs):
+        found = [
+            ab.FieldProblem(p.field, p.value, f"cannot coerce {p.value} to number: {p.reason}")
+            for p in found
+        ]
+        failures.append(
+            ab.RecordFailure(
+                index,
+                None,
+                stage,  # type: ignore[arg-type]
+                "some reason",
+                retryable=retryable,
+                problems=tuple(found),
+            )
+        )
+    groups = failure_groups(failures)
+    assert sum(g["count"] for g in groups) == sum(max(1, len(f.problems)) for f in failures)
+    counts = [g["count"] for g in groups]
+    assert counts == sorted(counts, reverse=True)
+    for group in groups:
+        assert 0 <= group["retryable"] <= group["count"]
+        assert len(group["indexes"]) <= min(group["count"], 5)
+    for failure in failures:
+        for problem in failure.problems:
+            assert all(problem.value not in g["reason"] for g in groups)
