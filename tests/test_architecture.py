@@ -25,6 +25,8 @@ PURE = [
     "_limits.py",
     "_wire.py",
     "_profile.py",
+    "_schema.py",
+    "_ecommerce.py",
     "exceptions.py",
 ]
 NETWORK = {"requests", "urllib3", "http", "socket", "h11", "aiohttp", "redis"}

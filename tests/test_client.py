@@ -11,6 +11,7 @@ import pytest
 
 import antavo_braze as ab
 from antavo_braze._endpoint import resolve_endpoint
+from antavo_braze._limits import PERMISSIONS
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
@@ -536,11 +537,9 @@ def test_event_series(fake: FakeBraze, client: ab.BrazeClient) -> None:
 
 
 def test_check_permissions(fake: FakeBraze) -> None:
-    """Full keys have all four; limited keys show what is missing; probes change no data."""
+    """Full keys have all of them; limited keys show what is missing; probes change no data."""
     with fake.client() as client:
-        assert client.check_permissions() == dict.fromkeys(
-            ["users.track", "events.list", "events.data_series", "events.get"], True
-        )
+        assert client.check_permissions() == dict.fromkeys(PERMISSIONS, True)
     fake.add_key("partial", ["users.track", "events.get"])
     with fake.client(api_key="partial") as client:
         assert client.check_permissions() == {
@@ -548,6 +547,10 @@ def test_check_permissions(fake: FakeBraze) -> None:
             "events.list": False,
             "events.data_series": False,
             "events.get": True,
+            "custom_attributes.get": False,
+            "users.export.ids": False,
+            "users.merge": False,
+            "users.delete": False,
         }
     with fake.client(api_key="nope") as client, pytest.raises(ab.AuthenticationError):
         client.check_permissions()

@@ -19,6 +19,7 @@ from ._accounting import (
     RecordOutcome,
     SyncReport,
 )
+from ._audit import AuditExample, AuditReport, FieldAudit
 from ._batching import BatchLimits
 from ._client import BrazeClient, RejectedObject, TrackResult
 from ._coerce import coerce, infer_type
@@ -37,6 +38,7 @@ from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
+from ._schema import CustomAttribute, SchemaProblem
 from ._sender import BackgroundSender, SenderStats, Submission
 from ._shard import shard_of
 from ._state import MemoryStateStore, SqliteStateStore, StateStore
@@ -78,6 +80,8 @@ __all__ = [
     "AntavoBrazeError",
     "AttemptOutcome",
     "AttributesObject",
+    "AuditExample",
+    "AuditReport",
     "AuthenticationError",
     "BackgroundSender",
     "BadInput",
@@ -90,12 +94,14 @@ __all__ = [
     "Clock",
     "CoercionError",
     "ConfigurationError",
+    "CustomAttribute",
     "DeadLetterEntry",
     "DeadLetterObject",
     "DeadLetterSink",
     "DroppedField",
     "EventMapping",
     "EventObject",
+    "FieldAudit",
     "FieldCounts",
     "FieldMapping",
     "FieldProblem",
@@ -124,6 +130,7 @@ __all__ = [
     "RejectedObject",
     "RetryDecision",
     "RetryPolicy",
+    "SchemaProblem",
     "SenderStats",
     "ServerError",
     "SqliteStateStore",

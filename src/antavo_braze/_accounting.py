@@ -159,6 +159,8 @@ class SyncReport:
     rate_limit_waits: int = 0
     rate_limit_wait: float = 0.0  # seconds waited because Braze asked to (429)
     requests_by_status: Mapping[str, int] = field(factory=dict)  # tries; "error": no answer
+    merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
+    deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
 
     def __attrs_post_init__(self) -> None:
         if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
@@ -202,6 +204,10 @@ class SyncReport:
                 f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
                 "answer was lost: Braze may have recorded them twice"
             )
+        if self.merged:
+            lines.append(f"merged {self.merged} profile(s) into others (/users/merge)")
+        if self.deleted:
+            lines.append(f"deleted (verified) {self.deleted} profile(s) (/users/delete)")
         if self.attribute_values_saved:
             lines.append(
                 f"change detection left out {self.attribute_values_saved} unchanged attribute "
@@ -271,6 +277,8 @@ class SyncReport:
                 "possible_duplicates": self.possible_duplicates,
                 "attribute_values": self.attribute_values,
                 "attribute_values_saved": self.attribute_values_saved,
+                "merged": self.merged,
+                "deleted": self.deleted,
             },
             "skipped_by_reason": dict(self.skipped_by_reason),
             "failures": failure_groups(self.failures),
@@ -485,6 +493,9 @@ class _Run:
         # Why each skipped position was skipped, when the caller needs every record's own
         # outcome (the background sender); None on the hot path.
         self.skips: dict[int, str] | None = None
+        # Merges and deletes ("as": "merge"/"delete"), applied after the run's track requests.
+        self.identities: list[Any] = []
+        self.merged = self.deleted = 0
 
     # --- entering and leaving ------------------------------------------------------------
 
@@ -803,6 +814,8 @@ class _Run:
             rate_limit_waits=rate_limit_waits,
             rate_limit_wait=rate_limit_wait,
             requests_by_status=dict(sorted(statuses.items())) if statuses else {},
+            merged=self.merged,
+            deleted=self.deleted,
         )
         log.info(
             "%s sync: %s",

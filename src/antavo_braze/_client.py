@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from attrs import field, frozen
 
+from . import _users
 from ._batching import Batch, BatchLimits, BatchMode, Item, pack
 from ._coerce import coerce_date
 from ._endpoint import parse_endpoint
@@ -42,6 +43,7 @@ from ._limits import (
 )
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
+from ._schema import CustomAttribute
 from ._telemetry import Telemetry, log_fields, traced
 from ._version import __version__
 from ._wire import WireError, model_item, wire_item
@@ -571,8 +573,9 @@ class BrazeClient:
     def check_permissions(self) -> dict[str, bool]:
         """Which of the permissions the SDK uses this key has (probes change no data).
 
-        ``users.track`` is all a sync needs (:data:`REQUIRED_PERMISSIONS`); the others serve
-        the read endpoints. Raises :class:`AuthenticationError` for an invalid key.
+        ``users.track`` is all a sync needs (:data:`REQUIRED_PERMISSIONS`); the others are
+        optional (:data:`OPTIONAL_PERMISSIONS`): the read endpoints, the schema check, the
+        audit, merges and deletes. Raises :class:`AuthenticationError` for an invalid key.
         """
         probes: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
             # An empty track request: authorised keys get past the permission check, and there
@@ -586,6 +589,7 @@ class BrazeClient:
                 None,
             ),
             "events.get": ("GET", "/events", None, None),
+            **_users.PERMISSION_PROBES,  # the optional ones: schema, export, merge, delete
         }
         result: dict[str, bool] = {}
         for permission, (method, path, params, body) in probes.items():
@@ -599,6 +603,35 @@ class BrazeClient:
             else:
                 result[permission] = True
         return result
+
+    # --- beyond /users/track (the logic lives in _users) ----------------------------------
+
+    @traced("custom_attributes")
+    def custom_attributes(self) -> list[CustomAttribute]:
+        """Every custom attribute Braze holds with its type and status (GET
+        /custom_attributes, every page; paced under that endpoint's 1,000 per hour)."""
+        return _users.custom_attributes(self)
+
+    @traced("export_users")
+    def export_users(
+        self, external_ids: Iterable[str], fields: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """What Braze holds for ``external_ids``: one ``{"external_id": ..., field: value}``
+        per profile found, with only the listed ``fields`` it has (POST /users/export/ids,
+        50 ids per request, paced under that endpoint's own limit)."""
+        return _users.export_users(self, external_ids, fields)
+
+    @traced("merge_users")
+    def merge_users(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """Merge each ``(merge, keep)`` pair's first profile into the second (POST
+        /users/merge, 50 per request); return how many Braze accepted."""
+        return _users.merge_users(self, pairs)
+
+    @traced("delete_users")
+    def delete_users(self, external_ids: Iterable[str]) -> int:
+        """Delete the profiles of ``external_ids`` (POST /users/delete, 50 per request);
+        return how many Braze queued (verify with :meth:`export_users`)."""
+        return _users.delete_users(self, external_ids)
 
 
 _ARRAY_OF = {AttributesObject: "attributes", EventObject: "events", PurchaseObject: "purchases"}

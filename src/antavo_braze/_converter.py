@@ -65,6 +65,35 @@ def _structure_condition(value: Any, _: type) -> TriggerCondition:
     return TriggerCondition(action=tuple(actions), where=dict(where))
 
 
+_AS_VALUES = ("event", "purchase", "order_placed", "merge", "delete")
+_AS_COMBINABLE = frozenset({"purchase", "order_placed"})
+
+
+def _structure_as(value: Any, _: Any) -> Any:
+    """``"as"``: one of the values, or a list of ``"purchase"`` and ``"order_placed"``."""
+    if isinstance(value, str):
+        if value not in _AS_VALUES:
+            allowed = ", ".join(repr(a) for a in _AS_VALUES)
+            raise ValueError(f'must be one of {allowed}, or ["purchase", "order_placed"]')
+        return value
+    if isinstance(value, (list, tuple)):
+        if (
+            not value
+            or not all(isinstance(v, str) and v in _AS_COMBINABLE for v in value)
+            or len(set(value)) != len(value)
+        ):
+            raise ValueError(
+                'a list "as" names "purchase" and "order_placed" (each once): '
+                'e.g. ["purchase", "order_placed"] sends both'
+            )
+        return value[0] if len(value) == 1 else tuple(value)
+    raise ValueError(f"expected a string or a list, got {type(value).__name__}")
+
+
+def _unstructure_as(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _unstructure_condition(condition: TriggerCondition) -> dict[str, Any]:
     action: str | list[str] = (
         condition.action[0] if len(condition.action) == 1 else list(condition.action)
@@ -159,12 +188,17 @@ def make_converter() -> Converter:
 
     converter.register_structure_hook(
         EventMapping,
-        make_dict_structure_fn(EventMapping, converter, as_=override(rename="as")),
+        make_dict_structure_fn(
+            EventMapping, converter, as_=override(rename="as", struct_hook=_structure_as)
+        ),
     )
     converter.register_unstructure_hook(
         EventMapping,
         make_dict_unstructure_fn(
-            EventMapping, converter, _cattrs_omit_if_default=True, as_=override(rename="as")
+            EventMapping,
+            converter,
+            _cattrs_omit_if_default=True,
+            as_=override(rename="as", unstruct_hook=_unstructure_as),
         ),
     )
     converter.register_structure_hook(TriggerCondition, _structure_condition)

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 __all__ = [
     "ARRAYS",
+    "CUSTOM_ATTRIBUTES_PAGE",
+    "CUSTOM_ATTRIBUTES_RATE",
     "DEFAULT_MAX_ARRAY_ITEMS",
+    "DELETE_VERIFY_SECONDS",
     "EVENTS_LIST_PAGE",
     "EVENT_PROPERTY_RESERVED",
+    "EXPORT_IDS_RATE",
+    "IDENTITY_RATE",
+    "IDS_PER_REQUEST",
     "INSTANCES",
     "MAX_BODY_BYTES",
+    "MAX_CUSTOM_ATTRIBUTE_PAGES",
     "MAX_EVENT_LIST_PAGES",
     "MAX_EXTERNAL_ID_BYTES",
     "MAX_INTERIM_RESPONSES",
@@ -30,6 +37,7 @@ __all__ = [
     "MIN_YEAR",
     "OPTIONAL_PERMISSIONS",
     "PERMISSIONS",
+    "PERMISSION_USES",
     "PRIMARY_IDENTIFIERS",
     "PURCHASE_PROPERTY_RESERVED",
     "REQUIRED_PERMISSIONS",
@@ -111,15 +119,54 @@ MAX_PURCHASE_PROPERTY_BYTES = 50 * 1024
 EVENTS_LIST_PAGE = 250  # names per page of GET /events/list
 MAX_EVENT_LIST_PAGES = 1_000  # ours: 250,000 event names is more than any workspace holds
 REQUIRED_PERMISSIONS = ("users.track",)  # all a sync needs
-OPTIONAL_PERMISSIONS = ("events.list", "events.data_series", "events.get")  # read endpoints
+# The read endpoints, then what schema checks, audits, merges and erasures use
+# (shared/reference/braze-2026.md 1.11).
+OPTIONAL_PERMISSIONS = (
+    "events.list",
+    "events.data_series",
+    "events.get",
+    "custom_attributes.get",
+    "users.export.ids",
+    "users.merge",
+    "users.delete",
+)
 PERMISSIONS = REQUIRED_PERMISSIONS + OPTIONAL_PERMISSIONS
+# What each optional permission is for (``antavo-braze check`` prints it).
+PERMISSION_USES = {
+    "events.list": "read endpoints",
+    "events.data_series": "read endpoints",
+    "events.get": "read endpoints",
+    "custom_attributes.get": "validate --against-braze, --check-schema",
+    "users.export.ids": "audit, delete verification",
+    "users.merge": '"as": "merge" events',
+    "users.delete": '"as": "delete" events',
+}
 # The permission each endpoint needs (a 403 names it).
 ENDPOINT_PERMISSIONS = {
     "/users/track": "users.track",
     "/events/list": "events.list",
     "/events/data_series": "events.data_series",
     "/events": "events.get",
+    "/custom_attributes": "custom_attributes.get",
+    "/users/export/ids": "users.export.ids",
+    "/users/merge": "users.merge",
+    "/users/delete": "users.delete",
 }
+
+# --- beyond /users/track (shared/reference/braze-2026.md 1.3-1.6) ---------------------------
+CUSTOM_ATTRIBUTES_PAGE = 50  # attributes per page of GET /custom_attributes
+# 1,000 requests per hour, shared with /events, /events/list and /purchases/product_list.
+CUSTOM_ATTRIBUTES_RATE = (1000, 3600.0)
+MAX_CUSTOM_ATTRIBUTE_PAGES = 1_000  # ours: 50,000 attributes is more than any workspace holds
+IDS_PER_REQUEST = 50  # external ids per /users/export/ids, /users/merge, /users/delete request
+# /users/export/ids: 40 requests per second on the default limit with fields_to_export (no
+# campaigns_received / canvases_received); workspaces onboarded since 2024-08-22 without it
+# get 250/min, and Braze's 429 then paces the rest.
+EXPORT_IDS_RATE = (40, 1.0)
+# /users/delete, /users/merge (with alias/new, alias/update, identify): 20,000 per minute shared.
+IDENTITY_RATE = (20_000, 60.0)
+# Deletion usually completes within a second; caches can take up to five minutes.
+DELETE_VERIFY_SECONDS = 300.0
 
 # REST endpoints per instance [5].
 INSTANCES = {

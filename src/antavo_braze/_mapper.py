@@ -25,6 +25,7 @@ from ._coerce import (
     coercer_for,
     standard_coercer,
 )
+from ._ecommerce import ORDER_PLACED, order_placed_properties
 from ._limits import MAX_EXTERNAL_ID_BYTES, MAX_PURCHASE_QUANTITY, PURCHASE_PROPERTY_RESERVED
 from ._mapping import Mapping
 from ._types import BrazeType, BrazeTypeLike
@@ -193,10 +194,13 @@ class _Plan:
 
 @frozen
 class MappedEvent:
-    """What one Antavo event becomes: the Braze objects to send (none when ``skipped``)."""
+    """What one Antavo event becomes: the Braze objects to send (none when ``skipped``), and
+    an identity action (``("merge", into_external_id)`` or ``("delete", None)``) if its
+    entry has ``"as": "merge"`` or ``"delete"``."""
 
     objects: tuple[BrazeObject, ...]
     skipped: bool = False
+    identity: tuple[str, str | None] | None = None
 
 
 def _external_id(value: Any, field: str) -> str:
@@ -382,11 +386,19 @@ class Mapper:
             return MappedEvent(objects=(), skipped=True)
         time = self._event_time(envelope, data)
         objects: list[BrazeObject] = []
+        identity: tuple[str, str | None] | None = None
         if entry is not None:
             mapping, steps = entry
-            if mapping.as_ == "purchase":
+            sends = mapping.sends
+            if "merge" in sends:
+                identity = ("merge", self._merge_target(mapping, envelope, external_id))
+            elif "delete" in sends:
+                identity = ("delete", None)
+            if "purchase" in sends:
                 objects.extend(self._purchases(mapping, steps, data, external_id, time))
-            else:
+            if "order_placed" in sends:
+                objects.append(self._order_placed(mapping, data, external_id, time))
+            if "event" in sends:
                 objects.append(self._custom_event(mapping, steps, action, data, external_id, time))
         if triggers:
             view = dict(envelope)
@@ -396,7 +408,39 @@ class Mapper:
                 steps_.values(view, values)
             if values:
                 objects.insert(0, AttributesObject(external_id=external_id, attributes=values))
-        return MappedEvent(objects=tuple(objects), skipped=not objects)
+        return MappedEvent(
+            objects=tuple(objects), skipped=not objects and identity is None, identity=identity
+        )
+
+    @staticmethod
+    def _merge_target(mapping: EventMapping, envelope: Any, external_id: str) -> str:
+        """The customer an ``"as": "merge"`` event's customer is merged into."""
+        assert mapping.into is not None  # the mapping requires it
+        value = _compile_getter(mapping.into)(envelope)
+        if value is MISSING or value is None:
+            raise CoercionError(
+                None,
+                "merge",
+                "the event does not name the customer to merge into",
+                field=mapping.into,
+            )
+        target = _external_id(value, mapping.into)
+        if target == external_id:
+            raise CoercionError(
+                value, "merge", "cannot merge a customer into itself", field=mapping.into
+            )
+        return target
+
+    def _order_placed(
+        self, mapping: EventMapping, data: abc.Mapping[str, Any], external_id: str, time: str
+    ) -> EventObject:
+        return EventObject(
+            external_id=external_id,
+            name=ORDER_PLACED,
+            time=time,
+            properties=order_placed_properties(data, mapping.currency),
+            app_id=self.app_id,
+        )
 
     @staticmethod
     def _matches(

@@ -10,10 +10,11 @@ import json
 import re
 import sys
 from collections import abc
+from collections.abc import Iterable
 from html import escape
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_origin
 
 from attrs import frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
@@ -27,6 +28,7 @@ from ._limits import (
     RESERVED_IDENTIFIERS,
     STANDARD_ATTRIBUTES,
 )
+from ._schema import CustomAttribute, SchemaProblem, check_schema
 from ._types import BrazeType
 from .exceptions import MappingError
 from .models import EventMapping, FieldMapping, Trigger, WhenMissing
@@ -44,7 +46,7 @@ _converter = make_converter()
 
 
 def _format_exception(exc: BaseException, type: type | None) -> str:
-    if type is not None and "Literal" in repr(type):
+    if type is not None and get_origin(type) is Literal:
         allowed = ", ".join(repr(a) for a in getattr(type, "__args__", ()))
         return f"must be one of {allowed}"
     if isinstance(exc, ForbiddenExtraKeysError):
@@ -131,6 +133,12 @@ class Mapping:
         out: dict[str, Any] = _converter.unstructure(self)
         return out
 
+    def check_schema(self, attributes: Iterable[CustomAttribute]) -> list[SchemaProblem]:
+        """Every mapped attribute (fields and trigger attributes) whose values Braze would
+        not keep, against Braze's ``attributes`` (``client.custom_attributes()``)."""
+        fields = [*self.fields, *(a for t in self.triggers for a in t.attributes)]
+        return check_schema(fields, attributes)
+
     def _repr_html_(self) -> str:
         rows = "".join(
             f"<tr><td>field</td><td><code>{escape(f.loyalty_field)}</code></td>"
@@ -215,14 +223,20 @@ def _event_problems(
             problems.append(f"{path}.name: {problem}")
     elif name is None and isinstance(action, str) and action != "*" and action.startswith("$"):
         problems.append(f"{path}.action: Braze event names cannot start with '$'; give a 'name'")
-    is_purchase = entry.get("as") == "purchase"
+    raw_as = entry.get("as", "event")
+    sends = set(raw_as) if isinstance(raw_as, (list, tuple)) else {raw_as}
+    is_purchase = "purchase" in sends
     currency = entry.get("currency")
     if isinstance(currency, str) and not _CURRENCY.match(currency):
         problems.append(
             f"{path}.currency: expected an ISO 4217 code such as 'EUR', got {currency!r}"
         )
-    if currency is not None and not is_purchase:
-        problems.append(f"{path}.currency: only purchases ('as': 'purchase') take a currency")
+    if currency is not None and not sends & {"purchase", "order_placed"}:
+        problems.append(
+            f"{path}.currency: only purchases and orders ('as': 'purchase' or "
+            "'order_placed') take a currency"
+        )
+    problems += _identity_problems(entry, path, sends)
     properties = entry.get("properties")
     if isinstance(properties, list):
         reserved = PURCHASE_PROPERTY_RESERVED if is_purchase else EVENT_PROPERTY_RESERVED
@@ -236,6 +250,35 @@ def _event_problems(
             return problem
 
         problems += _field_list_problems(properties, f"{path}.properties", property_name_problem)
+    return problems
+
+
+def _identity_problems(entry: abc.Mapping[str, Any], path: str, sends: set[Any]) -> list[str]:
+    """``"as": "merge"`` needs ``"into"`` (a path); identity actions send no event, so they
+    take no name or properties; ``order_placed`` builds Braze's documented properties."""
+    problems: list[str] = []
+    into = entry.get("into")
+    if "merge" in sends:
+        if not isinstance(into, str) or not all(
+            _PATH_SEGMENT.fullmatch(p) for p in into.split(".")
+        ):
+            problems.append(
+                f"{path}.into: 'as': 'merge' needs \"into\": the path in the event of the "
+                'customer to merge into (e.g. "data.target")'
+            )
+    elif into is not None:
+        problems.append(f"{path}.into: only 'as': 'merge' takes \"into\"")
+    if sends & {"merge", "delete"}:
+        for key in ("name", "properties"):
+            if entry.get(key) is not None:
+                problems.append(
+                    f"{path}.{key}: a {next(iter(sends))!r} entry sends no event; remove {key!r}"
+                )
+    if sends == {"order_placed"} and entry.get("properties") is not None:
+        problems.append(
+            f"{path}.properties: 'order_placed' sends Braze's documented order properties; "
+            "'properties' applies to purchases only"
+        )
     return problems
 
 

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
@@ -28,14 +29,17 @@ from ._accounting import (
     fingerprint,
     stderr_progress,
 )
+from ._audit import AuditReport, drifted_members, new_tally
 from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
 from ._checkpoint import Settled
 from ._client import BatchOutcome, BrazeClient
 from ._deadletter import DeadLetterEntry, DeadLetterSink, open_sink, read_dead_letters
 from ._http import CallStats, Interrupt
+from ._identity import Identity, apply_identities, settle_dry_run
 from ._input import BadInput
 from ._interrupts import stop_on_signals
 from ._json import dumps_object, loads
+from ._limits import DELETE_VERIFY_SECONDS
 from ._mapper import MISSING, Mapper, member_fields
 from ._mapping import Mapping
 from ._state import StateStore, get_many
@@ -159,6 +163,10 @@ class Syncer:
       how requests would be batched.
     - ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for a span per call
       and the record metrics (the ``otel`` extra); by default the client's.
+    - ``allow_deletes``: events mapped ``"as": "delete"`` delete Braze profiles only when
+      True; a run that would delete more than ``max_delete_ratio`` of at least 100 records
+      deletes nothing and says so; each delete counts once Braze no longer exports the
+      profile (waiting up to ``verify_deletes_within`` seconds).
     """
 
     def __init__(
@@ -180,6 +188,9 @@ class Syncer:
         handle_signals: bool = True,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        allow_deletes: bool = False,
+        max_delete_ratio: float = 0.05,
+        verify_deletes_within: float = DELETE_VERIFY_SECONDS,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
@@ -188,6 +199,10 @@ class Syncer:
         if on_invalid_field not in ("fail_record", "drop_field"):
             raise ConfigurationError(
                 f"on_invalid_field must be 'fail_record' or 'drop_field', not {on_invalid_field!r}"
+            )
+        if not 0.0 <= max_delete_ratio <= 1.0:
+            raise ConfigurationError(
+                f"max_delete_ratio must be between 0 and 1, not {max_delete_ratio!r}"
             )
         if isinstance(mapping, (str, PathLike)):
             mapping = Mapping.from_file(mapping)
@@ -212,6 +227,9 @@ class Syncer:
         self.interrupt_grace = interrupt_grace
         self.handle_signals = handle_signals
         self._progress = progress
+        self.allow_deletes = allow_deletes
+        self.max_delete_ratio = max_delete_ratio
+        self.verify_deletes_within = verify_deletes_within
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
         if tracer_provider is None and meter_provider is None and client is not None:
             self._telemetry = client._telemetry
@@ -270,6 +288,26 @@ class Syncer:
 
         return self._run("attributes", [{"id": member_id, **values}], build)
 
+    @traced("audit")
+    def audit(self, members: Iterable[Any], *, fix: bool = False) -> AuditReport:
+        """Compare each member's mapped values (as this mapping would send them) with what
+        Braze holds (``/users/export/ids``, only the mapped fields); per field, equal /
+        different / missing in Braze with examples. ``fix=True`` sends only the drifted
+        fields (``report.fixed``)."""
+        client = self.client
+        if client is None:
+            raise ConfigurationError("an audit reads Braze: this Syncer has no client")
+        tally = new_tally(self.mapper)
+        start = time.perf_counter()
+        drift = drifted_members(self.mapper, client.export_users, _rows(members), tally)
+        fixed = None
+        if fix:
+            fixed = self._execute("attributes", drift, self._wire_attribute_groups)[0]
+        else:
+            for _ in drift:
+                pass
+        return tally.report(time.perf_counter() - start, fixed)
+
     def preview_members(self, members: Iterable[Any]) -> list[dict[str, Any]]:
         """The ``/users/track`` bodies a member sync would send; no network (records that
         fail validation are left out)."""
@@ -298,6 +336,13 @@ class Syncer:
         for batch in pack(build(_rows(records), run), self.limits):
             count += 1
             run.settle(BatchOutcome(batch))
+        identities, run.identities = run.identities, []
+        settle_dry_run(
+            run,
+            identities,
+            allow_deletes=self.allow_deletes,
+            max_delete_ratio=self.max_delete_ratio,
+        )
         run.state_updates.clear()  # nothing was accepted
         return run.report(requests=count)
 
@@ -403,6 +448,8 @@ class Syncer:
         signum = stats.interrupted or interrupt.signal
         if signum is None and (run.parts or packer.pending):
             signum = signal.SIGINT  # stopped hard: the loop never said why
+        if run.identities:
+            stats.requests += self._identities(client, run, signum)
         if signum is not None:
             run.close_open(packer.pending, signal.Signals(signum).name)
         report = run.report(
@@ -418,6 +465,32 @@ class Syncer:
         if signum is not None:
             raise SyncInterrupted(report, signum)
         return report, run
+
+    def _identities(self, client: BrazeClient, run: _Run, signum: int | None) -> int:
+        """Merges and deletes collected by the run: applied now, or failed as not sent.
+        Return the requests made."""
+        identities, run.identities = run.identities, []
+        if signum is None:
+            return apply_identities(
+                client,
+                run,
+                identities,
+                allow_deletes=self.allow_deletes,
+                max_delete_ratio=self.max_delete_ratio,
+                verify_within=self.verify_deletes_within,
+            )
+        name = signal.Signals(signum).name
+        for identity in identities:
+            run.fail(
+                identity.position,
+                identity.record,
+                identity.external_id,
+                "interrupted",
+                f"interrupted ({name}) before the {identity.action} was sent",
+                retryable=True,
+                outcome="not_sent",
+            )
+        return 0
 
     def _sync_changes(
         self, kind: str, records: Sequence[Any]
@@ -755,6 +828,12 @@ class Syncer:
             if mapped.skipped:
                 run.total += 1
                 run.skip(position, f"no mapping for action {_action(event)!r}")
+                continue
+            if mapped.identity is not None:  # a merge or delete: applied after the run
+                run.total += 1
+                action, into = mapped.identity
+                external_id = mapper.event_customer(event)
+                run.identities.append(Identity(position, event, external_id, action, into))
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)

@@ -32,12 +32,18 @@ from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
 from ._files import ensure_private_file, replace_private
 from ._input import RecordSource, read_records
-from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
+from ._limits import (
+    PERMISSION_USES,
+    REQUIRED_PERMISSIONS,
+    TRACK_RATE_REQUESTS,
+    TRACK_RATE_SECONDS,
+)
 from ._mapping import Mapping
 from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
 from ._redis import RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
+from ._schema import SchemaProblem
 from ._shard import Sharded, parse_shard
 from ._state import SqliteStateStore, StateStore
 from ._sync import Syncer
@@ -351,6 +357,26 @@ def _add_budget(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_budget_max_in_flight(parser: argparse.ArgumentParser) -> None:
+    # Commands that only read Braze a little: one request at a time is plenty.
+    parser.set_defaults(max_in_flight=1)
+
+
+def _add_deletes(parser: argparse.ArgumentParser) -> None:
+    """Guards of ``"as": "delete"`` events (sync events, pull events)."""
+    parser.add_argument(
+        "--allow-deletes",
+        action="store_true",
+        help='let events mapped "as": "delete" delete Braze profiles (off: they fail)',
+    )
+    parser.add_argument(
+        "--max-delete-ratio",
+        type=float,
+        default=0.05,
+        help="a run of 100+ records that would delete more than this share deletes nothing (0.05)",
+    )
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight",
@@ -398,8 +424,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     with _client_from_env(args) as client:
         permissions = client.check_permissions()
     for name, granted in permissions.items():
-        need = "required" if name in REQUIRED_PERMISSIONS else "optional (read endpoints only)"
-        print(f"{'ok     ' if granted else 'MISSING'} {name:<20} {need}")
+        need = "required"
+        if name not in REQUIRED_PERMISSIONS:
+            need = f"optional ({PERMISSION_USES.get(name, 'read endpoints')})"
+        print(f"{'ok     ' if granted else 'MISSING'} {name:<22} {need}")
     print(f"endpoint {client.endpoint}")
     missing = [name for name in REQUIRED_PERMISSIONS if not permissions.get(name)]
     if missing:
@@ -415,6 +443,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{args.mapping}: valid mapping ({len(mapping.fields)} fields, "
         f"{len(mapping.events)} events, {len(mapping.triggers)} triggers)"
     )
+    if getattr(args, "against_braze", False) and _validate_against_braze(args, mapping):
+        return EXIT_FAILED
     if args.input is None:
         return EXIT_OK
     profiles = profile_fields(mapping, _open_input(args), limit=args.sample)
@@ -431,6 +461,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"never found in the sample: {', '.join(missing)} (a sync would not send them)")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def schema_problems(client: BrazeClient, mapping: Mapping) -> list[SchemaProblem]:
+    """The mapping against Braze's attribute types (one ``GET /custom_attributes`` per page)."""
+    return mapping.check_schema(client.custom_attributes())
+
+
+def _print_schema_problems(problems: Sequence[SchemaProblem], out: TextIO) -> None:
+    for problem in problems:
+        print(
+            f"  {problem.remote_field}: mapping {problem.expected}, Braze {problem.found}: "
+            f"{problem.reason}",
+            file=out,
+        )
+
+
+def _validate_against_braze(args: argparse.Namespace, mapping: Mapping) -> bool:
+    """``validate --against-braze``: print the problems; True when there are any."""
+    with _client_from_env(args) as client:
+        problems = schema_problems(client, mapping)
+    if not problems:
+        print("against Braze: every mapped attribute fits the type Braze holds")
+        return False
+    print(f"against Braze: {len(problems)} problem(s); Braze would ignore these values:")
+    _print_schema_problems(problems, sys.stdout)
+    return True
+
+
+def check_schema_before_run(client: BrazeClient, mapping: Mapping) -> None:
+    """``--check-schema`` (sync, pull): refuse to start when the mapping does not fit the
+    attribute types Braze holds (raises the CLI's one-line usage error, exit 2). Give it a
+    client of its own, not the one that then syncs (see ``cmd_sync``)."""
+    problems = schema_problems(client, mapping)
+    if problems:
+        _print_schema_problems(problems, sys.stderr)
+        raise _UserError(
+            f"--check-schema: {len(problems)} mapped attribute(s) do not fit the type Braze "
+            "holds (listed above); nothing was sent. Fix the mapping, or run without "
+            "--check-schema"
+        )
+
+
+def add_check_schema(parser: argparse.ArgumentParser) -> None:
+    """The ``--check-schema`` option (sync, pull)."""
+    parser.add_argument(
+        "--check-schema",
+        action="store_true",
+        help="first check the mapping against the attribute types Braze holds "
+        "(GET /custom_attributes) and refuse to start on a problem",
+    )
 
 
 def _open_input(args: argparse.Namespace) -> RecordSource:
@@ -489,6 +569,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     base = checkpoint
     if base is None and args.dead_letter and args.input != "-" and not args.dry_run:
         base = Checkpoint.for_input(args.kind, args.input)
+    if client is not None and args.check_schema:
+        try:
+            # A client of its own: the pacer learns from every answer's rate-limit headers,
+            # and /custom_attributes' hourly budget must not hold back /users/track.
+            with _client_from_env(args) as schema_client:
+                check_schema_before_run(schema_client, mapping)
+        except BaseException:
+            client.close()
+            _close_state(state)
+            raise
     sink = JsonlDeadLetter(args.dead_letter, append=append) if args.dead_letter else None
     try:
         syncer = Syncer(
@@ -499,6 +589,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             send=args.send,
             progress=progress,
             on_invalid_field=args.on_invalid_field,
+            allow_deletes=args.allow_deletes,
+            max_delete_ratio=args.max_delete_ratio,
         )
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
@@ -550,6 +642,53 @@ def cmd_sync(args: argparse.Namespace) -> int:
         args.report_json, report, command="sync", started_at=started_at, exit_code=code
     )
     return code
+
+
+def _antavo_members() -> Iterable[Any]:
+    """Every customer Antavo holds (``--from-antavo``), read by ``ab.AntavoClient``."""
+    import antavo_braze
+
+    antavo_class = getattr(antavo_braze, "AntavoClient", None)
+    if antavo_class is None:
+        raise _UserError(
+            "--from-antavo needs the Antavo client (antavo_braze.AntavoClient), which this "
+            "installation does not include: export the members to a file and use --input FILE"
+        )
+    try:
+        antavo = antavo_class.from_env()
+    except ConfigurationError as exc:
+        raise _UserError(str(exc)) from None
+    return antavo.changed_customers(datetime(1970, 1, 1, tzinfo=timezone.utc))  # type: ignore[no-any-return]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    mapping = _load_mapping(args.mapping)
+    if (args.input is None) == (not args.from_antavo):
+        raise _UserError("give the members to compare: --input FILE or --from-antavo")
+    records = _antavo_members() if args.from_antavo else _open_input(args)
+    if args.report_json:
+        try:
+            ensure_private_file(args.report_json)  # member ids: owner-only, checked up front
+        except ConfigurationError as exc:
+            raise _UserError(str(exc)) from None
+    with _client_from_env(args) as client:
+        try:
+            syncer = Syncer(client, mapping, dead_letter=args.dead_letter)
+        except ConfigurationError as exc:
+            raise _UserError(str(exc)) from None
+        try:
+            report = syncer.audit(records, fix=args.fix)
+        except SyncInterrupted as stop:
+            print(stop.report)
+            return 128 + stop.signal
+        finally:
+            syncer.close()
+    print(report)
+    if args.report_json:
+        replace_private(args.report_json, json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.ok and not args.fix:
+        print("drift found: run again with --fix to send only the drifted fields")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -702,7 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check the API key's permissions",
         description="Probe each permission the SDK uses (changing no data). Exit 0 when the "
-        "key has users.track, all a sync needs; the read permissions are optional.",
+        "key has users.track, all a sync needs; the others are optional, each marked with "
+        "the feature that needs it (read endpoints, schema check, audit, merges, deletes).",
     )
     check.set_defaults(func=cmd_check, max_in_flight=1, verbose=0, quiet=False, log_file=None)
 
@@ -720,6 +860,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mapped field is never found)",
     )
     validate.add_argument("--sample", type=int, default=1000, help="records to profile (1000)")
+    validate.add_argument(
+        "--against-braze",
+        action="store_true",
+        help="also check each mapped attribute against the type Braze holds for it "
+        "(GET /custom_attributes; credentials from the environment; exit 1 on a problem)",
+    )
+    _add_budget_max_in_flight(validate)
     _add_reading(validate)
     validate.set_defaults(func=cmd_validate, verbose=0, quiet=False, log_file=None)
 
@@ -746,6 +893,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is skipped, what it cut off is sent",
     )
     _add_state(sync)
+    add_check_schema(sync)
+    _add_deletes(sync)
     sync.add_argument(
         "--shard",
         metavar="I/N",
@@ -768,6 +917,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_json(sync)
     _add_common(sync)
     sync.set_defaults(func=cmd_sync)
+
+    audit = commands.add_parser(
+        "audit",
+        help="compare what Braze holds with Antavo's members (and fix the drift)",
+        description="Compare each member's mapped values, as the mapping would send them, "
+        "with what Braze holds (POST /users/export/ids, only the mapped fields, paced at that "
+        "endpoint's 40 requests/s); print per field how many are equal, different or missing "
+        "in Braze, with examples. Exit 0 when Braze holds everything, 1 on drift (or when a "
+        "fix failed).",
+    )
+    audit.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
+    audit.add_argument("--input", help="members: .jsonl/.json/.csv[.gz] or -")
+    audit.add_argument(
+        "--from-antavo",
+        action="store_true",
+        help="read every member from Antavo's API (ANTAVO_API_URL, ANTAVO_API_KEY, "
+        "ANTAVO_API_SECRET) instead of --input",
+    )
+    _add_reading(audit)
+    audit.add_argument("--fix", action="store_true", help="send only the drifted fields again")
+    audit.add_argument(
+        "--report-json", help="write the audit as JSON to this file (owner-only: member ids)"
+    )
+    audit.add_argument("--dead-letter", help="with --fix: write fixes that fail here")
+    _add_common(audit)
+    audit.set_defaults(func=cmd_audit)
 
     replay = commands.add_parser(
         "replay",

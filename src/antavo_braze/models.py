@@ -17,6 +17,7 @@ from ._types import BrazeType
 __all__ = [
     "AttributesObject",
     "BrazeObject",
+    "EventAs",
     "EventMapping",
     "EventObject",
     "FieldMapping",
@@ -91,15 +92,27 @@ class FieldMapping:
     when_missing: WhenMissing | None = None
 
 
+EventAs = Literal["event", "purchase", "order_placed", "merge", "delete"]
+"""What an Antavo action becomes in Braze (an events entry's ``"as"``)."""
+
+
 @frozen
 class EventMapping:
-    """Which Antavo ``action`` becomes which Braze event ``name`` (or purchases, ``as_``)."""
+    """Which Antavo ``action`` becomes which Braze event ``name``, or, by ``as_``: purchases,
+    Braze's ``ecommerce.order_placed`` event, both (``("purchase", "order_placed")``), or an
+    identity action (``"merge"`` the customer into the one at path ``into``; ``"delete"``)."""
 
     action: str
     name: str | None = None
     properties: tuple[FieldMapping, ...] | None = None
-    as_: Literal["event", "purchase"] = "event"
+    as_: EventAs | tuple[EventAs, ...] = "event"
     currency: str | None = None
+    into: str | None = None
+
+    @property
+    def sends(self) -> tuple[EventAs, ...]:
+        """``as_`` as a tuple (``("event",)``, ``("purchase", "order_placed")``, ...)."""
+        return self.as_ if isinstance(self.as_, tuple) else (self.as_,)
 
     @property
     def braze_name(self) -> str:

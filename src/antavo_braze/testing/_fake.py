@@ -27,6 +27,7 @@ from attrs import field, frozen
 from .._client import PERMISSIONS, BrazeClient
 from .._json import dumps, loads
 from .._retry import RetryPolicy
+from ._beyond import Beyond
 
 __all__ = ["FakeBraze", "Fault", "RecordedRequest"]
 
@@ -424,6 +425,10 @@ class FakeBraze:
     answer, ``prefix`` (serve under a path such as ``/braze``), ``record`` (keep requests, events
     and profiles) and ``validate`` (check every object); turn the last two off for load tests.
     ``ssl_context`` (a server-side :class:`ssl.SSLContext`) serves https instead of http.
+    ``identity_delay``: seconds before a merge or delete is applied (Braze queues them);
+    ``export_rate_limit``: ``/users/export/ids`` requests per second before 429s. Custom
+    attribute types are fixed by their first value (``attribute_types``; a later value of
+    another type is ignored with a success answer, as Braze does).
     ``connections`` counts the connections accepted.
     """
 
@@ -445,6 +450,8 @@ class FakeBraze:
         port: int = 0,
         clock: Callable[[], float] = time.time,
         ssl_context: ssl.SSLContext | None = None,
+        identity_delay: float = 0.0,
+        export_rate_limit: int | None = None,
     ) -> None:
         self.api_key = api_key
         self._keys: dict[str, frozenset[str]] = {api_key: frozenset(permissions)}
@@ -480,6 +487,10 @@ class FakeBraze:
         self.objects_received = 0
         self.overlapping_requests = 0  # track requests that touched a profile already in flight
         self._in_flight_ids: dict[str, int] = {}
+        # Schema, export, merge and delete (testing/_beyond.py).
+        self.beyond = Beyond(
+            self, identity_delay=identity_delay, export_rate_limit=export_rate_limit
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -544,6 +555,20 @@ class FakeBraze:
 
     # --- configuration and fault injection -------------------------------------------------
 
+    @property
+    def attribute_types(self) -> dict[str, str]:
+        """Custom attribute name -> Braze ``data_type`` (``"Number"``, ``"Time"``, ...), as
+        fixed by the first value written."""
+        with self._lock:
+            return dict(self.beyond.types)
+
+    def set_attribute(self, name: str, data_type: str, status: str = "Active") -> None:
+        """Declare custom attribute ``name`` as Braze would hold it (``status``
+        ``"Blocklisted"``: Braze keeps none of its values)."""
+        with self._lock:
+            self.beyond.types[name] = data_type
+            self.beyond.status[name] = status
+
     def add_key(self, api_key: str, permissions: Iterable[str] = PERMISSIONS) -> None:
         """Accept another key, with only the given permissions."""
         with self._lock:
@@ -588,6 +613,7 @@ class FakeBraze:
             self.connections = 0
             self.overlapping_requests = 0
             self._in_flight_ids.clear()
+            self.beyond.reset()
 
     # --- request handling ------------------------------------------------------------------
 
@@ -709,6 +735,7 @@ class FakeBraze:
             ("GET", "/events/list"): ("events.list", self._events_list),
             ("GET", "/events"): ("events.get", self._events_get),
             ("GET", "/events/data_series"): ("events.data_series", self._data_series),
+            **self.beyond.routes(),
         }.get((ex.method, ex.path))
         if route is None:
             self._reply(ex, 404, {"message": "Not Found"})
@@ -850,9 +877,10 @@ class FakeBraze:
                 profile = self.profiles.setdefault(profile_id, {})
                 merge = obj.get("_merge_objects") is True
                 for name, value in obj.items():
-                    if name not in _CONTROL_KEYS or (
-                        name in _SECONDARY_IDS and ("external_id" in obj)
-                    ):
+                    if (
+                        name not in _CONTROL_KEYS
+                        or (name in _SECONDARY_IDS and ("external_id" in obj))
+                    ) and self.beyond.keeps(name, value):
                         _apply_attribute(profile, name, value, merge)
             for name in ("events", "purchases"):
                 for obj in accepted[name]:
