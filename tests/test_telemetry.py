@@ -307,14 +307,14 @@ def test_client_calls_have_spans(fake: FakeBraze, otel: Otel) -> None:
     """A client call (track, check_permissions) is a span with its HTTP tries as children."""
     with fake.client(**otel.providers) as client:
         client.track(attributes=[{"external_id": "x", "a": 1}])
-        client.check_permissions()
+        permissions = client.check_permissions()
     spans = otel.spans()
     (track,) = [s for s in spans if s.name == "antavo_braze.track"]
     (check,) = [s for s in spans if s.name == "antavo_braze.check_permissions"]
     children = [
         s for s in spans if s.parent is not None and s.parent.span_id == check.context.span_id
     ]
-    assert len(children) == 4
+    assert len(children) == len(permissions)  # one probe request each
     assert any(s.parent is not None and s.parent.span_id == track.context.span_id for s in spans)
 
 
