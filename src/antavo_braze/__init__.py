@@ -7,6 +7,7 @@ batches → :class:`BrazeClient` → :class:`SyncReport` (and a dead letter for 
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
 from ._accounting import (
@@ -72,6 +73,10 @@ from .models import (
     Trigger,
     TriggerCondition,
 )
+
+# A library leaves the handlers to the application: without any, nothing is printed (the
+# loggers are antavo_braze.http, .client, .sync, .sender, .serve, .redis; see reference.md).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "AntavoBrazeError",

@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from html import escape
 from typing import Any, Literal
 
@@ -29,6 +29,7 @@ from attrs import field, frozen
 from ._batching import ATTRIBUTES, Item
 from ._client import BatchOutcome
 from ._deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
+from ._telemetry import log_fields
 from .exceptions import CoercionError, short_repr
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "RecordOutcome",
     "Stage",
     "SyncReport",
+    "failure_groups",
     "fingerprint",
     "is_mass_clear",
     "record_view",
@@ -55,6 +57,8 @@ _SHOWN_FAILURES = 20
 _GROUPED_FROM = 5  # more failures than this are shown grouped by stage, field and reason
 _SHOWN_GROUPS = 10
 CLEAR_GUARD_FROM = 100  # the mass-clear guard judges from this many members on
+_GROUP_EXAMPLES = 5  # input positions shown per failure group
+REPORT_VERSION = 1  # of SyncReport.to_dict()'s shape: bumped when a key changes meaning
 _HTML_ROWS = 200
 
 
@@ -207,6 +211,8 @@ class SyncReport:
     possible_duplicates: int = 0
     retries: int = 0
     rate_limit_waits: int = 0
+    rate_limit_wait: float = 0.0  # seconds waited because Braze asked to (429)
+    requests_by_status: Mapping[str, int] = field(factory=dict)  # tries; "error": no answer
     merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
     deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
     clears_stopped: Mapping[str, tuple[int, int]] = field(factory=dict)
@@ -357,6 +363,52 @@ class SyncReport:
                 )
         return "".join(parts)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as JSON-ready data for schedulers and monitoring (what the CLI's
+        ``--report-json`` writes): counts, failures grouped by stage, field and reason,
+        requests, the watermark and timings. No member ids or values: the dead letter holds
+        the records."""
+        watermark = getattr(self, "watermark", None)
+        if isinstance(watermark, (datetime, date)):
+            watermark = watermark.isoformat()
+        by_stage: Counter[str] = Counter(f.stage for f in self.failures)
+        dropped: Counter[tuple[str, str]] = Counter((d.field, d.reason) for d in self.dropped)
+        return {
+            "report_version": REPORT_VERSION,
+            "ok": self.ok,
+            "counts": {
+                "total": self.total,
+                "succeeded": self.succeeded,
+                "failed": self.failed,
+                "skipped": self.skipped,
+                "possible_duplicates": self.possible_duplicates,
+                "attribute_values": self.attribute_values,
+                "attribute_values_saved": self.attribute_values_saved,
+                "merged": self.merged,
+                "deleted": self.deleted,
+            },
+            "skipped_by_reason": dict(self.skipped_by_reason),
+            "failures": failure_groups(self.failures),
+            "failures_by_stage": dict(sorted(by_stage.items())),
+            "failures_retryable": sum(1 for f in self.failures if f.retryable),
+            "dropped_fields": [
+                {"field": name, "reason": reason, "count": count}
+                for (name, reason), count in dropped.most_common()
+            ],
+            "fields": {name: attrs.asdict(counts) for name, counts in self.fields.items()},
+            "requests": self.requests,
+            "retries": self.retries,
+            "requests_by_status": dict(self.requests_by_status),
+            "rate_limit_waits": self.rate_limit_waits,
+            "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
+            "watermark": watermark,
+            "timings": {
+                "elapsed_seconds": round(self.elapsed, 3),
+                "records_per_second": round(self.total / self.elapsed, 1) if self.elapsed else None,
+            },
+            "warnings": list(self.warnings[:_SHOWN_FAILURES]),
+        }
+
     def failures_table(self) -> list[dict[str, Any]]:
         """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
         return [
@@ -392,13 +444,38 @@ class Progress:
         """Records finished per second so far."""
         return self.done / self.elapsed if self.elapsed > 0 else 0.0
 
+    @property
+    def fraction(self) -> float | None:
+        """How much of the input is done (0 to 1), when its size is known."""
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far, when the input's size is known."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.done) / self.rate
+
     def line(self) -> str:
-        """A one-line rendering for terminals."""
+        """A one-line rendering for terminals: with a known total, also the percentage and
+        the time left."""
         of = f"/{self.total:,}" if self.total is not None else ""
+        fraction, eta = self.fraction, self.eta
+        share = f"{fraction:.0%}, " if fraction is not None else ""
+        left = f", ETA {_clock(eta)}" if eta is not None else ""
         return (
-            f"{self.done:,}{of} records ({self.rate:,.0f}/s): {self.succeeded:,} ok, "
-            f"{self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
+            f"{self.done:,}{of} records ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
+            f"ok, {self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
         )
+
+
+def _clock(seconds: float) -> str:
+    """``H:MM:SS`` (whole seconds, rounded up: a last second left still shows)."""
+    whole = int(-(-seconds // 1))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 # --- values for dead letters and state --------------------------------------------------------
@@ -833,13 +910,22 @@ class _Run:
             )
         return out
 
-    def report(self, *, requests: int, retries: int = 0, rate_limit_waits: int = 0) -> SyncReport:
+    def report(
+        self,
+        *,
+        requests: int,
+        retries: int = 0,
+        rate_limit_waits: int = 0,
+        rate_limit_wait: float = 0.0,
+        statuses: Mapping[str, int] | None = None,
+    ) -> SyncReport:
         self.tick(force=True)
         if self.warnings:
             log.warning(
                 "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
                 len(self.warnings),
                 self.warnings[0],
+                extra=log_fields("sync", kind=self.kind, count=len(self.warnings)),
             )
         report = SyncReport(
             total=self.total,
@@ -858,12 +944,68 @@ class _Run:
             possible_duplicates=self.possible_duplicates,
             retries=retries,
             rate_limit_waits=rate_limit_waits,
+            rate_limit_wait=rate_limit_wait,
+            requests_by_status=dict(sorted(statuses.items())) if statuses else {},
             merged=self.merged,
             deleted=self.deleted,
             clears_stopped=dict(self.clear_guard.stopped),
         )
-        log.info("%s sync: %s", self.kind, report.summary(), extra={"report": report})
+        log.info(
+            "%s sync: %s",
+            self.kind,
+            report.summary(),
+            extra=log_fields(
+                "sync",
+                kind=self.kind,
+                total=report.total,
+                succeeded=report.succeeded,
+                failed=report.failed,
+                skipped=report.skipped,
+                requests=report.requests,
+                elapsed=round(report.elapsed, 3),
+            ),
+        )
         return report
+
+
+def failure_groups(failures: Iterable[RecordFailure]) -> list[dict[str, Any]]:
+    """Failures grouped by stage, field and reason (each problem of a record with several
+    bad fields counts in its own group), most frequent first: ``count``, how many of them
+    are ``retryable``, and the first few input ``indexes`` (and ``lines``) — never a
+    member's id or values."""
+    groups: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+    for failure in failures:
+        keys: list[tuple[str, str | None, str]]
+        if failure.problems:
+            keys = [
+                (failure.stage, p.field, p.reason.replace(p.value, "<value>"))
+                for p in failure.problems
+            ]
+        else:
+            reason = failure.reason
+            if failure.value:  # the value is its own column, never part of a group's name
+                reason = reason.replace(failure.value, "<value>")
+            keys = [(failure.stage, failure.field, reason)]
+        for key in keys:
+            group = groups.get(key)
+            if group is None:
+                stage, field_name, reason = key
+                group = groups[key] = {
+                    "stage": stage,
+                    "field": field_name,
+                    "reason": reason,
+                    "count": 0,
+                    "retryable": 0,
+                    "indexes": [],
+                    "lines": [],
+                }
+            group["count"] += 1
+            group["retryable"] += failure.retryable
+            if len(group["indexes"]) < _GROUP_EXAMPLES:
+                group["indexes"].append(failure.index)
+                if failure.line is not None:
+                    group["lines"].append(failure.line)
+    return sorted(groups.values(), key=lambda g: (-g["count"], g["stage"], g["reason"]))
 
 
 def _by_index(failure: RecordFailure) -> int:

@@ -45,6 +45,7 @@ from ._limits import (
 from ._ratelimit import InProcessPacer, Pacer
 from ._retry import RetryPolicy
 from ._schema import CustomAttribute
+from ._telemetry import Telemetry, log_fields, traced
 from ._version import __version__
 from ._wire import WireError, model_item, wire_item
 from .exceptions import (
@@ -173,6 +174,8 @@ class BrazeClient:
     ``limits`` (or ``batch_mode``) sets how much one request holds; ``pacer`` shares a rate
     budget (e.g. :class:`~antavo_braze.RedisPacer`). ``app_id`` is added to every event and
     purchase that has none. The API key never appears in repr, logs or exceptions.
+    ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for a span per call and
+    per HTTP try and the request metrics (the ``otel`` extra; default: the global ones).
     """
 
     def __init__(
@@ -190,6 +193,8 @@ class BrazeClient:
         ca_bundle: str | os.PathLike[str] | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if not isinstance(api_key, str) or not api_key.strip():
             raise ConfigurationError("the Braze API key is empty")
@@ -226,6 +231,7 @@ class BrazeClient:
             proxy=resolve_proxy(target, proxy, trust_env),
         )
         self._registry = KeyRegistry()
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -304,10 +310,15 @@ class BrazeClient:
         interrupt: Interrupt | None = None,
         give_up_after: int | None = None,
         grace: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> SendLoop:
         if self._closed:
             raise ConfigurationError("this BrazeClient is closed")
-        extra = {} if grace is None else {"grace": grace}
+        extra: dict[str, Any] = {} if grace is None else {"grace": grace}
+        active = (telemetry or self._telemetry).active()
+        if active is not None:
+            active.server = (self._pool.target.host, self._pool.target.port)
+            extra["telemetry"] = active
         return SendLoop(
             self._pool,
             self.pacer,
@@ -344,6 +355,7 @@ class BrazeClient:
         assert result.response is not None
         return result.response, result.payload
 
+    @traced("request")
     def request(
         self,
         method: str,
@@ -364,11 +376,19 @@ class BrazeClient:
         interrupt: Interrupt | None = None,
         give_up_after: int | None = None,
         grace: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> Generator[BatchOutcome, None, None]:
         """Outcomes of ``batches`` as they finish. A fatal failure (401, 403, TLS, Braze
         unreachable) stops the loop taking work: what was queued comes back not sent, what was
-        in flight finishes, and then the error is raised (so every batch is accounted for)."""
-        loop = self._loop(stats, interrupt=interrupt, give_up_after=give_up_after, grace=grace)
+        in flight finishes, and then the error is raised (so every batch is accounted for).
+        ``telemetry``: the caller's, when it has its own providers."""
+        loop = self._loop(
+            stats,
+            interrupt=interrupt,
+            give_up_after=give_up_after,
+            grace=grace,
+            telemetry=telemetry,
+        )
 
         def exchanges() -> Iterator[Exchange]:
             for batch in batches:
@@ -430,6 +450,7 @@ class BrazeClient:
 
     # --- /users/track ----------------------------------------------------------------------
 
+    @traced("track")
     def track(
         self,
         attributes: Iterable[AttributesObject | Mapping[str, Any]] = (),
@@ -502,6 +523,7 @@ class BrazeClient:
                 "Braze reported %d error(s) it did not attribute to an object: %s",
                 len(warnings),
                 "; ".join(warnings[:5]),
+                extra=log_fields("track", endpoint=f"POST {TRACK}", count=len(warnings)),
             )
         result = TrackResult(
             requests=stats.requests,
@@ -516,6 +538,7 @@ class BrazeClient:
 
     # --- read endpoints --------------------------------------------------------------------
 
+    @traced("list_event_names")
     def list_event_names(self) -> list[str]:
         """Every custom event name (GET /events/list, all pages of 250)."""
         names: list[str] = []
@@ -531,6 +554,7 @@ class BrazeClient:
             200, "", f"GET /events/list returned more than {MAX_EVENT_LIST_PAGES} full pages"
         )
 
+    @traced("list_events")
     def list_events(self) -> list[dict[str, Any]]:
         """Every custom event with its details (GET /events, following the ``Link`` cursor)."""
         events: list[dict[str, Any]] = []
@@ -551,6 +575,7 @@ class BrazeClient:
             params = {"cursor": cursor}
         raise BrazeAPIError(200, "", f"GET /events returned more than {MAX_EVENT_LIST_PAGES} pages")
 
+    @traced("event_series")
     def event_series(
         self,
         name: str,
@@ -578,6 +603,7 @@ class BrazeClient:
             [point for point in data if isinstance(point, dict)] if isinstance(data, list) else []
         )
 
+    @traced("check_permissions")
     def check_permissions(self) -> dict[str, bool]:
         """Which of the permissions the SDK uses this key has (probes change no data).
 
@@ -614,11 +640,13 @@ class BrazeClient:
 
     # --- beyond /users/track (the logic lives in _users) ----------------------------------
 
+    @traced("custom_attributes")
     def custom_attributes(self) -> list[CustomAttribute]:
         """Every custom attribute Braze holds with its type and status (GET
         /custom_attributes, every page; paced under that endpoint's 1,000 per hour)."""
         return _users.custom_attributes(self)
 
+    @traced("export_users")
     def export_users(
         self, external_ids: Iterable[str], fields: Iterable[str]
     ) -> list[dict[str, Any]]:
@@ -627,11 +655,13 @@ class BrazeClient:
         50 ids per request, paced under that endpoint's own limit)."""
         return _users.export_users(self, external_ids, fields)
 
+    @traced("merge_users")
     def merge_users(self, pairs: Iterable[tuple[str, str]]) -> int:
         """Merge each ``(merge, keep)`` pair's first profile into the second (POST
         /users/merge, 50 per request); return how many Braze accepted."""
         return _users.merge_users(self, pairs)
 
+    @traced("delete_users")
     def delete_users(self, external_ids: Iterable[str]) -> int:
         """Delete the profiles of ``external_ids`` (POST /users/delete, 50 per request);
         return how many Braze queued (verify with :meth:`export_users`)."""

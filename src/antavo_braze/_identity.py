@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from ._accounting import Stage, _Run
 from ._client import BrazeClient
 from ._limits import IDS_PER_REQUEST
+from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 
 __all__ = [
@@ -102,7 +103,7 @@ def apply_identities(
         len(deletes), run.total, allow_deletes=allow_deletes, max_delete_ratio=max_delete_ratio
     )
     if refusal is not None:
-        log.warning("%s", refusal)
+        log.warning("%s", refusal, extra=log_fields("sync", kind="event", reason=refusal))
         for identity in deletes:
             run.fail(
                 identity.position, identity.record, identity.external_id, "validation", refusal

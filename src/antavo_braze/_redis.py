@@ -31,6 +31,7 @@ from ._fork import reset_after_fork
 from ._limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._ratelimit import InProcessPacer
 from ._retry import remaining, reset_in_seconds, retry_after_seconds
+from ._telemetry import log_fields
 from .exceptions import ConfigurationError
 
 __all__ = ["RedisPacer", "RedisStateStore", "redis_client"]
@@ -220,6 +221,7 @@ class RedisPacer:
                 "Redis unreachable (%s): pacing this process alone for %.0fs",
                 exc,
                 _REDIS_RETRY_AFTER,
+                extra=log_fields("redis", reason=f"{type(exc).__name__}", wait=_REDIS_RETRY_AFTER),
             )
         self._fallback_until = time.monotonic() + _REDIS_RETRY_AFTER
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import functools
 import json
 import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,10 +38,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from attrs import frozen
 
-from ._accounting import RecordOutcome, Stage, record_view
+from ._accounting import RecordOutcome, Stage, failure_groups, record_view
 from ._fork import reset_after_fork
 from ._spool import Spool
 from ._sync import Syncer, _event_id, _record_id
+from ._telemetry import Telemetry, log_fields
 from ._wire import model_item
 from .exceptions import (
     AntavoBrazeError,
@@ -105,7 +107,8 @@ class SenderStats:
     """A :class:`BackgroundSender`'s counters since it started (in this process):
     changes ``received``, ``queued`` (waiting, spooled backlog included), ``in_flight``
     (in a window being sent), ``succeeded``, ``failed``, ``skipped``, Braze ``requests`` and
-    ``rate_limit_waits`` (429s waited out)."""
+    ``rate_limit_waits`` (429s waited out), ``rate_limit_wait`` (seconds waited for them)
+    and ``requests_by_status`` (HTTP tries by status; ``"error"``: no usable answer)."""
 
     received: int
     queued: int
@@ -117,12 +120,14 @@ class SenderStats:
     rate_limit_waits: int
     refreshed: int = 0  # members read from Antavo and sent with their events (antavo=)
     refresh_failed: int = 0  # members Antavo could not give: their events went without
+    rate_limit_wait: float = 0.0
+    requests_by_status: AbcMapping[str, int] = attrs.field(factory=dict)
 
 
 class _Change:
     """A queued change: what to send for which member (``key``), and who waits for it."""
 
-    __slots__ = ("key", "kind", "queued_at", "record", "spool_ids", "submissions")
+    __slots__ = ("context", "key", "kind", "queued_at", "record", "spool_ids", "submissions")
 
     def __init__(self, kind: Kind, key: str, record: Any, submission: Submission | None) -> None:
         self.kind = kind
@@ -131,6 +136,7 @@ class _Change:
         self.submissions = [submission] if submission is not None else []
         self.spool_ids: list[int] = []
         self.queued_at = time.monotonic()
+        self.context: Any = None  # the submitter's trace context, when tracing
 
     def absorb(self, later: _Change) -> None:
         """Merge a later change of the same member and kind: the latest value wins."""
@@ -140,6 +146,8 @@ class _Change:
             self.record = later.record
         self.submissions.extend(later.submissions)
         self.spool_ids.extend(later.spool_ids)
+        if self.context is None:
+            self.context = later.context
 
 
 def _units(change: _Change) -> int:
@@ -162,10 +170,37 @@ def _record_json(record: Any) -> str:
     return json.dumps(record_view(record), default=str)
 
 
+def _log_failures(changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
+    """One warning per kind of failure in a window (stage, field, reason; never a member's
+    id or values: the dead letter has the records)."""
+    for kind, same in _by_kind(changes):
+        failures = [
+            o.failure for c, o in zip(changes, outcomes, strict=True) if c in same and o.failure
+        ]
+        for group in failure_groups(failures):
+            log.warning(
+                "%d %s change(s) failed [%s]%s: %s",
+                group["count"],
+                kind,
+                group["stage"],
+                f" {group['field']}" if group["field"] else "",
+                group["reason"],
+                extra=log_fields(
+                    "sender",
+                    kind=kind,
+                    stage=group["stage"],
+                    field=group["field"],
+                    reason=group["reason"],
+                    count=group["count"],
+                ),
+            )
+
+
 async def _off_loop(call: Callable[[], Submission]) -> Submission:
     """Run a submit on the loop's thread pool: a spool write or a wait for room never
-    blocks the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(None, call)
+    blocks the event loop; the caller's context (its trace) goes along."""
+    run = functools.partial(contextvars.copy_context().run, call)
+    return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 _LIVE: weakref.WeakSet[BackgroundSender] = weakref.WeakSet()
@@ -202,6 +237,10 @@ class BackgroundSender:
     requests as the events. When Antavo cannot be read, the events still go and that refresh
     alone fails (stage ``"antavo"``, retryable, in the dead letter;
     ``stats().refresh_failed``).
+
+    ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for the windows' spans
+    (each a child of its first submitter's trace, linked to the others) and the queue-depth
+    gauge (the ``otel`` extra); by default the Syncer's.
     """
 
     def __init__(
@@ -215,6 +254,8 @@ class BackgroundSender:
         on_full: OnFull = "block",
         exit_timeout: float = 5.0,
         antavo: AntavoClient | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -236,6 +277,11 @@ class BackgroundSender:
         self.exit_timeout = exit_timeout
         self.antavo = antavo
         self.spool = Spool(spool) if spool is not None else None
+        if tracer_provider is None and meter_provider is None:
+            self._telemetry = syncer._telemetry
+        else:
+            self._telemetry = Telemetry(tracer_provider, meter_provider)
+        self._telemetry.watch(self)
         self._closed = False
         self._reset()
         reset_after_fork(self)
@@ -275,6 +321,8 @@ class BackgroundSender:
             ),
             0,
         )
+        self._rate_limit_wait = 0.0
+        self._statuses: Counter[str] = Counter()
 
     def _after_fork(self) -> None:
         self._reset()
@@ -415,6 +463,7 @@ class BackgroundSender:
             raise ConfigurationError("this BackgroundSender is closed")
         count = len(changes)
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
+        context = Telemetry.capture()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._start_worker()
@@ -445,6 +494,7 @@ class BackgroundSender:
                     self._waiting[ids[number]] = submission  # loaded, in order, with the rest
                     continue
                 change = _Change(kind, key, record, submission)
+                change.context = context
                 if ids:
                     change.spool_ids.append(ids[number])
                     self._known.add(ids[number])
@@ -476,6 +526,7 @@ class BackgroundSender:
                 "spool %s: sending %d change(s) a stopped process left unsent",
                 self.spool.path,
                 adopted,
+                extra=log_fields("sender", count=adopted),
             )
             self._backlog = True
             self._cursor = 0
@@ -567,6 +618,12 @@ class BackgroundSender:
         return window
 
     def _send(self, window: list[_Change]) -> None:
+        self._telemetry.watch(self)  # a provider the application set since
+        contexts = [c.context for c in window]
+        with self._telemetry.window(contexts, sum(_units(c) for c in window)):
+            self._send_window(window)
+
+    def _send_window(self, window: list[_Change]) -> None:
         members = self._refresh(window, self.antavo) if self.antavo is not None else []
         for kind, changes in _by_kind(window):
             records = [c.record for c in changes]
@@ -582,19 +639,32 @@ class BackgroundSender:
                 with self._cond:
                     self._counts["requests"] += report.requests
                     self._counts["rate_limit_waits"] += report.rate_limit_waits
+                    self._rate_limit_wait += report.rate_limit_wait
+                    self._statuses.update(report.requests_by_status)
             except (AuthenticationError, PermissionDeniedError) as exc:
-                log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
+                log.error(
+                    "Braze refused the credentials; the window is dead-lettered: %s",
+                    exc,
+                    extra=log_fields("sender", kind=kind, stage="braze", count=len(records)),
+                )
                 # A run stopped by a fatal error has settled each record already.
                 outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
                     kind, records, refreshed, "braze", str(exc)
                 )
             except AntavoBrazeError as exc:
-                log.error("a window could not be sent; it goes to the dead letter: %s", exc)
+                log.error(
+                    "a window could not be sent; it goes to the dead letter: %s",
+                    exc,
+                    extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
+                )
                 outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
                     kind, records, refreshed, "transport", str(exc)
                 )
             except Exception as exc:  # a bug of ours: never leave a caller waiting for it
-                log.exception("the background sender failed on a window")
+                log.exception(
+                    "the background sender failed on a window",
+                    extra=log_fields("sender", kind=kind, count=len(records)),
+                )
                 reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
                 outcomes = self._fail_window(kind, records, refreshed, "transport", reason)
             self._finish(changes, outcomes)
@@ -666,6 +736,7 @@ class BackgroundSender:
             if sent:
                 self._in_flight -= settled
             self._cond.notify_all()
+        _log_failures(changes, outcomes)
 
     def _fail_unsent(self, left: list[_Change]) -> None:
         """Dead-letter changes still queued when the sender closes (no spool to keep them)."""
@@ -726,6 +797,7 @@ class BackgroundSender:
                 count,
                 in_flight,
                 self.spool.path,
+                extra=log_fields("sender", count=count),
             )
             return
         log.warning(
@@ -733,6 +805,7 @@ class BackgroundSender:
             "in flight with unknown outcome",
             count,
             in_flight,
+            extra=log_fields("sender", count=count),
         )
         self._fail_unsent(left)
 
@@ -755,4 +828,6 @@ class BackgroundSender:
                 rate_limit_waits=counts["rate_limit_waits"],
                 refreshed=counts["refreshed"],
                 refresh_failed=counts["refresh_failed"],
+                rate_limit_wait=self._rate_limit_wait,
+                requests_by_status=dict(sorted(self._statuses.items())),
             )

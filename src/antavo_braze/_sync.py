@@ -53,6 +53,7 @@ from ._limits import DELETE_VERIFY_SECONDS
 from ._mapper import MISSING, Mapper, member_fields, utc_now
 from ._mapping import Mapping
 from ._state import StateStore, already_sent, get_many, has_ledger, record_sent
+from ._telemetry import Telemetry, log_fields, traced
 from ._wire import WireError, model_item, wire_item
 from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
 
@@ -181,6 +182,8 @@ class Syncer:
       is no longer cleared in this run (``report.clears_stopped``); ``None`` turns it off.
     - ``client`` may be ``None`` for offline work (previews, dry runs): ``limits`` then says
       how requests would be batched.
+    - ``tracer_provider`` / ``meter_provider``: OpenTelemetry providers for a span per call
+      and the record metrics (the ``otel`` extra); by default the client's.
     - ``allow_deletes``: events mapped ``"as": "delete"`` delete Braze profiles only when
       True; a run that would delete more than ``max_delete_ratio`` of at least 100 records
       deletes nothing and says so; each delete counts once Braze no longer exports the
@@ -208,6 +211,8 @@ class Syncer:
         allow_deletes: bool = False,
         max_delete_ratio: float = 0.05,
         verify_deletes_within: float = DELETE_VERIFY_SECONDS,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if send not in ("full", "changed"):
             raise ConfigurationError(f"send must be 'full' or 'changed', not {send!r}")
@@ -253,6 +258,10 @@ class Syncer:
         self.max_delete_ratio = max_delete_ratio
         self.verify_deletes_within = verify_deletes_within
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
+        if tracer_provider is None and meter_provider is None and client is not None:
+            self._telemetry = client._telemetry
+        else:
+            self._telemetry = Telemetry(tracer_provider, meter_provider)
 
     def __repr__(self) -> str:
         return (
@@ -274,15 +283,18 @@ class Syncer:
 
     # --- public API -------------------------------------------------------------------------
 
+    @traced("sync_members")
     def sync_members(self, members: Iterable[Any]) -> SyncReport:
         """Send every mapped field of each member (dicts with ``id``, :class:`LoyaltyMember`,
         or the rows of a pandas DataFrame)."""
         return self._run("member", members, self._member_builder())
 
+    @traced("sync_events")
     def sync_events(self, events: Iterable[Any]) -> SyncReport:
         """Send each event as a custom event or purchases (plus trigger attributes)."""
         return self._run("event", events, self._event_groups)
 
+    @traced("pull_members")
     def pull_members(
         self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
     ) -> SyncReport:
@@ -293,6 +305,7 @@ class Syncer:
 
         return pull(self, antavo, "members", since, until)
 
+    @traced("pull_events")
     def pull_events(
         self, antavo: AntavoClient, since: TimeLike | None = None, until: TimeLike | None = None
     ) -> SyncReport:
@@ -302,6 +315,7 @@ class Syncer:
 
         return pull(self, antavo, "events", since, until)
 
+    @traced("sync_attributes")
     def sync_attributes(
         self,
         member_id: str,
@@ -322,6 +336,7 @@ class Syncer:
 
         return self._run("attributes", [{"id": member_id, **values}], build)
 
+    @traced("audit")
     def audit(self, members: Iterable[Any], *, fix: bool = False) -> AuditReport:
         """Compare each member's mapped values (as this mapping would send them) with what
         Braze holds (``/users/export/ids``, only the mapped fields); per field, equal /
@@ -350,6 +365,7 @@ class Syncer:
         """The ``/users/track`` bodies an event sync would send; no network."""
         return self._preview("event", events, self._event_groups)
 
+    @traced("dry_run")
     def dry_run(
         self,
         kind: Literal["members", "events"],
@@ -383,6 +399,7 @@ class Syncer:
         run.state_updates.clear()  # nothing was accepted
         return run.report(requests=count)
 
+    @traced("replay")
     def replay(
         self,
         path: str | PathLike[str],
@@ -531,8 +548,15 @@ class Syncer:
                         retryable=True, outcome="not_sent",
                     )  # fmt: skip
         report = run.report(
-            requests=stats.requests, retries=stats.retries, rate_limit_waits=stats.rate_limited
+            requests=stats.requests,
+            retries=stats.retries,
+            rate_limit_waits=stats.rate_limited,
+            rate_limit_wait=stats.rate_limit_wait,
+            statuses=stats.statuses,
         )
+        active = self._telemetry.active()
+        if active is not None:
+            active.count_records(kind, report.succeeded, report.failed, report.skipped)
         if signum is not None:
             raise SyncInterrupted(report, signum)
         if fatal is not None:
@@ -654,6 +678,9 @@ class Syncer:
                 retryable=retryable,
                 outcome="not_sent",
             )
+        active = self._telemetry.active()
+        if active is not None:
+            active.count_records(kind, 0, len(records), 0)
         return run.outcomes(len(records))
 
     def _send(
@@ -672,6 +699,7 @@ class Syncer:
             interrupt=interrupt,
             give_up_after=self.give_up_after,
             grace=self.interrupt_grace,
+            telemetry=self._telemetry,
         )
         gave_up = False
         try:
@@ -704,6 +732,7 @@ class Syncer:
         log.warning(
             "Braze unreachable: %s; the remaining records fail as not sent (retryable)",
             outcome.error,
+            extra=log_fields("sync", kind=run.kind, stage="transport", reason=str(outcome.error)),
         )
 
     @staticmethod

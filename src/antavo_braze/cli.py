@@ -22,7 +22,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
+
+import attrs
 
 from . import _demo
 from ._accounting import Progress, SyncReport
@@ -91,28 +93,159 @@ def exit_code(report: SyncReport) -> int:
 
 
 class _ProgressLine:
-    """Progress on stderr: an updating line on a terminal, a line every few seconds otherwise."""
+    """Progress on stderr: an updating line on a terminal, a line every few seconds otherwise.
 
-    def __init__(self, stream: TextIO) -> None:
+    ``total``: the input's size when the reader cannot tell (a file's records counted
+    beforehand), for the percentage and the ETA. While a line is shown, log records clear it
+    first (:class:`_TerminalHandler`): a log line never runs into it.
+    """
+
+    current: ClassVar[_ProgressLine | None] = None  # the line on the terminal now
+    _lock = threading.Lock()
+
+    def __init__(self, stream: TextIO, total: int | None = None) -> None:
         self._stream = stream
         self._tty = stream.isatty()
+        self._total = total
         self._last = 0.0
         self.shown = False
+        self._on_line = False  # our text is on the terminal's current line
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
         if not self._tty and now - self._last < 2.0:
             return
         self._last = now
-        self.shown = True
-        end = "" if self._tty else "\n"
-        self._stream.write(("\r" if self._tty else "") + progress.line() + end)
-        self._stream.flush()
+        if progress.total is None and self._total is not None:
+            progress = attrs.evolve(progress, total=self._total)
+        with self._lock:
+            self.shown = True
+            if self._tty:
+                self._stream.write("\r" + progress.line() + _CLEAR_TO_END)
+                self._on_line = True
+                _ProgressLine.current = self
+            else:
+                self._stream.write(progress.line() + "\n")
+            self._stream.flush()
+
+    def clear(self) -> None:
+        """Take the line off the terminal (before a log line; the next update redraws it)."""
+        with self._lock:
+            if self._on_line:
+                self._stream.write("\r" + _CLEAR_TO_END)
+                self._stream.flush()
+                self._on_line = False
 
     def close(self) -> None:
-        if self.shown and self._tty:
-            self._stream.write("\n")
-        self.shown = False
+        with self._lock:
+            if self._on_line:
+                self._stream.write("\n")
+            self._on_line = False
+            self.shown = False
+            if _ProgressLine.current is self:
+                _ProgressLine.current = None
+
+
+_CLEAR_TO_END = "\x1b[K"  # ANSI: erase to the end of the line
+
+
+class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines on stderr (the current ``sys.stderr``, looked up per record), the progress
+    line cleared first."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass  # always the current sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = _ProgressLine.current
+        if line is not None:
+            line.clear()
+        super().emit(record)
+
+
+def _input_size(args: argparse.Namespace) -> int | None:
+    """How many records ``--input`` holds, when that is cheap to know: a plain (not
+    compressed) JSON Lines or CSV file, one record per line (a CSV header is not one)."""
+    if args.input == "-":
+        return None
+    path = Path(args.input)
+    suffixes = [s.lower() for s in path.suffixes]
+    kind = args.format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}.get(
+        suffixes[-1] if suffixes else ""
+    )
+    if kind not in ("jsonl", "csv") or not path.is_file():
+        return None
+    lines, last = 0, b"\n"
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except OSError:
+        return None
+    lines += last != b"\n"  # a last line without its newline
+    return max(0, lines - (kind == "csv"))
+
+
+def _dead_letter_size(path: Path) -> int | None:
+    """A dead letter's entries: one per line."""
+    try:
+        with path.open("rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+
+
+def _report_error(
+    args: argparse.Namespace, exc: AntavoBrazeError, command: str, started: datetime
+) -> None:
+    """``--report-json`` for a run a fatal error stopped: the partial report it carries."""
+    report = getattr(exc, "report", None)
+    if report is not None:
+        code = (
+            EXIT_AUTH
+            if isinstance(exc, (AuthenticationError, PermissionDeniedError))
+            else EXIT_USAGE
+        )
+        _write_report_json(
+            args.report_json, report, command=command, started_at=started, exit_code=code
+        )
+
+
+def _add_report_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--report-json",
+        metavar="FILE",
+        help="also write the run's outcome as JSON (counts, failures grouped by stage, field "
+        "and reason, requests, timings) for schedulers and monitoring",
+    )
+
+
+def _write_report_json(
+    path: str | None, report: Any, *, command: str, started_at: datetime, exit_code: int
+) -> None:
+    """``--report-json``: the report's ``to_dict()`` with the command, its exit code and
+    when it ran (owner-only, written whole: a scheduler never reads half a file)."""
+    if not path:
+        return
+    data = {"command": command, "exit_code": exit_code, **report.to_dict()}
+    data["timings"] = {
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **data.get("timings", {}),
+    }
+    try:
+        replace_private(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    except (OSError, ConfigurationError) as exc:
+        print(f"antavo-braze: error: --report-json {path}: {exc}", file=sys.stderr)
 
 
 def _client_from_env(args: argparse.Namespace) -> BrazeClient:
@@ -194,26 +327,33 @@ def _setup_logging(args: argparse.Namespace) -> None:
     """``-v`` shows retries and the run summary on stderr; ``--log-file`` keeps them (never
     with the API key: the library does not log it)."""
     level = logging.DEBUG if args.verbose > 1 else logging.INFO
-    handlers: list[logging.Handler] = []
+    detailed = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger = logging.getLogger("antavo_braze")
+    for old in [h for h in logger.handlers if getattr(h, "_from_cli", False)]:
+        logger.removeHandler(old)  # main() called again in one process
+        old.close()
+    # Without -v, only what needs a person's attention reaches stderr.
+    terminal = _TerminalHandler()
     if args.verbose and not args.quiet:
-        handlers.append(logging.StreamHandler(sys.stderr))
+        terminal.setLevel(level)
+        terminal.setFormatter(detailed)
+    else:
+        terminal.setLevel(logging.ERROR if args.quiet else logging.WARNING)
+    handlers: list[logging.Handler] = [terminal]
     if args.log_file:
-        # Owner-only like every file the SDK writes: a warning may quote a member's id.
+        # Owner-only like every file the SDK writes.
         try:
             ensure_private_file(args.log_file)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
-        handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
-    logger = logging.getLogger("antavo_braze")
-    if not handlers:
-        # Without -v, only what needs a person's attention reaches stderr.
-        logger.setLevel(logging.ERROR if args.quiet else logging.WARNING)
-        return
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        file = logging.FileHandler(args.log_file, encoding="utf-8")
+        file.setLevel(level)
+        file.setFormatter(detailed)
+        handlers.append(file)
     for handler in handlers:
-        handler.setFormatter(formatter)
+        handler._from_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
-    logger.setLevel(level)
+    logger.setLevel(min(h.level for h in handlers))
     logger.propagate = False
 
 
@@ -590,7 +730,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             records = Sharded(records, *parse_shard(args.shard), kind=args.kind)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
-    progress: Any = _ProgressLine(sys.stderr) if not args.quiet else None
+    started_at = datetime.now(timezone.utc)
+    progress: Any = _ProgressLine(sys.stderr, _input_size(args)) if not args.quiet else None
     state = _state_store(args.state)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
@@ -650,10 +791,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
             )
         else:
             print("interrupted (with --dead-letter a run can be resumed)", file=sys.stderr)
-        return 128 + stop.signal
+        code = 128 + stop.signal
+        _write_report_json(
+            args.report_json, stop.report, command="sync", started_at=started_at, exit_code=code
+        )
+        return code
     except AntavoBrazeError as exc:
         if exc.report is None:
             raise
+        _report_error(args, exc, "sync", started_at)
         # A fatal error mid-run (key revoked, TLS refused, Braze unreachable): the partial
         # report, then how to continue; main() names the error and sets the exit code.
         if progress is not None:
@@ -690,7 +836,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         )
     if args.dead_letter and not args.dry_run:
         checkpoint_path(args.dead_letter).unlink(missing_ok=True)  # the run completed
-    return exit_code(report)
+    code = exit_code(report)
+    _write_report_json(
+        args.report_json, report, command="sync", started_at=started_at, exit_code=code
+    )
+    return code
 
 
 def _print_sync_report(report: SyncReport, args: argparse.Namespace) -> None:
@@ -839,7 +989,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     output = args.dead_letter or str(source.with_name(source.stem + ".replay.jsonl"))
     # After an earlier replay its output holds what still failed: add to it, never empty it.
     sink = JsonlDeadLetter(output, append=bool(replayed))
-    progress = _ProgressLine(sys.stderr) if not args.quiet else None
+    started_at = datetime.now(timezone.utc)
+    progress = _ProgressLine(sys.stderr, _dead_letter_size(source)) if not args.quiet else None
     with _client_from_env(args) as client:
         try:
             syncer = Syncer(client, Mapping(), dead_letter=sink, progress=progress)
@@ -847,8 +998,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         except SyncInterrupted as stop:
+            if progress is not None:
+                progress.close()
             print(stop.report)
-            return 128 + stop.signal
+            code = 128 + stop.signal
+            _write_report_json(
+                args.report_json,
+                stop.report,
+                command="replay",
+                started_at=started_at,
+                exit_code=code,
+            )
+            return code
+        except AntavoBrazeError as exc:
+            _report_error(args, exc, "replay", started_at)
+            raise
         finally:
             if progress is not None:
                 progress.close()
@@ -858,7 +1022,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"{report.succeeded} succeeded, {report.failed} still failing; "
         f"{report.skipped} not resent; what remains is in {output}"
     )
-    return EXIT_OK if report.ok else EXIT_FAILED
+    code = EXIT_OK if report.ok else EXIT_FAILED
+    _write_report_json(
+        args.report_json, report, command="replay", started_at=started_at, exit_code=code
+    )
+    return code
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -1217,6 +1385,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="fail_record",
         help="a field that cannot be coerced fails its member, or is left out",
     )
+    _add_report_json(sync)
     _add_common(sync)
     sync.set_defaults(func=cmd_sync)
 
@@ -1269,6 +1438,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resend entries an earlier replay already resent (marked replayed_at)",
     )
+    _add_report_json(replay)
     _add_common(replay)
     replay.set_defaults(func=cmd_replay)
 

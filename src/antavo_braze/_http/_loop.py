@@ -35,6 +35,7 @@ from .._json import loads
 from .._limits import ENDPOINT_PERMISSIONS
 from .._ratelimit import NonBlockingPacer, Pacer
 from .._retry import AttemptOutcome, Failure, RetryDecision, RetryPolicy, decide_retry
+from .._telemetry import Active, log_fields
 from ..exceptions import (
     AntavoBrazeError,
     AuthenticationError,
@@ -79,6 +80,7 @@ class Exchange:
         "keys",
         "method",
         "path",
+        "span",
         "started",
         "tag",
         "target",
@@ -106,6 +108,7 @@ class Exchange:
         self.fresh = False  # the next attempt opens a new connection
         self.deadline = 0.0
         self.started = 0.0
+        self.span: Any = None  # the current try's span, when tracing (_telemetry)
 
 
 class Result(NamedTuple):
@@ -132,10 +135,18 @@ class CallStats:
     """What one call cost: attempts made, retries, waits Braze asked for (its 429s), and the
     signal that interrupted it, if one did."""
 
-    __slots__ = ("interrupted", "rate_limit_wait", "rate_limited", "requests", "retries")
+    __slots__ = (
+        "interrupted",
+        "rate_limit_wait",
+        "rate_limited",
+        "requests",
+        "retries",
+        "statuses",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
+        self.statuses: Counter[str] = Counter()  # tries by HTTP status ("error": no answer)
         self.retries = 0
         self.rate_limited = 0
         self.rate_limit_wait = 0.0
@@ -267,8 +278,10 @@ class SendLoop:
         interrupt: Interrupt | None = None,
         grace: float = DEFAULT_GRACE,
         give_up_after: int | None = None,
+        telemetry: Active | None = None,
     ) -> None:
         self.pool = pool
+        self.telemetry = telemetry
         self.pacer = pacer
         self.policy = policy
         self.timeout = timeout
@@ -327,7 +340,13 @@ class SendLoop:
             self._close()
             for where, count in self._retry_reasons.items():
                 if count > 1:
-                    log.warning("%s: %d more retries for the same reason", where, count - 1)
+                    endpoint, _, reason = where.partition(": ")
+                    log.warning(
+                        "%s: %d more retries for the same reason",
+                        where,
+                        count - 1,
+                        extra=log_fields("http", endpoint=endpoint, reason=reason, count=count - 1),
+                    )
 
     def _open(self, source: Source) -> None:
         self._selector = selectors.DefaultSelector()
@@ -400,6 +419,8 @@ class SendLoop:
         exchange.started = now
         exchange.deadline = now + self.timeout
         self.stats.requests += 1
+        if self.telemetry is not None:
+            self.telemetry.start_try(exchange)
         connection = None if exchange.fresh else self.pool.checkout()
         exchange.fresh = False
         if connection is None:
@@ -518,6 +539,7 @@ class SendLoop:
             connection.close()
         status = response.status_code
         self._answers += 1
+        self.stats.statuses[str(status)] += 1
         self.pacer.observe(status, response.headers)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -527,12 +549,19 @@ class SendLoop:
                 status,
                 exchange.attempt,
                 (time.monotonic() - exchange.started) * 1000,
-                extra={"status": status, "attempt": exchange.attempt, "path": exchange.path},
+                extra=log_fields(
+                    "http",
+                    endpoint=f"{exchange.method} {exchange.path}",
+                    status=status,
+                    attempt=exchange.attempt,
+                ),
             )
         if 200 <= status < 300:
             payload = braze_answer(exchange.path, response.content)
             if payload is not None:
                 self._failures_in_a_row = 0
+                if self.telemetry is not None:
+                    self.telemetry.end_try(exchange, AttemptOutcome(status), payload=payload)
                 self._finish(Result(exchange, response, payload, None, ""))
                 return
             exchange.unknown = True  # a gateway's page, a cut or garbled body: was it applied?
@@ -555,6 +584,8 @@ class SendLoop:
             exchange.fresh = True
             if connection.untouched and isinstance(exc, OSError):
                 connection.close()
+                if self.telemetry is not None:  # the try that never was ends its span
+                    self.telemetry.end_try(exchange, None)
                 exchange.attempt -= 1
                 self._sequence += 1
                 heapq.heappush(self._retries, (time.monotonic(), self._sequence, exchange))
@@ -564,6 +595,7 @@ class SendLoop:
 
     def _attempt_failed(self, exchange: Exchange, exc: BaseException) -> None:
         self.pacer.observe(None, {})
+        self.stats.statuses["error"] += 1
         failure: Failure = "transport"
         if isinstance(exc, TLSVerificationError):
             failure = "tls"
@@ -581,6 +613,8 @@ class SendLoop:
         decision = decide_retry(
             self.policy, outcome, exchange.attempt, time.time(), random.random()
         )
+        if self.telemetry is not None:
+            self.telemetry.end_try(exchange, outcome, decision, exc)
         what = f"HTTP {outcome.status}" if exc is None else self._reason(exc)
         if outcome.failure == "invalid_answer":
             what += " that is not Braze's answer"
@@ -600,7 +634,14 @@ class SendLoop:
                 where,
                 exchange.attempt,
                 decision.wait,
-                extra={"wait": decision.wait, "attempt": exchange.attempt, "reason": what},
+                extra=log_fields(
+                    "http",
+                    endpoint=f"{exchange.method} {exchange.path}",
+                    status=outcome.status,
+                    attempt=exchange.attempt,
+                    wait=decision.wait,
+                    reason=what,
+                ),
             )
             self._sequence += 1
             due = time.monotonic() + decision.wait
@@ -728,10 +769,14 @@ class SendLoop:
             if connection.sent:
                 exchange.unknown = True
             connection.close()
+            if self.telemetry is not None:
+                self.telemetry.end_try(exchange, None)
             self._finish(self._interrupted(exchange))
         self._active.clear()
         for future, exchange in self._connecting:
             future.add_done_callback(_close_when_connected)
+            if self.telemetry is not None:
+                self.telemetry.end_try(exchange, None)
             self._finish(self._interrupted(exchange))
         self._connecting = []
 
@@ -740,9 +785,13 @@ class SendLoop:
         for connection, exchange in self._active.items():
             self.registry.release(exchange.keys)
             connection.close()
+            if self.telemetry is not None:
+                self.telemetry.end_try(exchange, None)
         for future, exchange in self._connecting:
             self.registry.release(exchange.keys)
             future.add_done_callback(_close_when_connected)
+            if self.telemetry is not None:
+                self.telemetry.end_try(exchange, None)
         for _, _, exchange in self._retries:
             self.registry.release(exchange.keys)
         self._active.clear()

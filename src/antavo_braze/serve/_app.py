@@ -10,6 +10,7 @@ tries again), and recognises a redelivery (``Idempotency-Key``, else a hash of t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hashlib
 import json
@@ -18,7 +19,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
-from .._sender import BackgroundSender
+from .._sender import BackgroundSender, SenderStats
+from .._telemetry import log_fields
 from ..exceptions import ConfigurationError, QueueFull
 from ._auth import BASIC_ENV, JWT_ENV, Authenticator, auth_from_env
 
@@ -136,8 +138,9 @@ class _Receiver:
         submit = functools.partial(
             self.sender.submit_many, kind, records, receipt=receipt, timeout=_SUBMIT_TIMEOUT
         )
+        in_context = functools.partial(contextvars.copy_context().run, submit)  # its trace
         try:
-            accepted = await asyncio.get_running_loop().run_in_executor(None, submit)
+            accepted = await asyncio.get_running_loop().run_in_executor(None, in_context)
         except QueueFull:
             raise _ReplyError(503, "queue full: try again", ((b"retry-after", b"10"),)) from None
         except ConfigurationError:
@@ -182,7 +185,7 @@ class _Receiver:
         stats = self.sender.stats()
         lines = []
 
-        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, int]]) -> None:
+        def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
             lines.append(f"# HELP antavo_braze_{name} {help_text}")
             lines.append(f"# TYPE antavo_braze_{name} {kind}")
             lines.extend(f"antavo_braze_{name}{labels} {value}" for labels, value in samples)
@@ -215,7 +218,37 @@ class _Receiver:
             "Waits for Braze's rate limit (429).",
             [("", stats.rate_limit_waits)],
         )
+        _observability_metrics(metric, stats)
         return "\n".join(lines) + "\n"
+
+
+def _observability_metrics(metric: Callable[..., None], stats: SenderStats) -> None:
+    """The OpenTelemetry metrics (``antavo_braze.records``, ``.requests`` by status,
+    ``.rate_limit.wait``, ``.sender.queue_depth``) under their Prometheus names."""
+    metric(
+        "records_total",
+        "counter",
+        "Changes settled, by outcome.",
+        [(f'{{outcome="{o}"}}', getattr(stats, o)) for o in ("succeeded", "failed", "skipped")],
+    )
+    metric(
+        "requests_by_status_total",
+        "counter",
+        "HTTP tries to Braze by status (error: no usable answer).",
+        [(f'{{status="{s}"}}', n) for s, n in stats.requests_by_status.items()],
+    )
+    metric(
+        "rate_limit_wait_seconds_total",
+        "counter",
+        "Seconds waited because Braze asked to (429).",
+        [("", round(stats.rate_limit_wait, 3))],
+    )
+    metric(
+        "sender_queue_depth",
+        "gauge",
+        "Changes in the sender: queued, or in flight.",
+        [('{state="queued"}', stats.queued), ('{state="in_flight"}', stats.in_flight)],
+    )
 
 
 def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -> ASGIApp:
@@ -228,5 +261,10 @@ def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -
     if auth is _ENV:
         auth = auth_from_env()
         if auth is None:
-            log.warning("webhook requests are not authenticated (set %s or %s)", BASIC_ENV, JWT_ENV)
+            log.warning(
+                "webhook requests are not authenticated (set %s or %s)",
+                BASIC_ENV,
+                JWT_ENV,
+                extra=log_fields("serve"),
+            )
     return _Receiver(sender, auth)
