@@ -433,18 +433,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._sender import BackgroundSender
     from .serve import auth_from_env, create_app
-    from .serve._auth import BASIC_ENV, JWT_ENV
+    from .serve._auth import AUTH_ENVS
 
     mapping = _load_mapping(args.mapping)
+    for option, value, least in (
+        ("--max-connections", args.max_connections, 1),
+        ("--jwt-max-age", args.jwt_max_age, 1),
+        ("--dedupe-window", args.dedupe_window, 0),
+    ):
+        if not value >= least or value == float("inf"):
+            raise _UserError(f"{option} {value}: expected a number of at least {least}")
     try:
-        auth = auth_from_env()
+        auth = auth_from_env(jwt_max_age=args.jwt_max_age)
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
     if auth is None:
         if not is_loopback(args.host):
             raise _UserError(
                 f"refusing to listen on {args.host} without authentication: set "
-                f"{BASIC_ENV} (user:password) or {JWT_ENV}"
+                f"{', '.join(AUTH_ENVS[:-1])} or {AUTH_ENVS[-1]} (and ..._SECRET, ..._SCOPE)"
             )
         print(
             "antavo-braze: warning: webhook requests are not authenticated (loopback only)",
@@ -465,7 +472,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
-    app = create_app(sender, auth=auth)
+    app = create_app(
+        sender,
+        auth=auth,
+        allow_unauthenticated=False,
+        public_metrics=args.public_metrics,
+        dedupe_window=args.dedupe_window,
+    )
+    from .serve._guard import HEADER_TIMEOUT, ConnectionGuard, guarded_protocol
+
+    guard = ConnectionGuard(args.max_connections, HEADER_TIMEOUT)
     spool = f", spool {args.spool}" if args.spool else " (no spool: queued changes live in memory)"
     print(
         f"antavo-braze {__version__}: receiving Antavo webhooks on "
@@ -483,7 +499,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # rest kept in the spool or dead-lettered) instead of the process dying with it.
     previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            http=guarded_protocol(guard),
+            timeout_keep_alive=int(HEADER_TIMEOUT),
+        )
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
@@ -622,9 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive Antavo webhooks and send them on in batches",
         description="An HTTP receiver for Antavo's 'Webhook message' workflow node: POST "
         "/antavo/events and /antavo/members, answered 202 once queued (on disk with --spool); "
-        "GET /healthz and /metrics. Authentication from ANTAVO_BRAZE_WEBHOOK_BASIC "
-        "(user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET; without either, loopback only. "
-        "Needs pip install 'antavo-braze[serve]'.",
+        "GET /healthz and /metrics. Authentication from the environment: "
+        "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password), ANTAVO_BRAZE_WEBHOOK_JWT_SECRET (HS256), "
+        "ANTAVO_BRAZE_WEBHOOK_JWT_PUBLIC_KEY (RS256, a PEM file), or "
+        "ANTAVO_BRAZE_WEBHOOK_ESCHER_KEY/_SECRET/_SCOPE (an AWS4/Escher request signature); "
+        "without any, loopback only. Needs pip install 'antavo-braze[serve]'.",
     )
     serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")
@@ -638,6 +664,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to send what is queued when stopping (10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections held at most; the oldest idle one makes room for a new one (256)",
+    )
+    serve.add_argument(
+        "--jwt-max-age",
+        type=float,
+        default=300.0,
+        help="seconds a JWT may be valid for at most, from iat and from now (300)",
+    )
+    serve.add_argument(
+        "--dedupe-window",
+        type=float,
+        default=600.0,
+        help="seconds a webhook without Idempotency-Key or event ids is remembered by the "
+        "hash of its body, to recognise a redelivery (600)",
+    )
+    serve.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics without authentication",
     )
     _add_common(serve)
     serve.set_defaults(func=cmd_serve)
