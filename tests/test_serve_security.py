@@ -607,3 +607,45 @@ def test_a_stolen_state_file_holds_no_key(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("ANTAVO_BRAZE_STATE_KEY", "short")
     with pytest.raises(ab.ConfigurationError, match="ANTAVO_BRAZE_STATE_KEY"):
         ab.SqliteStateStore(tmp_path / "env.db")
+
+
+# --- Redis secrets -----------------------------------------------------------------------
+
+
+def test_redis_url_comes_from_a_private_file_or_the_environment(
+    redis_url: str, fake: FakeBraze, tmp_path: Path
+) -> None:
+    """A Redis password on the command line is refused (exit 2, with what to do); `--state
+    redis` takes the URL from an owner-only --redis-url-file or ANTAVO_BRAZE_REDIS_URL."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "members.jsonl"
+    source.write_text('{"id": "r1", "score": 4}\n')
+    env = {**os.environ, "BRAZE_REST_ENDPOINT": fake.url, "BRAZE_API_KEY": fake.api_key}
+    env.pop("ANTAVO_BRAZE_REDIS_URL", None)
+
+    def sync(*options: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "antavo_braze.cli", "sync", "members", "--mapping",
+             str(DATA / "mapping.json"), "--input", str(source), "--quiet", *options],
+            env={**env, **extra}, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    secret_url = redis_url.replace("redis://", "redis://:hunter2@", 1)
+    on_command_line = sync("--state", secret_url)
+    assert on_command_line.returncode == 2
+    assert "--redis-url-file" in on_command_line.stderr
+    assert "hunter2" not in on_command_line.stderr
+    url_file = tmp_path / "redis.url"
+    url_file.write_text(redis_url + "\n")
+    os.chmod(url_file, 0o644)
+    shared = sync("--state", "redis", "--redis-url-file", str(url_file))
+    assert shared.returncode == 2
+    assert "open to other users" in shared.stderr
+    os.chmod(url_file, 0o600)
+    assert sync("--state", "redis", "--redis-url-file", str(url_file)).returncode == 0
+    assert len(fake.requests) == 1
+    again = sync("--state", "redis", ANTAVO_BRAZE_REDIS_URL=redis_url)
+    assert again.returncode == 0, again.stderr
+    assert len(fake.requests) == 1  # the shared state in Redis: unchanged, not sent again

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +27,7 @@ from ._checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
-from ._files import ensure_private_file, replace_private
+from ._files import check_private, ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._mapping import Mapping
@@ -87,7 +88,7 @@ def _client_from_env(args: argparse.Namespace) -> BrazeClient:
     try:
         if getattr(args, "batch_size", None):
             options["limits"] = BatchLimits(max_objects=args.batch_size)
-        pacer_url = getattr(args, "pacer", None)
+        pacer_url = _redis_url(getattr(args, "pacer", None), args, "--pacer")
         rate = getattr(args, "rate", None)
         hourly = getattr(args, "hourly", None)
         requests, per = _rate(rate)
@@ -124,8 +125,45 @@ def _close_state(state: StateStore | None) -> None:
         close()
 
 
-def _state_store(location: str | None) -> StateStore | None:
+REDIS_URL_ENV = "ANTAVO_BRAZE_REDIS_URL"
+
+
+def _redis_url(value: str | None, args: argparse.Namespace, option: str) -> str | None:
+    """A Redis location from the command line, where ``redis`` means the URL in
+    ``--redis-url-file`` or ``ANTAVO_BRAZE_REDIS_URL``; a password written on the command line
+    itself (visible to every user in the process list) is refused."""
+    if value != "redis":
+        if value and value.startswith(("redis://", "rediss://", "unix://")):
+            parts = urllib.parse.urlsplit(value)
+            password = parts.password or urllib.parse.parse_qs(parts.query).get("password")
+            if password:
+                raise _UserError(
+                    f"{option}: a Redis password on the command line is visible to every user "
+                    f"of this machine: put the URL in --redis-url-file FILE (owner-only) or "
+                    f"{REDIS_URL_ENV}, and give {option} redis"
+                )
+        return value
+    path = getattr(args, "redis_url_file", None)
+    if path:
+        try:
+            check_private(path)
+            url = Path(path).read_text(encoding="utf-8")[:4096].strip()
+        except ConfigurationError as exc:
+            raise _UserError(f"--redis-url-file: {exc}") from None
+        except OSError as exc:
+            raise _UserError(f"--redis-url-file: cannot read {path}: {exc.strerror}") from None
+    else:
+        url = os.environ.get(REDIS_URL_ENV, "").strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise _UserError(
+            f"{option} redis: expected a redis:// URL in --redis-url-file or {REDIS_URL_ENV}"
+        )
+    return url
+
+
+def _state_store(location: str | None, args: argparse.Namespace) -> StateStore | None:
     """``--state``: an SQLite file, or a ``redis://`` URL shared by every worker."""
+    location = _redis_url(location, args, "--state")
     if not location:
         return None
     try:
@@ -180,7 +218,14 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
-        help="members: change detection in an SQLite file, or a redis:// URL shared by workers",
+        help="members: change detection in an SQLite file, or a redis:// URL shared by workers "
+        "('redis': the URL in --redis-url-file or ANTAVO_BRAZE_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--redis-url-file",
+        metavar="FILE",
+        help="an owner-only file holding the Redis URL (with its password) that --state redis "
+        "and --pacer redis use; or set ANTAVO_BRAZE_REDIS_URL",
     )
 
 
@@ -189,7 +234,8 @@ def _add_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pacer",
         metavar="REDIS_URL",
-        help="share one Braze request budget with every worker using this Redis",
+        help="share one Braze request budget with every worker using this Redis "
+        "('redis': the URL in --redis-url-file or ANTAVO_BRAZE_REDIS_URL)",
     )
     parser.add_argument(
         "--pacer-key",
@@ -339,7 +385,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
     progress = _ProgressLine(sys.stderr) if not args.quiet else None
-    state = _state_store(args.state)
+    state = _state_store(args.state, args)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
     # Taken before reading: what an interrupt saves describes the input this run read.
@@ -465,7 +511,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ) from None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
-    state = _state_store(args.state)
+    state = _state_store(args.state, args)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
         sender = BackgroundSender(syncer, spool=args.spool, flush_at=client.limits.max_objects)
