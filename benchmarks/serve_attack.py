@@ -58,7 +58,8 @@ if mode == "bounded":
     options.update(limit_concurrency=256, timeout_keep_alive=5)
 elif mode == "guarded":
     from antavo_braze.serve._guard import ConnectionGuard, guarded_protocol
-    options.update(http=guarded_protocol(ConnectionGuard(256, 5.0)), timeout_keep_alive=5)
+    options.update(http=guarded_protocol(ConnectionGuard(256, 5.0)), timeout_keep_alive=5,
+                   backlog=256)
 print("ready", flush=True)
 uvicorn.run(app, **options)
 """
@@ -146,18 +147,19 @@ def attack(mode: str, src: Path, count: int) -> str:
         stop = threading.Event()
 
         def watch() -> None:
-            while not stop.is_set():
-                live = [s for s in idle if s.fileno() not in closed_at]
-                if not live:
-                    return
-                ready, _, _ = select.select(live[:1000], [], [], 0.2)
-                for sock in ready:
+            poller = select.poll()  # select() cannot watch descriptors above 1023
+            by_fd = {sock.fileno(): sock for sock in idle}
+            for fd in by_fd:
+                poller.register(fd, select.POLLIN)
+            while not stop.is_set() and len(closed_at) < len(idle):
+                for fd, _ in poller.poll(200):
                     try:
-                        data = sock.recv(1)
+                        data = by_fd[fd].recv(1)
                     except OSError:
                         data = b""
                     if not data:
-                        closed_at[sock.fileno()] = time.perf_counter() - opened
+                        closed_at[fd] = time.perf_counter() - opened
+                        poller.unregister(fd)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -201,7 +203,9 @@ def attack(mode: str, src: Path, count: int) -> str:
         )
     finally:
         server.kill()
-        server.communicate()
+        _, err = server.communicate()
+        if os.environ.get("BENCH_DEBUG"):
+            print(err.decode()[-3000:])
 
 
 def main() -> None:

@@ -129,9 +129,10 @@ def test_exception_tree() -> None:
 
 
 def test_runtime_dependencies() -> None:
-    """pyproject lists attrs, cattrs, urllib3 and the HTTP framing library (h11) at runtime."""
+    """pyproject lists attrs, cattrs, urllib3, the HTTP framing library (h11), and escherauth
+    with the requests it signs with, at runtime."""
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the 3.10 run skips this one
 
     project = tomllib.loads((SRC.parents[1] / "pyproject.toml").read_text())["project"]
     names = sorted(d.split(">")[0].split("=")[0] for d in project["dependencies"])
-    assert names == ["attrs", "cattrs", "h11", "urllib3"]
+    assert names == ["attrs", "cattrs", "escherauth", "h11", "requests", "urllib3"]

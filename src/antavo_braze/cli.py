@@ -553,6 +553,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             access_log=False,
             http=guarded_protocol(guard),
             timeout_keep_alive=int(HEADER_TIMEOUT),
+            # asyncio accepts up to `backlog` connections per wake-up before any reaches the
+            # guard: a larger burst than the descriptors left stalls accept (EMFILE) for all.
+            backlog=args.max_connections,
         )
     finally:
         for name, handler in previous.items():

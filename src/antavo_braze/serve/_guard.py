@@ -9,6 +9,10 @@ send a complete request head within ``header_timeout`` seconds of connecting (or
 response), and when ``max_connections`` are open the oldest connection that has no request in
 progress is closed to make room — a new client is turned away only when every held
 connection is busy with a request. Request bodies are bounded by the app's ``body_timeout``.
+The listening socket's backlog must be ``max_connections`` too: asyncio accepts up to a
+backlog's worth of connections at once, before the guard sees any, and a burst larger than the
+descriptors left stalls every accept (EMFILE) — 1,100 idle connections against 1,024
+descriptors did, with uvicorn's default backlog of 2,048.
 """
 
 from __future__ import annotations
