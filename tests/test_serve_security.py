@@ -649,3 +649,37 @@ def test_redis_url_comes_from_a_private_file_or_the_environment(
     again = sync("--state", "redis", ANTAVO_BRAZE_REDIS_URL=redis_url)
     assert again.returncode == 0, again.stderr
     assert len(fake.requests) == 1  # the shared state in Redis: unchanged, not sent again
+
+
+def test_unauthenticated_requests_are_refused_before_their_body(receiver: Receiver) -> None:
+    """A request without credentials is answered 401 at once, without waiting for the body
+    it announced, and its connection is closed."""
+    with socket.create_connection(("127.0.0.1", receiver.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /antavo/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n{"
+        )
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert b"connection: close" in answer.lower()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--max-connections", "0"), ("--jwt-max-age", "nan"), ("--dedupe-window", "-1")],
+)
+def test_serve_refuses_bad_bounds(option: str, value: str) -> None:
+    """A connection cap, token lifetime or dedupe window that bounds nothing: exit 2."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "antavo_braze.cli", "serve", "--mapping",
+         str(DATA / "mapping.json"), option, value],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert option in result.stderr
+    assert "Traceback" not in result.stderr

@@ -476,6 +476,25 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _ensure_descriptors(connections: int) -> None:
+    """Room for ``connections`` client sockets plus the service's own files and Braze
+    connections: the soft open-file limit is raised towards the hard one if need be."""
+    import resource
+
+    needed = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            raise _UserError(
+                f"--max-connections {connections} needs {needed} open files and the limit is "
+                f"{soft} (ulimit -n): lower --max-connections or raise the limit"
+            )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._sender import BackgroundSender
     from .serve import auth_from_env, create_app
@@ -489,6 +508,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ):
         if not value >= least or value == float("inf"):
             raise _UserError(f"{option} {value}: expected a number of at least {least}")
+    _ensure_descriptors(args.max_connections)
     try:
         auth = auth_from_env(jwt_max_age=args.jwt_max_age)
     except ConfigurationError as exc:
