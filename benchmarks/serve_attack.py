@@ -12,13 +12,16 @@ a fresh connection (as Antavo does), each with a 5 s timeout. Printed per server
   unanswered in a row the rest count as unanswered too).
 
 Servers: main's `serve` (uvicorn defaults; needs BENCH_OLD_SRC=<a checkout of main>/src),
-uvicorn with its own bounds (limit_concurrency=256, timeout_keep_alive=5), and this branch's
-guarded uvicorn (header deadline 5 s, --max-connections 256, body timeout 10 s).
+uvicorn with its own bounds (limit_concurrency=256, timeout_keep_alive=5), hypercorn when it
+is installed (read_timeout=5, keep_alive_timeout=5, backlog=256; it has no connection cap), and
+this branch's guarded uvicorn (header deadline 5 s, --max-connections 256 and backlog 256,
+body timeout 10 s).
 Prints figures; asserts nothing. BENCH_ATTACK="300,1100" sets the idle connection counts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -61,7 +64,18 @@ elif mode == "guarded":
     options.update(http=guarded_protocol(ConnectionGuard(256, 5.0)), timeout_keep_alive=5,
                    backlog=256)
 print("ready", flush=True)
-uvicorn.run(app, **options)
+if mode == "hypercorn":
+    import asyncio
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.keep_alive_timeout = 5
+    config.read_timeout = 5
+    config.backlog = 256
+    asyncio.run(serve(app, config))
+else:
+    uvicorn.run(app, **options)
 """
 
 
@@ -216,6 +230,8 @@ def main() -> None:
     old = os.environ.get("BENCH_OLD_SRC")
     servers = [("old", Path(old))] if old else []
     servers += [("bounded", ROOT / "src"), ("guarded", ROOT / "src")]
+    if importlib.util.find_spec("hypercorn"):
+        servers.insert(-1, ("hypercorn", ROOT / "src"))
     for count in ATTACKS:
         for mode, src in servers:
             print(attack(mode, src, count), flush=True)
