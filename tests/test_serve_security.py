@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import urllib3
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
@@ -315,6 +315,8 @@ def test_create_app_without_auth_refuses_non_loopback_clients(
 
 
 @given(st.text(min_size=1, max_size=300), st.text(min_size=1, max_size=300))
+@example("k" * 200 + "a", "k" * 200 + "b")
+@example(" padded", "padded")
 def test_distinct_idempotency_keys_never_share_a_receipt(first: str, second: str) -> None:
     """Receipts differ whenever the keys differ, however long; the path scopes them."""
     one, _ = receipt_for("/antavo/events", {"idempotency-key": first}, [{}], b"{}", "event")
@@ -335,14 +337,15 @@ def test_long_keys_sharing_a_prefix_and_hash_lookalikes_do_not_collide(
     second = receiver.post("/antavo/events", other, **AUTH, **{"Idempotency-Key": prefix + "b"})
     body = json.dumps({**EVENT, "data": {"points": 7}}).encode()
     lookalike = "sha256:" + hashlib.sha256(body).hexdigest()
-    keyed = receiver.post("/antavo/events", b"[]", **AUTH, **{"Idempotency-Key": lookalike})
+    keyed = receiver.post(
+        "/antavo/events", {**EVENT, "data": {"points": 8}}, **AUTH, **{"Idempotency-Key": lookalike}
+    )
     keyless = receiver.post("/antavo/events", body, **AUTH)
-    assert [first.status, second.status, keyless.status] == [202, 202, 202]
-    assert keyed.status == 400
+    assert [a.status for a in (first, second, keyed, keyless)] == [202] * 4
     assert json.loads(second.data)["duplicate"] is False
     assert json.loads(keyless.data)["duplicate"] is False
     assert receiver.sender.flush(timeout=30)
-    assert sorted(e["properties"]["points"] for e in fake.events) == [5, 6, 7]
+    assert sorted(e["properties"]["points"] for e in fake.events) == [5, 6, 7, 8]
 
 
 def test_a_to_b_to_a_and_repeated_events_are_not_dropped(fake: FakeBraze, tmp_path: Path) -> None:
@@ -681,5 +684,5 @@ def test_serve_refuses_bad_bounds(option: str, value: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 2
-    assert option in result.stderr
+    assert f"{option} {value}: expected a number of at least" in result.stderr
     assert "Traceback" not in result.stderr

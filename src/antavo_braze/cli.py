@@ -507,7 +507,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ("--dedupe-window", args.dedupe_window, 0),
     ):
         if not value >= least or value == float("inf"):
-            raise _UserError(f"{option} {value}: expected a number of at least {least}")
+            raise _UserError(f"{option} {value:g}: expected a number of at least {least}")
     _ensure_descriptors(args.max_connections)
     try:
         auth = auth_from_env(jwt_max_age=args.jwt_max_age)
