@@ -21,7 +21,13 @@ from typing import Any, Literal
 from .._endpoint import is_loopback
 from .._sender import BackgroundSender
 from ..exceptions import ConfigurationError, QueueFull
-from ._auth import AUTH_ENVS, Authenticator, auth_from_env
+from ._auth import (
+    AUTH_ENVS,
+    Authenticator,
+    auth_from_env,
+    signature_plausible,
+    signature_verified,
+)
 
 __all__ = ["MAX_BODY_BYTES", "create_app", "receipt_for"]
 
@@ -154,34 +160,28 @@ class _Receiver:
         self, scope: Scope, receive: Receive, headers: Mapping[str, str]
     ) -> bytes | None:
         """Refuse what is not authenticated, before reading any body it need not read;
-        return the body when reading it was part of authenticating (Escher)."""
-        if self.auth is None:
-            if not self.allow_unauthenticated and not _is_loopback_client(scope):
-                raise _ReplyError(403, "not authenticated: only loopback clients are served")
+        return the body when reading it was part of authenticating (a request signature)."""
+        if self.auth is None or self.auth(headers):
             return None
-        if self.auth(headers):
-            return None
-        if getattr(self.auth, "signs_body", False) and self.auth.plausible(headers):  # type: ignore[attr-defined]
+        if signature_plausible(self.auth, headers):
             body = await self._body(receive, headers)
             target = scope.get("raw_path") or scope["path"].encode()
             if scope.get("query_string"):
                 target += b"?" + scope["query_string"]
             raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-            verify = self.auth.verify  # type: ignore[attr-defined]
-            if verify(scope["method"], target.decode("latin-1"), raw, body):
+            if signature_verified(self.auth, scope["method"], target.decode("latin-1"), raw, body):
                 return body
         raise _ReplyError(401, "unauthorized", _CHALLENGE)
 
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         method, path = scope["method"], scope["path"]
+        if self.auth is None and not self.allow_unauthenticated and not _is_loopback_client(scope):
+            raise _ReplyError(403, "not authenticated: only loopback clients are served")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if path in ("/healthz", "/metrics"):
             if method not in ("GET", "HEAD"):
                 raise _ReplyError(405, "use GET or HEAD", ((b"allow", b"GET, HEAD"),))
-            if path == "/healthz" or self.public_metrics:
-                if self.auth is None:
-                    await self._authenticate(scope, receive, headers)
-            else:
+            if path == "/metrics" and not self.public_metrics:
                 await self._authenticate(scope, receive, headers)
             if path == "/healthz":
                 return self._health()

@@ -324,27 +324,30 @@ class _AnyOf:
         return any(method(headers) for method in self._methods)
 
     def plausible(self, headers: Mapping[str, str]) -> bool:
-        return any(_plausible(m, headers) for m in self._methods)
+        return any(signature_plausible(m, headers) for m in self._methods)
 
     def verify(
         self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
     ) -> bool:
-        return any(
-            getattr(m, "signs_body", False) and _verify(m, method, target, headers, body)
-            for m in self._methods
-        )
+        return any(signature_verified(m, method, target, headers, body) for m in self._methods)
 
 
-def _plausible(auth: Authenticator, headers: Mapping[str, str]) -> bool:
+def signature_plausible(auth: Authenticator, headers: Mapping[str, str]) -> bool:
+    """Whether ``auth`` signs bodies and these headers carry a signature worth checking."""
     check = getattr(auth, "plausible", None)
     return bool(getattr(auth, "signs_body", False) and callable(check) and check(headers))
 
 
-def _verify(
+def signature_verified(
     auth: Authenticator, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes
 ) -> bool:
+    """Whether ``auth`` signs bodies and the whole request carries its valid signature."""
     verify = getattr(auth, "verify", None)
-    return bool(callable(verify) and verify(method, target, headers, body))
+    return bool(
+        getattr(auth, "signs_body", False)
+        and callable(verify)
+        and verify(method, target, headers, body)
+    )
 
 
 def auth_from_env(
