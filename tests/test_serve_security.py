@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -475,20 +476,17 @@ def test_idle_and_slow_clients_do_not_starve_webhooks(fake: FakeBraze, tmp_path:
     assert len(err) < 100_000  # no log flood
 
 
-def test_connection_guard_makes_room_and_times_out(fake: FakeBraze) -> None:
-    """With room for 4 connections, 6 idle ones leave the newest 4 held (the oldest idle
-    are closed to make room), a valid webhook still gets in, and the idle ones are closed
-    once their deadline passes."""
+@contextlib.contextmanager
+def guarded_server(fake: FakeBraze, guard: Any) -> Iterator[int]:
+    """create_app (no auth, loopback) under uvicorn with ``guard``; yields its port."""
     import uvicorn
 
-    from antavo_braze.serve._guard import ConnectionGuard, guarded_protocol
+    from antavo_braze.serve._guard import guarded_protocol
 
-    guard = ConnectionGuard(4, header_timeout=1.0)
-    client = fake.client()
-    syncer = ab.Syncer(client, DATA / "mapping.json")
-    sender = ab.BackgroundSender(syncer, flush_interval=0.05)
     from .servers import free_port
 
+    client = fake.client()
+    sender = ab.BackgroundSender(ab.Syncer(client, DATA / "mapping.json"), flush_interval=0.05)
     port = free_port()
     config = uvicorn.Config(
         create_app(sender, auth=None), host="127.0.0.1", port=port, log_level="warning",
@@ -499,26 +497,69 @@ def test_connection_guard_makes_room_and_times_out(fake: FakeBraze) -> None:
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
-    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
     try:
-        with urllib3.PoolManager(retries=False) as http:
-            answer = http.request("POST", f"http://127.0.0.1:{port}/antavo/events",
-                                  body=json.dumps(EVENT), timeout=10)  # fmt: skip
-        assert answer.status == 202
-        for sock in sockets:
-            sock.settimeout(30)
-            assert sock.recv(1) == b""
-        assert guard.evicted >= 2
-        assert guard.closed_idle >= 1
+        yield port
     finally:
-        for sock in sockets:
-            sock.close()
         server.should_exit = True
         thread.join(10)
         sender.close(timeout=10)
         client.close()
+
+
+def test_connection_guard_makes_room_and_times_out(fake: FakeBraze) -> None:
+    """With room for 4 connections, 6 idle ones leave the newest 4 held (the oldest idle
+    are closed to make room), a valid webhook still gets in, and the idle ones are closed
+    once their deadline passes."""
+    from antavo_braze.serve._guard import ConnectionGuard
+
+    guard = ConnectionGuard(4, header_timeout=1.0)
+    with guarded_server(fake, guard) as port:
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        try:
+            with urllib3.PoolManager(retries=False) as http:
+                answer = http.request("POST", f"http://127.0.0.1:{port}/antavo/events",
+                                      body=json.dumps(EVENT), timeout=10)  # fmt: skip
+            assert answer.status == 202
+            for sock in sockets:
+                sock.settimeout(30)
+                assert sock.recv(1) == b""
+        finally:
+            for sock in sockets:
+                sock.close()
+    assert guard.evicted >= 2
+    assert guard.closed_idle >= 1
+    with pytest.raises(ValueError, match="at least 1"):
+        ConnectionGuard(0, 1.0)
+
+
+def test_connection_guard_turns_away_a_newcomer_when_all_are_busy(fake: FakeBraze) -> None:
+    """When every held connection is busy with a request (its body still coming), a new
+    connection is closed at once rather than evicting one of them."""
+    from antavo_braze.serve._guard import ConnectionGuard
+
+    guard = ConnectionGuard(2, header_timeout=30.0)
+    head = (
+        b"POST /antavo/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    with guarded_server(fake, guard) as port:
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(head)
+            deadline = time.monotonic() + 10
+            while (guard.open, len(guard.waiting)) != (2, 0):  # both heads arrived
+                assert time.monotonic() < deadline, (guard.open, len(guard.waiting))
+                time.sleep(0.02)
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as newcomer:
+                assert newcomer.recv(1) == b""
+            assert guard.refused == 1
+            assert guard.evicted == 0
+        finally:
+            for sock in busy:
+                sock.close()
 
 
 # --- files -------------------------------------------------------------------------------
@@ -686,3 +727,38 @@ def test_serve_refuses_bad_bounds(option: str, value: str) -> None:
     assert result.returncode == 2
     assert f"{option} {value}: expected a number of at least" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_redis_state_key_from_the_environment(redis_url: str) -> None:
+    """With a key given (or in ANTAVO_BRAZE_STATE_KEY) the Redis store keeps no key in Redis."""
+    import redis
+
+    prefix = "antavo_braze:keytest"
+    ab.RedisStateStore(redis_url, prefix=prefix).close()  # an older store: a key in Redis
+    db = redis.Redis.from_url(redis_url)
+    assert db.get(f"{prefix}:secret") is not None
+    store = ab.RedisStateStore(redis_url, prefix=prefix, key="k" * 32)
+    assert store.secret == b"k" * 32
+    assert db.get(f"{prefix}:secret") is None
+    store.close()
+    db.close()
+
+
+@given(
+    st.one_of(st.none(), st.floats(allow_nan=True), st.text(max_size=5), st.booleans()),
+    st.one_of(st.none(), st.floats(allow_nan=True)),
+    st.floats(min_value=1, max_value=10_000),
+)
+def test_accepted_claims_never_outlive_max_age(exp: Any, iat: Any, max_age: float) -> None:
+    """Whatever exp and iat say, accepted claims expire, and within max_age (plus leeway)."""
+    from antavo_braze.serve._auth import _LEEWAY, _claims_ok
+
+    now = 1_800_000_000.0
+    claims: dict[str, Any] = {}
+    if exp is not None:
+        claims["exp"] = exp if not isinstance(exp, float) else now + exp
+    if iat is not None:
+        claims["iat"] = now + iat
+    if _claims_ok(claims, now, max_age, None, None):
+        assert isinstance(claims["exp"], float)
+        assert now - _LEEWAY <= claims["exp"] <= now + max_age + _LEEWAY
