@@ -80,6 +80,14 @@ def test_jwt_without_a_finite_exp_is_refused() -> None:
     assert not auth(bearer(raw_jwt(SECRET, f'{{"exp": {now + 60}, "nbf": NaN}}')))
 
 
+def test_jwt_with_critical_extensions_is_refused() -> None:
+    """A token whose header lists "crit" extensions (which we cannot honour) is refused."""
+    head = b64(b'{"alg": "HS256", "crit": ["b64"], "b64": false}')
+    body = b64(json.dumps({"exp": time.time() + 60}).encode())
+    signature = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    assert not JWTAuth(SECRET)(bearer(f"{head}.{body}.{b64(signature)}"))
+
+
 def test_jwt_lifetime_is_bounded_by_max_age() -> None:
     """A token valid for longer than max_age (from iat, or from now) is refused."""
     auth = JWTAuth(SECRET, max_age=300)

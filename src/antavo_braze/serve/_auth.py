@@ -188,6 +188,8 @@ class JWTAuth:
             return False
         if not isinstance(header, dict) or header.get("alg") != self.algorithm:
             return False
+        if "crit" in header:  # extensions the token says must be understood: we know none
+            return False
         if not self._signed(f"{head}.{body}".encode(), given):
             return False
         try:  # the claims are parsed only once their signature holds
