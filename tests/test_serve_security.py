@@ -653,6 +653,9 @@ def test_a_stolen_state_file_holds_no_key(tmp_path: Path, monkeypatch: pytest.Mo
     migrated.close()
     rows = sqlite3.connect(old).execute("SELECT * FROM meta WHERE name = 'secret'").fetchall()
     assert rows == []
+    (tmp_path / "empty.db.key").touch(mode=0o600)
+    with pytest.raises(ab.ConfigurationError, match="not a state key"):
+        ab.SqliteStateStore(tmp_path / "empty.db")
     monkeypatch.setenv("ANTAVO_BRAZE_STATE_KEY", "k" * 32)
     assert ab.SqliteStateStore(tmp_path / "env.db").secret == b"k" * 32
     assert not (tmp_path / "env.db.key").exists()

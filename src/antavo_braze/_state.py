@@ -45,22 +45,29 @@ def _key_file(path: Path, migrated: str | None) -> bytes:
     """The key in the owner-only file ``path``, made now (from ``migrated``, an old store's
     key, else random) if it does not exist; two processes racing make one file."""
     check_private(path)
-    if not path.exists():
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as handle:
-                handle.write((migrated or os.urandom(32).hex()) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):  # another process made it first
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-        check_private(path)
     try:
-        return bytes.fromhex(path.read_text(encoding="ascii")[:200].strip())
+        if not path.exists():
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as handle:
+                    handle.write((migrated or os.urandom(32).hex()) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    os.link(temporary, path)
+            finally:
+                os.unlink(temporary)
+            check_private(path)
+        key = bytes.fromhex(path.read_text(encoding="ascii")[:200].strip())
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot keep the state key in {path}: {exc.strerror} (or set {STATE_KEY_ENV})"
+        ) from None
     except (ValueError, UnicodeDecodeError):
-        raise ConfigurationError(f"{path}: not a state key (64 hex digits)") from None
+        key = b""
+    if len(key) < 16:
+        raise ConfigurationError(f"{path}: not a state key (64 hex digits)")
+    return key
 
 
 @runtime_checkable
