@@ -75,11 +75,16 @@ def open_private(path: str | os.PathLike[str], *, append: bool) -> IO[str]:
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-def ensure_private_file(path: str | os.PathLike[str]) -> Path:
+def ensure_private_file(path: str | os.PathLike[str], *, refuse_shared: bool = True) -> Path:
     """Create ``path`` empty and ``0600`` if it does not exist (before a database opens it;
-    SQLite gives its journal files the database's mode); refuse a symlink."""
+    SQLite gives its journal files the database's mode); refuse a symlink, and (unless
+    ``refuse_shared`` is false: a log file, which holds no member data) an existing file
+    that is not ours alone — that one is made ``0600`` instead."""
     file = Path(path)
-    check_private(file)
+    if refuse_shared:
+        check_private(file)
+    else:
+        refuse_link(file)
     try:
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, PRIVATE_MODE)
     except OSError as exc:

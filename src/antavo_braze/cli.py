@@ -191,7 +191,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.log_file:
         # Owner-only like every file the SDK writes: a warning may quote a member's id.
         try:
-            ensure_private_file(args.log_file)
+            ensure_private_file(args.log_file, refuse_shared=False)  # no member data at INFO
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         handlers.append(logging.FileHandler(args.log_file, encoding="utf-8"))
