@@ -186,3 +186,36 @@ def test_demo_pulls_from_an_embedded_fake_antavo() -> None:
     assert "Pulling from a fake Antavo" in result.stdout
     assert "pull members: 5 records: 5 succeeded" in result.stdout
     assert "skipped as already sent" in result.stdout
+
+
+def test_pull_report_json_and_check_schema(
+    antavo: FakeAntavo, fake: FakeBraze, mapping_file: str, tmp_path: Path
+) -> None:
+    """pull writes --report-json with its watermark, and --check-schema refuses a mismatch."""
+    report_file = tmp_path / "report.json"
+    result = pull(
+        antavo,
+        fake,
+        "events",
+        "--mapping",
+        mapping_file,
+        "--since",
+        SINCE,
+        "--check-schema",
+        "--report-json",
+        str(report_file),
+    )
+    assert result.returncode == 0, result.stderr
+    written = json.loads(report_file.read_text())
+    assert (written["command"], written["exit_code"]) == ("pull events", 0)
+    assert written["counts"]["total"] == 12
+    assert written["watermark"]
+    assert report_file.stat().st_mode & 0o777 == 0o600
+    fake.set_attribute("loyalty_points", "String")  # Braze holds it as another type
+    unchecked = pull(antavo, fake, "members", "--mapping", mapping_file, "--since", SINCE)
+    assert unchecked.returncode == 0  # without the check it goes (and Braze ignores the value)
+    checked = pull(
+        antavo, fake, "members", "--mapping", mapping_file, "--since", SINCE, "--check-schema"
+    )
+    assert checked.returncode == 2
+    assert "loyalty_points" in checked.stdout + checked.stderr

@@ -154,6 +154,12 @@ def test_replay(fake: FakeBraze, tmp_path: Path) -> None:
         )
         + "\n"
     )
+    dead.chmod(0o644)  # open to others: refused before anything is sent (it is rewritten)
+    refused = run("replay", str(dead), "--quiet", env=braze_env(fake))
+    assert refused.returncode == 2
+    assert "chmod 600" in refused.stderr
+    assert fake.profiles == {}
+    dead.chmod(0o600)  # as the SDK writes dead letters
     result = run("replay", str(dead), "--quiet", env=braze_env(fake))
     assert result.returncode == 0, result.stderr
     assert fake.profiles["a"] == {"x": 1}
@@ -371,6 +377,7 @@ def test_replay_writes_a_fresh_output_beside_the_input(fake: FakeBraze, tmp_path
         "objects": [{"array": "attributes", "object": {"external_id": "blocked", "x": 1}}],
     }
     dead.write_text(json.dumps(entry) + "\n")
+    dead.chmod(0o600)  # as the SDK writes dead letters (it is rewritten, marked)
     result = run("replay", str(dead), "--quiet", env=braze_env(fake))
     assert result.returncode == 1, result.stderr
     output = tmp_path / "dead.replay.jsonl"

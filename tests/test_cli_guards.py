@@ -199,6 +199,7 @@ def test_two_replays_of_one_dead_letter_do_not_double_events(
             for n in range(7)
         ],
     )  # fmt: skip
+    dead.chmod(0o600)  # as the SDK writes dead letters (replay rewrites it, marked)
     first = run("replay", str(dead), "--quiet", env=braze_env(fake))
     assert first.returncode == 0, first.stdout + first.stderr
     assert len(fake.events) == 7

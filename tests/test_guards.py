@@ -266,6 +266,7 @@ def test_replay_marks_what_it_resent(tmp_path: Path) -> None:
         retryable=True, objects=(DeadLetterObject("events", event),),
     )  # fmt: skip
     source.write_text(entry_to_json(entry) + "\n")
+    source.chmod(0o600)  # as the SDK writes dead letters (it is rewritten, marked)
     down = ab.BrazeClient(f"http://127.0.0.1:{free_port()}", "k", retry=ab.RetryPolicy(attempts=1))
     with down:
         failed = ab.Syncer(down, ab.Mapping(), dead_letter=output).replay(source)

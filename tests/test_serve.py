@@ -67,8 +67,8 @@ def test_jwt_auth() -> None:
     assert auth({"authorization": "Bearer " + jwt(secret, {"sub": "antavo", "exp": now + 60})})
     assert not auth({"authorization": "Bearer " + jwt(secret, {"exp": now - 3600})})
     assert not auth({"authorization": "Bearer " + jwt(secret, {"nbf": now + 3600})})
-    assert not auth({"authorization": "Bearer " + jwt("another-secret-entirely", {})})
-    assert not auth({"authorization": "Bearer " + jwt(secret, {}, alg="none")})
+    assert not auth({"authorization": "Bearer " + jwt("another-secret-entirely", {"exp": now})})
+    assert not auth({"authorization": "Bearer " + jwt(secret, {"exp": now}, alg="none")})
     assert not auth({"authorization": "Bearer a.b"})
     assert not auth({"authorization": "Bearer " + "x" * 100_000 + ".y.z"})
     with pytest.raises(ab.ConfigurationError):
@@ -83,7 +83,7 @@ def test_auth_from_env_accepts_either_method() -> None:
     )
     assert auth is not None
     assert auth({"authorization": basic("u:p")})
-    assert auth({"authorization": "Bearer " + jwt(secret, {})})
+    assert auth({"authorization": "Bearer " + jwt(secret, {"exp": time.time() + 60})})
     assert not auth({"authorization": basic("u:x")})
     assert auth_from_env({}) is None
 
@@ -91,14 +91,14 @@ def test_auth_from_env_accepts_either_method() -> None:
 class Receiver:
     """create_app under a real uvicorn server in a thread, with its sender and FakeBraze."""
 
-    def __init__(self, fake: FakeBraze, auth: Any, spool: Path | None) -> None:
+    def __init__(self, fake: FakeBraze, auth: Any, spool: Path | None, **options: Any) -> None:
         self.letters = ab.MemoryDeadLetter()
         self.client = fake.client()
         syncer = ab.Syncer(self.client, DATA / "mapping.json", dead_letter=self.letters)
         self.sender = ab.BackgroundSender(syncer, flush_interval=0.05, spool=spool)
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(self.sender, auth=auth), host="127.0.0.1", port=self.port,
+            create_app(self.sender, auth=auth, **options), host="127.0.0.1", port=self.port,
             log_level="warning", lifespan="on",
         )  # fmt: skip
         self.server = uvicorn.Server(config)
@@ -128,9 +128,9 @@ class Receiver:
             headers={"Content-Type": "application/json", **headers},
         )  # fmt: skip
 
-    def get(self, path: str) -> urllib3.BaseHTTPResponse:
-        """GET ``path``."""
-        return self.http.request("GET", f"http://127.0.0.1:{self.port}{path}")
+    def get(self, path: str, method: str = "GET", **headers: str) -> urllib3.BaseHTTPResponse:
+        """GET (or ``method``) ``path``."""
+        return self.http.request(method, f"http://127.0.0.1:{self.port}{path}", headers=headers)
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_webhooks_are_accepted_once_and_delivered(receiver: Receiver, fake: Fake
     points = sorted(e["properties"]["points"] for e in fake.events)
     assert points == [5, 5, 5, 7]  # first, the wrapped pair, the keyed one; no redelivery
     assert fake.profiles["m1"]["loyalty_points"] == 12
-    metrics = receiver.get("/metrics").data.decode()
+    metrics = receiver.get("/metrics", **AUTH).data.decode()
     assert 'antavo_braze_webhooks_total{result="duplicate"} 2' in metrics
     assert "antavo_braze_requests_total " in metrics
     assert 'antavo_braze_sent_total{outcome="succeeded"} 5' in metrics
@@ -257,7 +257,9 @@ def test_serve_takes_20000_webhooks_from_32_clients_exactly_once(
         while len(fake.events) < 20_000 and time.monotonic() < deadline:
             time.sleep(0.2)
         with urllib3.PoolManager() as http:
-            metrics = http.request("GET", f"http://127.0.0.1:{port}/metrics").data.decode()
+            metrics = http.request(
+                "GET", f"http://127.0.0.1:{port}/metrics", headers=AUTH
+            ).data.decode()
     finally:
         process.send_signal(signal.SIGTERM)
         _out, err = process.communicate(timeout=60)

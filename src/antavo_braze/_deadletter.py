@@ -18,7 +18,7 @@ from attrs import frozen
 from cattrs.errors import BaseValidationError
 
 from ._converter import make_converter
-from ._files import open_private, refuse_link
+from ._files import check_private, open_private
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -133,7 +133,7 @@ class JsonlDeadLetter:
     def __init__(self, path: str | PathLike[str], *, append: bool = False) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        refuse_link(self.path)
+        check_private(self.path)
         self._started = append
         self.count = 0
 

@@ -31,6 +31,7 @@ from ._fork import reset_after_fork
 from ._limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from ._ratelimit import InProcessPacer
 from ._retry import remaining, reset_in_seconds, retry_after_seconds
+from ._state import key_from_env
 from ._telemetry import log_fields
 from .exceptions import ConfigurationError
 
@@ -299,18 +300,30 @@ def _text(value: Any) -> str:
 class RedisStateStore:
     """Change-detection state shared by every worker: per member, a Redis hash of
     ``{field: keyed hash}`` under ``{prefix}:m:<member id>`` (never the values). One round
-    trip per batch (pipelined), whatever the batch size. The hashes' secret lives in
-    ``{prefix}:secret``, made by the first worker. The event ledger (accepted event ids,
-    kept ``ledger_days``) and the pull watermarks live under the same prefix."""
+    trip per batch (pipelined), whatever the batch size. The hashes' key: ``key``, else
+    ``ANTAVO_BRAZE_STATE_KEY`` (the same in every worker; then a copy of Redis alone gives
+    nothing); without either, a random key kept in ``{prefix}:secret`` (made by the first
+    worker), which anyone who can read Redis can read too. The event ledger (accepted event
+    ids, kept ``ledger_days``) and the pull watermarks live under the same prefix."""
 
     def __init__(
-        self, redis: Any, *, prefix: str = "antavo_braze:state", ledger_days: float = 30.0
+        self,
+        redis: Any,
+        *,
+        prefix: str = "antavo_braze:state",
+        key: str | bytes | None = None,
+        ledger_days: float = 30.0,
     ) -> None:
         self.ledger_days = ledger_days
         self._owns_client = isinstance(redis, str)
         self.redis = redis_client(redis)
         self.prefix = prefix
         secret_key = f"{prefix}:secret"
+        secret = key_from_env(key)
+        if secret is not None:
+            self.redis.delete(secret_key)
+            self.secret = secret
+            return
         self.redis.set(secret_key, os.urandom(32).hex(), nx=True)
         self.secret = bytes.fromhex(_text(self.redis.get(secret_key)))
 

@@ -307,7 +307,7 @@ class BackgroundSender:
         self._known: set[int] = set()  # spool ids queued or in flight
         self._waiting: dict[int, Submission] = {}
         self._orphans_checked = 0.0
-        self._receipts: OrderedDict[str, None] = OrderedDict()
+        self._receipts: OrderedDict[str, float] = OrderedDict()  # receipt -> when (monotonic)
         self._counts = dict.fromkeys(
             (
                 "received",
@@ -407,12 +407,14 @@ class BackgroundSender:
         records: list[Any],
         *,
         receipt: str | None = None,
+        receipt_ttl: float | None = None,
         timeout: float | None = None,
     ) -> list[Submission] | None:
         """Queue several records at once (one spool transaction). ``receipt`` is an
-        idempotency key: if a submission with it was accepted before, nothing is queued and
-        ``None`` is returned (a redelivered webhook)."""
-        return self._submit_records(kind, records, timeout, receipt)
+        idempotency key: if a submission with it was accepted before (within
+        ``receipt_ttl`` seconds, when given), nothing is queued, nothing is dead-lettered
+        again, and ``None`` is returned (a redelivered webhook)."""
+        return self._submit_records(kind, records, timeout, receipt, receipt_ttl)
 
     def _submit_records(
         self,
@@ -420,23 +422,24 @@ class BackgroundSender:
         records: list[Any],
         timeout: float | None,
         receipt: str | None = None,
+        receipt_ttl: float | None = None,
     ) -> list[Submission] | None:
         keyed: list[tuple[Kind, str, str]] = []
-        refused: dict[int, Submission] = {}
+        reasons: dict[int, str] = {}
         key_of = _record_id if kind == "member" else _event_id
         for number, record in enumerate(records):
             key = key_of(record)
             if key is None:
-                field = "id" if kind == "member" else "customer"
-                refused[number] = self._refused(kind, record, f"{field}: missing")
+                reasons[number] = f"{'id' if kind == 'member' else 'customer'}: missing"
                 continue
             try:
                 keyed.append((kind, key, _record_json(record)))
             except (TypeError, ValueError, RecursionError) as exc:
-                refused[number] = self._refused(kind, record, f"not JSON-like: {exc}")
-        queued = self._submit(keyed, timeout, receipt)
+                reasons[number] = f"not JSON-like: {exc}"
+        queued = self._submit(keyed, timeout, receipt, receipt_ttl)
         if queued is None:
-            return None
+            return None  # a redelivery: its refused records are in the dead letter already
+        refused = {n: self._refused(kind, records[n], reason) for n, reason in reasons.items()}
         out = iter(queued)
         return [refused[n] if n in refused else next(out) for n in range(len(records))]
 
@@ -457,6 +460,7 @@ class BackgroundSender:
         changes: list[tuple[Kind, str, str]],
         timeout: float | None,
         receipt: str | None = None,
+        receipt_ttl: float | None = None,
     ) -> list[Submission] | None:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self._closed:
@@ -467,7 +471,14 @@ class BackgroundSender:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._start_worker()
-            if receipt is not None and self.spool is None and receipt in self._receipts:
+            if (
+                receipt is not None
+                and self.spool is None
+                and receipt in self._receipts
+                and (
+                    receipt_ttl is None or time.monotonic() - self._receipts[receipt] < receipt_ttl
+                )
+            ):
                 return None
             while count and self._outstanding + count > self.max_queue:
                 if self.on_full == "raise":
@@ -478,12 +489,13 @@ class BackgroundSender:
                 self._cond.wait(left)
             ids: list[int] = []
             if self.spool is not None:
-                stored = self.spool.add(changes, receipt)
+                stored = self.spool.add(changes, receipt, receipt_ttl)
                 if stored is None:
                     return None  # a redelivery
                 ids = stored
             elif receipt is not None:
-                self._receipts[receipt] = None
+                self._receipts[receipt] = time.monotonic()
+                self._receipts.move_to_end(receipt)
                 if len(self._receipts) > _RECEIPTS_IN_MEMORY:
                     self._receipts.popitem(last=False)
             submissions = []

@@ -76,13 +76,22 @@ class Spool:
         self._new_owner()  # the child's rows are its own
 
     def add(
-        self, rows: Sequence[tuple[str, str, str]], receipt: str | None = None
+        self,
+        rows: Sequence[tuple[str, str, str]],
+        receipt: str | None = None,
+        receipt_ttl: float | None = None,
     ) -> list[int] | None:
         """Store ``(kind, key, record JSON)`` rows in one transaction; return their ids, or
-        ``None`` when ``receipt`` was accepted before (a redelivery: nothing is stored)."""
+        ``None`` when ``receipt`` was accepted before — within ``receipt_ttl`` seconds when
+        given — (a redelivery: nothing is stored)."""
         now = time.time()
         with self._file.write() as db:
             if receipt is not None:
+                if receipt_ttl is not None:  # an older one is a new delivery, not a redelivery
+                    db.execute(
+                        "DELETE FROM receipts WHERE key = ? AND created < ?",
+                        (receipt, now - receipt_ttl),
+                    )
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO receipts (key, created) VALUES (?, ?)", (receipt, now)
                 )

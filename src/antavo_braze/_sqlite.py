@@ -15,7 +15,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Literal
 
-from ._files import ensure_private_file
+from ._files import check_private, ensure_private_file
 from ._fork import reset_after_fork
 
 __all__ = ["SqliteFile", "Synchronous"]
@@ -35,6 +35,8 @@ class SqliteFile:
         self, path: str | PathLike[str], *, timeout: float, synchronous: Synchronous
     ) -> None:
         self.path: Path = ensure_private_file(path)
+        for suffix in ("-wal", "-shm", "-journal"):  # SQLite opens these as they are
+            check_private(f"{self.path}{suffix}")
         self._timeout = timeout
         self._synchronous = synchronous
         self._local = threading.local()

@@ -2,8 +2,11 @@
 where the last pull from Antavo ended.
 
 Stores keep, per member and field, a keyed hash of the value Braze accepted (never the value:
-state files hold no emails or birth dates). Each store has its own ``secret`` for the hash,
-kept with the data, so that every process sharing a store computes the same hashes.
+state files hold no emails or birth dates). The hash key is never kept with the hashes: a
+stolen state file alone gives nothing (low-entropy values such as a birth date or a points
+balance would be recovered in a second from an unkeyed or co-located key). It comes from
+``ANTAVO_BRAZE_STATE_KEY`` (every process sharing a store sets the same), else from an
+owner-only file next to the SQLite file (``<state>.key``), made by the first process.
 
 The event ledger stands in for the idempotency key Braze does not have: the ``id`` of every
 event Braze accepted, kept for ``ledger_days`` (default 30) — an event seen again within that
@@ -15,19 +18,24 @@ where the next pull starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ._files import check_private
 from ._sqlite import SqliteFile
 from .exceptions import ConfigurationError
 
 __all__ = [
     "LEDGER_DAYS",
+    "STATE_KEY_ENV",
     "MemoryStateStore",
     "SqliteStateStore",
     "StateStore",
@@ -39,9 +47,50 @@ __all__ = [
     "write_watermark",
 ]
 
+STATE_KEY_ENV = "ANTAVO_BRAZE_STATE_KEY"
 _IN_CHUNK = 500  # ids per SELECT ... IN (...)
 LEDGER_DAYS = 30.0  # how long an accepted event's id is remembered, by default
 _DAY = 86_400.0
+
+
+def key_from_env(key: str | bytes | None = None) -> bytes | None:
+    """The hash key given (``key``) or set in ``ANTAVO_BRAZE_STATE_KEY``; ``None`` if neither."""
+    given = key if key is not None else os.environ.get(STATE_KEY_ENV) or None
+    if given is None:
+        return None
+    data = given.encode() if isinstance(given, str) else given
+    if len(data) < 16:
+        raise ConfigurationError(f"{STATE_KEY_ENV} must be at least 16 characters long")
+    return data
+
+
+def _key_file(path: Path, migrated: str | None) -> bytes:
+    """The key in the owner-only file ``path``, made now (from ``migrated``, an old store's
+    key, else random) if it does not exist; two processes racing make one file."""
+    check_private(path)
+    try:
+        if not path.exists():
+            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as handle:
+                    handle.write((migrated or os.urandom(32).hex()) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with contextlib.suppress(FileExistsError):  # another process made it first
+                    os.link(temporary, path)
+            finally:
+                os.unlink(temporary)
+            check_private(path)
+        key = bytes.fromhex(path.read_text(encoding="ascii")[:200].strip())
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot keep the state key in {path}: {exc.strerror} (or set {STATE_KEY_ENV})"
+        ) from None
+    except (ValueError, UnicodeDecodeError):
+        key = b""
+    if len(key) < 16:
+        raise ConfigurationError(f"{path}: not a state key (64 hex digits)")
+    return key
 
 
 @runtime_checkable
@@ -171,6 +220,9 @@ class MemoryStateStore:
 class SqliteStateStore:
     """A state store in an SQLite file (created ``0600``); safe for several processes on one
     machine (WAL mode). Each thread and each forked child opens its own connection.
+
+    The hashes' key: ``key``, else ``ANTAVO_BRAZE_STATE_KEY``, else the owner-only file
+    ``<path>.key`` (made by the first process; keep it out of backups of the state file).
     ``ledger_days``: how long accepted event ids are remembered (default 30)."""
 
     def __init__(
@@ -178,6 +230,7 @@ class SqliteStateStore:
         path: str | PathLike[str],
         *,
         timeout: float = 30.0,
+        key: str | bytes | None = None,
         ledger_days: float = LEDGER_DAYS,
     ) -> None:
         self.ledger_days = ledger_days
@@ -194,11 +247,17 @@ class SqliteStateStore:
             " event_id TEXT PRIMARY KEY, sent_at REAL NOT NULL)"
         )
         db.execute("CREATE INDEX IF NOT EXISTS sent_events_at ON sent_events (sent_at)")
-        db.execute(
-            "INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)", (os.urandom(32).hex(),)
-        )
+        # Stores made before the key moved out kept it here: it moves to the key file (the
+        # hashes stay valid), or is dropped when the key comes from the environment.
         row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
-        self.secret = bytes.fromhex(row[0])
+        secret = key_from_env(key)
+        self.key_file: Path | None = None
+        if secret is None:
+            self.key_file = self.path.with_name(self.path.name + ".key")
+            secret = _key_file(self.key_file, None if row is None else str(row[0]))
+        if row is not None:
+            db.execute("DELETE FROM meta WHERE name = 'secret'")
+        self.secret = secret
 
     def __repr__(self) -> str:
         return f"SqliteStateStore({str(self.path)!r})"

@@ -43,7 +43,7 @@ from ._deadletter import (
     open_sink,
     read_dead_letters,
 )
-from ._files import replace_private
+from ._files import check_private, replace_private
 from ._http import CallStats, Interrupt
 from ._identity import Identity, apply_identities, settle_dry_run
 from ._input import BadInput
@@ -422,6 +422,9 @@ class Syncer:
         target = getattr(self.dead_letter, "path", None)
         if target is not None and _same_file(Path(target), source):
             raise ConfigurationError("replay needs a dead_letter other than the file it reads")
+        # The file is rewritten with the resent entries marked: refuse one we may not rewrite
+        # before anything is sent, never after (resent but unmarked would double next time).
+        check_private(source)
         entries = read_dead_letters(source)
         resent: set[int] = set()
 

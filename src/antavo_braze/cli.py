@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +36,7 @@ from ._client import BrazeClient
 from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._endpoint import is_loopback
 from ._filecheck import FileCheck, check_file
-from ._files import ensure_private_file, replace_private
+from ._files import check_private, ensure_private_file, replace_private
 from ._input import RecordSource, read_records
 from ._limits import (
     PERMISSION_USES,
@@ -255,7 +256,7 @@ def _client_from_env(args: argparse.Namespace) -> BrazeClient:
     try:
         if getattr(args, "batch_size", None):
             options["limits"] = BatchLimits(max_objects=args.batch_size)
-        pacer_url = getattr(args, "pacer", None)
+        pacer_url = _redis_url(getattr(args, "pacer", None), args, "--pacer")
         rate = getattr(args, "rate", None)
         hourly = getattr(args, "hourly", None)
         requests, per = _rate(rate)
@@ -292,8 +293,45 @@ def _close_state(state: StateStore | None) -> None:
         close()
 
 
-def _state_store(location: str | None) -> StateStore | None:
+REDIS_URL_ENV = "ANTAVO_BRAZE_REDIS_URL"
+
+
+def _redis_url(value: str | None, args: argparse.Namespace, option: str) -> str | None:
+    """A Redis location from the command line, where ``redis`` means the URL in
+    ``--redis-url-file`` or ``ANTAVO_BRAZE_REDIS_URL``; a password written on the command line
+    itself (visible to every user in the process list) is refused."""
+    if value != "redis":
+        if value and value.startswith(("redis://", "rediss://", "unix://")):
+            parts = urllib.parse.urlsplit(value)
+            password = parts.password or urllib.parse.parse_qs(parts.query).get("password")
+            if password:
+                raise _UserError(
+                    f"{option}: a Redis password on the command line is visible to every user "
+                    f"of this machine: put the URL in --redis-url-file FILE (owner-only) or "
+                    f"{REDIS_URL_ENV}, and give {option} redis"
+                )
+        return value
+    path = getattr(args, "redis_url_file", None)
+    if path:
+        try:
+            check_private(path)
+            url = Path(path).read_text(encoding="utf-8")[:4096].strip()
+        except ConfigurationError as exc:
+            raise _UserError(f"--redis-url-file: {exc}") from None
+        except OSError as exc:
+            raise _UserError(f"--redis-url-file: cannot read {path}: {exc.strerror}") from None
+    else:
+        url = os.environ.get(REDIS_URL_ENV, "").strip()
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise _UserError(
+            f"{option} redis: expected a redis:// URL in --redis-url-file or {REDIS_URL_ENV}"
+        )
+    return url
+
+
+def _state_store(location: str | None, args: argparse.Namespace) -> StateStore | None:
     """``--state``: an SQLite file, or a ``redis://`` URL shared by every worker."""
+    location = _redis_url(location, args, "--state")
     if not location:
         return None
     try:
@@ -343,7 +381,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if args.log_file:
         # Owner-only like every file the SDK writes.
         try:
-            ensure_private_file(args.log_file)
+            ensure_private_file(args.log_file, refuse_shared=False)  # no member data at INFO
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
         file = logging.FileHandler(args.log_file, encoding="utf-8")
@@ -367,7 +405,15 @@ def _add_reading(parser: argparse.ArgumentParser) -> None:
 def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
-        help="members: change detection in an SQLite file, or a redis:// URL shared by workers",
+        help="change detection (members), the event ledger and pull watermarks in an SQLite "
+        "file, or a redis:// URL shared by workers ('redis': the URL in --redis-url-file or "
+        "ANTAVO_BRAZE_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--redis-url-file",
+        metavar="FILE",
+        help="an owner-only file holding the Redis URL (with its password) that --state redis "
+        "and --pacer redis use; or set ANTAVO_BRAZE_REDIS_URL",
     )
 
 
@@ -376,7 +422,8 @@ def _add_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pacer",
         metavar="REDIS_URL",
-        help="share one Braze request budget with every worker using this Redis",
+        help="share one Braze request budget with every worker using this Redis "
+        "('redis': the URL in --redis-url-file or ANTAVO_BRAZE_REDIS_URL)",
     )
     parser.add_argument(
         "--pacer-key",
@@ -732,7 +779,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             raise _UserError(str(exc)) from None
     started_at = datetime.now(timezone.utc)
     progress: Any = _ProgressLine(sys.stderr, _input_size(args)) if not args.quiet else None
-    state = _state_store(args.state)
+    state = _state_store(args.state, args)
     client = None if args.dry_run else _client_from_env(args)  # a dry run needs no credentials
     append = args.append or checkpoint is not None
     # Taken before reading: what an interrupt saves describes the input this run read.
@@ -991,9 +1038,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     sink = JsonlDeadLetter(output, append=bool(replayed))
     started_at = datetime.now(timezone.utc)
     progress = _ProgressLine(sys.stderr, _dead_letter_size(source)) if not args.quiet else None
+    state = _state_store(args.state, args)  # its event ledger: events Braze accepted are skipped
     with _client_from_env(args) as client:
         try:
-            syncer = Syncer(client, Mapping(), dead_letter=sink, progress=progress)
+            syncer = Syncer(client, Mapping(), dead_letter=sink, state=state, progress=progress)
             report = syncer.replay(source, allow_duplicates=args.include_unknown, again=args.again)
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
@@ -1016,6 +1064,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
+            _close_state(state)
     print(report)
     print(
         f"resent {report.total - report.skipped}: "
@@ -1029,21 +1078,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return code
 
 
+def _ensure_descriptors(connections: int) -> None:
+    """Room for ``connections`` client sockets plus the service's own files and Braze
+    connections: the soft open-file limit is raised towards the hard one if need be."""
+    import resource
+
+    needed = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            raise _UserError(
+                f"--max-connections {connections} needs {needed} open files and the limit is "
+                f"{soft} (ulimit -n): lower --max-connections or raise the limit"
+            )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from ._sender import BackgroundSender
     from .serve import auth_from_env, create_app
-    from .serve._auth import BASIC_ENV, JWT_ENV
+    from .serve._auth import AUTH_ENVS
 
     mapping = _load_mapping(args.mapping)
+    for option, value, least in (
+        ("--max-connections", args.max_connections, 1),
+        ("--jwt-max-age", args.jwt_max_age, 1),
+        ("--dedupe-window", args.dedupe_window, 0),
+    ):
+        if not value >= least or value == float("inf"):
+            raise _UserError(f"{option} {value:g}: expected a number of at least {least}")
+    _ensure_descriptors(args.max_connections)
     try:
-        auth = auth_from_env()
+        auth = auth_from_env(jwt_max_age=args.jwt_max_age)
     except ConfigurationError as exc:
         raise _UserError(str(exc)) from None
     if auth is None:
         if not is_loopback(args.host):
             raise _UserError(
                 f"refusing to listen on {args.host} without authentication: set "
-                f"{BASIC_ENV} (user:password) or {JWT_ENV}"
+                f"{', '.join(AUTH_ENVS[:-1])} or {AUTH_ENVS[-1]} (and ..._SECRET, ..._SCOPE)"
             )
         print(
             "antavo-braze: warning: webhook requests are not authenticated (loopback only)",
@@ -1060,7 +1136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     antavo = _antavo_from_env(retry=_REFRESH_RETRY) if args.antavo else None
     client = _client_from_env(args)
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
-    state = _state_store(args.state)
+    state = _state_store(args.state, args)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
         sender = BackgroundSender(
@@ -1069,7 +1145,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
-    app = create_app(sender, auth=auth)
+    app = create_app(
+        sender,
+        auth=auth,
+        allow_unauthenticated=False,
+        public_metrics=args.public_metrics,
+        dedupe_window=args.dedupe_window,
+    )
+    from .serve._guard import HEADER_TIMEOUT, ConnectionGuard, guarded_protocol
+
+    guard = ConnectionGuard(args.max_connections, HEADER_TIMEOUT)
     spool = f", spool {args.spool}" if args.spool else " (no spool: queued changes live in memory)"
     print(
         f"antavo-braze {__version__}: receiving Antavo webhooks on "
@@ -1087,7 +1172,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # rest kept in the spool or dead-lettered) instead of the process dying with it.
     previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            http=guarded_protocol(guard),
+            timeout_keep_alive=int(HEADER_TIMEOUT),
+            # asyncio accepts up to `backlog` connections per wake-up before any reaches the
+            # guard: a larger burst than the descriptors left stalls accept (EMFILE) for all.
+            backlog=args.max_connections,
+        )
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
@@ -1155,19 +1251,41 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if args.lag < 0:
         raise _UserError("--lag must not be negative")
     antavo = _antavo_from_env(lag=args.lag)
-    state = _state_store(args.state)
+    state = _state_store(args.state, args)
     client = _client_from_env(args)
+    if args.check_schema:
+        try:
+            # A client of its own, as for sync: /custom_attributes' hourly budget must not
+            # hold back /users/track.
+            with _client_from_env(args) as schema_client:
+                check_schema_before_run(schema_client, mapping)
+        except BaseException:
+            client.close()
+            antavo.close()
+            _close_state(state)
+            raise
     sink = JsonlDeadLetter(args.dead_letter, append=True) if args.dead_letter else None
     progress = _ProgressLine(sys.stderr) if not (args.quiet or args.follow) else None
     try:
-        syncer = Syncer(client, mapping, dead_letter=sink, state=state, progress=progress)
+        syncer = Syncer(
+            client,
+            mapping,
+            dead_letter=sink,
+            state=state,
+            progress=progress,
+            max_clear_ratio=None if args.allow_mass_clear else 0.5,
+            allow_deletes=args.allow_deletes,
+            max_delete_ratio=args.max_delete_ratio,
+        )
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
     pull = syncer.pull_members if args.kind == "members" else syncer.pull_events
     since, until = args.since, args.until
+    command = f"pull {args.kind}"
     try:
         while True:
+            started_at = datetime.now(timezone.utc)
             try:
                 report = pull(antavo, since=since, until=until)
             except SyncInterrupted as stop:
@@ -1175,7 +1293,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
                     progress.close()
                 print(stop.report)
                 print("interrupted: the watermark did not move", file=sys.stderr)
-                return 128 + stop.signal
+                code = 128 + stop.signal
+                _write_report_json(
+                    args.report_json,
+                    stop.report,
+                    command=command,
+                    started_at=started_at,
+                    exit_code=code,
+                )
+                return code
             except (AuthenticationError, PermissionDeniedError) as exc:
                 if getattr(exc, "service", None) == "antavo":
                     return _antavo_refused(exc)
@@ -1187,16 +1313,22 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 if not args.follow:
                     if partial is not None:
                         print(partial)
+                    _report_error(args, exc, command, started_at)
                     raise
                 print(f"{_now()} pull failed ({exc}); the watermark did not move", flush=True)
             else:
                 if progress is not None:
                     progress.close()
+                code = exit_code(report)
+                # With --follow, the file holds the last cycle's outcome.
+                _write_report_json(
+                    args.report_json, report, command=command, started_at=started_at, exit_code=code
+                )
                 if not args.follow:
                     print(report)
                     if args.dead_letter and report.failed:
                         print(f"failed records written to {args.dead_letter}")
-                    return EXIT_OK if report.ok else EXIT_FAILED
+                    return code
                 print(f"{_now()} {report.summary()}; next from {report.watermark}", flush=True)
             since, until = None, None  # from the watermark on
             signum = _wait_or_stop(args.every)
@@ -1225,7 +1357,7 @@ def _add_pull(commands: Any) -> None:
     )
     pull.add_argument("kind", choices=["members", "events"])
     pull.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
-    pull.add_argument("--state", help="SQLite file or redis:// URL: watermark, ledger, changes")
+    _add_state(pull)
     pull.add_argument("--since", help="window start (ISO 8601, e.g. 2026-12-01T00:00:00Z)")
     pull.add_argument("--until", help="window end (ISO 8601; default: now minus 60 seconds)")
     pull.add_argument(
@@ -1242,6 +1374,14 @@ def _add_pull(commands: Any) -> None:
     pull.add_argument(
         "--every", type=float, default=60.0, help="seconds between pulls with --follow (60)"
     )
+    pull.add_argument(
+        "--allow-mass-clear",
+        action="store_true",
+        help="clear (when_missing: clear) even when most members would lose a field",
+    )
+    _add_deletes(pull)
+    add_check_schema(pull)
+    _add_report_json(pull)
     _add_budget(pull)
     _add_common(pull)
     pull.set_defaults(func=cmd_pull)
@@ -1439,6 +1579,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resend entries an earlier replay already resent (marked replayed_at)",
     )
     _add_report_json(replay)
+    _add_state(replay)
     _add_common(replay)
     replay.set_defaults(func=cmd_replay)
 
@@ -1447,9 +1588,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive Antavo webhooks and send them on in batches",
         description="An HTTP receiver for Antavo's 'Webhook message' workflow node: POST "
         "/antavo/events and /antavo/members, answered 202 once queued (on disk with --spool); "
-        "GET /healthz and /metrics. Authentication from ANTAVO_BRAZE_WEBHOOK_BASIC "
-        "(user:password) or ANTAVO_BRAZE_WEBHOOK_JWT_SECRET; without either, loopback only. "
-        "Needs uvicorn (the 'serve' extra: pip install '.[serve]' in a checkout).",
+        "GET /healthz and /metrics. Authentication from the environment: "
+        "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password), ANTAVO_BRAZE_WEBHOOK_JWT_SECRET (HS256), "
+        "ANTAVO_BRAZE_WEBHOOK_JWT_PUBLIC_KEY (RS256, a PEM file), or "
+        "ANTAVO_BRAZE_WEBHOOK_ESCHER_KEY/_SECRET/_SCOPE (an AWS4/Escher request signature); "
+        "without any, loopback only. Needs pip install 'antavo-braze[serve]'.",
     )
     serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")
@@ -1469,6 +1612,30 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to send what is queued when stopping (10)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections held at most; the oldest idle one makes room for a new one (256)",
+    )
+    serve.add_argument(
+        "--jwt-max-age",
+        type=float,
+        default=300.0,
+        help="seconds a JWT may be valid for at most, from iat and from now (300)",
+    )
+    serve.add_argument(
+        "--dedupe-window",
+        type=float,
+        default=600.0,
+        help="seconds a webhook without Idempotency-Key or event ids is remembered by the "
+        "hash of its body, to recognise a redelivery (600)",
+    )
+    serve.add_argument(
+        "--public-metrics",
+        action="store_true",
+        help="serve /metrics without authentication",
     )
     _add_common(serve)
     serve.set_defaults(func=cmd_serve)

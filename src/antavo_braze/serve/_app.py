@@ -16,22 +16,30 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Literal
 
+from .._endpoint import is_loopback
 from .._sender import BackgroundSender, SenderStats
 from .._telemetry import log_fields
 from ..exceptions import ConfigurationError, QueueFull
-from ._auth import BASIC_ENV, JWT_ENV, Authenticator, auth_from_env
+from ._auth import (
+    AUTH_ENVS,
+    Authenticator,
+    auth_from_env,
+    signature_plausible,
+    signature_verified,
+)
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app", "receipt_for"]
 
 log = logging.getLogger("antavo_braze.serve")
 
 MAX_BODY_BYTES = 1_000_000  # one webhook; larger bodies are refused with 413
 MAX_RECORDS = 1000  # records in one webhook
 _SUBMIT_TIMEOUT = 0.5  # seconds to wait for queue room before answering 503
-_MAX_KEY = 200  # characters of an Idempotency-Key
+DEDUPE_WINDOW = 600.0  # seconds a body hash is remembered (Antavo redelivers within ~1 min)
+BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive
 _RESULTS = ("accepted", "duplicate", "rejected")
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="antavo"'),)
 
@@ -67,10 +75,48 @@ def _records(kind: Literal["member", "event"], payload: Any) -> list[Any]:
     return records
 
 
+def _is_loopback_client(scope: Scope) -> bool:
+    client = scope.get("client")
+    return client is not None and is_loopback(str(client[0]))
+
+
+def receipt_for(
+    path: str, headers: Mapping[str, str], records: list[Any], body: bytes, kind: str
+) -> tuple[str, bool]:
+    """A webhook's idempotency receipt, and whether it is kept only for the dedupe window
+    (else as long as the spool keeps receipts). Scoped by path: the ``Idempotency-Key``
+    header compared whole (hashed, never cut), else the Antavo event ids in the body, else
+    the body's hash — kept only for the redelivery window, so a genuine repeat is sent."""
+
+    def digest(text: bytes) -> str:
+        return hashlib.sha256(text).hexdigest()
+
+    key = headers.get("idempotency-key")
+    if key:
+        return f"{path} key:{digest(key.encode('utf-8', 'surrogateescape'))}", False
+    ids = [record.get("id") for record in records]
+    if kind == "event" and all(isinstance(i, (str, int)) and i != "" for i in ids):
+        return f"{path} id:{digest(json.dumps(ids).encode())}", False
+    return f"{path} body:{digest(body)}", True
+
+
 class _Receiver:
-    def __init__(self, sender: BackgroundSender, auth: Authenticator | None) -> None:
+    def __init__(
+        self,
+        sender: BackgroundSender,
+        auth: Authenticator | None,
+        *,
+        allow_unauthenticated: bool,
+        public_metrics: bool,
+        dedupe_window: float,
+        body_timeout: float,
+    ) -> None:
         self.sender = sender
         self.auth = auth
+        self.allow_unauthenticated = allow_unauthenticated
+        self.public_metrics = public_metrics
+        self.dedupe_window = dedupe_window
+        self.body_timeout = body_timeout
         self.webhooks: Counter[str] = Counter()  # by result (_RESULTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,7 +132,8 @@ class _Receiver:
             self.webhooks["rejected"] += 1 if reply.status != 503 else 0
             status, content_type = reply.status, b"application/json"
             body = json.dumps({"error": str(reply)}).encode()
-            headers = reply.headers
+            # The request's body may be unread: the connection is not reused.
+            headers = (*reply.headers, (b"connection", b"close"))
         await send(
             {
                 "type": "http.response.start",
@@ -98,7 +145,9 @@ class _Receiver:
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -109,11 +158,35 @@ class _Receiver:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _authenticate(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> bytes | None:
+        """Refuse what is not authenticated, before reading any body it need not read;
+        return the body when reading it was part of authenticating (a request signature)."""
+        if self.auth is None or self.auth(headers):
+            return None
+        if signature_plausible(self.auth, headers):
+            body = await self._body(receive, headers)
+            target = scope.get("raw_path") or scope["path"].encode()
+            if scope.get("query_string"):
+                target += b"?" + scope["query_string"]
+            raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+            if signature_verified(self.auth, scope["method"], target.decode("latin-1"), raw, body):
+                return body
+        raise _ReplyError(401, "unauthorized", _CHALLENGE)
+
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         method, path = scope["method"], scope["path"]
-        if path == "/healthz":
-            return self._health()
-        if path == "/metrics":
+        if self.auth is None and not self.allow_unauthenticated and not _is_loopback_client(scope):
+            raise _ReplyError(403, "not authenticated: only loopback clients are served")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if path in ("/healthz", "/metrics"):
+            if method not in ("GET", "HEAD"):
+                raise _ReplyError(405, "use GET or HEAD", ((b"allow", b"GET, HEAD"),))
+            if path == "/metrics" and not self.public_metrics:
+                await self._authenticate(scope, receive, headers)
+            if path == "/healthz":
+                return self._health()
             return 200, self.metrics().encode(), b"text/plain; version=0.0.4"
         kinds: dict[str, Literal["member", "event"]] = {
             "/antavo/events": "event",
@@ -124,19 +197,22 @@ class _Receiver:
             raise _ReplyError(404, "not found")
         if method != "POST":
             raise _ReplyError(405, "use POST", ((b"allow", b"POST"),))
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.auth is not None and not self.auth(headers):
-            raise _ReplyError(401, "unauthorized", _CHALLENGE)
-        body = await self._body(receive, headers)
+        body = await self._authenticate(scope, receive, headers)
+        if body is None:
+            body = await self._body(receive, headers)
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError) as exc:
             raise _ReplyError(400, f"the body is not JSON: {str(exc)[:100]}") from None
         records = _records(kind, payload)
-        key = headers.get("idempotency-key", "").strip()[:_MAX_KEY]
-        receipt = f"{path} {key}" if key else f"{path} sha256:{hashlib.sha256(body).hexdigest()}"
+        receipt, windowed = receipt_for(path, headers, records, body, kind)
         submit = functools.partial(
-            self.sender.submit_many, kind, records, receipt=receipt, timeout=_SUBMIT_TIMEOUT
+            self.sender.submit_many,
+            kind,
+            records,
+            receipt=receipt,
+            receipt_ttl=self.dedupe_window if windowed else None,
+            timeout=_SUBMIT_TIMEOUT,
         )
         in_context = functools.partial(contextvars.copy_context().run, submit)  # its trace
         try:
@@ -156,7 +232,16 @@ class _Receiver:
                 answer["refused"] = refused  # in the dead letter already; resending won't help
         return 202, json.dumps(answer).encode(), b"application/json"
 
-    async def _body(self, receive: Receive, headers: dict[str, str]) -> bytes:
+    async def _body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """The whole body within ``body_timeout`` seconds (a slow client is cut off)."""
+        try:
+            return await asyncio.wait_for(self._read_body(receive, headers), self.body_timeout)
+        except asyncio.TimeoutError:
+            raise _ReplyError(
+                408, f"the body did not arrive within {self.body_timeout:g} s"
+            ) from None
+
+    async def _read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise _ReplyError(413, f"body over {MAX_BODY_BYTES} bytes")
@@ -251,20 +336,39 @@ def _observability_metrics(metric: Callable[..., None], stats: SenderStats) -> N
     )
 
 
-def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -> ASGIApp:
+def create_app(
+    sender: BackgroundSender,
+    *,
+    auth: Authenticator | None = _ENV,
+    allow_unauthenticated: bool = False,
+    public_metrics: bool = False,
+    dedupe_window: float = DEDUPE_WINDOW,
+    body_timeout: float = BODY_TIMEOUT,
+) -> ASGIApp:
     """The webhook receiver as an ASGI app, sending through ``sender``.
 
     ``auth``: a callable deciding on a request's headers (:class:`BasicAuth`,
-    :class:`JWTAuth`), ``None`` for none, or by default what the environment says
-    (``ANTAVO_BRAZE_WEBHOOK_BASIC``, ``ANTAVO_BRAZE_WEBHOOK_JWT_SECRET``).
+    :class:`JWTAuth`, :class:`EscherAuth`), ``None`` for none, or by default what the
+    environment says (:func:`auth_from_env`). Without authentication only loopback clients
+    are served (others get ``403``) unless ``allow_unauthenticated=True``.
+    ``public_metrics``: ``/metrics`` without authentication. ``dedupe_window``: seconds a
+    keyless, id-less webhook's body hash is remembered (a redelivery within it is answered
+    "duplicate"). ``body_timeout``: seconds a request's body may take to arrive (``408``).
     """
     if auth is _ENV:
         auth = auth_from_env()
-        if auth is None:
-            log.warning(
-                "webhook requests are not authenticated (set %s or %s)",
-                BASIC_ENV,
-                JWT_ENV,
-                extra=log_fields("serve"),
-            )
-    return _Receiver(sender, auth)
+    if auth is None:
+        log.warning(
+            "webhook requests are not authenticated (set %s, %s, %s or %s)%s",
+            *AUTH_ENVS,
+            "" if allow_unauthenticated else ": only loopback clients are served",
+            extra=log_fields("serve"),
+        )
+    return _Receiver(
+        sender,
+        auth,
+        allow_unauthenticated=allow_unauthenticated,
+        public_metrics=public_metrics,
+        dedupe_window=dedupe_window,
+        body_timeout=body_timeout,
+    )
