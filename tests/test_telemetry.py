@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze.testing import FakeBraze
+from antavo_braze.testing import FakeAntavo, FakeBraze
 
 otel_sdk = pytest.importorskip("opentelemetry.sdk")
 
@@ -331,7 +331,7 @@ class Block:
 
 sys.meta_path.insert(0, Block())
 import antavo_braze as ab
-from antavo_braze.testing import FakeBraze
+from antavo_braze.testing import FakeAntavo, FakeBraze
 
 mapping = {"fields": [{"loyalty_field": "score", "remote_field": "points"}]}
 with FakeBraze() as fake, fake.client() as client:
@@ -443,7 +443,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import antavo_braze as ab
-from antavo_braze.testing import FakeBraze
+from antavo_braze.testing import FakeAntavo, FakeBraze
 
 mapping = {"fields": [{"loyalty_field": "score", "remote_field": "points"}]}
 with FakeBraze() as fake, fake.client() as client:
@@ -530,7 +530,7 @@ def test_the_sdk_never_imports_opentelemetry_itself() -> None:
     script = """
 import sys
 import antavo_braze as ab
-from antavo_braze.testing import FakeBraze
+from antavo_braze.testing import FakeAntavo, FakeBraze
 
 mapping = {"fields": [{"loyalty_field": "score", "remote_field": "points"}]}
 with FakeBraze() as fake, fake.client() as client:
@@ -597,3 +597,165 @@ def test_failure_groups_count_every_problem_once(
     for failure in failures:
         for problem in failure.problems:
             assert all(problem.value not in g["reason"] for g in groups)
+
+
+T0 = 1_780_000_000  # a moment in 2026: the Antavo customers' updated_at
+PULL_MAPPING = {
+    "fields": [{"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"}],
+}
+
+
+@pytest.fixture
+def antavo() -> Iterator[FakeAntavo]:
+    """A running FakeAntavo holding five customers (member ids and a secret value)."""
+    with FakeAntavo() as server:
+        for n, member_id in enumerate(MEMBER_IDS[:5]):
+            server.add_customer(
+                {"id": member_id, "score": n, "tier": SECRET_VALUE, "updated_at": T0 + n}
+            )
+        yield server
+
+
+def children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+def test_pull_span_tree_with_one_retried_antavo_request(
+    fake: FakeBraze, antavo: FakeAntavo, otel: Otel
+) -> None:
+    """A pull is a span; Antavo's calls (the changed customers, each customer) are its
+    descendants with their HTTP tries (method, server, route, status; the retried try marked),
+    next to the Braze tries of the sync; no member id or value anywhere; Antavo's tries are
+    counted by service and status."""
+    antavo.fail_next(503, path="/customers", count=1)  # the first list page, once
+    fake.inject(times=1, status=503)
+    with (
+        fake.client(max_in_flight=1, **otel.providers) as braze,
+        antavo.client(**otel.providers) as reader,
+    ):
+        report = ab.Syncer(braze, PULL_MAPPING).pull_members(reader, since=T0 - 1, until=T0 + 300)
+    assert (report.succeeded, report.failed) == (5, 0)
+    spans = otel.spans()
+    (pull,) = [s for s in spans if s.name == "antavo_braze.pull_members"]
+    (changed,) = [s for s in spans if s.name == "antavo_braze.antavo.changed_customers"]
+    (sync,) = [s for s in spans if s.name == "antavo_braze.sync_members"]
+    assert changed.parent is not None
+    assert changed.parent.span_id == pull.context.span_id
+    assert sync.parent is not None
+    assert sync.parent.span_id == pull.context.span_id
+    assert changed.attributes is not None
+    assert changed.attributes["antavo_braze.count"] == 5
+    pages = [s for s in children(spans, changed) if s.name == "GET /customers"]
+    assert len(pages) == 2
+    first, second = sorted(pages, key=lambda s: s.start_time or 0)
+    assert first.kind == trace.SpanKind.CLIENT
+    assert first.attributes is not None
+    assert second.attributes is not None
+    assert first.attributes["http.request.method"] == "GET"
+    assert first.attributes["url.path"] == "/customers"
+    assert first.attributes["server.address"] == "127.0.0.1"
+    assert first.attributes["server.port"] == int(antavo.url.rsplit(":", 1)[1])
+    assert first.attributes["http.response.status_code"] == 503
+    assert first.attributes["antavo_braze.retry"] is True
+    assert first.status.status_code == trace.StatusCode.ERROR
+    assert second.attributes["http.response.status_code"] == 200
+    assert second.attributes["http.request.resend_count"] == 1
+    customers = [s for s in children(spans, changed) if s.name == "antavo_braze.antavo.customer"]
+    assert len(customers) == 5
+    for customer in customers:
+        (read,) = children(spans, customer)
+        assert read.name == "GET /customers/{id}"
+        assert read.attributes is not None
+        assert read.attributes["url.path"] == "/customers/{id}"
+        assert read.attributes["http.response.status_code"] == 200
+    braze_tries = [s for s in children(spans, sync) if s.name == "POST /users/track"]
+    assert len(braze_tries) == 2
+    assert {s.context.trace_id for s in spans} == {pull.context.trace_id}
+    for span in spans:
+        assert_no_member_data([span.name, *(span.attributes or {}).items()])
+    by_service: dict[tuple[str, str], int] = {}
+    for point in otel.points("antavo_braze.requests"):
+        key = (
+            point.attributes["antavo_braze.service"],
+            point.attributes["http.response.status_code"],
+        )
+        by_service[key] = by_service.get(key, 0) + point.value
+        assert_no_member_data(list(point.attributes.items()))
+    assert by_service[("antavo", "503")] == 1
+    assert by_service[("antavo", "200")] == 1 + 5  # the list page, then each customer
+    assert by_service[("braze", "503")] == 1
+
+
+def test_an_antavo_read_that_fails_marks_its_spans(antavo: FakeAntavo, otel: Otel) -> None:
+    """A customer read Antavo refuses ends the call span and its try as errors; a consumer
+    that stops reading early still ends the list's span."""
+    antavo.fail_next(400, path=f"/customers/{MEMBER_IDS[0]}")
+    with antavo.client(**otel.providers) as reader:
+        with pytest.raises(ab.BadRequestError):
+            reader.customer(MEMBER_IDS[0])
+        events = reader.events(T0, T0 + 10)
+        assert list(events) == []
+        changed = reader.changed_customers(T0 - 1, T0 + 300)
+        next(changed)
+        changed.close()  # type: ignore[attr-defined]
+    spans = otel.spans()
+    reads = [s for s in spans if s.name == "antavo_braze.antavo.customer"]
+    assert len(reads) == 2  # the refused one, then the first changed customer
+    (customer,) = [s for s in reads if s.status.status_code == trace.StatusCode.ERROR]
+    assert customer.attributes is not None
+    assert customer.attributes["error.type"] == "BadRequestError"
+    (refused,) = children(spans, customer)
+    assert refused.attributes is not None
+    assert refused.attributes["http.response.status_code"] == 400
+    (listed,) = [s for s in spans if s.name == "antavo_braze.antavo.changed_customers"]
+    assert listed.attributes is not None
+    assert listed.attributes["antavo_braze.count"] == 1
+    assert listed.status.status_code != trace.StatusCode.ERROR
+    (read_events,) = [s for s in spans if s.name == "antavo_braze.antavo.events"]
+    assert read_events.parent is None
+    assert [s.name for s in children(spans, read_events)] == ["GET /customers/-/events"]
+    for span in spans:
+        assert_no_member_data([span.name, *(span.attributes or {}).items()])
+
+
+def test_every_log_record_of_a_pull_has_structured_fields(
+    fake: FakeBraze, antavo: FakeAntavo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pull with a retried Antavo request, a customer gone, a customer Antavo refuses and a
+    Braze failure: every record the SDK emits names its call, carries only documented
+    fields, and none at INFO or above carries a member id or value."""
+    from antavo_braze._telemetry import LOG_FIELDS
+
+    antavo.fail_next(503, path="/customers", count=1)  # the list page: retried
+    antavo.fail_next(404, path=f"/customers/{MEMBER_IDS[1]}")  # gone since it was listed
+    antavo.fail_next(400, path=f"/customers/{MEMBER_IDS[3]}")  # refused: the pull fails
+    fake.inject(times=2, status=503)
+    fake.block(MEMBER_IDS[2])
+    with (
+        caplog.at_level(logging.DEBUG, logger="antavo_braze"),
+        fake.client(max_in_flight=1) as braze,
+        antavo.client() as reader,
+    ):
+        syncer = ab.Syncer(braze, PULL_MAPPING, state=ab.MemoryStateStore())
+        with pytest.raises(ab.BadRequestError) as failed:
+            syncer.pull_members(reader, since=T0 - 1, until=T0 + 300)
+    report = failed.value.report
+    assert (report.succeeded, report.failed) == (1, 1)  # member-000; member-002 blocked
+    ours = [r for r in caplog.records if r.name.startswith("antavo_braze.")]
+    assert {r.name for r in ours} >= {"antavo_braze.antavo", "antavo_braze.sync"}
+    standard = set(vars(logging.makeLogRecord({})))
+    for record in ours:
+        extra = set(vars(record)) - standard - {"message", "asctime"}
+        assert "call" in extra, record.getMessage()
+        assert extra <= set(LOG_FIELDS), extra - set(LOG_FIELDS)
+        if record.levelno >= logging.INFO:
+            assert_no_member_data([record.getMessage(), *vars(record).values()])
+    retried = [r for r in ours if r.name == "antavo_braze.antavo" and "retry" in r.getMessage()]
+    assert [(r.call, r.status, r.endpoint) for r in retried] == [  # type: ignore[attr-defined]
+        ("antavo", 503, "GET /customers")
+    ]
+    gone = [r for r in ours if r.levelno == logging.WARNING and "gone" in r.getMessage()]
+    assert [r.status for r in gone] == [404]  # type: ignore[attr-defined]
+    (unsettled,) = [r for r in ours if "not settled" in r.getMessage()]
+    assert unsettled.call == "pull"  # type: ignore[attr-defined]
+    assert unsettled.levelno == logging.WARNING

@@ -18,6 +18,7 @@ from ._accounting import SyncReport
 from ._antavo._client import AntavoClient, TimeLike
 from ._antavo._shapes import format_time, to_utc
 from ._state import read_watermark, write_watermark
+from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 
 if TYPE_CHECKING:
@@ -91,6 +92,13 @@ def pull(
             format_time(start),
             format_time(end),
             mark,
+            extra=log_fields(
+                "pull",
+                kind="member" if kind == "members" else "event",
+                reason="reading failed" if reading.error is not None else "records failed",
+                failed=report.failed,
+                total=report.total,
+            ),
         )
     report = attrs.evolve(report, watermark=mark)
     if reading.error is not None:

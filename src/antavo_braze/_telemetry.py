@@ -21,25 +21,25 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._http._loop import Exchange
     from ._retry import AttemptOutcome, RetryDecision
 
-__all__ = ["LOG_FIELDS", "Active", "Telemetry", "log_fields", "traced"]
+__all__ = ["LOG_FIELDS", "Active", "Telemetry", "Try", "log_fields", "traced", "traced_items"]
 
 NAME = "antavo_braze"
 _MAX_LINKS = 128  # links from a sender window's span to the submissions it carries
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # The structured fields a log record of the SDK may carry (as ``extra``: attributes of the
 # record, for JSON formatters). Counts, names and reasons only: never a member's id or values.
 LOG_FIELDS = (
-    "call",  # what was running: sync, track, request, http, sender, serve, redis
+    "call",  # what was running: sync, pull, track, request, http, antavo, sender, serve, redis
     "kind",  # member, event, attributes, replay
     "endpoint",  # "POST /users/track" (no query, no host: the logger's client knows it)
     "status",  # an HTTP status
@@ -102,6 +102,17 @@ class _Api:
         self.proxy_meter_provider = getattr(metrics_internal, "_ProxyMeterProvider", ())
 
 
+class Try(Protocol):
+    """One HTTP try as the hooks see it (the send loop's ``Exchange``, the Antavo client's
+    ``_Try``). ``path`` is a route without member ids (``/customers/{id}``)."""
+
+    method: str
+    path: str
+    attempt: int
+    tag: Any
+    span: Any
+
+
 class _Instruments:
     """The SDK's metric instruments on one meter."""
 
@@ -114,12 +125,13 @@ class _Instruments:
         self.requests = meter.create_counter(
             "antavo_braze.requests",
             unit="{request}",
-            description="HTTP tries to Braze by status (error: no usable answer).",
+            description="HTTP tries to Braze and Antavo by service and status "
+            "(error: no usable answer).",
         )
         self.rate_limit_wait = meter.create_counter(
             "antavo_braze.rate_limit.wait",
             unit="s",
-            description="Seconds waited because Braze asked to (429).",
+            description="Seconds waited because Braze or Antavo asked to (429).",
         )
         self.senders: weakref.WeakSet[Any] = weakref.WeakSet()
         meter.create_observable_gauge(
@@ -158,16 +170,17 @@ def _instruments_for(meter: Any) -> _Instruments:
 class Active:
     """Telemetry resolved for one call: a tracer and/or instruments (either may be ``None``)."""
 
-    __slots__ = ("instruments", "server", "tracer")
+    __slots__ = ("instruments", "server", "service", "tracer")
 
     def __init__(self, tracer: Any, instruments: _Instruments | None) -> None:
         self.tracer = tracer
         self.instruments = instruments
         self.server: tuple[str, int] | None = None
+        self.service = "braze"  # which API the tries go to: "braze" or "antavo"
 
     # --- one HTTP try (called by the send loop) --------------------------------------------
 
-    def start_try(self, exchange: Exchange) -> None:
+    def start_try(self, exchange: Try) -> None:
         """Open the span of ``exchange``'s next try (a child of the current context)."""
         if self.tracer is None:
             return
@@ -191,7 +204,7 @@ class Active:
 
     def end_try(
         self,
-        exchange: Exchange,
+        exchange: Try,
         outcome: AttemptOutcome | None,
         decision: RetryDecision | None = None,
         exc: BaseException | None = None,
@@ -212,10 +225,17 @@ class Active:
         if self.instruments is not None:
             label = "error" if status is None else str(status)
             self.instruments.requests.add(
-                1, {"http.request.method": exchange.method, "http.response.status_code": label}
+                1,
+                {
+                    "http.request.method": exchange.method,
+                    "http.response.status_code": label,
+                    "antavo_braze.service": self.service,
+                },
             )
             if decision is not None and decision.retry and decision.rate_limited:
-                self.instruments.rate_limit_wait.add(decision.wait)
+                self.instruments.rate_limit_wait.add(
+                    decision.wait, {"antavo_braze.service": self.service}
+                )
         span = exchange.span
         if span is None:
             return
@@ -411,3 +431,44 @@ def traced(name: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def traced_items(telemetry: Telemetry, name: str, items: Iterator[T]) -> Iterator[T]:
+    """``items`` (a lazy public call's answer, e.g. pages read on demand) inside a span
+    ``antavo_braze.<name>`` with the count of items read. Its parent is the caller's context
+    when the call was made, not where the items are consumed; it is current only while an
+    item is fetched, never across a ``yield`` (a context attached in a generator cannot be
+    detached elsewhere). No provider configured: ``items`` as they are."""
+    active = telemetry.active()
+    if active is None or active.tracer is None:
+        return items
+    return _items_in_span(active.tracer, f"{NAME}.{name}", name, items, Telemetry.capture())
+
+
+def _items_in_span(
+    tracer: Any, span_name: str, name: str, items: Iterator[T], parent: Any
+) -> Iterator[T]:
+    trace = _api().trace
+    span = tracer.start_span(span_name, context=parent, attributes={"antavo_braze.call": name})
+    count = 0
+    try:
+        while True:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+            count += 1
+            yield item
+    except GeneratorExit:  # the consumer stopped reading: not an error
+        raise
+    except BaseException as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+        raise
+    finally:
+        close = getattr(items, "close", None)
+        if callable(close):
+            close()
+        span.set_attribute("antavo_braze.count", count)
+        span.end()

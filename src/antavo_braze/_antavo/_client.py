@@ -28,7 +28,8 @@ from escherauth import EscherRequestsAuth
 
 from .._endpoint import is_loopback
 from .._ratelimit import InProcessPacer
-from .._retry import AttemptOutcome, RetryPolicy, decide_retry
+from .._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
+from .._telemetry import Telemetry, log_fields, traced, traced_items
 from ..exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -69,6 +70,7 @@ MAX_RESTARTS = 3  # re-reads of a whole window that kept moving before giving up
 MAX_BODY = 16 * 1024 * 1024  # bytes: a longer answer is not Antavo's
 TimeLike = datetime | date | str | float | int
 _KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
+CUSTOMER_ROUTE = "/customers/{id}"  # what spans and logs name: never the customer's id
 
 
 def credential_scope(stack: str) -> str:
@@ -103,7 +105,10 @@ class AntavoClient:
     scope's first part, read from an ``api.<stack>.antavo.com`` host (give it for any other
     host). ``session`` brings your own ``requests.Session`` (proxies, mTLS, instrumentation);
     the client then never closes it. ``lag`` seconds: how far behind now a window closes by
-    default. ``page_size``: items per list page (at most 100).
+    default. ``page_size``: items per list page (at most 100). ``tracer_provider`` /
+    ``meter_provider``: OpenTelemetry providers for a span per call
+    (``antavo_braze.antavo.customer``, ``….changed_customers``, ``….events``) and per HTTP
+    try, and the requests counter (``None``: the global ones, once set).
     """
 
     def __init__(
@@ -119,6 +124,8 @@ class AntavoClient:
         session: requests.Session | None = None,
         lag: float = 60.0,
         page_size: int = PAGE_SIZE,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
     ) -> None:
         if not api_key or not isinstance(api_key, str):
             raise ConfigurationError("the Antavo API key is empty (ANTAVO_API_KEY)")
@@ -150,6 +157,12 @@ class AntavoClient:
         self.retry = retry or RetryPolicy()
         self.lag = float(lag)
         self.page_size = page_size
+        self._telemetry = Telemetry(tracer_provider, meter_provider)
+        parts = urlsplit(self.endpoint)
+        self._server = (
+            parts.hostname or "",
+            parts.port or (443 if parts.scheme == "https" else 80),
+        )
         self._api_key = api_key
         self._auth = EscherRequestsAuth(
             api_key, api_secret, credential_scope(self.stack), dict(ESCHER_OPTIONS)
@@ -200,6 +213,7 @@ class AntavoClient:
 
     # --- reading -----------------------------------------------------------------------------
 
+    @traced("antavo.customer")
     def customer(self, customer_id: str, *, fields: Sequence[str] | None = None) -> dict[str, Any]:
         """One customer object as Antavo returns it (what ``sync_members`` takes);
         ``fields`` asks for Antavo's extra attributes (``groups``, ``purchases.ytd``, ...)."""
@@ -207,7 +221,7 @@ class AntavoClient:
         if not text or len(text) > 512:
             raise ConfigurationError(f"not a customer id: {text[:80]!r}")
         params = {} if not fields else {"fields": ",".join(fields)}
-        body = self._get(f"/customers/{quote(text, safe='')}", params)
+        body = self._get(f"/customers/{quote(text, safe='')}", params, route=CUSTOMER_ROUTE)
         if not isinstance(body, dict):
             raise ServerError(200, "", f"Antavo answered a customer that is not an object: {text}")
         return body
@@ -219,6 +233,13 @@ class AntavoClient:
         (default: now minus ``lag``), all pages, each fetched in full. A customer changed
         again while the window is read (``updated_at`` past ``until``) is left for the next
         window, which will see it."""
+        return traced_items(
+            self._telemetry, "antavo.changed_customers", self._changed_customers(since, until)
+        )
+
+    def _changed_customers(
+        self, since: TimeLike, until: TimeLike | None
+    ) -> Iterator[dict[str, Any]]:
         start, end = self.window(since, until)
         params = {"updated_at.gt": format_time(start)}
         limit = end.timestamp()
@@ -228,7 +249,10 @@ class AntavoClient:
             except BrazeAPIError as exc:
                 if exc.status_code != 404:
                     raise
-                log.warning("customer %s was listed as changed but is gone (404)", customer_id)
+                log.warning(
+                    "a customer listed as changed was gone (404) when read: skipped",
+                    extra=log_fields("antavo", status=404, reason="gone"),
+                )
                 continue
             changed = updated_at(customer)
             if changed is not None and changed > limit:
@@ -246,6 +270,11 @@ class AntavoClient:
         all pages, oldest first, as envelopes ``sync_events`` takes (with Antavo's ``id``);
         ``actions`` keeps only those actions. Each event comes once, also when the pages
         move while they are read."""
+        return traced_items(self._telemetry, "antavo.events", self._events(since, until, actions))
+
+    def _events(
+        self, since: TimeLike, until: TimeLike | None, actions: Sequence[str] | None
+    ) -> Iterator[dict[str, Any]]:
         start, end = self.window(since, until)
         params = {
             "timestamp.gte": format_time(start),
@@ -320,7 +349,11 @@ class AntavoClient:
                 f"Antavo's list {path} kept changing while it was read ({restarts} re-reads): "
                 "read a shorter window, or later"
             )
-        log.info("Antavo's list %s moved while it was read: reading the window again", path)
+        log.info(
+            "Antavo's list %s moved while it was read: reading the window again",
+            path,
+            extra=log_fields("antavo", endpoint=f"GET {path}", count=restarts + 1),
+        )
         return restarts + 1
 
     # --- one request -------------------------------------------------------------------------
@@ -337,8 +370,9 @@ class AntavoClient:
     def _redact(self, text: str) -> str:
         return _KEY_IN_QUERY.sub(r"\1***", text).replace(self._api_key, "***")
 
-    def _get(self, path: str, params: Mapping[str, str]) -> Any:
-        """GET ``path`` with ``params``, signed, paced and retried; the parsed JSON body."""
+    def _get(self, path: str, params: Mapping[str, str], *, route: str | None = None) -> Any:
+        """GET ``path`` with ``params``, signed, paced and retried; the parsed JSON body.
+        ``route``: ``path`` as spans and logs name it, without member ids."""
         if self._closed:
             raise ConfigurationError("this AntavoClient is closed")
         if os.getpid() != self._pid and self._owns_session:  # a forked child: its own session
@@ -346,25 +380,49 @@ class AntavoClient:
             self._pid = os.getpid()
         url = f"{self._url(path)}?{self._query(params)}"
         shown = f"GET {self._url(path)}"
+        endpoint = f"GET {route or path}"
+        active = self._telemetry.active()
+        if active is not None:
+            active.server = self._server
+            active.service = "antavo"
         attempt = 0
         while True:
             attempt += 1
             self._pacer.acquire()
             with self._lock:
                 self.requests += 1
-            outcome, body, status, headers, error = self._attempt(url)
+            tried = _Try(route or path, attempt)
+            if active is not None:
+                active.start_try(tried)
+            try:
+                outcome, body, status, headers, error = self._attempt(url)
+            except BaseException as exc:
+                if active is not None:
+                    active.end_try(tried, None, exc=exc)
+                raise
             self._pacer.observe(status, headers)
             if outcome is None:
+                if active is not None:
+                    active.end_try(tried, AttemptOutcome(status=status))
                 return body
             decision = decide_retry(self.retry, outcome, attempt, time.time(), random.random())
+            if active is not None:
+                active.end_try(tried, outcome, decision)
             if decision.retry:
                 log.info(
                     "Antavo %s: %s; retry %d in %.1fs",
-                    shown,
-                    f"HTTP {status}" if status is not None else error,
+                    endpoint,
+                    f"HTTP {status}" if status is not None else outcome.failure,
                     attempt,
                     decision.wait,
-                    extra={"endpoint": path, "status": status},
+                    extra=log_fields(
+                        "antavo",
+                        endpoint=endpoint,
+                        status=status,
+                        attempt=attempt,
+                        wait=decision.wait,
+                        reason=_reason(outcome, decision),
+                    ),
                 )
                 time.sleep(decision.wait)
                 continue
@@ -442,6 +500,25 @@ class AntavoClient:
         api_error.antavo_code = code  # type: ignore[attr-defined]
         api_error.hint = hint  # type: ignore[attr-defined]
         return api_error
+
+
+class _Try:
+    """One GET as the telemetry hooks see it (the shape of the send loop's exchange)."""
+
+    __slots__ = ("attempt", "path", "span")
+    method = "GET"
+    tag = None
+
+    def __init__(self, path: str, attempt: int) -> None:
+        self.path = path
+        self.attempt = attempt
+        self.span: Any = None
+
+
+def _reason(outcome: AttemptOutcome, decision: RetryDecision) -> str:
+    if decision.rate_limited:
+        return "rate_limited"
+    return outcome.failure or f"http_{outcome.status}"
 
 
 def _base_url(endpoint: str) -> tuple[str, str | None]:
