@@ -38,6 +38,7 @@ import attrs
 from attrs import frozen
 
 from ._accounting import RecordOutcome, record_view
+from ._deadletter import DeadLetterEntry, DeadLetterSink
 from ._fork import reset_after_fork
 from ._spool import Spool
 from ._sync import Syncer, _event_id, _record_id
@@ -60,6 +61,8 @@ OnFull = Literal["block", "raise"]
 _ORPHAN_CHECK = 10.0  # seconds between looks for spooled rows of processes that died
 _RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
+MAX_RETRY_TIME = 3600.0  # seconds a change is retried through an outage before it fails
+_RETRY_DELAY_MAX = 30.0  # seconds between tries, at most: a recovered Braze is used soon
 
 
 class Submission:
@@ -116,7 +119,7 @@ class SenderStats:
 class _Change:
     """A queued change: what to send for which member (``key``), and who waits for it."""
 
-    __slots__ = ("key", "kind", "queued_at", "record", "spool_ids", "submissions")
+    __slots__ = ("attempts", "key", "kind", "queued_at", "record", "spool_ids", "submissions")
 
     def __init__(self, kind: Kind, key: str, record: Any, submission: Submission | None) -> None:
         self.kind = kind
@@ -125,6 +128,7 @@ class _Change:
         self.submissions = [submission] if submission is not None else []
         self.spool_ids: list[int] = []
         self.queued_at = time.monotonic()
+        self.attempts = 0  # windows that failed it and could be tried again
 
     def absorb(self, later: _Change) -> None:
         """Merge a later change of the same member and kind: the latest value wins."""
@@ -139,6 +143,44 @@ class _Change:
 def _units(change: _Change) -> int:
     """How many submitted changes a (possibly merged) queued change stands for."""
     return max(len(change.submissions), len(change.spool_ids))
+
+
+def may_retry(kind: str, outcome: RecordOutcome) -> bool:
+    """Whether a failed change is worth sending again later: Braze or the network failed it
+    and said it may succeed (a 429, a 5xx, a dropped connection) — unless it is an event that
+    may already have been recorded (its answer was lost), which a resend would record twice."""
+    failure = outcome.failure
+    if outcome.status != "failed" or failure is None or not failure.retryable:
+        return False
+    if failure.stage not in ("braze", "transport"):
+        return False
+    return not (kind == "event" and failure.outcome == "unknown")
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait before the next try of a change that failed ``attempts`` times:
+    doubling from half a second, at most ``_RETRY_DELAY_MAX``."""
+    doublings = min(max(attempts - 1, 0), 10)  # 0.5 s * 2**10 is well past the cap
+    return min(_RETRY_DELAY_MAX, 0.5 * 2.0**doublings)
+
+
+class _HeldLetters:
+    """A window's dead-letter entries, held until the sender knows which failures are final
+    (the others are tried again, and must not be in the dead letter)."""
+
+    def __init__(self) -> None:
+        self.entries: list[DeadLetterEntry] = []
+
+    def write(self, entry: DeadLetterEntry) -> None:
+        self.entries.append(entry)
+
+    def forward(self, sink: DeadLetterSink | None, positions: set[int]) -> None:
+        """Write the entries of the records at ``positions`` to ``sink``."""
+        if sink is None:
+            return
+        for entry in self.entries:
+            if entry.index in positions:
+                sink.write(entry)
 
 
 def _by_kind(changes: list[_Change]) -> Iterator[tuple[Kind, list[_Change]]]:
@@ -189,6 +231,12 @@ class BackgroundSender:
     change until its outcome is known (without one, what is queued lives in memory only).
     At interpreter exit, pending work gets ``exit_timeout`` seconds; what remains is logged
     (and stays in the spool, or goes to the dead letter as not sent).
+
+    A change Braze or the network failed in a way that may pass (an outage, a 429 storm)
+    is tried again with backoff for up to ``max_retry_time`` seconds from its submission
+    before it fails into the dead letter. ``sync_mode=True`` sends each submission at once
+    in the caller's thread (notebooks, tests, job workers that fork and exit without exit
+    hooks): ``submit_*`` returns with the outcome known.
     """
 
     def __init__(
@@ -201,6 +249,8 @@ class BackgroundSender:
         spool: str | PathLike[str] | None = None,
         on_full: OnFull = "block",
         exit_timeout: float = 5.0,
+        max_retry_time: float = MAX_RETRY_TIME,
+        sync_mode: bool = False,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -214,12 +264,20 @@ class BackgroundSender:
             raise ConfigurationError("max_queue must be at least 1")
         if on_full not in ("block", "raise"):
             raise ConfigurationError(f"on_full must be 'block' or 'raise', not {on_full!r}")
+        if not max_retry_time >= 0:
+            raise ConfigurationError("max_retry_time must not be negative")
+        if sync_mode and spool is not None:
+            raise ConfigurationError(
+                "sync_mode sends each change before submit returns: it takes no spool"
+            )
         self.syncer = syncer
         self.flush_interval = float(flush_interval)
         self.flush_at = flush_at
         self.max_queue = max_queue
         self.on_full: OnFull = on_full
         self.exit_timeout = exit_timeout
+        self.max_retry_time = float(max_retry_time)
+        self.sync_mode = sync_mode
         self.spool = Spool(spool) if spool is not None else None
         self._closed = False
         self._reset()
@@ -239,6 +297,8 @@ class BackgroundSender:
         self._flushing = 0
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._paused_until = 0.0  # no window goes before (Braze failed the last one)
+        self._writing = 0  # submits writing to the spool outside the lock (group commit)
         # Spooled rows not yet in memory (a restart's, a dead process's): while there are
         # some, new submissions wait on disk too (``_waiting``), so that order holds.
         self._backlog = False
@@ -390,6 +450,8 @@ class BackgroundSender:
             raise ConfigurationError("this BackgroundSender is closed")
         count = len(changes)
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
+        if self.sync_mode:
+            return self._send_now(changes, records, receipt)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._start_worker()
@@ -402,31 +464,89 @@ class BackgroundSender:
                 if left is not None and left <= 0:
                     raise QueueFull(f"no room in the queue within {timeout}s")
                 self._cond.wait(left)
-            ids: list[int] = []
-            if self.spool is not None:
-                stored = self.spool.add(changes, receipt)
-                if stored is None:
-                    return None  # a redelivery
-                ids = stored
-            elif receipt is not None:
-                self._receipts[receipt] = None
-                if len(self._receipts) > _RECEIPTS_IN_MEMORY:
-                    self._receipts.popitem(last=False)
-            submissions = []
-            for number, ((kind, key, _), record) in enumerate(zip(changes, records, strict=True)):
-                submission = Submission(kind, key)
-                submissions.append(submission)
-                if self._backlog:
-                    self._waiting[ids[number]] = submission  # loaded, in order, with the rest
-                    continue
-                change = _Change(kind, key, record, submission)
-                if ids:
-                    change.spool_ids.append(ids[number])
-                    self._known.add(ids[number])
-                self._queue.append(change)
-            self._outstanding += count
-            self._counts["received"] += count
-            self._cond.notify_all()
+            self._outstanding += count  # room taken now, the changes queued below
+            if self.spool is None:
+                if receipt is not None:
+                    self._remember(receipt)
+                return self._enqueue(changes, records, [])
+            if self._backlog:  # written in order with the backlog being loaded
+                return self._spool_and_enqueue(changes, records, receipt)
+            self._writing += 1
+        # Written without the lock: threads submitting at once share one disk sync.
+        try:
+            return self._spool_and_enqueue(changes, records, receipt)
+        finally:
+            with self._cond:
+                self._writing -= 1
+
+    def _remember(self, receipt: str) -> None:
+        self._receipts[receipt] = None
+        if len(self._receipts) > _RECEIPTS_IN_MEMORY:
+            self._receipts.popitem(last=False)
+
+    def _spool_and_enqueue(
+        self,
+        changes: list[tuple[Kind, str, str]],
+        records: list[Any],
+        receipt: str | None,
+    ) -> list[Submission] | None:
+        """Write the changes to the spool, then queue them (their room is taken)."""
+        assert self.spool is not None
+        try:
+            ids = self.spool.add(changes, receipt)
+        except BaseException:
+            with self._cond:
+                self._outstanding -= len(changes)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if ids is None:  # a redelivery
+                self._outstanding -= len(changes)
+                self._cond.notify_all()
+                return None
+            return self._enqueue(changes, records, ids)
+
+    def _enqueue(
+        self, changes: list[tuple[Kind, str, str]], records: list[Any], ids: list[int]
+    ) -> list[Submission]:
+        """Queue changes whose room is taken (lock held)."""
+        submissions = []
+        for number, ((kind, key, _), record) in enumerate(zip(changes, records, strict=True)):
+            submission = Submission(kind, key)
+            submissions.append(submission)
+            if self._backlog:
+                self._waiting[ids[number]] = submission  # loaded, in order, with the rest
+                continue
+            change = _Change(kind, key, record, submission)
+            if ids:
+                change.spool_ids.append(ids[number])
+                self._known.add(ids[number])
+            self._queue.append(change)
+        self._counts["received"] += len(changes)
+        self._cond.notify_all()
+        return submissions
+
+    def _send_now(
+        self, changes: list[tuple[Kind, str, str]], records: list[Any], receipt: str | None
+    ) -> list[Submission] | None:
+        """``sync_mode``: send in the caller's thread, retrying through an outage as the
+        worker would; the submissions are settled when this returns."""
+        window = []
+        with self._cond:
+            if receipt is not None:
+                if receipt in self._receipts:
+                    return None
+                self._remember(receipt)
+            for (kind, key, _), record in zip(changes, records, strict=True):
+                window.append(_Change(kind, key, record, Submission(kind, key)))
+            self._counts["received"] += len(window)
+            self._outstanding += len(window)
+            self._in_flight += len(window)
+        submissions = [c.submissions[0] for c in window]
+        while window:
+            window = self._send(window)
+            if window:
+                time.sleep(retry_delay(max(c.attempts for c in window)))
         return submissions
 
     # --- the worker ---------------------------------------------------------------------
@@ -436,7 +556,7 @@ class BackgroundSender:
         over the rows of processes that no longer run, and send this owner's rows first."""
         if self._worker is not None and self._worker.is_alive():
             return
-        if self.spool is not None:
+        if self.spool is not None and not self._writing:
             self._adopt()
             self._backlog = True
         self._worker = threading.Thread(target=self._work, name="antavo-braze-sender", daemon=True)
@@ -444,6 +564,8 @@ class BackgroundSender:
 
     def _adopt(self) -> None:
         assert self.spool is not None
+        if self._writing:
+            return  # rows being written now must not be loaded as a backlog: next time
         self._orphans_checked = time.monotonic()
         adopted = self.spool.adopt_orphans()
         if adopted:
@@ -461,14 +583,34 @@ class BackgroundSender:
                 window = self._next_window()
             if window is None:
                 return
-            self._send(window)
+            again = self._send(window)
+            if again:
+                self._retry_later(again)
+
+    def _retry_later(self, changes: list[_Change]) -> None:
+        """Put changes a window failed for now back at the head of the queue (they are the
+        oldest), and hold every window back for the backoff."""
+        delay = retry_delay(max(c.attempts for c in changes))
+        log.warning(
+            "Braze failed %d change(s) for now; trying again in %.1fs (each for up to %.0fs)",
+            len(changes),
+            delay,
+            self.max_retry_time,
+        )
+        with self._cond:
+            self._in_flight -= sum(_units(c) for c in changes)
+            self._queue.extendleft(reversed(changes))
+            self._paused_until = time.monotonic() + delay
+            self._cond.notify_all()
 
     def _next_window(self) -> list[_Change] | None:
         """Wait for a window's worth of changes (or its time) and take them (lock held)."""
         while True:
             self._refill()
             now = time.monotonic()
-            if self._queue:
+            if self._queue and now < self._paused_until and not self._closing:
+                self._cond.wait(self._paused_until - now)  # backing off after a failure
+            elif self._queue:
                 due = self._queue[0].queued_at + self.flush_interval
                 by_size = len(self._queue) >= self.flush_at
                 urgent = now >= due or self._flushing or self._closing
@@ -541,25 +683,78 @@ class BackgroundSender:
         self._in_flight += sum(_units(c) for c in window)
         return window
 
-    def _send(self, window: list[_Change]) -> None:
+    def _send(self, window: list[_Change]) -> list[_Change]:
+        """Send a window, one Syncer call per kind, and settle what is final; return the
+        changes to try again later."""
+        again: list[_Change] = []
         for kind, changes in _by_kind(window):
-            records = [c.record for c in changes]
-            try:
-                report, outcomes = self.syncer._sync_changes(kind, records)
-                with self._cond:
-                    self._counts["requests"] += report.requests
-                    self._counts["rate_limit_waits"] += report.rate_limit_waits
-            except (AuthenticationError, PermissionDeniedError) as exc:
-                log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "braze", str(exc))
-            except AntavoBrazeError as exc:
-                log.error("a window could not be sent; it goes to the dead letter: %s", exc)
-                outcomes = self.syncer._fail_changes(kind, records, "transport", str(exc))
-            except Exception as exc:  # a bug of ours: never leave a caller waiting for it
-                log.exception("the background sender failed on a window")
-                reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
-                outcomes = self.syncer._fail_changes(kind, records, "transport", reason)
-            self._finish(changes, outcomes)
+            held = _HeldLetters()
+            outcomes, retry = self._send_kind(kind, changes, held)
+            again.extend(self._settle(kind, changes, outcomes, held, retry=retry))
+        return again
+
+    def _send_kind(
+        self, kind: Kind, changes: list[_Change], held: _HeldLetters
+    ) -> tuple[list[RecordOutcome], bool]:
+        """Each change's outcome (failures written to ``held``), and whether failures that
+        may pass can be tried again (not when the credentials were refused)."""
+        records = [c.record for c in changes]
+        try:
+            report, outcomes = self.syncer._sync_changes(kind, records, hold=held)
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
+            return self.syncer._fail_changes(kind, records, "braze", str(exc), hold=held), False
+        except AntavoBrazeError as exc:
+            log.warning("a window could not be sent: %s", exc)
+            return self.syncer._fail_changes(kind, records, "transport", str(exc), hold=held), True
+        except Exception as exc:  # a bug of ours: never leave a caller waiting for it
+            log.exception("the background sender failed on a window")
+            reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
+            outcomes = self.syncer._fail_changes(
+                kind, records, "transport", reason, retryable=False, hold=held
+            )
+            return outcomes, False
+        with self._cond:
+            self._counts["requests"] += report.requests
+            self._counts["rate_limit_waits"] += report.rate_limit_waits
+        return outcomes, True
+
+    def _settle(
+        self,
+        kind: Kind,
+        changes: list[_Change],
+        outcomes: list[RecordOutcome],
+        held: _HeldLetters,
+        *,
+        retry: bool,
+    ) -> list[_Change]:
+        """Finish the changes whose outcome is final (their failures into the dead letter);
+        return those to try again (failed for now, and younger than ``max_retry_time``)."""
+        now = time.monotonic()
+        final: list[int] = []
+        again: list[_Change] = []
+        kept: list[_Change] = []
+        for position, (change, outcome) in enumerate(zip(changes, outcomes, strict=True)):
+            young = now - change.queued_at < self.max_retry_time
+            if not (retry and young and may_retry(kind, outcome)):
+                final.append(position)
+            elif not self._closed:
+                change.attempts += 1
+                again.append(change)
+            elif change.spool_ids:
+                kept.append(change)  # closed: the next sender on the spool tries again
+            else:
+                final.append(position)
+        held.forward(self.syncer.dead_letter, set(final))
+        self._finish([changes[p] for p in final], [outcomes[p] for p in final])
+        if kept:
+            with self._cond:
+                units = sum(_units(c) for c in kept)
+                self._outstanding -= units
+                self._in_flight -= units
+                self._known.difference_update(i for c in kept for i in c.spool_ids)
+                self._cond.notify_all()
+        return again
 
     def _finish(
         self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True

@@ -1,8 +1,10 @@
 """The SQLite files the SDK keeps (change-detection state, the background sender's spool).
 
 Each is created readable by its owner only and opened in WAL mode, so several processes on
-one machine share it. Every thread opens its own connection, and a forked child opens new
-ones: a connection never crosses ``fork()``.
+one machine share it. Every thread opens its own connection (lazily, on its first use), and a
+forked child opens new ones: a connection never crosses ``fork()``. Every call into SQLite
+runs inside :data:`SQLITE_GATE`, so ``fork()`` never happens while a thread holds one of
+SQLite's mutexes (the child would wait on it forever).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from ._files import ensure_private_file
-from ._fork import reset_after_fork
+from ._fork import SQLITE_GATE, reset_after_fork
 
 __all__ = ["SqliteFile", "Synchronous"]
 
@@ -43,8 +45,13 @@ class SqliteFile:
     def _after_fork(self) -> None:
         self._local = threading.local()  # the parent's connections stay the parent's
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use)."""
+    @contextmanager
+    def use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, for reads inside the block (no ``fork()`` meanwhile)."""
+        with SQLITE_GATE.entered():
+            yield self._connection()
+
+    def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
@@ -58,18 +65,20 @@ class SqliteFile:
         """One write transaction: committed when the block ends, rolled back when it raises.
         Taken at once (``BEGIN IMMEDIATE``), so another process's writer makes this one wait
         its timeout instead of failing halfway."""
-        db = self.connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with SQLITE_GATE.entered():
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         """Close this thread's connection."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None:
-            db.close()
+            with SQLITE_GATE.entered():
+                db.close()
             self._local.db = None

@@ -83,39 +83,42 @@ class SqliteStateStore:
     def __init__(self, path: str | PathLike[str], *, timeout: float = 30.0) -> None:
         self._file = SqliteFile(path, timeout=timeout, synchronous="NORMAL")
         self.path = self._file.path
-        db = self._file.connection()
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS member_state ("
-            " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
-        )
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute(
-            "INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)", (os.urandom(32).hex(),)
-        )
-        row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+        with self._file.use() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS member_state ("
+                " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('secret', ?)",
+                (os.urandom(32).hex(),),
+            )
+            row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
         self.secret = bytes.fromhex(row[0])
 
     def __repr__(self) -> str:
         return f"SqliteStateStore({str(self.path)!r})"
 
     def get(self, member_id: str) -> dict[str, str] | None:
-        row = (
-            self._file.connection()
-            .execute("SELECT fields FROM member_state WHERE external_id = ?", (member_id,))
-            .fetchone()
-        )
+        with self._file.use() as db:
+            query = "SELECT fields FROM member_state WHERE external_id = ?"
+            row = db.execute(query, (member_id,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
     def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        db = self._file.connection()
         out: dict[str, dict[str, str]] = {}
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT external_id, fields FROM member_state WHERE external_id IN ({marks})"
-            for member_id, fields in db.execute(query, chunk):
-                out[member_id] = dict(json.loads(fields))
+        with self._file.use() as db:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT external_id, fields FROM member_state WHERE external_id IN ({marks})"
+                )
+                for member_id, fields in db.execute(query, chunk):
+                    out[member_id] = dict(json.loads(fields))
         return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
@@ -132,9 +135,8 @@ class SqliteStateStore:
                 )
 
     def __len__(self) -> int:
-        return int(
-            self._file.connection().execute("SELECT COUNT(*) FROM member_state").fetchone()[0]
-        )
+        with self._file.use() as db:
+            return int(db.execute("SELECT COUNT(*) FROM member_state").fetchone()[0])
 
     def close(self) -> None:
         """Close this thread's connection."""

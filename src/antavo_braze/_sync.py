@@ -363,15 +363,22 @@ class Syncer:
         return self._execute(kind, records, build)[0]
 
     def _execute(
-        self, kind: str, records: Iterable[Any], build: Build, *, each: bool = False
+        self,
+        kind: str,
+        records: Iterable[Any],
+        build: Build,
+        *,
+        each: bool = False,
+        hold: DeadLetterSink | None = None,
     ) -> tuple[SyncReport, _Run]:
         """Run a sync; with ``each`` the run also keeps every record's own outcome (for
-        :meth:`_Run.outcomes`: the background sender answers each submission)."""
+        :meth:`_Run.outcomes`: the background sender answers each submission). ``hold``
+        receives the failures instead of the dead letter (the sender retries some)."""
         client = self.client
         if client is None:
             raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
         _start(self.dead_letter)
-        run = self._new_run(kind, records, self.dead_letter)
+        run = self._new_run(kind, records, self.dead_letter if hold is None else hold)
         if each:
             run.skips = {}
         stats = CallStats()
@@ -399,17 +406,17 @@ class Syncer:
         return report, run
 
     def _sync_changes(
-        self, kind: str, records: Sequence[Any]
+        self, kind: str, records: Sequence[Any], *, hold: DeadLetterSink | None = None
     ) -> tuple[SyncReport, list[RecordOutcome]]:
         """One outcome per record, in order: the background sender's window of ``kind``
         (``"member"``, ``"event"``, or ``"attributes"``: Braze attribute objects already
-        coerced when they were submitted)."""
+        coerced when they were submitted). Failures go to ``hold`` when given."""
         builds: dict[str, Build] = {
             "member": self._member_builder(),
             "event": self._event_groups,
             "attributes": self._wire_attribute_groups,
         }
-        report, run = self._execute(kind, records, builds[kind], each=True)
+        report, run = self._execute(kind, records, builds[kind], each=True, hold=hold)
         return report, run.outcomes(len(records))
 
     def _wire_attribute_groups(
@@ -432,11 +439,12 @@ class Syncer:
         reason: str,
         *,
         retryable: bool = True,
+        hold: DeadLetterSink | None = None,
     ) -> list[RecordOutcome]:
         """Fail records that could not be sent at all (bad credentials, a closed client, a
-        refused submission): each goes to the dead letter, by default retryable once the
-        cause is fixed."""
-        run = self._new_run(kind, records, self.dead_letter)
+        refused submission): each goes to the dead letter (or ``hold``), by default
+        retryable once the cause is fixed."""
+        run = self._new_run(kind, records, self.dead_letter if hold is None else hold)
         run.skips = {}
         for position, record in enumerate(records):
             run.total += 1

@@ -465,7 +465,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
-    app = create_app(sender, auth=auth)
+    app = create_app(sender, auth=auth, shutdown_timeout=args.shutdown_timeout)
     spool = f", spool {args.spool}" if args.spool else " (no spool: queued changes live in memory)"
     print(
         f"antavo-braze {__version__}: receiving Antavo webhooks on "

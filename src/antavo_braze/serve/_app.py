@@ -29,6 +29,7 @@ log = logging.getLogger("antavo_braze.serve")
 MAX_BODY_BYTES = 1_000_000  # one webhook; larger bodies are refused with 413
 MAX_RECORDS = 1000  # records in one webhook
 _SUBMIT_TIMEOUT = 0.5  # seconds to wait for queue room before answering 503
+SHUTDOWN_TIMEOUT = 10.0  # seconds the lifespan shutdown gives the sender to send what is queued
 _MAX_KEY = 200  # characters of an Idempotency-Key
 _RESULTS = ("accepted", "duplicate", "rejected")
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="antavo"'),)
@@ -66,9 +67,15 @@ def _records(kind: Literal["member", "event"], payload: Any) -> list[Any]:
 
 
 class _Receiver:
-    def __init__(self, sender: BackgroundSender, auth: Authenticator | None) -> None:
+    def __init__(
+        self,
+        sender: BackgroundSender,
+        auth: Authenticator | None,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+    ) -> None:
         self.sender = sender
         self.auth = auth
+        self.shutdown_timeout = shutdown_timeout
         self.webhooks: Counter[str] = Counter()  # by result (_RESULTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,6 +111,10 @@ class _Receiver:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn (and gunicorn's Uvicorn worker) re-raise SIGTERM after this: no
+                # exit hook runs, so this is the last moment to send what was answered 202.
+                close = functools.partial(self.sender.close, self.shutdown_timeout)
+                await asyncio.get_running_loop().run_in_executor(None, close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -218,8 +229,15 @@ class _Receiver:
         return "\n".join(lines) + "\n"
 
 
-def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -> ASGIApp:
-    """The webhook receiver as an ASGI app, sending through ``sender``.
+def create_app(
+    sender: BackgroundSender,
+    *,
+    auth: Authenticator | None = _ENV,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
+) -> ASGIApp:
+    """The webhook receiver as an ASGI app, sending through ``sender``; the ASGI lifespan
+    shutdown closes ``sender`` (sending what is queued for up to ``shutdown_timeout`` seconds;
+    the rest stays in its spool).
 
     ``auth``: a callable deciding on a request's headers (:class:`BasicAuth`,
     :class:`JWTAuth`), ``None`` for none, or by default what the environment says
@@ -229,4 +247,4 @@ def create_app(sender: BackgroundSender, *, auth: Authenticator | None = _ENV) -
         auth = auth_from_env()
         if auth is None:
             log.warning("webhook requests are not authenticated (set %s or %s)", BASIC_ENV, JWT_ENV)
-    return _Receiver(sender, auth)
+    return _Receiver(sender, auth, shutdown_timeout)
