@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -45,6 +45,7 @@ class ForkGate:
     the child exists. Re-entrant within a thread."""
 
     def __init__(self) -> None:
+        self._while_forking: list[Callable[[], None]] = []
         self._setup()
         if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
             os.register_at_fork(
@@ -57,12 +58,18 @@ class ForkGate:
         self._cond = threading.Condition(threading.Lock())
         self._inside = 0
         self._forking = False
+        self._forker: int | None = None  # the thread in the fork handler (it never waits)
         self._depth = threading.local()
 
     @contextmanager
     def entered(self) -> Iterator[None]:
         """Run the block with no ``fork()`` happening meanwhile."""
         depth: int = getattr(self._depth, "n", 0)
+        if self._forker == threading.get_ident():
+            # The garbage collector closing a connection in the fork handler itself: the
+            # fork waits for this call to end, and no other thread is let in meanwhile.
+            yield
+            return
         if depth == 0:
             with self._cond:
                 while self._forking:
@@ -84,13 +91,21 @@ class ForkGate:
             return  # forking from inside: nothing else can be let in or waited for safely
         self._cond.acquire()  # held through the fork: no thread enters meanwhile
         self._forking = True
+        self._forker = threading.get_ident()
         while self._inside:
             self._cond.wait()
+        for hook in self._while_forking:
+            hook()
+
+    def while_forking(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` before every ``fork()``, once no thread is inside the gate."""
+        self._while_forking.append(hook)
 
     def _after_in_parent(self) -> None:
         if not self._forking:
             return
         self._forking = False
+        self._forker = None
         self._cond.notify_all()
         self._cond.release()
 

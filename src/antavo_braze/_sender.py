@@ -50,6 +50,9 @@ from .exceptions import (
     ConfigurationError,
     PermissionDeniedError,
     QueueFull,
+    RateLimitError,
+    ServerError,
+    TransportError,
 )
 
 __all__ = ["BackgroundSender", "SenderStats", "Submission"]
@@ -704,9 +707,12 @@ class BackgroundSender:
         except (AuthenticationError, PermissionDeniedError) as exc:
             log.error("Braze refused the credentials; the window is dead-lettered: %s", exc)
             return self.syncer._fail_changes(kind, records, "braze", str(exc), hold=held), False
-        except AntavoBrazeError as exc:
+        except (TransportError, RateLimitError, ServerError) as exc:
             log.warning("a window could not be sent: %s", exc)
             return self.syncer._fail_changes(kind, records, "transport", str(exc), hold=held), True
+        except AntavoBrazeError as exc:  # a closed client, a bad setting: trying again won't do
+            log.error("a window could not be sent; it goes to the dead letter: %s", exc)
+            return self.syncer._fail_changes(kind, records, "transport", str(exc), hold=held), False
         except Exception as exc:  # a bug of ours: never leave a caller waiting for it
             log.exception("the background sender failed on a window")
             reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
@@ -827,6 +833,8 @@ class BackgroundSender:
             worker.join(timeout)
         if left or in_flight:
             self._report_unsent(left, in_flight)
+        if self.spool is not None and (worker is None or not worker.is_alive()):
+            self.spool.close()
         _LIVE.discard(self)
 
     def _report_unsent(self, left: list[_Change], in_flight: int) -> None:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
-from typing import IO
 
 from ._files import ensure_private_file
 from ._fork import reset_after_fork
@@ -46,19 +45,28 @@ _WAL_LIMIT = 4 * 1024 * 1024  # bytes the write-ahead log is cut back to after a
 
 SpoolRow = tuple[int, str, str, str]  # (id, kind, key, record JSON)
 
-_LOCK_FILES: dict[Path, IO[bytes]] = {}  # one handle per owners file and process tree
+_LOCK_FILES: dict[Path, int] = {}  # one descriptor per owners file and process tree
 _LOCK_FILES_GUARD = threading.Lock()
 
 
-def _lock_file(path: Path) -> IO[bytes]:
-    """The owners lock file, opened once: closing any handle to it would release every lock
-    this process holds on it (POSIX), so it is never closed; a forked child keeps using it
-    (its locks are its own)."""
+def _new_guard() -> None:
+    global _LOCK_FILES_GUARD
+    _LOCK_FILES_GUARD = threading.Lock()  # a parent's thread may have held it at fork()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_new_guard)
+
+
+def _lock_file(path: Path) -> int:
+    """The owners lock file's descriptor, opened once: closing any descriptor of it would
+    release every lock this process holds on it (POSIX), so it is never closed; a forked
+    child keeps using it (its locks are its own)."""
     with _LOCK_FILES_GUARD:
-        handle = _LOCK_FILES.get(path)
-        if handle is None:
-            handle = _LOCK_FILES[path] = open(ensure_private_file(path), "r+b")  # noqa: SIM115
-        return handle
+        fd = _LOCK_FILES.get(path)
+        if fd is None:
+            fd = _LOCK_FILES[path] = os.open(ensure_private_file(path), os.O_RDWR)
+        return fd
 
 
 def _pid_alive(pid: int) -> bool:
@@ -134,7 +142,8 @@ class Spool:
             assert slot is not None
             if fcntl is not None:
                 # Held until this process ends: the kernel lets it go when the process dies.
-                fcntl.lockf(_lock_file(self._owners_path), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+                # Blocking: another process may be testing this byte for a moment.
+                fcntl.lockf(_lock_file(self._owners_path), fcntl.LOCK_EX, 1, slot)
             self._owner = f"{token}:{slot}"
         return self._owner
 
@@ -270,5 +279,5 @@ class Spool:
             return int(db.execute("SELECT COUNT(*) FROM changes").fetchone()[0])
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        self._file.close()
+        """Close every connection to the file (one is opened again if it is used)."""
+        self._file.close_all()
