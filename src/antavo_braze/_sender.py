@@ -40,7 +40,8 @@ from attrs import frozen
 from ._accounting import RecordOutcome, record_view
 from ._deadletter import DeadLetterEntry, DeadLetterSink
 from ._fork import reset_after_fork
-from ._spool import Spool
+from ._redis import RedisOrder
+from ._spool import Row, Spool
 from ._sync import Syncer, _event_id, _record_id
 from ._wire import model_item
 from .exceptions import (
@@ -66,6 +67,7 @@ _RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
 MAX_RETRY_TIME = 3600.0  # seconds a change is retried through an outage before it fails
 _RETRY_DELAY_MAX = 30.0  # seconds between tries, at most: a recovered Braze is used soon
+_BUSY_WAIT = 0.05  # seconds before a member another process is sending is tried again
 
 
 class Submission:
@@ -122,10 +124,15 @@ class SenderStats:
 class _Change:
     """A queued change: what to send for which member (``key``), and who waits for it."""
 
-    __slots__ = ("attempts", "key", "kind", "queued_at", "record", "spool_ids", "submissions")
+    __slots__ = (
+        "attempts", "key", "kind", "queued_at", "record", "seq", "spool_ids", "submissions",
+    )  # fmt: skip
 
-    def __init__(self, kind: Kind, key: str, record: Any, submission: Submission | None) -> None:
+    def __init__(
+        self, kind: Kind, key: str, record: Any, submission: Submission | None, seq: int = 0
+    ) -> None:
         self.kind = kind
+        self.seq = seq  # its place among every process's changes (RedisOrder), 0: none
         self.key = key
         self.record = record
         self.submissions = [submission] if submission is not None else []
@@ -141,6 +148,7 @@ class _Change:
             self.record = later.record
         self.submissions.extend(later.submissions)
         self.spool_ids.extend(later.spool_ids)
+        self.seq = max(self.seq, later.seq)
 
 
 def _units(change: _Change) -> int:
@@ -158,6 +166,13 @@ def may_retry(kind: str, outcome: RecordOutcome) -> bool:
     if failure.stage not in ("braze", "transport"):
         return False
     return not (kind == "event" and failure.outcome == "unknown")
+
+
+def _pause_before(changes: list[_Change]) -> float:
+    """How long to hold windows back before trying ``changes`` again: the backoff of the most
+    tried one, or a moment when they only waited for another process's request."""
+    attempts = max(c.attempts for c in changes)
+    return retry_delay(attempts) if attempts else _BUSY_WAIT
 
 
 def retry_delay(attempts: int) -> float:
@@ -239,7 +254,9 @@ class BackgroundSender:
     is tried again with backoff for up to ``max_retry_time`` seconds from its submission
     before it fails into the dead letter. ``sync_mode=True`` sends each submission at once
     in the caller's thread (notebooks, tests, job workers that fork and exit without exit
-    hooks): ``submit_*`` returns with the outcome known.
+    hooks): ``submit_*`` returns with the outcome known. ``order``: a :class:`RedisOrder`
+    shared by every process sending for the same members keeps their order across processes
+    (without one, order holds within this process).
     """
 
     def __init__(
@@ -254,6 +271,7 @@ class BackgroundSender:
         exit_timeout: float = 5.0,
         max_retry_time: float = MAX_RETRY_TIME,
         sync_mode: bool = False,
+        order: RedisOrder | None = None,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -281,6 +299,7 @@ class BackgroundSender:
         self.exit_timeout = exit_timeout
         self.max_retry_time = float(max_retry_time)
         self.sync_mode = sync_mode
+        self.order = order
         self.spool = Spool(spool) if spool is not None else None
         self._closed = False
         self._reset()
@@ -451,8 +470,31 @@ class BackgroundSender:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self._closed:
             raise ConfigurationError("this BackgroundSender is closed")
-        count = len(changes)
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
+        seqs = self._stamp(len(changes))
+        pairs = zip(changes, seqs, strict=True)
+        rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
+        return self._submit_rows(rows, records, timeout, receipt)
+
+    def _stamp(self, count: int) -> list[int]:
+        """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
+        if self.order is None or not count:
+            return [0] * count
+        try:
+            return self.order.stamp(count)
+        except self.order.errors as exc:
+            log.warning("Redis unreachable (%s): %d change(s) sent without cross-process order",
+                        exc, count)  # fmt: skip
+            return [0] * count
+
+    def _submit_rows(
+        self,
+        changes: list[Row],
+        records: list[Any],
+        timeout: float | None,
+        receipt: str | None,
+    ) -> list[Submission] | None:
+        count = len(changes)
         if self.sync_mode:
             return self._send_now(changes, records, receipt)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -489,7 +531,7 @@ class BackgroundSender:
 
     def _spool_and_enqueue(
         self,
-        changes: list[tuple[Kind, str, str]],
+        changes: list[Row],
         records: list[Any],
         receipt: str | None,
     ) -> list[Submission] | None:
@@ -509,18 +551,16 @@ class BackgroundSender:
                 return None
             return self._enqueue(changes, records, ids)
 
-    def _enqueue(
-        self, changes: list[tuple[Kind, str, str]], records: list[Any], ids: list[int]
-    ) -> list[Submission]:
+    def _enqueue(self, changes: list[Row], records: list[Any], ids: list[int]) -> list[Submission]:
         """Queue changes whose room is taken (lock held)."""
         submissions = []
-        for number, ((kind, key, _), record) in enumerate(zip(changes, records, strict=True)):
-            submission = Submission(kind, key)
+        for number, ((kind, key, _, seq), record) in enumerate(zip(changes, records, strict=True)):
+            submission = Submission(kind, key)  # type: ignore[arg-type]
             submissions.append(submission)
             if self._backlog:
                 self._waiting[ids[number]] = submission  # loaded, in order, with the rest
                 continue
-            change = _Change(kind, key, record, submission)
+            change = _Change(kind, key, record, submission, seq)  # type: ignore[arg-type]
             if ids:
                 change.spool_ids.append(ids[number])
                 self._known.add(ids[number])
@@ -530,7 +570,7 @@ class BackgroundSender:
         return submissions
 
     def _send_now(
-        self, changes: list[tuple[Kind, str, str]], records: list[Any], receipt: str | None
+        self, changes: list[Row], records: list[Any], receipt: str | None
     ) -> list[Submission] | None:
         """``sync_mode``: send in the caller's thread, retrying through an outage as the
         worker would; the submissions are settled when this returns."""
@@ -540,8 +580,9 @@ class BackgroundSender:
                 if receipt in self._receipts:
                     return None
                 self._remember(receipt)
-            for (kind, key, _), record in zip(changes, records, strict=True):
-                window.append(_Change(kind, key, record, Submission(kind, key)))
+            for (kind, key, _, seq), record in zip(changes, records, strict=True):
+                submission = Submission(kind, key)  # type: ignore[arg-type]
+                window.append(_Change(kind, key, record, submission, seq))  # type: ignore[arg-type]
             self._counts["received"] += len(window)
             self._outstanding += len(window)
             self._in_flight += len(window)
@@ -549,7 +590,7 @@ class BackgroundSender:
         while window:
             window = self._send(window)
             if window:
-                time.sleep(retry_delay(max(c.attempts for c in window)))
+                time.sleep(_pause_before(window))
         return submissions
 
     # --- the worker ---------------------------------------------------------------------
@@ -593,13 +634,14 @@ class BackgroundSender:
     def _retry_later(self, changes: list[_Change]) -> None:
         """Put changes a window failed for now back at the head of the queue (they are the
         oldest), and hold every window back for the backoff."""
-        delay = retry_delay(max(c.attempts for c in changes))
-        log.warning(
-            "Braze failed %d change(s) for now; trying again in %.1fs (each for up to %.0fs)",
-            len(changes),
-            delay,
-            self.max_retry_time,
-        )
+        delay = _pause_before(changes)
+        if any(c.attempts for c in changes):
+            log.warning(
+                "Braze failed %d change(s) for now; trying again in %.1fs (each for up to %.0fs)",
+                len(changes),
+                delay,
+                self.max_retry_time,
+            )
         with self._cond:
             self._in_flight -= sum(_units(c) for c in changes)
             self._queue.extendleft(reversed(changes))
@@ -636,14 +678,14 @@ class BackgroundSender:
         if not self._backlog or room <= 0:
             return
         rows = spool.load(self._cursor, room)
-        for spool_id, kind, key, record in rows:
+        for spool_id, kind, key, record, seq in rows:
             self._cursor = spool_id
             if spool_id in self._known:
                 continue
             submission = self._waiting.pop(spool_id, None)
             if submission is None:
                 self._outstanding += 1  # not submitted by this run: a restart's, an orphan's
-            change = _Change(kind, key, json.loads(record), submission)  # type: ignore[arg-type]
+            change = _Change(kind, key, json.loads(record), submission, seq)  # type: ignore[arg-type]
             change.spool_ids.append(spool_id)
             self._known.add(spool_id)
             self._queue.append(change)
@@ -690,11 +732,52 @@ class BackgroundSender:
         """Send a window, one Syncer call per kind, and settle what is final; return the
         changes to try again later."""
         again: list[_Change] = []
-        for kind, changes in _by_kind(window):
+        for kind, taken in _by_kind(window):
+            changes = self._claim(kind, taken, again)
+            if not changes:
+                continue
             held = _HeldLetters()
             outcomes, retry = self._send_kind(kind, changes, held)
+            self._release(kind, changes, outcomes)
             again.extend(self._settle(kind, changes, outcomes, held, retry=retry))
         return again
+
+    def _claim(self, kind: Kind, changes: list[_Change], later: list[_Change]) -> list[_Change]:
+        """With a :class:`RedisOrder`: the changes this process may send now. A member
+        another process is sending waits (into ``later``); a member snapshot older than one
+        already sent is skipped."""
+        order = self.order
+        if order is None:
+            return changes
+        members = [(c.key, c.seq if kind == "member" else 0) for c in changes]
+        try:
+            claims = order.claim(members)
+        except order.errors as exc:
+            log.warning("Redis unreachable (%s): %d change(s) wait for it", exc, len(changes))
+            for change in changes:
+                change.attempts += 1  # backs off like an outage
+            later.extend(changes)
+            return []
+        pairs = list(zip(changes, claims, strict=True))
+        later.extend(c for c, claim in pairs if claim == "busy")
+        stale = [c for c, claim in pairs if claim == "stale"]
+        if stale:
+            reason = "superseded: another process sent a newer change of this member"
+            self._finish(stale, [RecordOutcome("skipped", c.key, reason) for c in stale])
+        return [c for c, claim in pairs if claim == "send"]
+
+    def _release(self, kind: Kind, changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
+        """End this window's claims, recording the member snapshots now in Braze."""
+        if self.order is None:
+            return
+        members = [
+            (c.key, c.seq if kind == "member" and o.status == "succeeded" else 0)
+            for c, o in zip(changes, outcomes, strict=True)
+        ]
+        try:
+            self.order.release(members)
+        except self.order.errors as exc:  # the claims lapse after their lease
+            log.warning("Redis unreachable (%s): claims lapse after %.0fs", exc, self.order.lease)
 
     def _send_kind(
         self, kind: Kind, changes: list[_Change], held: _HeldLetters

@@ -43,7 +43,7 @@ RECEIPT_TTL = 7 * 24 * 3600.0  # seconds a webhook's idempotency key is remember
 _PRUNE_EVERY = 600.0
 _WAL_LIMIT = 4 * 1024 * 1024  # bytes the write-ahead log is cut back to after a checkpoint
 
-SpoolRow = tuple[int, str, str, str]  # (id, kind, key, record JSON)
+SpoolRow = tuple[int, str, str, str, int]  # (id, kind, key, record JSON, order sequence)
 
 _LOCK_FILES: dict[Path, int] = {}  # one descriptor per owners file and process tree
 _LOCK_FILES_GUARD = threading.Lock()
@@ -79,12 +79,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+Row = tuple[str, str, str, int]  # (kind, key, record JSON, order sequence)
+
+
 class _Pending:
     """Rows waiting for the next group commit, and what became of them."""
 
     __slots__ = ("done", "error", "ids", "receipt", "rows")
 
-    def __init__(self, rows: Sequence[tuple[str, str, str]], receipt: str | None) -> None:
+    def __init__(self, rows: Sequence[Row], receipt: str | None) -> None:
         self.rows = rows
         self.receipt = receipt
         self.ids: list[int] | None = None
@@ -108,6 +111,9 @@ class Spool:
                 " owner TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,"
                 " record TEXT NOT NULL, created REAL NOT NULL)"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(changes)").fetchall()}
+            if "seq" not in columns:  # a spool written before cross-process order
+                db.execute("ALTER TABLE changes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
             db.execute("CREATE INDEX IF NOT EXISTS changes_owner ON changes (owner, id)")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS receipts (key TEXT PRIMARY KEY, created REAL NOT NULL)"
@@ -168,12 +174,10 @@ class Spool:
         fcntl.lockf(handle, fcntl.LOCK_UN, 1, slot)
         return False
 
-    def add(
-        self, rows: Sequence[tuple[str, str, str]], receipt: str | None = None
-    ) -> list[int] | None:
-        """Store ``(kind, key, record JSON)`` rows durably; return their ids, or ``None`` when
-        ``receipt`` was accepted before (a redelivery: nothing is stored). Threads adding at
-        the same time share one transaction (one disk sync)."""
+    def add(self, rows: Sequence[Row], receipt: str | None = None) -> list[int] | None:
+        """Store ``(kind, key, record JSON, sequence)`` rows durably; return their ids, or
+        ``None`` when ``receipt`` was accepted before (a redelivery: nothing is stored).
+        Threads adding at the same time share one transaction (one disk sync)."""
         owner = self.owner
         mine = _Pending(rows, receipt)
         with self._group:
@@ -218,10 +222,11 @@ class Spool:
             if cursor.rowcount == 0:
                 return None  # a redelivery: none of its rows are written
         ids = []
-        for kind, key, record in pending.rows:
+        for kind, key, record, seq in pending.rows:
             cursor = execute(
-                "INSERT INTO changes (owner, kind, key, record, created) VALUES (?, ?, ?, ?, ?)",
-                (owner, kind, key, record, now),
+                "INSERT INTO changes (owner, kind, key, record, created, seq)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (owner, kind, key, record, now, seq),
             )
             ids.append(int(cursor.lastrowid or 0))
         return ids
@@ -267,11 +272,11 @@ class Spool:
         owner = self.owner
         with self._file.use() as db:
             cursor = db.execute(
-                "SELECT id, kind, key, record FROM changes WHERE owner = ? AND id > ?"
+                "SELECT id, kind, key, record, seq FROM changes WHERE owner = ? AND id > ?"
                 " ORDER BY id LIMIT ?",
                 (owner, after, limit),
             )
-            return [(int(i), str(k), str(key), str(r)) for i, k, key, r in cursor]
+            return [(int(i), str(k), str(key), str(r), int(q)) for i, k, key, r, q in cursor]
 
     def count(self) -> int:
         """Rows not yet settled, of every owner."""
