@@ -195,3 +195,20 @@ def test_redis_restarted_mid_run_loses_nothing(fake: FakeBraze, tmp_path: Path) 
         order.close()
     assert {s.result(0).status for s in submissions} <= {"succeeded", "skipped"}
     assert [fake.profiles[f"m{m}"]["points"] for m in range(10)] == list(range(290, 300))
+
+
+def test_serve_order_option_sends_in_order_and_loses_nothing(
+    fake: FakeBraze, redis_url: str, tmp_path: Path
+) -> None:
+    """antavo-braze serve --order redis://...: 40 webhooks answered 202, SIGTERM at once,
+    all delivered; the order's counter in Redis moved with them."""
+    from .test_service_servers import WEBHOOKS, deliver_then_sigterm
+
+    (tmp_path / "mapping.json").write_text(json.dumps(MAPPING))
+    command = [sys.executable, "-m", "antavo_braze.cli", "serve", "--mapping", "mapping.json",
+               "--port", "{port}", "--order", redis_url]  # fmt: skip
+    deliver_then_sigterm(fake, command, tmp_path)
+    assert {f"m{n}" for n in range(WEBHOOKS)} <= set(fake.profiles)
+    order = ab.RedisOrder(redis_url)
+    assert int(order.redis.get("antavo_braze:order:seq")) == WEBHOOKS
+    order.close()

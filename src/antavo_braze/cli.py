@@ -32,7 +32,7 @@ from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECON
 from ._mapping import Mapping
 from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
-from ._redis import RedisPacer, RedisStateStore
+from ._redis import RedisOrder, RedisPacer, RedisStateStore
 from ._retry import RetryPolicy
 from ._shard import Sharded, parse_shard
 from ._state import SqliteStateStore, StateStore
@@ -461,7 +461,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = _state_store(args.state)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
-        sender = BackgroundSender(syncer, spool=args.spool, flush_at=client.limits.max_objects)
+        order = RedisOrder(args.order) if args.order else None
+        sender = BackgroundSender(
+            syncer, spool=args.spool, flush_at=client.limits.max_objects, order=order
+        )
     except ConfigurationError as exc:
         client.close()
         raise _UserError(str(exc)) from None
@@ -491,6 +494,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         client.close()
         syncer.close()
         _close_state(state)
+        if order is not None:
+            order.close()
     stats = sender.stats()
     why = f" ({signal.Signals(stopped_by[0]).name})" if stopped_by else ""
     print(
@@ -633,6 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dead-letter", help="append failed changes to this JSON Lines file")
     _add_state(serve)
     _add_budget(serve)
+    serve.add_argument(
+        "--order",
+        metavar="REDIS_URL",
+        help="keep per-member order with every other receiver using this Redis",
+    )
     serve.add_argument(
         "--shutdown-timeout",
         type=float,
