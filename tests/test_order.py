@@ -212,3 +212,37 @@ def test_serve_order_option_sends_in_order_and_loses_nothing(
     order = ab.RedisOrder(redis_url)
     assert int(order.redis.get("antavo_braze:order:seq")) == WEBHOOKS
     order.close()
+
+
+@pytest.mark.slow
+def test_a_redis_state_store_rides_out_a_redis_restart(tmp_path: Path) -> None:
+    """RedisStateStore reads and writes while Redis restarts (2 s away): they wait for it and
+    succeed, never raise."""
+    import threading
+
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    store = ab.RedisStateStore(f"redis://127.0.0.1:{port}/0")
+    try:
+        store.put_many([("m1", {"points": "h1"})])
+        server.terminate()
+        server.wait(timeout=10)
+        restarted: list[subprocess.Popen[bytes]] = []
+        timer = threading.Timer(2.0, lambda: restarted.append(start_redis(port, tmp_path)))
+        timer.start()
+        store.put_many([("m2", {"points": "h2"})])  # waits for Redis, then writes
+        timer.join()
+        assert store.get_many(["m2"]) == {"m2": {"points": "h2"}}
+        server = restarted[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        store.close()
+
+
+def test_a_hostile_redis_hold_is_capped_at_max_wait(redis_url: str) -> None:
+    """A hold of ten years written into Redis makes the pacer wait at most max_wait at once."""
+    pacer = ab.RedisPacer(redis_url, key="hostile", max_wait=300.0)
+    ten_years_ms = int((time.time() + 10 * 365 * 24 * 3600) * 1000)
+    pacer.redis.set("hostile:hold", ten_years_ms)
+    assert 0 < pacer.try_acquire() <= 300.0

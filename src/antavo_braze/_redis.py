@@ -138,6 +138,15 @@ def redis_client(redis: Any) -> Any:
         raise ConfigurationError(f"not a Redis URL: {exc}") from None
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a Redis that is away for now (worth trying again), not of a wrong request."""
+    try:
+        import redis as redis_py
+    except ModuleNotFoundError:
+        return (OSError,)
+    return (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     try:
         import redis as redis_py
@@ -243,7 +252,8 @@ class RedisPacer:
             self._redis_failed(exc)
             return self._fallback.try_acquire()
         if wait_ms > 0:
-            return wait_ms / 1000
+            # Never longer than max_wait at a time, whatever a broken or hostile Redis holds.
+            return min(wait_ms / 1000, self.max_wait)
         with self._lock:
             self._tokens.append(token)
         return 0.0
@@ -287,6 +297,25 @@ class RedisPacer:
         self.redis.delete(*self._keys.values())
 
 
+_STATE_RETRY_FOR = 30.0  # seconds a state read or write is retried while Redis is away
+
+
+def _retrying(call: Any, errors: tuple[type[BaseException], ...]) -> Any:
+    """``call()``, tried again with backoff while Redis is unreachable (a restart, a
+    failover) for up to ``_STATE_RETRY_FOR`` seconds; then its error."""
+    deadline = time.monotonic() + _STATE_RETRY_FOR
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Redis unreachable (%s): trying again in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -301,6 +330,7 @@ class RedisStateStore:
         self._owns_client = isinstance(redis, str)
         self.redis = redis_client(redis)
         self.prefix = prefix
+        self._errors = _transient_errors()
         secret_key = f"{prefix}:secret"
         self.redis.set(secret_key, os.urandom(32).hex(), nx=True)
         self.secret = bytes.fromhex(_text(self.redis.get(secret_key)))
@@ -317,21 +347,30 @@ class RedisStateStore:
 
     def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         unique = list(dict.fromkeys(ids))
-        pipe = self.redis.pipeline(transaction=False)
-        for member_id in unique:
-            pipe.hgetall(self._key(member_id))
+
+        def fetch() -> Any:  # a new pipeline per try: a failed one forgets its commands
+            pipe = self.redis.pipeline(transaction=False)
+            for member_id in unique:
+                pipe.hgetall(self._key(member_id))
+            return pipe.execute()
+
         out = {}
-        for member_id, fields in zip(unique, pipe.execute(), strict=True):
+        answers = _retrying(fetch, self._errors)
+        for member_id, fields in zip(unique, answers, strict=True):
             if fields:
                 out[member_id] = {_text(k): _text(v) for k, v in fields.items()}
         return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for member_id, fields in updates:
-            if fields:
-                pipe.hset(self._key(member_id), mapping=dict(fields))
-        pipe.execute()
+        writes = [(self._key(member_id), dict(fields)) for member_id, fields in updates if fields]
+
+        def store() -> Any:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, fields in writes:
+                pipe.hset(key, mapping=fields)
+            return pipe.execute()
+
+        _retrying(store, self._errors)
 
     def close(self) -> None:
         """Close the connections of a client this store made from a URL (yours stay open)."""
