@@ -243,7 +243,9 @@ class Spool:
             return
         now = time.monotonic()
         prune = now - self._pruned > _PRUNE_EVERY
-        with self._file.write() as db:
+        # Not synced: a removal lost in a machine crash only means the change is sent again
+        # (at least once), and the next submit's synced commit writes it to disk anyway.
+        with self._file.write(synchronous="NORMAL") as db:
             db.executemany("DELETE FROM changes WHERE id = ?", [(i,) for i in ids])
             if prune:
                 self._pruned = now

@@ -100,17 +100,24 @@ class SqliteFile:
             db.execute("PRAGMA journal_mode=WAL").fetchall()
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             self._local.db = db
+            self._local.synchronous = self._synchronous
             with self._guard:
                 self._connections.append(db)
         return db
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, synchronous: Synchronous | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back when it raises.
         Taken at once (``BEGIN IMMEDIATE``), so another process's writer makes this one wait
-        its timeout instead of failing halfway."""
+        its timeout instead of failing halfway. ``synchronous``: this transaction's own
+        setting (``"NORMAL"`` for a write that may be lost in a machine crash: it costs no
+        disk sync, and the next synced commit syncs it too)."""
+        wanted = synchronous or self._synchronous
         with SQLITE_GATE.entered():
             db = self._connection()
+            if getattr(self._local, "synchronous", self._synchronous) != wanted:
+                db.execute(f"PRAGMA synchronous={wanted}")
+                self._local.synchronous = wanted
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
