@@ -307,3 +307,70 @@ def test_concurrent_spooled_submits_share_disk_syncs(fake: FakeBraze, tmp_path: 
     assert len(fake.profiles) == 800
     assert 0 < commits < 800  # 800 if every submit had synced the disk on its own
     assert sender.spool.count() == 0
+
+
+# --- the spool stays bounded --------------------------------------------------------------
+
+
+def test_receipts_expire_after_their_time_to_live(fake: FakeBraze, tmp_path: Path) -> None:
+    """A redelivery within receipt_ttl is refused; after it, the same key is accepted again."""
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), spool=tmp_path / "spool.db") as sender,
+    ):
+        first = sender.submit_many("member", [{"id": "m1"}], receipt="k", receipt_ttl=0.3)
+        again = sender.submit_many("member", [{"id": "m1"}], receipt="k", receipt_ttl=0.3)
+        time.sleep(0.5)
+        later = sender.submit_many("member", [{"id": "m1"}], receipt="k", receipt_ttl=0.3)
+        assert sender.flush(timeout=30)
+    assert first is not None
+    assert again is None
+    assert later is not None
+
+
+def test_receipts_of_an_older_spool_are_kept(tmp_path: Path) -> None:
+    """A spool written when keys were stored whole still knows them after the upgrade."""
+    path = tmp_path / "spool.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE receipts (key TEXT PRIMARY KEY, created REAL NOT NULL)")
+        db.execute("INSERT INTO receipts VALUES ('/antavo/members k1', ?)", (time.time(),))
+    os.chmod(path, 0o600)
+    spool = ab_spool(path)
+    assert spool.seen("/antavo/members k1")
+    assert not spool.seen("/antavo/members k2")
+    spool.close()
+
+
+def ab_spool(path: Path) -> object:
+    """A Spool on ``path`` (the private class, for the upgrade test)."""
+    from antavo_braze._spool import Spool
+
+    return Spool(path)
+
+
+def test_spool_file_stays_bounded(
+    fake: FakeBraze, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three rounds of 1,500 webhooks with nothing left pending: no row and no expired key is
+    left, and the file does not grow after the first round."""
+    monkeypatch.setattr("antavo_braze._spool._PRUNE_EVERY", 0.0)
+    path = tmp_path / "spool.db"
+    sizes = []
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), spool=path, flush_interval=0.01) as sender,
+    ):
+        for round_number in range(3):
+            for n in range(1500):
+                member = {"id": f"m{n}", "score": n}
+                sender.submit_many("member", [member], receipt=f"{round_number}-{n}",
+                                   receipt_ttl=0.2)  # fmt: skip
+            assert sender.flush(timeout=60)
+            time.sleep(0.3)  # the keys expire; the next removal prunes them
+            sender.submit_member({"id": "prune", "score": round_number}).result(30)
+            sizes.append(sum(p.stat().st_size for p in tmp_path.glob("spool.db*")))
+    with sqlite3.connect(path) as db:
+        keys = db.execute("SELECT COUNT(*) FROM receipt_keys").fetchone()[0]
+        rows = db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
+    assert (keys, rows) == (0, 0)  # every key expired and pruned, every row settled
+    assert sizes[2] <= sizes[0] * 1.2 + 100_000, sizes

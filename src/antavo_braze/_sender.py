@@ -41,7 +41,7 @@ from ._accounting import RecordOutcome, record_view
 from ._deadletter import DeadLetterEntry, DeadLetterSink
 from ._fork import reset_after_fork
 from ._redis import RedisOrder
-from ._spool import Row, Spool
+from ._spool import RECEIPT_TTL, Row, Spool
 from ._sync import Syncer, _event_id, _record_id
 from ._wire import model_item
 from .exceptions import (
@@ -417,11 +417,14 @@ class BackgroundSender:
         *,
         receipt: str | None = None,
         timeout: float | None = None,
+        receipt_ttl: float | None = None,
     ) -> list[Submission] | None:
         """Queue several records at once (one spool transaction). ``receipt`` is an
         idempotency key: if a submission with it was accepted before, nothing is queued and
-        ``None`` is returned (a redelivered webhook)."""
-        return self._submit_records(kind, records, timeout, receipt)
+        ``None`` is returned (a redelivered webhook). A spool remembers it ``receipt_ttl``
+        seconds (7 days by default; without a spool, the last 100,000 keys)."""
+        ttl = RECEIPT_TTL if receipt_ttl is None else receipt_ttl
+        return self._submit_records(kind, records, timeout, receipt, ttl)
 
     def _submit_records(
         self,
@@ -429,6 +432,7 @@ class BackgroundSender:
         records: list[Any],
         timeout: float | None,
         receipt: str | None = None,
+        receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
         keyed: list[tuple[Kind, str, str]] = []
         refused: dict[int, Submission] = {}
@@ -443,7 +447,7 @@ class BackgroundSender:
                 keyed.append((kind, key, _record_json(record)))
             except (TypeError, ValueError, RecursionError) as exc:
                 refused[number] = self._refused(kind, record, f"not JSON-like: {exc}")
-        queued = self._submit(keyed, timeout, receipt)
+        queued = self._submit(keyed, timeout, receipt, receipt_ttl)
         if queued is None:
             return None
         out = iter(queued)
@@ -466,6 +470,7 @@ class BackgroundSender:
         changes: list[tuple[Kind, str, str]],
         timeout: float | None,
         receipt: str | None = None,
+        receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self._closed:
@@ -474,7 +479,7 @@ class BackgroundSender:
         seqs = self._stamp(len(changes))
         pairs = zip(changes, seqs, strict=True)
         rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
-        return self._submit_rows(rows, records, timeout, receipt)
+        return self._submit_rows(rows, records, timeout, receipt, receipt_ttl)
 
     def _stamp(self, count: int) -> list[int]:
         """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
@@ -493,6 +498,7 @@ class BackgroundSender:
         records: list[Any],
         timeout: float | None,
         receipt: str | None,
+        receipt_ttl: float,
     ) -> list[Submission] | None:
         count = len(changes)
         if self.sync_mode:
@@ -515,11 +521,11 @@ class BackgroundSender:
                     self._remember(receipt)
                 return self._enqueue(changes, records, [])
             if self._backlog:  # written in order with the backlog being loaded
-                return self._spool_and_enqueue(changes, records, receipt)
+                return self._spool_and_enqueue(changes, records, receipt, receipt_ttl)
             self._writing += 1
         # Written without the lock: threads submitting at once share one disk sync.
         try:
-            return self._spool_and_enqueue(changes, records, receipt)
+            return self._spool_and_enqueue(changes, records, receipt, receipt_ttl)
         finally:
             with self._cond:
                 self._writing -= 1
@@ -534,11 +540,12 @@ class BackgroundSender:
         changes: list[Row],
         records: list[Any],
         receipt: str | None,
+        receipt_ttl: float,
     ) -> list[Submission] | None:
         """Write the changes to the spool, then queue them (their room is taken)."""
         assert self.spool is not None
         try:
-            ids = self.spool.add(changes, receipt)
+            ids = self.spool.add(changes, receipt, receipt_ttl)
         except BaseException:
             with self._cond:
                 self._outstanding -= len(changes)

@@ -13,13 +13,15 @@ rows of a live owner are never taken, and those of a dead one are.
 Concurrent submits share one disk sync (group commit): one thread writes every row waiting
 at that moment in one transaction while the others wait for it. Rows whose outcome is known
 are deleted (their pages are reused, so the file stays as large as the largest backlog), and
-``receipts`` — the idempotency keys of accepted webhooks, written in the same transaction as
-their changes, so that a redelivery is recognised even after a restart — are pruned after
-``RECEIPT_TTL``.
+``receipt_keys`` — the idempotency keys of accepted webhooks (their SHA-256, 32 bytes each),
+written in the same transaction as their changes, so that a redelivery is recognised even
+after a restart — expire after their time to live (``RECEIPT_TTL`` unless the caller says)
+and are pruned: with nothing pending, the file holds only the keys still remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -69,6 +71,11 @@ def _lock_file(path: Path) -> int:
         return fd
 
 
+def _digest(receipt: str) -> bytes:
+    """The stored form of an idempotency key: compared whole, in 32 bytes."""
+    return hashlib.sha256(receipt.encode("utf-8", "surrogatepass")).digest()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -85,11 +92,12 @@ Row = tuple[str, str, str, int]  # (kind, key, record JSON, order sequence)
 class _Pending:
     """Rows waiting for the next group commit, and what became of them."""
 
-    __slots__ = ("done", "error", "ids", "receipt", "rows")
+    __slots__ = ("done", "error", "ids", "receipt", "receipt_ttl", "rows")
 
-    def __init__(self, rows: Sequence[Row], receipt: str | None) -> None:
+    def __init__(self, rows: Sequence[Row], receipt: str | None, receipt_ttl: float) -> None:
         self.rows = rows
         self.receipt = receipt
+        self.receipt_ttl = receipt_ttl
         self.ids: list[int] | None = None
         self.error: BaseException | None = None
         self.done = False
@@ -116,14 +124,30 @@ class Spool:
                 db.execute("ALTER TABLE changes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
             db.execute("CREATE INDEX IF NOT EXISTS changes_owner ON changes (owner, id)")
             db.execute(
-                "CREATE TABLE IF NOT EXISTS receipts (key TEXT PRIMARY KEY, created REAL NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS receipt_keys (key BLOB PRIMARY KEY,"
+                " expires REAL NOT NULL) WITHOUT ROWID"
             )
+            old = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'receipts'"
+            ).fetchall()
             db.execute(
                 "CREATE TABLE IF NOT EXISTS owners (slot INTEGER PRIMARY KEY AUTOINCREMENT,"
                 " owner TEXT NOT NULL)"
             )
+        if old:
+            self._migrate_receipts()
         self._setup_process()
         reset_after_fork(self)
+
+    def _migrate_receipts(self) -> None:
+        """Move the keys of a spool written before keys were hashed (whole, as text)."""
+        with self._file.write() as db:
+            rows = db.execute("SELECT key, created FROM receipts").fetchall()
+            db.executemany(
+                "INSERT OR IGNORE INTO receipt_keys (key, expires) VALUES (?, ?)",
+                [(_digest(key), created + RECEIPT_TTL) for key, created in rows],
+            )
+            db.execute("DROP TABLE receipts")
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
@@ -174,12 +198,18 @@ class Spool:
         fcntl.lockf(handle, fcntl.LOCK_UN, 1, slot)
         return False
 
-    def add(self, rows: Sequence[Row], receipt: str | None = None) -> list[int] | None:
+    def add(
+        self,
+        rows: Sequence[Row],
+        receipt: str | None = None,
+        receipt_ttl: float = RECEIPT_TTL,
+    ) -> list[int] | None:
         """Store ``(kind, key, record JSON, sequence)`` rows durably; return their ids, or
-        ``None`` when ``receipt`` was accepted before (a redelivery: nothing is stored).
-        Threads adding at the same time share one transaction (one disk sync)."""
+        ``None`` when ``receipt`` was accepted in the last ``receipt_ttl`` seconds (a
+        redelivery: nothing is stored). Threads adding at the same time share one
+        transaction (one disk sync)."""
         owner = self.owner
-        mine = _Pending(rows, receipt)
+        mine = _Pending(rows, receipt, receipt_ttl)
         with self._group:
             self._pending.append(mine)
             while self._committing and not mine.done:
@@ -215,12 +245,18 @@ class Spool:
         now = time.time()
         execute = db.execute
         if pending.receipt is not None:
+            digest, expires = _digest(pending.receipt), now + pending.receipt_ttl
             cursor = execute(
-                "INSERT OR IGNORE INTO receipts (key, created) VALUES (?, ?)",
-                (pending.receipt, now),
+                "INSERT OR IGNORE INTO receipt_keys (key, expires) VALUES (?, ?)",
+                (digest, expires),
             )
-            if cursor.rowcount == 0:
-                return None  # a redelivery: none of its rows are written
+            if cursor.rowcount == 0:  # known: a redelivery, unless it expired (not pruned yet)
+                cursor = execute(
+                    "UPDATE receipt_keys SET expires = ? WHERE key = ? AND expires <= ?",
+                    (expires, digest, now),
+                )
+                if cursor.rowcount == 0:
+                    return None  # a redelivery: none of its rows are written
         ids = []
         for kind, key, record, seq in pending.rows:
             cursor = execute(
@@ -234,7 +270,10 @@ class Spool:
     def seen(self, receipt: str) -> bool:
         """Whether a webhook with this idempotency key was accepted already."""
         with self._file.use() as db:
-            row = db.execute("SELECT 1 FROM receipts WHERE key = ?", (receipt,)).fetchone()
+            row = db.execute(
+                "SELECT 1 FROM receipt_keys WHERE key = ? AND expires > ?",
+                (_digest(receipt), time.time()),
+            ).fetchone()
         return row is not None
 
     def remove(self, ids: Sequence[int]) -> None:
@@ -249,7 +288,7 @@ class Spool:
             db.executemany("DELETE FROM changes WHERE id = ?", [(i,) for i in ids])
             if prune:
                 self._pruned = now
-                db.execute("DELETE FROM receipts WHERE created < ?", (time.time() - RECEIPT_TTL,))
+                db.execute("DELETE FROM receipt_keys WHERE expires <= ?", (time.time(),))
 
     def adopt_orphans(self) -> int:
         """Take over the rows of owners that no longer run; return how many."""
