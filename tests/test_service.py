@@ -280,11 +280,11 @@ def test_concurrent_spooled_submits_share_disk_syncs(fake: FakeBraze, tmp_path: 
         commits = 0  # write transactions opened by submitting threads (not the sender's)
         real_write = sender.spool._file.write
 
-        def counting_write():  # type: ignore[no-untyped-def]
+        def counting_write(**options):  # type: ignore[no-untyped-def]
             nonlocal commits
             if threading.current_thread().name != "antavo-braze-sender":
                 commits += 1
-            return real_write()
+            return real_write(**options)
 
         sender.spool._file.write = counting_write  # type: ignore[method-assign]
         barrier = threading.Barrier(16)
@@ -374,3 +374,57 @@ def test_spool_file_stays_bounded(
         rows = db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
     assert (keys, rows) == (0, 0)  # every key expired and pruned, every row settled
     assert sizes[2] <= sizes[0] * 1.2 + 100_000, sizes
+
+
+# --- windows ----------------------------------------------------------------------------------
+
+
+def test_mixed_kinds_go_out_in_full_requests(fake: FakeBraze) -> None:
+    """750 member records and 750 events of other members, arriving interleaved in bursts
+    of 75 changes: 20 full requests (10 of each kind), not each 75-change window split into
+    two half-full requests."""
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), flush_interval=3600) as sender,
+    ):
+        for n in range(1500):
+            number = n // 2
+            if n % 2 == 0:
+                sender.submit_member({"id": f"m{number}", "score": number})
+            else:
+                sender.submit_event({"customer": f"e{number}", "action": "a", "id": f"{n}"})
+            if n % 75 == 74:
+                time.sleep(0.1)  # the worker sees each burst on its own
+        assert sender.flush(timeout=60)
+        stats = sender.stats()
+    assert stats.succeeded == 1500
+    sizes = sorted(
+        len(r["body"].get("attributes", [])) + len(r["body"].get("events", []))
+        for r in fake.requests
+    )
+    assert sizes == [75] * 20
+
+
+def test_a_member_whose_kinds_alternate_keeps_its_order(fake: FakeBraze) -> None:
+    """A member's events and record updates alternating, with other traffic filling
+    requests: Braze receives that member's changes in the order submitted."""
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), flush_interval=0.05) as sender,
+    ):
+        for n in range(300):
+            sender.submit_member({"id": f"filler{n}", "score": n})
+            if n % 10 == 0:
+                sender.submit_event({"customer": "hot", "action": f"a{n}", "id": f"h{n}"})
+                sender.submit_member({"id": "hot", "score": n})
+        assert sender.flush(timeout=60)
+    seen = []
+    for request in fake.requests:
+        body = request["body"]
+        seen += [("event", e["name"]) for e in body.get("events", []) if e["external_id"] == "hot"]
+        seen += [
+            ("member", a["points"]) for a in body.get("attributes", []) if a["external_id"] == "hot"
+        ]
+    events = [name for kind, name in seen if kind == "event"]
+    assert events == [f"a{n}" for n in range(0, 300, 10)]
+    assert fake.profiles["hot"]["points"] == 290

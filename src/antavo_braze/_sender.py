@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future
@@ -314,6 +314,7 @@ class BackgroundSender:
         the parent's to send)."""
         self._cond = threading.Condition()
         self._queue: deque[_Change] = deque()
+        self._kinds: Counter[str] = Counter()  # queued changes by kind (whole requests)
         self._outstanding = 0  # accepted and not settled: queued, backlog, in flight
         self._in_flight = 0
         self._flushing = 0
@@ -571,7 +572,7 @@ class BackgroundSender:
             if ids:
                 change.spool_ids.append(ids[number])
                 self._known.add(ids[number])
-            self._queue.append(change)
+            self._push(change)
         self._counts["received"] += len(changes)
         self._cond.notify_all()
         return submissions
@@ -630,8 +631,13 @@ class BackgroundSender:
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                window = self._next_window()
+            try:
+                with self._cond:
+                    window = self._next_window()
+            except Exception:  # the spool could not be read: try again, never stop
+                log.exception("the background sender could not load its spool")
+                time.sleep(1.0)
+                continue
             if window is None:
                 return
             again = self._send(window)
@@ -651,7 +657,7 @@ class BackgroundSender:
             )
         with self._cond:
             self._in_flight -= sum(_units(c) for c in changes)
-            self._queue.extendleft(reversed(changes))
+            self._push_front(changes)
             self._paused_until = time.monotonic() + delay
             self._cond.notify_all()
 
@@ -664,7 +670,7 @@ class BackgroundSender:
                 self._cond.wait(self._paused_until - now)  # backing off after a failure
             elif self._queue:
                 due = self._queue[0].queued_at + self.flush_interval
-                by_size = len(self._queue) >= self.flush_at
+                by_size = max(self._kinds.values(), default=0) >= self.flush_at  # a kind's request
                 urgent = now >= due or self._flushing or self._closing
                 if by_size or urgent:
                     return self._take(by_size and not urgent)
@@ -695,21 +701,49 @@ class BackgroundSender:
             change = _Change(kind, key, json.loads(record), submission, seq)  # type: ignore[arg-type]
             change.spool_ids.append(spool_id)
             self._known.add(spool_id)
-            self._queue.append(change)
+            self._push(change)
         if len(rows) < room:
             self._backlog = False
             self._cursor = 0
             self._cond.notify_all()
 
+    def _push(self, change: _Change) -> None:
+        self._queue.append(change)
+        self._kinds[change.kind] += 1
+
+    def _push_front(self, changes: list[_Change]) -> None:
+        self._queue.extendleft(reversed(changes))
+        self._kinds.update(c.kind for c in changes)
+
+    def _pop(self) -> _Change:
+        change = self._queue.popleft()
+        self._kinds[change.kind] -= 1
+        return change
+
+    def _whole_requests(self, cap: int) -> dict[str, int]:
+        """On a size trigger: how many changes of each kind make whole requests (kinds with
+        less than a request queued wait for the next window, or the window's time)."""
+        limits = {}
+        for kind, count in self._kinds.items():
+            whole = min(count, cap) - min(count, cap) % self.flush_at
+            if whole:
+                limits[kind] = whole
+        return limits
+
     def _take(self, whole_requests_only: bool) -> list[_Change]:
         """The next window: in queue order, a member's changes only while they are of one
-        kind; same-kind member records and attribute updates merge."""
+        kind; same-kind member records and attribute updates merge. On a size trigger, only
+        whole requests of each kind (each kind is one request body), so mixed kinds never go
+        out as half-full requests of each."""
         client = self.syncer.client
         assert client is not None
         cap = self.flush_at * client.max_in_flight
         limit = min(len(self._queue), cap)
-        if whole_requests_only:  # a size trigger: leave a partial request for the next window
-            limit = max(self.flush_at, limit - limit % self.flush_at)
+        limits: dict[str, int] | None = None
+        if whole_requests_only:  # a size trigger: leave partial requests for the next window
+            limits = self._whole_requests(cap)
+            limit = min(cap, sum(limits.values()))
+        taken: Counter[str] = Counter()
         window: list[_Change] = []
         merged: dict[tuple[str, str], _Change] = {}
         kinds: dict[str, str] = {}
@@ -717,10 +751,14 @@ class BackgroundSender:
         blocked: set[str] = set()
         scanned = 0
         while self._queue and len(window) < limit and scanned < limit * _SCAN_FACTOR:
-            change = self._queue.popleft()
+            change = self._pop()
             scanned += 1
-            if change.key in blocked or kinds.get(change.key, change.kind) != change.kind:
-                blocked.add(change.key)  # its earlier change of another kind goes first
+            if (
+                change.key in blocked
+                or kinds.get(change.key, change.kind) != change.kind
+                or (limits is not None and taken[change.kind] >= limits.get(change.kind, 0))
+            ):
+                blocked.add(change.key)  # its earlier change goes first (or waits too)
                 held.append(change)
                 continue
             kinds[change.key] = change.kind
@@ -731,7 +769,10 @@ class BackgroundSender:
                     continue
                 merged[(change.kind, change.key)] = change
             window.append(change)
-        self._queue.extendleft(reversed(held))
+            taken[change.kind] += 1
+        self._push_front(held)
+        if not window and limits is not None:
+            return self._take(False)  # every whole request waits on other kinds: send all
         self._in_flight += sum(_units(c) for c in window)
         return window
 
@@ -841,7 +882,10 @@ class BackgroundSender:
                 kept.append(change)  # closed: the next sender on the spool tries again
             else:
                 final.append(position)
-        held.forward(self.syncer.dead_letter, set(final))
+        try:
+            held.forward(self.syncer.dead_letter, set(final))
+        except Exception:  # a full disk must not stop the sender: the outcomes still say it
+            log.exception("failed changes could not be written to the dead letter")
         self._finish([changes[p] for p in final], [outcomes[p] for p in final])
         if kept:
             with self._cond:
@@ -858,7 +902,10 @@ class BackgroundSender:
         """Settle ``changes`` (taken in a window, or with ``sent=False`` still queued)."""
         ids = [i for c in changes for i in c.spool_ids]
         if self.spool is not None:
-            self.spool.remove(ids)
+            try:
+                self.spool.remove(ids)
+            except Exception:  # the outcome stands; the rows are sent again by a next start
+                log.exception("spool %s: settled rows could not be removed", self.spool.path)
         settled = 0
         with self._cond:
             self._known.difference_update(ids)
@@ -916,6 +963,7 @@ class BackgroundSender:
             self._closing = True
             left = list(self._queue) if not done else []
             self._queue.clear()
+            self._kinds.clear()
             in_flight = self._in_flight
             self._cond.notify_all()
         worker = self._worker
