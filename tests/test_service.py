@@ -3,6 +3,7 @@ sync_mode for job workers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -428,3 +429,27 @@ def test_a_member_whose_kinds_alternate_keeps_its_order(fake: FakeBraze) -> None
     events = [name for kind, name in seen if kind == "event"]
     assert events == [f"a{n}" for n in range(0, 300, 10)]
     assert fake.profiles["hot"]["points"] == 290
+
+
+def test_a_caller_waiting_for_its_outcome_is_not_held_to_the_flush_interval(
+    fake: FakeBraze,
+) -> None:
+    """With an hour's flush_interval, callers that wait for their outcome (result, aresult)
+    still get it: while someone waits, windows go out after a short linger."""
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), flush_interval=3600) as sender,
+    ):
+        outcomes = [sender.submit_member({"id": f"m{n}", "score": n}).result(30) for n in range(5)]
+
+        async def handler() -> ab.RecordOutcome:
+            submission = await sender.asubmit_member({"id": "async", "score": 1})
+            return await asyncio.wait_for(submission.aresult(), 30)
+
+        awaited = asyncio.run(handler())
+        unawaited = sender.submit_member({"id": "later", "score": 1})
+        time.sleep(0.2)
+        assert not unawaited.done()  # nobody waits for it: it waits for its window
+    assert [o.status for o in outcomes] == ["succeeded"] * 5
+    assert awaited.status == "succeeded"
+    assert unawaited.result(0).status == "succeeded"  # sent when the sender closed

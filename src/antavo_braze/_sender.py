@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from os import PathLike
 from typing import Any, Literal
 
@@ -68,17 +69,40 @@ _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued ch
 MAX_RETRY_TIME = 3600.0  # seconds a change is retried through an outage before it fails
 _RETRY_DELAY_MAX = 30.0  # seconds between tries, at most: a recovered Braze is used soon
 _BUSY_WAIT = 0.05  # seconds before a member another process is sending is tried again
+_LINGER = 0.005  # seconds a window waits for company while a caller waits for an outcome
+
+
+class _Waiters:
+    """How many callers wait for an outcome right now: while any does, windows go out after
+    a short linger instead of the whole ``flush_interval`` (a handler that awaits each
+    outcome is not held to one window per interval)."""
+
+    __slots__ = ("count", "wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.count = 0
+        self.wake = wake
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        self.count += 1  # an int under the GIL: a racy read only shortens one linger
+        self.wake()
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 class Submission:
     """One submitted change: :meth:`result` waits for its :class:`RecordOutcome`."""
 
-    __slots__ = ("_future", "kind", "record_id")
+    __slots__ = ("_future", "_waiters", "kind", "record_id")
 
-    def __init__(self, kind: Kind, record_id: str | None) -> None:
+    def __init__(self, kind: Kind, record_id: str | None, waiters: _Waiters | None = None) -> None:
         self.kind = kind
         self.record_id = record_id
         self._future: Future[RecordOutcome] = Future()
+        self._waiters = waiters
 
     def __repr__(self) -> str:
         state = self._future.result().status if self._future.done() else "pending"
@@ -90,6 +114,12 @@ class Submission:
 
     def result(self, timeout: float | None = None) -> RecordOutcome:
         """The record's outcome; raises :class:`TimeoutError` after ``timeout`` seconds."""
+        if self._future.done() or self._waiters is None:
+            return self._wait(timeout)
+        with self._waiters.waiting():
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> RecordOutcome:
         try:
             return self._future.result(timeout)
         except FutureTimeout:
@@ -97,7 +127,10 @@ class Submission:
 
     async def aresult(self) -> RecordOutcome:
         """The outcome, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self._future)
+        if self._future.done() or self._waiters is None:
+            return await asyncio.wrap_future(self._future)
+        with self._waiters.waiting():
+            return await asyncio.wrap_future(self._future)
 
     def _settle(self, outcome: RecordOutcome) -> None:
         if not self._future.done():
@@ -321,6 +354,7 @@ class BackgroundSender:
         self._closing = False
         self._worker: threading.Thread | None = None
         self._paused_until = 0.0  # no window goes before (Braze failed the last one)
+        self._waiters = _Waiters(self._wake)
         self._writing = 0  # submits writing to the spool outside the lock (group commit)
         # Spooled rows not yet in memory (a restart's, a dead process's): while there are
         # some, new submissions wait on disk too (``_waiting``), so that order holds.
@@ -336,6 +370,11 @@ class BackgroundSender:
 
     def _after_fork(self) -> None:
         self._reset()
+
+    def _wake(self) -> None:
+        """A caller started waiting for an outcome: the worker looks at its window's time."""
+        with self._cond:
+            self._cond.notify_all()
 
     def __repr__(self) -> str:
         spool = f", spool={str(self.spool.path)!r}" if self.spool is not None else ""
@@ -563,7 +602,7 @@ class BackgroundSender:
         """Queue changes whose room is taken (lock held)."""
         submissions = []
         for number, ((kind, key, _, seq), record) in enumerate(zip(changes, records, strict=True)):
-            submission = Submission(kind, key)  # type: ignore[arg-type]
+            submission = Submission(kind, key, self._waiters)  # type: ignore[arg-type]
             submissions.append(submission)
             if self._backlog:
                 self._waiting[ids[number]] = submission  # loaded, in order, with the rest
@@ -669,7 +708,8 @@ class BackgroundSender:
             if self._queue and now < self._paused_until and not self._closing:
                 self._cond.wait(self._paused_until - now)  # backing off after a failure
             elif self._queue:
-                due = self._queue[0].queued_at + self.flush_interval
+                interval = min(self.flush_interval, _LINGER) if self._waiters.count else None
+                due = self._queue[0].queued_at + (interval or self.flush_interval)
                 by_size = max(self._kinds.values(), default=0) >= self.flush_at  # a kind's request
                 urgent = now >= due or self._flushing or self._closing
                 if by_size or urgent:
