@@ -4,6 +4,7 @@ one, no two processes send one member at once, and Redis going away loses nothin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -246,3 +247,27 @@ def test_a_hostile_redis_hold_is_capped_at_max_wait(redis_url: str) -> None:
     ten_years_ms = int((time.time() + 10 * 365 * 24 * 3600) * 1000)
     pacer.redis.set("hostile:hold", ten_years_ms)
     assert 0 < pacer.try_acquire() <= 300.0
+
+
+def test_cli_says_redis_is_unreachable_in_one_line_and_exits_2(
+    fake: FakeBraze, tmp_path: Path
+) -> None:
+    """sync members --state redis:// with nothing listening: one line on stderr, exit 2 (an
+    infrastructure error, not "some records failed"), no traceback."""
+    (tmp_path / "mapping.json").write_text(json.dumps(MAPPING))
+    (tmp_path / "members.jsonl").write_text('{"id": "m1", "score": 1}\n')
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "antavo_braze.cli", "sync", "members", "--mapping",
+         "mapping.json", "--input", "members.jsonl", "--state", f"redis://127.0.0.1:{port}/0"],
+        cwd=tmp_path,
+        env={**os.environ, "BRAZE_REST_ENDPOINT": fake.url, "BRAZE_API_KEY": fake.api_key},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "Redis unreachable" in lines[0]

@@ -33,7 +33,7 @@ from ._ratelimit import InProcessPacer
 from ._retry import remaining, reset_in_seconds, retry_after_seconds
 from .exceptions import ConfigurationError
 
-__all__ = ["RedisOrder", "RedisPacer", "RedisStateStore", "redis_client"]
+__all__ = ["RedisOrder", "RedisPacer", "RedisStateStore", "redis_client", "redis_failures"]
 
 log = logging.getLogger("antavo_braze.redis")
 
@@ -145,6 +145,15 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     except ModuleNotFoundError:
         return (OSError,)
     return (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
+
+
+def redis_failures() -> tuple[type[BaseException], ...]:
+    """The Redis client's own errors (none without the optional package)."""
+    try:
+        import redis as redis_py
+    except ModuleNotFoundError:
+        return ()
+    return (redis_py.RedisError,)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:

@@ -32,7 +32,7 @@ from ._limits import REQUIRED_PERMISSIONS, TRACK_RATE_REQUESTS, TRACK_RATE_SECON
 from ._mapping import Mapping
 from ._profile import profile_fields
 from ._ratelimit import InProcessPacer
-from ._redis import RedisOrder, RedisPacer, RedisStateStore
+from ._redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
 from ._retry import RetryPolicy
 from ._shard import Sharded, parse_shard
 from ._state import SqliteStateStore, StateStore
@@ -669,6 +669,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_AUTH
     except AntavoBrazeError as exc:
         print(f"antavo-braze: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except redis_failures() as exc:  # infrastructure, not "some records failed"
+        print(f"antavo-braze: error: Redis unreachable: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         # stdout went away (piped into head): say nothing more, like other tools.
