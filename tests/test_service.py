@@ -453,3 +453,37 @@ def test_a_caller_waiting_for_its_outcome_is_not_held_to_the_flush_interval(
     assert [o.status for o in outcomes] == ["succeeded"] * 5
     assert awaited.status == "succeeded"
     assert unawaited.result(0).status == "succeeded"  # sent when the sender closed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_20_second_outage_dead_letters_nothing(fake: FakeBraze, status: int) -> None:
+    """20,000 changes from 8 threads while Braze answers every request with 503 (or 429) for
+    20 s, with the client's default retry policy: 0 dead-lettered, all 20,000 delivered."""
+    letters = ab.MemoryDeadLetter()
+    fake.fail_randomly(1.0, status=status)
+    recover = threading.Timer(20.0, fake.fail_randomly, (0,))
+    recover.start()
+    submissions: list[ab.Submission] = []
+    lock = threading.Lock()
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING, dead_letter=letters)) as sender,
+    ):
+
+        def work(thread: int) -> None:
+            mine = [sender.submit_member({"id": f"m{thread}-{n}", "score": n}) for n in range(2500)]
+            with lock:
+                submissions.extend(mine)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sender.flush(timeout=240)
+    recover.join()
+    assert fake.status_counts[status] > 0
+    assert letters.entries == []
+    assert {s.result(0).status for s in submissions} == {"succeeded"}
+    assert len(fake.profiles) == 20_000
