@@ -8,7 +8,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typing", "docs"]
+nox.options.sessions = ["tests", "slow", "lint", "typing", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -18,11 +18,14 @@ IO_MODULES = "*/_client.py,*/_http/*,*/_ratelimit.py,*/_retry.py,*/testing/*"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite with branch coverage; then the JSON-sensitive tests again with orjson."""
+    """The test suite (without the slow scenarios: see ``slow``) with branch coverage; then the
+    JSON-sensitive tests again with orjson."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", "orjson", silent=True)
     session.run(
         "pytest",
+        "-m",
+        "not slow",
         "--cov=antavo_braze",
         "--cov-branch",
         "--cov-report=",
@@ -75,6 +78,13 @@ def floors(session: nox.Session) -> None:
     session.install(*pins)
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     session.run("pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The slow end-to-end scenarios (real servers, outages, several processes)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", "-m", "slow", *session.posargs)
 
 
 @nox.session

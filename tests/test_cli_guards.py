@@ -400,4 +400,5 @@ def test_redis_going_away_mid_run_is_one_line_and_exit_2(fake: FakeBraze, tmp_pa
     assert sync.returncode == 2, out + err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    assert "ConnectionError" in err
+    assert "Redis unreachable" in err  # names what failed, and why
+    assert "Connection refused" in err

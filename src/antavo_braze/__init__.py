@@ -38,7 +38,7 @@ from ._input import BadInput, RecordSource, read_records
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
-from ._redis import RedisPacer, RedisStateStore
+from ._redis import RedisOrder, RedisPacer, RedisStateStore
 from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
 from ._schema import CustomAttribute, SchemaProblem
 from ._sender import BackgroundSender, SenderStats, Submission
@@ -130,6 +130,7 @@ __all__ = [
     "RecordFailure",
     "RecordOutcome",
     "RecordSource",
+    "RedisOrder",
     "RedisPacer",
     "RedisStateStore",
     "RejectedObject",

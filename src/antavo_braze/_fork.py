@@ -8,10 +8,13 @@ here and get ``_after_fork()`` called in the child, before any of its code runs.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
-__all__ = ["ForkAware", "reset_after_fork"]
+__all__ = ["SQLITE_GATE", "ForkAware", "ForkGate", "reset_after_fork"]
 
 
 class ForkAware(Protocol):
@@ -33,3 +36,78 @@ def _in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_in_child)
+
+
+class ForkGate:
+    """Code that must never be cut in half by ``fork()`` (a call into SQLite holds SQLite's
+    own mutexes: a child forked meanwhile would wait on them forever). Threads enter it
+    freely, several at once; ``fork()`` waits until none is inside and lets none in until
+    the child exists. Re-entrant within a thread."""
+
+    def __init__(self) -> None:
+        self._while_forking: list[Callable[[], None]] = []
+        self._setup()
+        if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+            os.register_at_fork(
+                before=self._before_fork,
+                after_in_parent=self._after_in_parent,
+                after_in_child=self._setup,
+            )
+
+    def _setup(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+        self._forker: int | None = None  # the thread in the fork handler (it never waits)
+        self._depth = threading.local()
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        """Run the block with no ``fork()`` happening meanwhile."""
+        depth: int = getattr(self._depth, "n", 0)
+        if self._forker == threading.get_ident():
+            # The garbage collector closing a connection in the fork handler itself: the
+            # fork waits for this call to end, and no other thread is let in meanwhile.
+            yield
+            return
+        if depth == 0:
+            with self._cond:
+                while self._forking:
+                    self._cond.wait()
+                self._inside += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            if depth == 0:
+                with self._cond:
+                    self._inside = max(0, self._inside - 1)  # 0 in a child forked inside
+                    if not self._inside:
+                        self._cond.notify_all()
+
+    def _before_fork(self) -> None:
+        if getattr(self._depth, "n", 0):
+            return  # forking from inside: nothing else can be let in or waited for safely
+        self._cond.acquire()  # held through the fork: no thread enters meanwhile
+        self._forking = True
+        self._forker = threading.get_ident()
+        while self._inside:
+            self._cond.wait()
+        for hook in self._while_forking:
+            hook()
+
+    def while_forking(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` before every ``fork()``, once no thread is inside the gate."""
+        self._while_forking.append(hook)
+
+    def _after_in_parent(self) -> None:
+        if not self._forking:
+            return
+        self._forking = False
+        self._forker = None
+        self._cond.notify_all()
+        self._cond.release()
+
+
+SQLITE_GATE = ForkGate()  # every call into SQLite, in every SqliteFile

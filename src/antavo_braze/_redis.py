@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from ._fork import reset_after_fork
 from ._limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
@@ -35,7 +35,7 @@ from ._state import key_from_env
 from ._telemetry import log_fields
 from .exceptions import ConfigurationError
 
-__all__ = ["RedisPacer", "RedisStateStore", "redis_client"]
+__all__ = ["RedisOrder", "RedisPacer", "RedisStateStore", "redis_client", "redis_failures"]
 
 log = logging.getLogger("antavo_braze.redis")
 
@@ -141,6 +141,24 @@ def redis_client(redis: Any) -> Any:
         return redis_py.Redis.from_url(redis, **({"ssl_check_hostname": True} if checked else {}))
     except ValueError as exc:
         raise ConfigurationError(f"not a Redis URL: {exc}") from None
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Errors of a Redis that is away for now (worth trying again), not of a wrong request."""
+    try:
+        import redis as redis_py
+    except ModuleNotFoundError:
+        return (OSError,)
+    return (redis_py.ConnectionError, redis_py.TimeoutError, OSError)
+
+
+def redis_failures() -> tuple[type[BaseException], ...]:
+    """The Redis client's own errors (none without the optional package)."""
+    try:
+        import redis as redis_py
+    except ModuleNotFoundError:
+        return ()
+    return (redis_py.RedisError,)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -249,7 +267,8 @@ class RedisPacer:
             self._redis_failed(exc)
             return self._fallback.try_acquire()
         if wait_ms > 0:
-            return wait_ms / 1000
+            # Never longer than max_wait at a time, whatever a broken or hostile Redis holds.
+            return min(wait_ms / 1000, self.max_wait)
         with self._lock:
             self._tokens.append(token)
         return 0.0
@@ -293,6 +312,25 @@ class RedisPacer:
         self.redis.delete(*self._keys.values())
 
 
+_STATE_RETRY_FOR = 30.0  # seconds a state read or write is retried while Redis is away
+
+
+def _retrying(call: Any, errors: tuple[type[BaseException], ...]) -> Any:
+    """``call()``, tried again with backoff while Redis is unreachable (a restart, a
+    failover) for up to ``_STATE_RETRY_FOR`` seconds; then its error."""
+    deadline = time.monotonic() + _STATE_RETRY_FOR
+    delay = 0.1
+    while True:
+        try:
+            return call()
+        except errors as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Redis unreachable (%s): trying again in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -318,6 +356,7 @@ class RedisStateStore:
         self._owns_client = isinstance(redis, str)
         self.redis = redis_client(redis)
         self.prefix = prefix
+        self._errors = _transient_errors()
         secret_key = f"{prefix}:secret"
         secret = key_from_env(key)
         if secret is not None:
@@ -339,21 +378,30 @@ class RedisStateStore:
 
     def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
         unique = list(dict.fromkeys(ids))
-        pipe = self.redis.pipeline(transaction=False)
-        for member_id in unique:
-            pipe.hgetall(self._key(member_id))
+
+        def fetch() -> Any:  # a new pipeline per try: a failed one forgets its commands
+            pipe = self.redis.pipeline(transaction=False)
+            for member_id in unique:
+                pipe.hgetall(self._key(member_id))
+            return pipe.execute()
+
         out = {}
-        for member_id, fields in zip(unique, pipe.execute(), strict=True):
+        answers = _retrying(fetch, self._errors)
+        for member_id, fields in zip(unique, answers, strict=True):
             if fields:
                 out[member_id] = {_text(k): _text(v) for k, v in fields.items()}
         return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for member_id, fields in updates:
-            if fields:
-                pipe.hset(self._key(member_id), mapping=dict(fields))
-        pipe.execute()
+        writes = [(self._key(member_id), dict(fields)) for member_id, fields in updates if fields]
+
+        def store() -> Any:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, fields in writes:
+                pipe.hset(key, mapping=fields)
+            return pipe.execute()
+
+        _retrying(store, self._errors)
 
     # The event ledger: ``{prefix}:sent:<event id>``, each key expiring after the horizon.
 
@@ -382,5 +430,123 @@ class RedisStateStore:
 
     def close(self) -> None:
         """Close the connections of a client this store made from a URL (yours stay open)."""
+        if self._owns_client:
+            self.redis.close()
+
+
+# KEYS: per member, its lease then its "sent" key. ARGV: token, lease ms, then per member its
+# sequence (0: no staleness check). Returns per member 0 (claimed: send it), 1 (stale: a newer
+# snapshot was sent already) or 2 (busy: another process has a request in flight for it).
+_CLAIM = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lease, sent = KEYS[2 * i - 1], KEYS[2 * i]
+  local seq = tonumber(ARGV[i + 2])
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= ARGV[1] then
+    out[i] = 2
+  elseif seq > 0 and tonumber(redis.call('GET', sent) or '0') >= seq then
+    out[i] = 1
+  else
+    redis.call('SET', lease, ARGV[1], 'PX', tonumber(ARGV[2]))
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: as for _CLAIM. ARGV: token, sent ttl ms, then per member the sequence now in Braze
+# (0: none, the request failed). Ends this process's leases.
+_RELEASE = """
+for i = 1, #KEYS / 2 do
+  local lease, sent = KEYS[2 * i - 1], KEYS[2 * i]
+  local seq = tonumber(ARGV[i + 2])
+  if seq > 0 and seq > tonumber(redis.call('GET', sent) or '0') then
+    redis.call('SET', sent, seq, 'PX', tonumber(ARGV[2]))
+  end
+  if redis.call('GET', lease) == ARGV[1] then redis.call('DEL', lease) end
+end
+return 0
+"""
+
+Claim = Literal["send", "stale", "busy"]
+_CLAIMS: tuple[Claim, ...] = ("send", "stale", "busy")
+
+
+class RedisOrder:
+    """Per-member order across processes (gunicorn workers, several ``serve`` instances)
+    that send for the same members, kept in Redis: an older snapshot of a member never
+    overwrites a newer one in Braze, and no two processes have a request in flight for one
+    member.
+
+    Every change gets a sequence number when it is submitted (one ``INCRBY`` per submit, so
+    numbers follow the order in which the processes received the changes). Before a window
+    is sent, one script claims its members: a member another process is sending is held back
+    for a moment, and a member snapshot older than one already in Braze is skipped (its
+    outcome says so). ``lease``: seconds a claim lasts if its process dies mid-request;
+    ``remember``: seconds the newest sent sequence of a member is kept (longer than a change
+    can wait in a spool). One key per member while it is remembered, plus one counter.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str = "antavo_braze:order",
+        lease: float = 120.0,
+        remember: float = 7 * 24 * 3600.0,
+    ) -> None:
+        if lease <= 0 or remember <= 0:
+            raise ConfigurationError("lease and remember must be positive")
+        self._owns_client = isinstance(redis, str)
+        self.redis = redis_client(redis)
+        self.prefix = prefix
+        self.lease = lease
+        self.remember = remember
+        self._claim = self.redis.register_script(_CLAIM)
+        self._release = self.redis.register_script(_RELEASE)
+        self.errors = _redis_errors()
+        self._new_token()
+        reset_after_fork(self)
+
+    def __repr__(self) -> str:
+        return f"RedisOrder(prefix={self.prefix!r})"
+
+    def _new_token(self) -> None:
+        self._token = f"{os.getpid()}:{os.urandom(6).hex()}"
+
+    def _after_fork(self) -> None:
+        self._new_token()  # the child's claims are its own
+
+    def _keys(self, members: Sequence[str]) -> list[str]:
+        return [f"{self.prefix}:{part}:{m}" for m in members for part in ("lease", "sent")]
+
+    def stamp(self, count: int) -> list[int]:
+        """``count`` new sequence numbers, increasing (one round trip)."""
+        last = int(self.redis.incrby(f"{self.prefix}:seq", count))
+        return list(range(last - count + 1, last + 1))
+
+    def claim(self, members: Sequence[tuple[str, int]]) -> list[Claim]:
+        """For each ``(member, sequence)`` (sequence 0: never stale): ``"send"`` (claimed),
+        ``"stale"`` or ``"busy"``."""
+        if not members:
+            return []
+        answer = self._claim(
+            keys=self._keys([m for m, _ in members]),
+            args=[self._token, int(self.lease * 1000), *(seq for _, seq in members)],
+        )
+        return [_CLAIMS[int(code)] for code in answer]
+
+    def release(self, members: Sequence[tuple[str, int]]) -> None:
+        """End this process's claims; ``sequence`` is what Braze now holds (0: nothing new)."""
+        if not members:
+            return
+        self._release(
+            keys=self._keys([m for m, _ in members]),
+            args=[self._token, int(self.remember * 1000), *(seq for _, seq in members)],
+        )
+
+    def close(self) -> None:
+        """Close the connections of a client this made from a URL (yours stay open)."""
         if self._owns_client:
             self.redis.close()

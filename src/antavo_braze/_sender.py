@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -39,8 +40,10 @@ import attrs
 from attrs import frozen
 
 from ._accounting import RecordOutcome, Stage, failure_groups, record_view
+from ._deadletter import DeadLetterEntry, DeadLetterSink
 from ._fork import reset_after_fork
-from ._spool import Spool
+from ._redis import RedisOrder
+from ._spool import RECEIPT_TTL, Row, Spool
 from ._sync import Syncer, _event_id, _record_id
 from ._telemetry import Telemetry, log_fields
 from ._wire import model_item
@@ -51,6 +54,9 @@ from .exceptions import (
     ConfigurationError,
     PermissionDeniedError,
     QueueFull,
+    RateLimitError,
+    ServerError,
+    TransportError,
 )
 
 if TYPE_CHECKING:
@@ -66,17 +72,43 @@ _ORPHAN_CHECK = 10.0  # seconds between looks for spooled rows of processes that
 _RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 _SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
 _REFRESH_THREADS = 8  # members read from Antavo at once (antavo=)
+MAX_RETRY_TIME = 3600.0  # seconds a change is retried through an outage before it fails
+_RETRY_DELAY_MAX = 30.0  # seconds between tries, at most: a recovered Braze is used soon
+_BUSY_WAIT = 0.05  # seconds before a member another process is sending is tried again
+_LINGER = 0.005  # seconds a window waits for company while a caller waits for an outcome
+
+
+class _Waiters:
+    """How many callers wait for an outcome right now: while any does, windows go out after
+    a short linger instead of the whole ``flush_interval`` (a handler that awaits each
+    outcome is not held to one window per interval)."""
+
+    __slots__ = ("count", "wake")
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.count = 0
+        self.wake = wake
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        self.count += 1  # an int under the GIL: a racy read only shortens one linger
+        self.wake()
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 class Submission:
     """One submitted change: :meth:`result` waits for its :class:`RecordOutcome`."""
 
-    __slots__ = ("_future", "kind", "record_id")
+    __slots__ = ("_future", "_waiters", "kind", "record_id")
 
-    def __init__(self, kind: Kind, record_id: str | None) -> None:
+    def __init__(self, kind: Kind, record_id: str | None, waiters: _Waiters | None = None) -> None:
         self.kind = kind
         self.record_id = record_id
         self._future: Future[RecordOutcome] = Future()
+        self._waiters = waiters
 
     def __repr__(self) -> str:
         state = self._future.result().status if self._future.done() else "pending"
@@ -88,6 +120,12 @@ class Submission:
 
     def result(self, timeout: float | None = None) -> RecordOutcome:
         """The record's outcome; raises :class:`TimeoutError` after ``timeout`` seconds."""
+        if self._future.done() or self._waiters is None:
+            return self._wait(timeout)
+        with self._waiters.waiting():
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> RecordOutcome:
         try:
             return self._future.result(timeout)
         except FutureTimeout:
@@ -95,7 +133,10 @@ class Submission:
 
     async def aresult(self) -> RecordOutcome:
         """The outcome, awaited without blocking the event loop."""
-        return await asyncio.wrap_future(self._future)
+        if self._future.done() or self._waiters is None:
+            return await asyncio.wrap_future(self._future)
+        with self._waiters.waiting():
+            return await asyncio.wrap_future(self._future)
 
     def _settle(self, outcome: RecordOutcome) -> None:
         if not self._future.done():
@@ -127,16 +168,23 @@ class SenderStats:
 class _Change:
     """A queued change: what to send for which member (``key``), and who waits for it."""
 
-    __slots__ = ("context", "key", "kind", "queued_at", "record", "spool_ids", "submissions")
+    __slots__ = (
+        "attempts", "context", "key", "kind", "queued_at", "record", "seq", "spool_ids",
+        "submissions",
+    )  # fmt: skip
 
-    def __init__(self, kind: Kind, key: str, record: Any, submission: Submission | None) -> None:
+    def __init__(
+        self, kind: Kind, key: str, record: Any, submission: Submission | None, seq: int = 0
+    ) -> None:
         self.kind = kind
+        self.seq = seq  # its place among every process's changes (RedisOrder), 0: none
         self.key = key
         self.record = record
         self.submissions = [submission] if submission is not None else []
         self.spool_ids: list[int] = []
         self.queued_at = time.monotonic()
         self.context: Any = None  # the submitter's trace context, when tracing
+        self.attempts = 0  # windows that failed it and could be tried again
 
     def absorb(self, later: _Change) -> None:
         """Merge a later change of the same member and kind: the latest value wins."""
@@ -148,11 +196,62 @@ class _Change:
         self.spool_ids.extend(later.spool_ids)
         if self.context is None:
             self.context = later.context
+        self.seq = max(self.seq, later.seq)
 
 
 def _units(change: _Change) -> int:
     """How many submitted changes a (possibly merged) queued change stands for."""
     return max(len(change.submissions), len(change.spool_ids))
+
+
+def may_retry(kind: str, outcome: RecordOutcome) -> bool:
+    """Whether a failed change is worth sending again later: Braze or the network failed it
+    and said it may succeed (a 429, a 5xx, a dropped connection) — unless it is an event that
+    may already have been recorded (its answer was lost), which a resend would record twice."""
+    failure = outcome.failure
+    if outcome.status != "failed" or failure is None or not failure.retryable:
+        return False
+    if failure.stage not in ("braze", "transport"):
+        return False
+    return not (kind == "event" and failure.outcome == "unknown")
+
+
+def _pause_before(changes: list[_Change]) -> float:
+    """How long to hold windows back before trying ``changes`` again: the backoff of the most
+    tried one, or a moment when they only waited for another process's request."""
+    attempts = max(c.attempts for c in changes)
+    return retry_delay(attempts) if attempts else _BUSY_WAIT
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds to wait before the next try of a change that failed ``attempts`` times:
+    doubling from half a second, at most ``_RETRY_DELAY_MAX``."""
+    doublings = min(max(attempts - 1, 0), 10)  # 0.5 s * 2**10 is well past the cap
+    return min(_RETRY_DELAY_MAX, 0.5 * 2.0**doublings)
+
+
+class _HeldLetters:
+    """A window's dead-letter entries, held until the sender knows which failures are final
+    (the others are tried again, and must not be in the dead letter)."""
+
+    def __init__(self) -> None:
+        self.entries: list[DeadLetterEntry] = []
+
+    def write(self, entry: DeadLetterEntry) -> None:
+        self.entries.append(entry)
+
+    def forward(self, sink: DeadLetterSink | None, positions: set[int]) -> None:
+        """Write the entries of the records at ``positions`` to ``sink``."""
+        if sink is None:
+            return
+        for entry in self.entries:
+            if entry.index in positions:
+                sink.write(entry)
+
+
+def _positions_from(start: int, items: list[Any]) -> set[int]:
+    """The run positions of ``items`` placed after ``start`` records."""
+    return set(range(start, start + len(items)))
 
 
 def _by_kind(changes: list[_Change]) -> Iterator[tuple[Kind, list[_Change]]]:
@@ -231,6 +330,14 @@ class BackgroundSender:
     At interpreter exit, pending work gets ``exit_timeout`` seconds; what remains is logged
     (and stays in the spool, or goes to the dead letter as not sent).
 
+    A change Braze or the network failed in a way that may pass (an outage, a 429 storm)
+    is tried again with backoff for up to ``max_retry_time`` seconds from its submission
+    before it fails into the dead letter. ``sync_mode=True`` sends each submission at once
+    in the caller's thread (notebooks, tests, job workers that fork and exit without exit
+    hooks): ``submit_*`` returns with the outcome known. ``order``: a :class:`RedisOrder`
+    shared by every process sending for the same members keeps their order across processes
+    (without one, order holds within this process).
+
     ``antavo`` (an :class:`~antavo_braze.AntavoClient`) honours Antavo's rule that a change
     sends the member's whole mapping: for each member with events in a window, the current
     customer object is read from Antavo once and its mapped fields are sent in the same
@@ -256,6 +363,9 @@ class BackgroundSender:
         antavo: AntavoClient | None = None,
         tracer_provider: Any = None,
         meter_provider: Any = None,
+        max_retry_time: float = MAX_RETRY_TIME,
+        sync_mode: bool = False,
+        order: RedisOrder | None = None,
     ) -> None:
         if syncer.client is None:
             raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
@@ -269,6 +379,12 @@ class BackgroundSender:
             raise ConfigurationError("max_queue must be at least 1")
         if on_full not in ("block", "raise"):
             raise ConfigurationError(f"on_full must be 'block' or 'raise', not {on_full!r}")
+        if not max_retry_time >= 0:
+            raise ConfigurationError("max_retry_time must not be negative")
+        if sync_mode and spool is not None:
+            raise ConfigurationError(
+                "sync_mode sends each change before submit returns: it takes no spool"
+            )
         self.syncer = syncer
         self.flush_interval = float(flush_interval)
         self.flush_at = flush_at
@@ -276,6 +392,9 @@ class BackgroundSender:
         self.on_full: OnFull = on_full
         self.exit_timeout = exit_timeout
         self.antavo = antavo
+        self.max_retry_time = float(max_retry_time)
+        self.sync_mode = sync_mode
+        self.order = order
         self.spool = Spool(spool) if spool is not None else None
         if tracer_provider is None and meter_provider is None:
             self._telemetry = syncer._telemetry
@@ -295,11 +414,15 @@ class BackgroundSender:
         the parent's to send)."""
         self._cond = threading.Condition()
         self._queue: deque[_Change] = deque()
+        self._kinds: Counter[str] = Counter()  # queued changes by kind (whole requests)
         self._outstanding = 0  # accepted and not settled: queued, backlog, in flight
         self._in_flight = 0
         self._flushing = 0
         self._closing = False
         self._worker: threading.Thread | None = None
+        self._paused_until = 0.0  # no window goes before (Braze failed the last one)
+        self._waiters = _Waiters(self._wake)
+        self._writing = 0  # submits writing to the spool outside the lock (group commit)
         # Spooled rows not yet in memory (a restart's, a dead process's): while there are
         # some, new submissions wait on disk too (``_waiting``), so that order holds.
         self._backlog = False
@@ -326,6 +449,11 @@ class BackgroundSender:
 
     def _after_fork(self) -> None:
         self._reset()
+
+    def _wake(self) -> None:
+        """A caller started waiting for an outcome: the worker looks at its window's time."""
+        with self._cond:
+            self._cond.notify_all()
 
     def __repr__(self) -> str:
         spool = f", spool={str(self.spool.path)!r}" if self.spool is not None else ""
@@ -412,9 +540,11 @@ class BackgroundSender:
     ) -> list[Submission] | None:
         """Queue several records at once (one spool transaction). ``receipt`` is an
         idempotency key: if a submission with it was accepted before (within
-        ``receipt_ttl`` seconds, when given), nothing is queued, nothing is dead-lettered
-        again, and ``None`` is returned (a redelivered webhook)."""
-        return self._submit_records(kind, records, timeout, receipt, receipt_ttl)
+        ``receipt_ttl`` seconds: 7 days by default; without a spool, the last 100,000 keys),
+        nothing is queued, nothing is dead-lettered again, and ``None`` is returned (a
+        redelivered webhook)."""
+        ttl = RECEIPT_TTL if receipt_ttl is None else receipt_ttl
+        return self._submit_records(kind, records, timeout, receipt, ttl)
 
     def _submit_records(
         self,
@@ -422,7 +552,7 @@ class BackgroundSender:
         records: list[Any],
         timeout: float | None,
         receipt: str | None = None,
-        receipt_ttl: float | None = None,
+        receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
         keyed: list[tuple[Kind, str, str]] = []
         reasons: dict[int, str] = {}
@@ -460,25 +590,45 @@ class BackgroundSender:
         changes: list[tuple[Kind, str, str]],
         timeout: float | None,
         receipt: str | None = None,
-        receipt_ttl: float | None = None,
+        receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self._closed:
             raise ConfigurationError("this BackgroundSender is closed")
-        count = len(changes)
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
         context = Telemetry.capture()
+        seqs = self._stamp(len(changes))
+        pairs = zip(changes, seqs, strict=True)
+        rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
+        return self._submit_rows(rows, records, timeout, receipt, receipt_ttl, context)
+
+    def _stamp(self, count: int) -> list[int]:
+        """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
+        if self.order is None or not count:
+            return [0] * count
+        try:
+            return self.order.stamp(count)
+        except self.order.errors as exc:
+            log.warning("Redis unreachable (%s): %d change(s) sent without cross-process order",
+                        exc, count, extra=log_fields("sender", count=count))  # fmt: skip
+            return [0] * count
+
+    def _submit_rows(
+        self,
+        changes: list[Row],
+        records: list[Any],
+        timeout: float | None,
+        receipt: str | None,
+        receipt_ttl: float,
+        context: Any,
+    ) -> list[Submission] | None:
+        count = len(changes)
+        if self.sync_mode:
+            return self._send_now(changes, records, receipt, receipt_ttl, context)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._start_worker()
-            if (
-                receipt is not None
-                and self.spool is None
-                and receipt in self._receipts
-                and (
-                    receipt_ttl is None or time.monotonic() - self._receipts[receipt] < receipt_ttl
-                )
-            ):
+            if self.spool is None and self._seen(receipt, receipt_ttl):
                 return None
             while count and self._outstanding + count > self.max_queue:
                 if self.on_full == "raise":
@@ -487,33 +637,107 @@ class BackgroundSender:
                 if left is not None and left <= 0:
                     raise QueueFull(f"no room in the queue within {timeout}s")
                 self._cond.wait(left)
-            ids: list[int] = []
-            if self.spool is not None:
-                stored = self.spool.add(changes, receipt, receipt_ttl)
-                if stored is None:
-                    return None  # a redelivery
-                ids = stored
-            elif receipt is not None:
-                self._receipts[receipt] = time.monotonic()
-                self._receipts.move_to_end(receipt)
-                if len(self._receipts) > _RECEIPTS_IN_MEMORY:
-                    self._receipts.popitem(last=False)
-            submissions = []
-            for number, ((kind, key, _), record) in enumerate(zip(changes, records, strict=True)):
-                submission = Submission(kind, key)
-                submissions.append(submission)
-                if self._backlog:
-                    self._waiting[ids[number]] = submission  # loaded, in order, with the rest
-                    continue
-                change = _Change(kind, key, record, submission)
+            self._outstanding += count  # room taken now, the changes queued below
+            if self.spool is None:
+                if receipt is not None:
+                    self._remember(receipt)
+                return self._enqueue(changes, records, [], context)
+            if self._backlog:  # written in order with the backlog being loaded
+                return self._spool_and_enqueue(changes, records, receipt, receipt_ttl, context)
+            self._writing += 1
+        # Written without the lock: threads submitting at once share one disk sync.
+        try:
+            return self._spool_and_enqueue(changes, records, receipt, receipt_ttl, context)
+        finally:
+            with self._cond:
+                self._writing -= 1
+
+    def _remember(self, receipt: str) -> None:
+        self._receipts[receipt] = time.monotonic()
+        self._receipts.move_to_end(receipt)
+        if len(self._receipts) > _RECEIPTS_IN_MEMORY:
+            self._receipts.popitem(last=False)
+
+    def _seen(self, receipt: str | None, receipt_ttl: float) -> bool:
+        """Whether an in-memory receipt was accepted within ``receipt_ttl`` (lock held)."""
+        if receipt is None or receipt not in self._receipts:
+            return False
+        return time.monotonic() - self._receipts[receipt] < receipt_ttl
+
+    def _spool_and_enqueue(
+        self,
+        changes: list[Row],
+        records: list[Any],
+        receipt: str | None,
+        receipt_ttl: float,
+        context: Any,
+    ) -> list[Submission] | None:
+        """Write the changes to the spool, then queue them (their room is taken)."""
+        assert self.spool is not None
+        try:
+            ids = self.spool.add(changes, receipt, receipt_ttl)
+        except BaseException:
+            with self._cond:
+                self._outstanding -= len(changes)
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if ids is None:  # a redelivery
+                self._outstanding -= len(changes)
+                self._cond.notify_all()
+                return None
+            return self._enqueue(changes, records, ids, context)
+
+    def _enqueue(
+        self, changes: list[Row], records: list[Any], ids: list[int], context: Any
+    ) -> list[Submission]:
+        """Queue changes whose room is taken (lock held)."""
+        submissions = []
+        for number, ((kind, key, _, seq), record) in enumerate(zip(changes, records, strict=True)):
+            submission = Submission(kind, key, self._waiters)  # type: ignore[arg-type]
+            submissions.append(submission)
+            if self._backlog:
+                self._waiting[ids[number]] = submission  # loaded, in order, with the rest
+                continue
+            change = _Change(kind, key, record, submission, seq)  # type: ignore[arg-type]
+            change.context = context
+            if ids:
+                change.spool_ids.append(ids[number])
+                self._known.add(ids[number])
+            self._push(change)
+        self._counts["received"] += len(changes)
+        self._cond.notify_all()
+        return submissions
+
+    def _send_now(
+        self,
+        changes: list[Row],
+        records: list[Any],
+        receipt: str | None,
+        receipt_ttl: float,
+        context: Any,
+    ) -> list[Submission] | None:
+        """``sync_mode``: send in the caller's thread, retrying through an outage as the
+        worker would; the submissions are settled when this returns."""
+        window = []
+        with self._cond:
+            if receipt is not None:
+                if self._seen(receipt, receipt_ttl):
+                    return None
+                self._remember(receipt)
+            for (kind, key, _, seq), record in zip(changes, records, strict=True):
+                submission = Submission(kind, key)  # type: ignore[arg-type]
+                change = _Change(kind, key, record, submission, seq)  # type: ignore[arg-type]
                 change.context = context
-                if ids:
-                    change.spool_ids.append(ids[number])
-                    self._known.add(ids[number])
-                self._queue.append(change)
-            self._outstanding += count
-            self._counts["received"] += count
-            self._cond.notify_all()
+                window.append(change)
+            self._counts["received"] += len(window)
+            self._outstanding += len(window)
+            self._in_flight += len(window)
+        submissions = [c.submissions[0] for c in window]
+        while window:
+            window = self._send(window)
+            if window:
+                time.sleep(_pause_before(window))
         return submissions
 
     # --- the worker ---------------------------------------------------------------------
@@ -523,7 +747,7 @@ class BackgroundSender:
         over the rows of processes that no longer run, and send this owner's rows first."""
         if self._worker is not None and self._worker.is_alive():
             return
-        if self.spool is not None:
+        if self.spool is not None and not self._writing:
             self._adopt()
             self._backlog = True
         self._worker = threading.Thread(target=self._work, name="antavo-braze-sender", daemon=True)
@@ -531,6 +755,8 @@ class BackgroundSender:
 
     def _adopt(self) -> None:
         assert self.spool is not None
+        if self._writing:
+            return  # rows being written now must not be loaded as a backlog: next time
         self._orphans_checked = time.monotonic()
         adopted = self.spool.adopt_orphans()
         if adopted:
@@ -545,20 +771,47 @@ class BackgroundSender:
 
     def _work(self) -> None:
         while True:
-            with self._cond:
-                window = self._next_window()
+            try:
+                with self._cond:
+                    window = self._next_window()
+            except Exception:  # the spool could not be read: try again, never stop
+                log.exception("the background sender could not load its spool")
+                time.sleep(1.0)
+                continue
             if window is None:
                 return
-            self._send(window)
+            again = self._send(window)
+            if again:
+                self._retry_later(again)
+
+    def _retry_later(self, changes: list[_Change]) -> None:
+        """Put changes a window failed for now back at the head of the queue (they are the
+        oldest), and hold every window back for the backoff."""
+        delay = _pause_before(changes)
+        if any(c.attempts for c in changes):
+            log.warning(
+                "Braze failed %d change(s) for now; trying again in %.1fs (each for up to %.0fs)",
+                len(changes),
+                delay,
+                self.max_retry_time,
+            )
+        with self._cond:
+            self._in_flight -= sum(_units(c) for c in changes)
+            self._push_front(changes)
+            self._paused_until = time.monotonic() + delay
+            self._cond.notify_all()
 
     def _next_window(self) -> list[_Change] | None:
         """Wait for a window's worth of changes (or its time) and take them (lock held)."""
         while True:
             self._refill()
             now = time.monotonic()
-            if self._queue:
-                due = self._queue[0].queued_at + self.flush_interval
-                by_size = len(self._queue) >= self.flush_at
+            if self._queue and now < self._paused_until and not self._closing:
+                self._cond.wait(self._paused_until - now)  # backing off after a failure
+            elif self._queue:
+                interval = min(self.flush_interval, _LINGER) if self._waiters.count else None
+                due = self._queue[0].queued_at + (interval or self.flush_interval)
+                by_size = max(self._kinds.values(), default=0) >= self.flush_at  # a kind's request
                 urgent = now >= due or self._flushing or self._closing
                 if by_size or urgent:
                     return self._take(by_size and not urgent)
@@ -579,31 +832,59 @@ class BackgroundSender:
         if not self._backlog or room <= 0:
             return
         rows = spool.load(self._cursor, room)
-        for spool_id, kind, key, record in rows:
+        for spool_id, kind, key, record, seq in rows:
             self._cursor = spool_id
             if spool_id in self._known:
                 continue
             submission = self._waiting.pop(spool_id, None)
             if submission is None:
                 self._outstanding += 1  # not submitted by this run: a restart's, an orphan's
-            change = _Change(kind, key, json.loads(record), submission)  # type: ignore[arg-type]
+            change = _Change(kind, key, json.loads(record), submission, seq)  # type: ignore[arg-type]
             change.spool_ids.append(spool_id)
             self._known.add(spool_id)
-            self._queue.append(change)
+            self._push(change)
         if len(rows) < room:
             self._backlog = False
             self._cursor = 0
             self._cond.notify_all()
 
+    def _push(self, change: _Change) -> None:
+        self._queue.append(change)
+        self._kinds[change.kind] += 1
+
+    def _push_front(self, changes: list[_Change]) -> None:
+        self._queue.extendleft(reversed(changes))
+        self._kinds.update(c.kind for c in changes)
+
+    def _pop(self) -> _Change:
+        change = self._queue.popleft()
+        self._kinds[change.kind] -= 1
+        return change
+
+    def _whole_requests(self, cap: int) -> dict[str, int]:
+        """On a size trigger: how many changes of each kind make whole requests (kinds with
+        less than a request queued wait for the next window, or the window's time)."""
+        limits = {}
+        for kind, count in self._kinds.items():
+            whole = min(count, cap) - min(count, cap) % self.flush_at
+            if whole:
+                limits[kind] = whole
+        return limits
+
     def _take(self, whole_requests_only: bool) -> list[_Change]:
         """The next window: in queue order, a member's changes only while they are of one
-        kind; same-kind member records and attribute updates merge."""
+        kind; same-kind member records and attribute updates merge. On a size trigger, only
+        whole requests of each kind (each kind is one request body), so mixed kinds never go
+        out as half-full requests of each."""
         client = self.syncer.client
         assert client is not None
         cap = self.flush_at * client.max_in_flight
         limit = min(len(self._queue), cap)
-        if whole_requests_only:  # a size trigger: leave a partial request for the next window
-            limit = max(self.flush_at, limit - limit % self.flush_at)
+        limits: dict[str, int] | None = None
+        if whole_requests_only:  # a size trigger: leave partial requests for the next window
+            limits = self._whole_requests(cap)
+            limit = min(cap, sum(limits.values()))
+        taken: Counter[str] = Counter()
         window: list[_Change] = []
         merged: dict[tuple[str, str], _Change] = {}
         kinds: dict[str, str] = {}
@@ -611,10 +892,14 @@ class BackgroundSender:
         blocked: set[str] = set()
         scanned = 0
         while self._queue and len(window) < limit and scanned < limit * _SCAN_FACTOR:
-            change = self._queue.popleft()
+            change = self._pop()
             scanned += 1
-            if change.key in blocked or kinds.get(change.key, change.kind) != change.kind:
-                blocked.add(change.key)  # its earlier change of another kind goes first
+            if (
+                change.key in blocked
+                or kinds.get(change.key, change.kind) != change.kind
+                or (limits is not None and taken[change.kind] >= limits.get(change.kind, 0))
+            ):
+                blocked.add(change.key)  # its earlier change goes first (or waits too)
                 held.append(change)
                 continue
             kinds[change.key] = change.kind
@@ -625,69 +910,199 @@ class BackgroundSender:
                     continue
                 merged[(change.kind, change.key)] = change
             window.append(change)
-        self._queue.extendleft(reversed(held))
+            taken[change.kind] += 1
+        self._push_front(held)
+        if not window and limits is not None:
+            return self._take(False)  # every whole request waits on other kinds: send all
         self._in_flight += sum(_units(c) for c in window)
         return window
 
-    def _send(self, window: list[_Change]) -> None:
+    def _send(self, window: list[_Change]) -> list[_Change]:
+        """Send a window, one Syncer call per kind, and settle what is final; return the
+        changes to try again later."""
         self._telemetry.watch(self)  # a provider the application set since
         contexts = [c.context for c in window]
         with self._telemetry.window(contexts, sum(_units(c) for c in window)):
-            self._send_window(window)
+            return self._send_window(window)
 
-    def _send_window(self, window: list[_Change]) -> None:
-        members = self._refresh(window, self.antavo) if self.antavo is not None else []
-        for kind, changes in _by_kind(window):
-            records = [c.record for c in changes]
-            refreshed = members if kind == "event" else []
-            try:
-                if refreshed:  # Antavo's rule: the members' fields in the events' requests
-                    report, outcomes, member_outcomes = self.syncer._sync_events_with_members(
-                        records, refreshed
-                    )
-                    self._count_refresh(member_outcomes)
-                else:
-                    report, outcomes = self.syncer._sync_changes(kind, records)
-                with self._cond:
-                    self._counts["requests"] += report.requests
-                    self._counts["rate_limit_waits"] += report.rate_limit_waits
-                    self._rate_limit_wait += report.rate_limit_wait
-                    self._statuses.update(report.requests_by_status)
-            except (AuthenticationError, PermissionDeniedError) as exc:
-                log.error(
-                    "Braze refused the credentials; the window is dead-lettered: %s",
-                    exc,
-                    extra=log_fields("sender", kind=kind, stage="braze", count=len(records)),
+    def _send_window(self, window: list[_Change]) -> list[_Change]:
+        again: list[_Change] = []
+        members: list[dict[str, Any]] | None = None
+        for kind, taken in _by_kind(window):
+            changes = self._claim(kind, taken, again)
+            if not changes:
+                continue
+            if kind == "event" and self.antavo is not None and members is None:
+                members = self._refresh(changes, self.antavo)  # Antavo's rule, once a window
+            held = _HeldLetters()
+            refreshed = (members or []) if kind == "event" else []
+            outcomes, retry = self._send_kind(kind, changes, held, refreshed)
+            self._release(kind, changes, outcomes)
+            again.extend(self._settle(kind, changes, outcomes, held, retry=retry))
+        return again
+
+    def _claim(self, kind: Kind, changes: list[_Change], later: list[_Change]) -> list[_Change]:
+        """With a :class:`RedisOrder`: the changes this process may send now. A member
+        another process is sending waits (into ``later``); a member snapshot older than one
+        already sent is skipped."""
+        order = self.order
+        if order is None:
+            return changes
+        members = [(c.key, c.seq if kind == "member" else 0) for c in changes]
+        try:
+            claims = order.claim(members)
+        except order.errors as exc:
+            log.warning("Redis unreachable (%s): %d change(s) wait for it", exc, len(changes))
+            for change in changes:
+                change.attempts += 1  # backs off like an outage
+            later.extend(changes)
+            return []
+        pairs = list(zip(changes, claims, strict=True))
+        later.extend(c for c, claim in pairs if claim == "busy")
+        stale = [c for c, claim in pairs if claim == "stale"]
+        if stale:
+            reason = "superseded: another process sent a newer change of this member"
+            self._finish(stale, [RecordOutcome("skipped", c.key, reason) for c in stale])
+        return [c for c, claim in pairs if claim == "send"]
+
+    def _release(self, kind: Kind, changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
+        """End this window's claims, recording the member snapshots now in Braze."""
+        if self.order is None:
+            return
+        members = [
+            (c.key, c.seq if kind == "member" and o.status == "succeeded" else 0)
+            for c, o in zip(changes, outcomes, strict=True)
+        ]
+        try:
+            self.order.release(members)
+        except self.order.errors as exc:  # the claims lapse after their lease
+            log.warning("Redis unreachable (%s): claims lapse after %.0fs", exc, self.order.lease)
+
+    def _send_kind(
+        self,
+        kind: Kind,
+        changes: list[_Change],
+        held: _HeldLetters,
+        refreshed: list[dict[str, Any]],
+    ) -> tuple[list[RecordOutcome], bool]:
+        """Each change's outcome (failures written to ``held``), and whether failures that
+        may pass can be tried again (not when the credentials were refused). ``refreshed``:
+        the members read from Antavo for these events, sent in the same requests; each fails
+        alone, straight into the dead letter (a later window reads them again)."""
+        records = [c.record for c in changes]
+        try:
+            if refreshed:
+                report, outcomes, member_outcomes = self.syncer._sync_events_with_members(
+                    records, refreshed, hold=held
                 )
-                # A run stopped by a fatal error has settled each record already.
-                outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
-                    kind, records, refreshed, "braze", str(exc)
-                )
-            except AntavoBrazeError as exc:
-                log.error(
-                    "a window could not be sent; it goes to the dead letter: %s",
-                    exc,
-                    extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
-                )
-                outcomes = getattr(exc, "_outcomes", None) or self._fail_window(
-                    kind, records, refreshed, "transport", str(exc)
-                )
-            except Exception as exc:  # a bug of ours: never leave a caller waiting for it
-                log.exception(
-                    "the background sender failed on a window",
-                    extra=log_fields("sender", kind=kind, count=len(records)),
-                )
-                reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
-                outcomes = self._fail_window(kind, records, refreshed, "transport", reason)
-            self._finish(changes, outcomes)
+                held.forward(self.syncer.dead_letter, _positions_from(len(records), refreshed))
+                self._count_refresh(member_outcomes)
+            else:
+                report, outcomes = self.syncer._sync_changes(kind, records, hold=held)
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            log.error(
+                "Braze refused the credentials; the window is dead-lettered: %s",
+                exc,
+                extra=log_fields("sender", kind=kind, stage="braze", count=len(records)),
+            )
+            return self._fail_window(kind, records, refreshed, "braze", str(exc), held, exc), False
+        except (TransportError, RateLimitError, ServerError) as exc:
+            log.warning(
+                "a window could not be sent: %s",
+                exc,
+                extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
+            )
+            outcomes = self._fail_window(kind, records, refreshed, "transport", str(exc), held, exc)
+            return outcomes, True
+        except AntavoBrazeError as exc:  # a closed client, a bad setting: trying again won't do
+            log.error(
+                "a window could not be sent; it goes to the dead letter: %s",
+                exc,
+                extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
+            )
+            outcomes = self._fail_window(kind, records, refreshed, "transport", str(exc), held, exc)
+            return outcomes, False
+        except Exception as exc:  # a bug of ours: never leave a caller waiting for it
+            log.exception(
+                "the background sender failed on a window",
+                extra=log_fields("sender", kind=kind, count=len(records)),
+            )
+            reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
+            outcomes = self._fail_window(
+                kind, records, refreshed, "transport", reason, held, retryable=False
+            )
+            return outcomes, False
+        with self._cond:
+            self._counts["requests"] += report.requests
+            self._counts["rate_limit_waits"] += report.rate_limit_waits
+            self._rate_limit_wait += report.rate_limit_wait
+            self._statuses.update(report.requests_by_status)
+        return outcomes, True
+
+    def _settle(
+        self,
+        kind: Kind,
+        changes: list[_Change],
+        outcomes: list[RecordOutcome],
+        held: _HeldLetters,
+        *,
+        retry: bool,
+    ) -> list[_Change]:
+        """Finish the changes whose outcome is final (their failures into the dead letter);
+        return those to try again (failed for now, and younger than ``max_retry_time``)."""
+        now = time.monotonic()
+        final: list[int] = []
+        again: list[_Change] = []
+        kept: list[_Change] = []
+        for position, (change, outcome) in enumerate(zip(changes, outcomes, strict=True)):
+            young = now - change.queued_at < self.max_retry_time
+            if not (retry and young and may_retry(kind, outcome)):
+                final.append(position)
+            elif not self._closed:
+                change.attempts += 1
+                again.append(change)
+            elif change.spool_ids:
+                kept.append(change)  # closed: the next sender on the spool tries again
+            else:
+                final.append(position)
+        try:
+            held.forward(self.syncer.dead_letter, set(final))
+        except Exception:  # a full disk must not stop the sender: the outcomes still say it
+            log.exception("failed changes could not be written to the dead letter")
+        self._finish([changes[p] for p in final], [outcomes[p] for p in final])
+        if kept:
+            with self._cond:
+                units = sum(_units(c) for c in kept)
+                self._outstanding -= units
+                self._in_flight -= units
+                self._known.difference_update(i for c in kept for i in c.spool_ids)
+                self._cond.notify_all()
+        return again
 
     def _fail_window(
-        self, kind: Kind, records: list[Any], members: list[Any], stage: Stage, reason: str
+        self,
+        kind: Kind,
+        records: list[Any],
+        members: list[Any],
+        stage: Stage,
+        reason: str,
+        held: _HeldLetters,
+        error: BaseException | None = None,
+        *,
+        retryable: bool = True,
     ) -> list[RecordOutcome]:
-        """Dead-letter a window that could not be sent (and the members refreshed for it)."""
+        """Fail a window that could not be sent: its records into ``held``, the members
+        refreshed for it straight into the dead letter. A run a fatal error stopped has
+        settled each record already (``error._outcomes``): those outcomes stand."""
         if members:
-            self._count_refresh(self.syncer._fail_changes("member", members, stage, reason))
-        return self.syncer._fail_changes(kind, records, stage, reason)
+            failed = self.syncer._fail_changes("member", members, stage, reason)
+            self._count_refresh(failed)
+        settled = getattr(error, "_outcomes", None)
+        if settled is not None and not members and len(settled) == len(records):
+            return list(settled)
+        return self.syncer._fail_changes(
+            kind, records, stage, reason, retryable=retryable, hold=held
+        )
 
     def _count_refresh(self, outcomes: list[RecordOutcome]) -> None:
         with self._cond:
@@ -732,7 +1147,10 @@ class BackgroundSender:
         """Settle ``changes`` (taken in a window, or with ``sent=False`` still queued)."""
         ids = [i for c in changes for i in c.spool_ids]
         if self.spool is not None:
-            self.spool.remove(ids)
+            try:
+                self.spool.remove(ids)
+            except Exception:  # the outcome stands; the rows are sent again by a next start
+                log.exception("spool %s: settled rows could not be removed", self.spool.path)
         settled = 0
         with self._cond:
             self._known.difference_update(ids)
@@ -791,6 +1209,7 @@ class BackgroundSender:
             self._closing = True
             left = list(self._queue) if not done else []
             self._queue.clear()
+            self._kinds.clear()
             in_flight = self._in_flight
             self._cond.notify_all()
         worker = self._worker
@@ -798,6 +1217,8 @@ class BackgroundSender:
             worker.join(timeout)
         if left or in_flight:
             self._report_unsent(left, in_flight)
+        if self.spool is not None and (worker is None or not worker.is_alive()):
+            self.spool.close()
         _LIVE.discard(self)
 
     def _report_unsent(self, left: list[_Change], in_flight: int) -> None:

@@ -236,50 +236,52 @@ class SqliteStateStore:
         self.ledger_days = ledger_days
         self._file = SqliteFile(path, timeout=timeout, synchronous="NORMAL")
         self.path = self._file.path
-        db = self._file.connection()
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS member_state ("
-            " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
-        )
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS sent_events ("
-            " event_id TEXT PRIMARY KEY, sent_at REAL NOT NULL)"
-        )
-        db.execute("CREATE INDEX IF NOT EXISTS sent_events_at ON sent_events (sent_at)")
-        # Stores made before the key moved out kept it here: it moves to the key file (the
-        # hashes stay valid), or is dropped when the key comes from the environment.
-        row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
-        secret = key_from_env(key)
-        self.key_file: Path | None = None
-        if secret is None:
-            self.key_file = self.path.with_name(self.path.name + ".key")
-            secret = _key_file(self.key_file, None if row is None else str(row[0]))
-        if row is not None:
-            db.execute("DELETE FROM meta WHERE name = 'secret'")
+        with self._file.use() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS member_state ("
+                " external_id TEXT PRIMARY KEY, fields TEXT NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS sent_events ("
+                " event_id TEXT PRIMARY KEY, sent_at REAL NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS sent_events_at ON sent_events (sent_at)")
+            # Stores made before the key moved out kept it here: it moves to the key file
+            # (the hashes stay valid), or is dropped when the key comes from the environment.
+            row = db.execute("SELECT value FROM meta WHERE name = 'secret'").fetchone()
+            secret = key_from_env(key)
+            self.key_file: Path | None = None
+            if secret is None:
+                self.key_file = self.path.with_name(self.path.name + ".key")
+                secret = _key_file(self.key_file, None if row is None else str(row[0]))
+            if row is not None:
+                db.execute("DELETE FROM meta WHERE name = 'secret'")
         self.secret = secret
 
     def __repr__(self) -> str:
         return f"SqliteStateStore({str(self.path)!r})"
 
     def get(self, member_id: str) -> dict[str, str] | None:
-        row = (
-            self._file.connection()
-            .execute("SELECT fields FROM member_state WHERE external_id = ?", (member_id,))
-            .fetchone()
-        )
+        with self._file.use() as db:
+            query = "SELECT fields FROM member_state WHERE external_id = ?"
+            row = db.execute(query, (member_id,)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
     def get_many(self, ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        db = self._file.connection()
         out: dict[str, dict[str, str]] = {}
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT external_id, fields FROM member_state WHERE external_id IN ({marks})"
-            for member_id, fields in db.execute(query, chunk):
-                out[member_id] = dict(json.loads(fields))
+        with self._file.use() as db:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT external_id, fields FROM member_state WHERE external_id IN ({marks})"
+                )
+                for member_id, fields in db.execute(query, chunk):
+                    out[member_id] = dict(json.loads(fields))
         return out
 
     def put_many(self, updates: Iterable[tuple[str, Mapping[str, str]]]) -> None:
@@ -296,21 +298,22 @@ class SqliteStateStore:
                 )
 
     def __len__(self) -> int:
-        return int(
-            self._file.connection().execute("SELECT COUNT(*) FROM member_state").fetchone()[0]
-        )
+        with self._file.use() as db:
+            return int(db.execute("SELECT COUNT(*) FROM member_state").fetchone()[0])
 
     def sent_events(self, ids: Sequence[str]) -> set[str]:
         """The ids among ``ids`` recorded as sent within the horizon."""
-        db = self._file.connection()
         cutoff = time.time() - self.ledger_days * _DAY
         unique = list(dict.fromkeys(ids))
         found: set[str] = set()
-        for start in range(0, len(unique), _IN_CHUNK):
-            chunk = unique[start : start + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT event_id FROM sent_events WHERE event_id IN ({marks}) AND sent_at >= ?"
-            found.update(row[0] for row in db.execute(query, [*chunk, cutoff]))
+        with self._file.use() as db:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT event_id FROM sent_events WHERE event_id IN ({marks}) AND sent_at >= ?"
+                )
+                found.update(row[0] for row in db.execute(query, [*chunk, cutoff]))
         return found
 
     def record_sent(self, ids: Iterable[str]) -> None:
@@ -326,11 +329,9 @@ class SqliteStateStore:
             )
 
     def get_watermark(self, kind: str) -> str | None:
-        row = (
-            self._file.connection()
-            .execute("SELECT value FROM meta WHERE name = ?", (f"watermark:{kind}",))
-            .fetchone()
-        )
+        with self._file.use() as db:
+            query = "SELECT value FROM meta WHERE name = ?"
+            row = db.execute(query, (f"watermark:{kind}",)).fetchone()
         return None if row is None else str(row[0])
 
     def set_watermark(self, kind: str, value: str) -> None:

@@ -505,15 +505,22 @@ class Syncer:
         return self._execute(kind, records, build)[0]
 
     def _execute(
-        self, kind: str, records: Iterable[Any], build: Build, *, each: bool = False
+        self,
+        kind: str,
+        records: Iterable[Any],
+        build: Build,
+        *,
+        each: bool = False,
+        hold: DeadLetterSink | None = None,
     ) -> tuple[SyncReport, _Run]:
         """Run a sync; with ``each`` the run also keeps every record's own outcome (for
-        :meth:`_Run.outcomes`: the background sender answers each submission)."""
+        :meth:`_Run.outcomes`: the background sender answers each submission). ``hold``
+        receives the failures instead of the dead letter (the sender retries some)."""
         client = self.client
         if client is None:
             raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
         _start(self.dead_letter)
-        run = self._new_run(kind, records, self.dead_letter)
+        run = self._new_run(kind, records, self.dead_letter if hold is None else hold)
         if each:
             run.skips = {}
         stats = CallStats()
@@ -596,26 +603,30 @@ class Syncer:
         return 0
 
     def _sync_changes(
-        self, kind: str, records: Sequence[Any]
+        self, kind: str, records: Sequence[Any], *, hold: DeadLetterSink | None = None
     ) -> tuple[SyncReport, list[RecordOutcome]]:
         """One outcome per record, in order: the background sender's window of ``kind``
         (``"member"``, ``"event"``, or ``"attributes"``: Braze attribute objects already
-        coerced when they were submitted)."""
+        coerced when they were submitted). Failures go to ``hold`` when given."""
         builds: dict[str, Build] = {
             "member": self._member_builder(),
             "event": self._event_groups,
             "attributes": self._wire_attribute_groups,
         }
-        report, run = self._execute(kind, records, builds[kind], each=True)
+        report, run = self._execute(kind, records, builds[kind], each=True, hold=hold)
         return report, run.outcomes(len(records))
 
     def _sync_events_with_members(
-        self, events: Sequence[Any], members: Sequence[Any]
+        self,
+        events: Sequence[Any],
+        members: Sequence[Any],
+        *,
+        hold: DeadLetterSink | None = None,
     ) -> tuple[SyncReport, list[RecordOutcome], list[RecordOutcome]]:
         """A sender window's events and the members read from Antavo for them, in the same
         requests (Antavo's rule: a change sends the member's whole mapping). Events are at
-        positions ``0..n-1``, members after them; each record fails alone. Returns the
-        report, the events' outcomes and the members'."""
+        positions ``0..n-1``, members after them; each record fails alone (into ``hold`` when
+        given). Returns the report, the events' outcomes and the members'."""
         count = len(events)
 
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
@@ -640,7 +651,7 @@ class Syncer:
                     yield self._open(run, position, member, (item,))
             yield from self._event_groups(events, run)
 
-        report, run = self._execute("event", [*events, *members], build, each=True)
+        report, run = self._execute("event", [*events, *members], build, each=True, hold=hold)
         outcomes = run.outcomes(count + len(members))
         return report, outcomes[:count], outcomes[count:]
 
@@ -664,11 +675,12 @@ class Syncer:
         reason: str,
         *,
         retryable: bool = True,
+        hold: DeadLetterSink | None = None,
     ) -> list[RecordOutcome]:
         """Fail records that could not be sent at all (bad credentials, a closed client, a
-        refused submission): each goes to the dead letter, by default retryable once the
-        cause is fixed."""
-        run = self._new_run(kind, records, self.dead_letter)
+        refused submission): each goes to the dead letter (or ``hold``), by default
+        retryable once the cause is fixed."""
+        run = self._new_run(kind, records, self.dead_letter if hold is None else hold)
         run.skips = {}
         for position, record in enumerate(records):
             run.total += 1

@@ -46,7 +46,7 @@ from ._limits import (
 )
 from ._mapping import Mapping
 from ._ratelimit import InProcessPacer
-from ._redis import RedisPacer, RedisStateStore
+from ._redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
 from ._retry import RetryPolicy
 from ._schema import SchemaProblem
 from ._shard import Sharded, parse_shard
@@ -342,7 +342,10 @@ def _state_store(location: str | None, args: argparse.Namespace) -> StateStore |
         raise _UserError(str(exc)) from None
     except Exception as exc:
         if _is_infrastructure_error(exc):
-            raise _UserError(f"cannot reach the state store {_redacted(location)}: {exc}") from None
+            redis = " (Redis unreachable)" if "://" in location else ""
+            raise _UserError(
+                f"cannot reach the state store {_redacted(location)}{redis}: {exc}"
+            ) from None
         raise
 
 
@@ -1139,8 +1142,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = _state_store(args.state, args)
     try:
         syncer = Syncer(client, mapping, dead_letter=sink, state=state, handle_signals=False)
+        order_url = _redis_url(args.order, args, "--order")
+        order = RedisOrder(order_url) if order_url else None
         sender = BackgroundSender(
-            syncer, spool=args.spool, flush_at=client.limits.max_objects, antavo=antavo
+            syncer,
+            spool=args.spool,
+            flush_at=client.limits.max_objects,
+            antavo=antavo,
+            order=order,
         )
     except ConfigurationError as exc:
         client.close()
@@ -1151,6 +1160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allow_unauthenticated=False,
         public_metrics=args.public_metrics,
         dedupe_window=args.dedupe_window,
+        shutdown_timeout=args.shutdown_timeout,
     )
     from .serve._guard import HEADER_TIMEOUT, ConnectionGuard, guarded_protocol
 
@@ -1193,6 +1203,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             antavo.close()
         syncer.close()
         _close_state(state)
+        if order is not None:
+            order.close()
     stats = sender.stats()
     why = f" ({signal.Signals(stopped_by[0]).name})" if stopped_by else ""
     print(
@@ -1608,6 +1620,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_state(serve)
     _add_budget(serve)
     serve.add_argument(
+        "--order",
+        metavar="REDIS_URL",
+        help="keep per-member order with every other receiver using this Redis",
+    )
+    serve.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,
@@ -1658,6 +1675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_AUTH
     except AntavoBrazeError as exc:
         print(f"antavo-braze: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except redis_failures() as exc:  # infrastructure, not "some records failed"
+        print(f"antavo-braze: error: Redis unreachable: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         # stdout went away (piped into head): say nothing more, like other tools.

@@ -40,6 +40,7 @@ MAX_RECORDS = 1000  # records in one webhook
 _SUBMIT_TIMEOUT = 0.5  # seconds to wait for queue room before answering 503
 DEDUPE_WINDOW = 600.0  # seconds a body hash is remembered (Antavo redelivers within ~1 min)
 BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive
+SHUTDOWN_TIMEOUT = 10.0  # seconds the lifespan shutdown gives the sender to send what is queued
 _RESULTS = ("accepted", "duplicate", "rejected")
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="antavo"'),)
 
@@ -110,6 +111,7 @@ class _Receiver:
         public_metrics: bool,
         dedupe_window: float,
         body_timeout: float,
+        shutdown_timeout: float = SHUTDOWN_TIMEOUT,
     ) -> None:
         self.sender = sender
         self.auth = auth
@@ -117,6 +119,7 @@ class _Receiver:
         self.public_metrics = public_metrics
         self.dedupe_window = dedupe_window
         self.body_timeout = body_timeout
+        self.shutdown_timeout = shutdown_timeout
         self.webhooks: Counter[str] = Counter()  # by result (_RESULTS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,6 +158,10 @@ class _Receiver:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn (and gunicorn's Uvicorn worker) re-raise SIGTERM after this: no
+                # exit hook runs, so this is the last moment to send what was answered 202.
+                close = functools.partial(self.sender.close, self.shutdown_timeout)
+                await asyncio.get_running_loop().run_in_executor(None, close)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -344,8 +351,11 @@ def create_app(
     public_metrics: bool = False,
     dedupe_window: float = DEDUPE_WINDOW,
     body_timeout: float = BODY_TIMEOUT,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT,
 ) -> ASGIApp:
-    """The webhook receiver as an ASGI app, sending through ``sender``.
+    """The webhook receiver as an ASGI app, sending through ``sender``; the ASGI lifespan
+    shutdown closes ``sender`` (sending what is queued for up to ``shutdown_timeout`` seconds;
+    the rest stays in its spool).
 
     ``auth``: a callable deciding on a request's headers (:class:`BasicAuth`,
     :class:`JWTAuth`, :class:`EscherAuth`), ``None`` for none, or by default what the
@@ -371,4 +381,5 @@ def create_app(
         public_metrics=public_metrics,
         dedupe_window=dedupe_window,
         body_timeout=body_timeout,
+        shutdown_timeout=shutdown_timeout,
     )
