@@ -763,8 +763,6 @@ def _prepare_resume(args: argparse.Namespace) -> Checkpoint:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     mapping = _load_mapping(args.mapping)
-    if args.kind == "events" and args.state:
-        raise _UserError("--state applies to members only (events are always sent)")
     checkpoint = _prepare_resume(args) if args.resume else None
     source = _open_input(args)
     records: Iterable[Any] = source
