@@ -225,3 +225,44 @@ def test_serve_antavo_with_antavo_down(fake: FakeBraze, tmp_path: Path) -> None:
     assert [e["external_id"] for e in fake.events] == ["c-1"]
     entries = list(ab.read_dead_letters(dead))
     assert [(e.stage, e.retryable) for e in entries] == [("antavo", True)]
+
+
+def test_two_serve_processes_sharing_redis_state_send_a_redelivered_event_once(
+    fake: FakeBraze, tmp_path: Path, redis_url: str, redis_db: Any
+) -> None:
+    """Two `serve --state redis://…` processes: an event delivered to the first, then
+    redelivered (same Antavo id) to the second, reaches Braze once; the second skips it as
+    already sent."""
+    from .test_serve import serve_process
+
+    body = json.dumps(event("c-1", 1, "e-1"))
+    processes = [serve_process(fake, tmp_path, "--state", redis_url) for _ in range(2)]
+    answers = []
+    try:
+        with urllib3.PoolManager(retries=False) as http:
+            for number, (_process, port) in enumerate(processes):
+                answers.append(
+                    http.request(
+                        "POST",
+                        f"http://127.0.0.1:{port}/antavo/events",
+                        body=body,
+                        headers={"Content-Type": "application/json"},
+                    ).status
+                )
+                if number == 0:  # Braze accepted it and the first process recorded that
+                    deadline = time.monotonic() + 60
+                    while not redis_db.exists("antavo_braze:state:sent:e-1"):
+                        assert time.monotonic() < deadline, "the ledger never recorded e-1"
+                        time.sleep(0.05)
+    finally:
+        errors = []
+        for process, _port in processes:
+            process.send_signal(signal.SIGTERM)
+            errors.append(process.communicate(timeout=60)[1])
+    assert answers == [202, 202]
+    assert [p.returncode for p, _ in processes] == [0, 0], errors
+    assert "1 changes received, 1 succeeded, 0 failed, 0 skipped" in errors[0]
+    assert "1 changes received, 0 succeeded, 0 failed, 1 skipped" in errors[1]
+    assert [(e["external_id"], e["name"]) for e in fake.events] == [
+        ("c-1", "loyalty_points_earned")
+    ]

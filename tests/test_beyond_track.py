@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ import antavo_braze as ab
 from antavo_braze._audit import compare, same_value
 from antavo_braze._identity import GUARD_MIN_RECORDS, delete_guard
 from antavo_braze._schema import braze_type_of
+from antavo_braze._users import throttle
 from antavo_braze.testing import FakeBraze
 
 MEMBER_MAPPING = {
@@ -552,6 +554,40 @@ def test_export_is_paced_under_its_own_limit() -> None:
         client.export_users([f"u{n}" for n in range(90 * 50)], ["points"])
         assert fake.status_counts[429] == 0
         assert sum(fake.status_counts.values()) == 90
+
+
+def test_merge_and_delete_are_paced_under_their_shared_limit() -> None:
+    """Merges and deletes sent at once from two threads share one budget: with Braze's
+    20,000 a minute scaled down to 10 a second (client and fake alike, the fake allowing
+    a little more for loopback jitter), 30 requests never draw a 429, and both endpoints
+    count against the same budget, not /users/export/ids' or /users/track's."""
+    with (
+        FakeBraze(identity_rate_limit=12, identity_rate_window=1.0, record=False) as fake,
+        fake.client(max_in_flight=8) as client,
+    ):
+        identity = throttle(client, "identity")
+        identity.requests, identity.per = 10, 1.0
+        pairs = [(f"old{n}", f"new{n}") for n in range(15 * 50)]
+        gone = [f"gone{n}" for n in range(15 * 50)]
+        with ThreadPoolExecutor(2) as pool:
+            merged = pool.submit(client.merge_users, pairs)
+            deleted = pool.submit(client.delete_users, gone)
+            assert (merged.result(timeout=60), deleted.result(timeout=60)) == (750, 750)
+        assert fake.status_counts[429] == 0
+        assert sum(fake.status_counts.values()) == 30
+
+
+def test_the_fake_enforces_the_shared_merge_and_delete_limit() -> None:
+    """FakeBraze answers merges and deletes past their shared budget with 429 and
+    Retry-After (which the client waits out): the pacing test above can fail."""
+    with (
+        FakeBraze(identity_rate_limit=2, identity_rate_window=1.0, record=False) as fake,
+        fake.client() as client,
+    ):
+        assert client.merge_users([(f"a{n}", f"b{n}") for n in range(4 * 50)]) == 200
+        assert client.delete_users([f"c{n}" for n in range(4 * 50)]) == 200
+        assert fake.status_counts[429] >= 1  # 8 requests at once: two windows hold only 4
+        assert fake.status_counts[200] + fake.status_counts[202] == 8
 
 
 def test_dry_run_settles_merges_and_deletes(client: ab.BrazeClient) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +332,57 @@ def test_interrupted_events_sync_sends_each_event_at_most_once_per_run(tmp_path:
         assert set(points) | {e["index"] for e in unknown} == set(range(3000))
 
 
+def test_interrupted_events_sync_with_the_ledger_sends_each_event_once(tmp_path: Path) -> None:
+    """sync events --state, SIGINT, then --resume and a whole second run of the same input:
+    each event with an id reaches Braze once; the ledger skips what Braze accepted."""
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {
+            "id": f"ev-{i}",
+            "customer": f"m-{i % 50}",
+            "action": "point_add",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "data": {"points": i},
+        }
+        for i in range(3000)
+    ]
+    events.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
+    dead = tmp_path / "dead.jsonl"
+    state = tmp_path / "state.db"
+    args = ["events", "--mapping", str(DATA / "mapping.json"), "--input", str(events)]
+    args += ["--dead-letter", str(dead), "--state", str(state), "--max-in-flight", "2"]
+    args += ["--quiet"]
+    with FakeBraze(api_key="test-key", latency=0.02) as fake:
+        proc = _popen_sync(fake, *args)
+        _wait_for(lambda: fake.objects_received >= 300)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        read = int(out.split(" records:")[0])
+        assert 300 <= read < 3000
+        # Cut off in flight (past the grace): Braze may hold it, the ledger cannot know.
+        entries = [json.loads(x) for x in dead.read_text().splitlines()]
+        unknown = {e["index"] for e in entries if e["outcome"] == "unknown"}
+        resumed = _popen_sync(fake, *args, "--resume")
+        out, err = resumed.communicate(timeout=120)
+        assert resumed.returncode == 0, out + err
+        assert out.startswith("3000 records: ")
+        points = Counter(e["properties"]["points"] for e in fake.events)
+        assert set(points.values()) == {1}  # never sent twice
+        assert set(points) | unknown == set(range(3000))  # nothing lost
+        again = _popen_sync(fake, *args)  # the same input again, no --resume: the ledger
+        out, err = again.communicate(timeout=120)
+        assert again.returncode == 0, out + err
+        accepted = 3000 - len(unknown)
+        assert out.startswith(
+            f"3000 records: {len(unknown)} succeeded, 0 failed, {accepted} skipped"
+        ), out
+        assert f"skipped {accepted}: already sent" in out
+        points = Counter(e["properties"]["points"] for e in fake.events)
+        assert all(points[i] == 1 for i in range(3000) if i not in unknown)
+        assert set(points) == set(range(3000))
+
+
 def test_malformed_line_among_ten_thousand(fake: FakeBraze, tmp_path: Path) -> None:
     """One malformed line in 10,000 fails alone; every other record is sent and reported."""
     members = tmp_path / "members.jsonl"
@@ -417,18 +469,6 @@ def test_resume_without_checkpoint_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "nothing to resume" in result.stderr
-
-
-def test_state_is_refused_for_events(tmp_path: Path) -> None:
-    """--state with events is a usage error, not silently ignored."""
-    result = run(
-        *sync_args("events", str(tmp_path / "e.jsonl")),
-        "--state",
-        str(tmp_path / "s.db"),
-        "--dry-run",
-    )
-    assert result.returncode == 2
-    assert "--state applies to members only" in result.stderr
 
 
 def test_logging_flags(fake: FakeBraze, tmp_path: Path) -> None:

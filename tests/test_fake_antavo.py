@@ -143,3 +143,35 @@ def test_data_helpers_check_what_they_are_given() -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = fake.url
     assert "url=None" in repr(fake)
+
+
+def test_times_may_be_iso_strings_and_are_served_as_antavo_serves_them() -> None:
+    """updated_at and event timestamps given as ISO 8601 strings are read (updated_at served
+    as unix seconds, timestamps as Antavo's ISO form); a value that is not a time is a
+    ValueError when it is added, naming the record and the field."""
+    with FakeAntavo() as fake, fake.client() as client:
+        fake.add_customer({"id": "c-1", "score": 1, "updated_at": "2026-01-01T00:00:00Z"})
+        fake.add_customer({"id": "c-2", "updated_at": "2026-01-02T00:00:00+0000"})
+        fake.add_customer({"id": "c-3", "updated_at": 1_767_225_599})  # just before c-1
+        fake.update_customer("c-3", updated_at="2026-01-03")
+        assert client.customer("c-1")["updated_at"] == 1_767_225_600
+        changed = client.changed_customers("2026-01-01T12:00:00Z", "2026-02-01T00:00:00Z")
+        assert [(c["id"], c["updated_at"]) for c in changed] == [
+            ("c-2", 1_767_312_000),
+            ("c-3", 1_767_398_400),
+        ]
+        fake.add_event({"id": "e-1", "customer": "c-1", "action": "a",
+                        "timestamp": "2026-01-01T00:00:05+00:00"})  # fmt: skip
+        events = list(client.events("2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"))
+        assert [e["id"] for e in events] == ["e-1"]
+        assert fake.events[0]["timestamp"] == "2026-01-01T00:00:05.000Z"
+    fake = FakeAntavo()
+    with pytest.raises(ValueError, match=r"customer c-9: updated_at: 'yesterday' is not a time"):
+        fake.add_customer({"id": "c-9", "updated_at": "yesterday"})
+    fake.add_customer({"id": "c-8"})
+    with pytest.raises(ValueError, match=r"customer c-8: updated_at: True is not a time"):
+        fake.update_customer("c-8", updated_at=True)
+    with pytest.raises(ValueError, match=r"event e-2: timestamp: '2026-13-01' is not a time"):
+        fake.add_event({"id": "e-2", "customer": "c-8", "timestamp": "2026-13-01"})
+    assert set(fake.customers) == {"c-8"}
+    assert fake.events == []

@@ -766,8 +766,6 @@ def _prepare_resume(args: argparse.Namespace) -> Checkpoint:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     mapping = _load_mapping(args.mapping)
-    if args.kind == "events" and args.state:
-        raise _UserError("--state applies to members only (events are always sent)")
     checkpoint = _prepare_resume(args) if args.resume else None
     source = _open_input(args)
     records: Iterable[Any] = source
@@ -973,34 +971,29 @@ class _EarlyStop:
             yield record
 
 
-def _antavo_members() -> Iterable[Any]:
-    """Every customer Antavo holds (``--from-antavo``), read by ``ab.AntavoClient``."""
-    import antavo_braze
-
-    antavo_class = getattr(antavo_braze, "AntavoClient", None)
-    if antavo_class is None:
-        raise _UserError(
-            "--from-antavo needs the Antavo client (antavo_braze.AntavoClient), which this "
-            "installation does not include: export the members to a file and use --input FILE"
-        )
-    try:
-        antavo = antavo_class.from_env()
-    except ConfigurationError as exc:
-        raise _UserError(str(exc)) from None
-    return antavo.changed_customers(datetime(1970, 1, 1, tzinfo=timezone.utc))  # type: ignore[no-any-return]
+# An audit is not a pull window: it compares every customer Antavo holds, in the state it
+# is read in. No safety lag (a customer changed in the last minute is audited too) and no
+# end (one changed while a long audit reads is compared in its newest state, not dropped).
+_AUDIT_SINCE = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_AUDIT_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     mapping = _load_mapping(args.mapping)
     if (args.input is None) == (not args.from_antavo):
         raise _UserError("give the members to compare: --input FILE or --from-antavo")
-    records = _antavo_members() if args.from_antavo else _open_input(args)
     if args.report_json:
         try:
             ensure_private_file(args.report_json)  # member ids: owner-only, checked up front
         except ConfigurationError as exc:
             raise _UserError(str(exc)) from None
-    with _client_from_env(args) as client:
+    with contextlib.ExitStack() as resources:
+        if args.from_antavo:
+            antavo = resources.enter_context(_antavo_from_env())
+            records: Iterable[Any] = antavo.changed_customers(_AUDIT_SINCE, _AUDIT_UNTIL)
+        else:
+            records = _open_input(args)
+        client = resources.enter_context(_client_from_env(args))
         try:
             syncer = Syncer(client, mapping, dead_letter=args.dead_letter)
         except ConfigurationError as exc:

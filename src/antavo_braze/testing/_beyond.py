@@ -7,7 +7,8 @@ As Braze does (``shared/reference/braze-2026.md`` 1.3-1.6):
 - ``GET /custom_attributes`` lists them, 50 per page, alphabetically, the next page in ``Link``;
 - ``POST /users/export/ids`` returns what a profile holds, only the fields asked for;
 - ``POST /users/merge`` and ``POST /users/delete`` are answered at once and applied after
-  ``identity_delay`` seconds (Braze queues them).
+  ``identity_delay`` seconds (Braze queues them); with ``identity_rate_limit`` they share one
+  budget of that many requests per ``identity_rate_window`` seconds (Braze: 20,000 a minute).
 """
 
 from __future__ import annotations
@@ -87,10 +88,14 @@ class Beyond:
         *,
         identity_delay: float = 0.0,
         export_rate_limit: int | None = None,
+        identity_rate_limit: int | None = None,
+        identity_rate_window: float = 60.0,
     ) -> None:
         self.fake = fake
         self.identity_delay = identity_delay
         self.export_rate_limit = export_rate_limit
+        self.identity_rate_limit = identity_rate_limit
+        self.identity_rate_window = identity_rate_window
         self.types: dict[str, str] = {}
         self.status: dict[str, str] = {}
         self.ignored = 0  # values dropped because their type was not the attribute's
@@ -98,6 +103,7 @@ class Beyond:
         self.deletes_applied = 0
         self._pending: list[tuple[float, Callable[[], None]]] = []
         self._export_window: tuple[int, int] = (-1, 0)
+        self._identity_window: tuple[int, int] = (-1, 0)
 
     def reset(self) -> None:
         self.types.clear()
@@ -105,6 +111,7 @@ class Beyond:
         self.ignored = self.merges_applied = self.deletes_applied = 0
         self._pending.clear()
         self._export_window = (-1, 0)
+        self._identity_window = (-1, 0)
 
     def routes(self) -> dict[tuple[str, str], tuple[str, Callable[[_Exchange], Reply]]]:
         return {
@@ -223,7 +230,26 @@ class Beyond:
 
     # --- POST /users/merge and /users/delete -------------------------------------------------
 
+    def _identity_allowed(self) -> tuple[bool, dict[str, str]]:
+        """One more request under the budget /users/merge and /users/delete share (a fixed
+        window of ``identity_rate_window`` seconds)."""
+        if self.identity_rate_limit is None:
+            return True, {}
+        now = time.time()
+        window = math.floor(now / self.identity_rate_window)
+        with self.fake._lock:
+            current, count = self._identity_window
+            count = count + 1 if current == window else 1
+            self._identity_window = (window, count)
+        if count > self.identity_rate_limit:
+            wait = str(max(1, math.ceil((window + 1) * self.identity_rate_window - now)))
+            return False, {"Retry-After": wait, "X-Ratelimit-Retry-After": wait}
+        return True, {}
+
     def _merge(self, ex: _Exchange) -> Reply:
+        allowed, headers = self._identity_allowed()
+        if not allowed:
+            return 429, {"message": "Rate Limited"}, headers, None
         body, problem = _json_body(ex)
         if problem:
             return 400, {"message": problem}, {}, body
@@ -256,6 +282,9 @@ class Beyond:
         return 200, {"message": "success"}, {}, body
 
     def _delete(self, ex: _Exchange) -> Reply:
+        allowed, headers = self._identity_allowed()
+        if not allowed:
+            return 429, {"message": "Rate Limited"}, headers, None
         body, problem = _json_body(ex)
         if problem:
             return 400, {"message": problem}, {}, body

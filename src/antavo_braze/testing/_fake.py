@@ -426,7 +426,9 @@ class FakeBraze:
     and profiles) and ``validate`` (check every object); turn the last two off for load tests.
     ``ssl_context`` (a server-side :class:`ssl.SSLContext`) serves https instead of http.
     ``identity_delay``: seconds before a merge or delete is applied (Braze queues them);
-    ``export_rate_limit``: ``/users/export/ids`` requests per second before 429s. Custom
+    ``export_rate_limit``: ``/users/export/ids`` requests per second before 429s;
+    ``identity_rate_limit``: ``/users/merge`` and ``/users/delete`` requests (together) per
+    ``identity_rate_window`` seconds (60: Braze's is 20,000 a minute) before 429s. Custom
     attribute types are fixed by their first value (``attribute_types``; a later value of
     another type is ignored with a success answer, as Braze does).
     ``connections`` counts the connections accepted.
@@ -452,6 +454,8 @@ class FakeBraze:
         ssl_context: ssl.SSLContext | None = None,
         identity_delay: float = 0.0,
         export_rate_limit: int | None = None,
+        identity_rate_limit: int | None = None,
+        identity_rate_window: float = 60.0,
     ) -> None:
         self.api_key = api_key
         self._keys: dict[str, frozenset[str]] = {api_key: frozenset(permissions)}
@@ -489,7 +493,11 @@ class FakeBraze:
         self._in_flight_ids: dict[str, int] = {}
         # Schema, export, merge and delete (testing/_beyond.py).
         self.beyond = Beyond(
-            self, identity_delay=identity_delay, export_rate_limit=export_rate_limit
+            self,
+            identity_delay=identity_delay,
+            export_rate_limit=export_rate_limit,
+            identity_rate_limit=identity_rate_limit,
+            identity_rate_window=identity_rate_window,
         )
 
     # --- lifecycle -------------------------------------------------------------------------

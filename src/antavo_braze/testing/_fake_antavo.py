@@ -188,21 +188,44 @@ def verify_signature(
     return None
 
 
-def _iso(value: Any) -> str:
-    """An event timestamp as Antavo writes it: ``2026-12-06T09:12:01.000Z``."""
+def _moment(value: Any, what: str) -> datetime:
+    """A UTC datetime from unix seconds, a datetime (naive = UTC), a date or an ISO 8601
+    string (``Z``, ``+00:00`` or ``+0000``); anything else is a ``ValueError`` naming
+    ``what`` (refused when it is added, not when a client reads it)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = datetime.fromtimestamp(value, timezone.utc)
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            pass
     elif isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc)
     elif isinstance(value, date):
-        moment = datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    else:
-        text = str(value).strip()
-        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    moment = moment.astimezone(timezone.utc)
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    elif isinstance(value, str):
+        seconds = _epoch(value)
+        if seconds is not None:
+            return datetime.fromtimestamp(seconds, timezone.utc)
+    raise ValueError(
+        f"{what}: {value!r} is not a time; give unix seconds, a datetime or an ISO 8601 "
+        "string such as '2026-01-01T00:00:00Z'"
+    )
+
+
+def _iso(value: Any, what: str) -> str:
+    """An event timestamp as Antavo writes it: ``2026-12-06T09:12:01.000Z``."""
+    moment = _moment(value, what)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _unix_seconds(value: Any, what: str) -> int | float:
+    """A customer's ``updated_at`` as Antavo returns it: unix seconds (numbers kept)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _moment(value, what)  # in range
+        return value
+    moment = _moment(value, what)
+    seconds = moment.timestamp()
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def _epoch(text: str) -> float | None:
@@ -353,18 +376,29 @@ class FakeAntavo:
     # --- data --------------------------------------------------------------------------------
 
     def add_customer(self, customer: Mapping[str, Any]) -> dict[str, Any]:
-        """Add (or replace) a customer object; ``updated_at`` defaults to now (unix seconds)."""
+        """Add (or replace) a customer object; ``updated_at`` (unix seconds, a datetime or
+        an ISO 8601 string; served as unix seconds, as Antavo does) defaults to now. A value
+        that is not a time is a ``ValueError``."""
         record = dict(customer)
         if "id" not in record:
             raise ValueError("a customer needs an 'id'")
         record["id"] = str(record["id"])
-        record.setdefault("updated_at", int(self.now()))
+        if "updated_at" in record:
+            record["updated_at"] = _unix_seconds(
+                record["updated_at"], f"customer {record['id']}: updated_at"
+            )
+        else:
+            record["updated_at"] = int(self.now())
         with self._lock:
             self.customers[record["id"]] = record
         return record
 
     def update_customer(self, customer_id: str, **fields: Any) -> dict[str, Any]:
         """Change a customer's fields; ``updated_at`` moves to now (always forward)."""
+        if "updated_at" in fields:
+            fields["updated_at"] = _unix_seconds(
+                fields["updated_at"], f"customer {customer_id}: updated_at"
+            )
         with self._lock:
             record = self.customers[str(customer_id)]
             record.update(fields)
@@ -384,7 +418,10 @@ class FakeAntavo:
             if customer is None:
                 raise ValueError("an event needs a customer")
             record["Customer"] = {"id": str(customer)}
-        record["timestamp"] = _iso(record.get("timestamp", self.now()))
+        record["timestamp"] = _iso(
+            record.get("timestamp", self.now()),
+            f"event {record['id']}: timestamp" if "id" in record else "event timestamp",
+        )
         data = record.pop("data", None)
         if isinstance(data, Mapping) and "properties" not in record:
             record["properties"] = [{"name": k, "label": k, "value": v} for k, v in data.items()]
