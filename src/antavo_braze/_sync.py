@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._accounting import (
     Progress,
@@ -41,6 +41,9 @@ from ._mapping import Mapping
 from ._state import StateStore, get_many
 from ._wire import WireError, model_item, wire_item
 from .exceptions import CoercionError, ConfigurationError, SyncInterrupted, TransportError
+
+if TYPE_CHECKING:
+    from ._workers import Workers
 
 __all__ = ["Syncer"]
 
@@ -229,13 +232,30 @@ class Syncer:
 
     # --- public API -------------------------------------------------------------------------
 
-    def sync_members(self, members: Iterable[Any]) -> SyncReport:
+    def sync_members(self, members: Iterable[Any], *, workers: Workers = 1) -> SyncReport:
         """Send every mapped field of each member (dicts with ``id``, :class:`LoyaltyMember`,
-        or the rows of a pandas DataFrame)."""
+        or the rows of a pandas DataFrame).
+
+        ``workers=N`` (or ``"auto"``: one per core) runs the sync in N forked processes
+        sharing one request budget, split stably by member; the report, the dead letter and
+        Ctrl-C behave as for one process. The input is read once per worker: a list, a
+        tuple, a data frame or :func:`read_records`, not a one-shot iterator."""
+        from ._workers import run_in_workers, worker_count  # it builds on this module
+
+        count = worker_count(workers)
+        if count > 1:
+            return run_in_workers(self, "member", members, count)
         return self._run("member", members, self._member_builder())
 
-    def sync_events(self, events: Iterable[Any]) -> SyncReport:
-        """Send each event as a custom event or purchases (plus trigger attributes)."""
+    def sync_events(self, events: Iterable[Any], *, workers: Workers = 1) -> SyncReport:
+        """Send each event as a custom event or purchases (plus trigger attributes);
+        ``workers`` as for :meth:`sync_members` (a member's events stay in one worker, in
+        order)."""
+        from ._workers import run_in_workers, worker_count  # it builds on this module
+
+        count = worker_count(workers)
+        if count > 1:
+            return run_in_workers(self, "event", events, count)
         return self._run("event", events, self._event_groups)
 
     def sync_attributes(
