@@ -31,6 +31,7 @@ from ._deadletter import (
 )
 from ._http import BrazeResponse
 from ._input import BadInput, RecordSource, read_records
+from ._localpacer import SharedMemoryPacer
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
@@ -121,6 +122,7 @@ __all__ = [
     "RetryPolicy",
     "SenderStats",
     "ServerError",
+    "SharedMemoryPacer",
     "SqliteStateStore",
     "StateStore",
     "Submission",

@@ -177,6 +177,12 @@ class Resumed:
         """The same, over the input read again (see :meth:`RecordSource.reopen`)."""
         return Resumed(reopen_input(self._records), self._checkpoint)
 
+    def close(self) -> None:
+        """Close the input without reading on (see :meth:`RecordSource.close`)."""
+        close = getattr(self._records, "close", None)
+        if callable(close):
+            close()
+
     def __iter__(self) -> Iterator[Any]:
         settled = self._checkpoint.is_settled
         for position, record in enumerate(self._records):

@@ -55,10 +55,12 @@ class RecordSource:
         name: str,
         rows: Iterator[tuple[int, Any]],
         reopen: Callable[[], RecordSource] | None = None,
+        handle: IO[bytes] | None = None,
     ) -> None:
         self.name = name
         self._rows = rows
         self._reopen = reopen
+        self._handle = handle
         self._position = 0
         self._marks: list[int] = []  # positions where line - position changed ...
         self._deltas: list[int] = []  # ... and the new difference
@@ -80,6 +82,11 @@ class RecordSource:
         if self._reopen is None:
             raise ConfigurationError(f"{self.name} can be read only once (use a file)")
         return self._reopen()
+
+    def close(self) -> None:
+        """Close the file without reading on (reading it to the end closes it too)."""
+        if self._handle is not None and self._handle is not sys.stdin.buffer:
+            self._handle.close()
 
     def line_of(self, position: int) -> int | None:
         """The 1-based line where the record at 0-based ``position`` starts."""
@@ -156,7 +163,7 @@ def read_records(
         again = functools.partial(
             read_records, path, format=format, encoding=encoding, delimiter=delimiter
         )
-    source = RecordSource(name, rows, again)
+    source = RecordSource(name, rows, again, handle)
     source._fresh = True
     return source
 

@@ -63,6 +63,12 @@ class Sharded:
         kind = "events" if self._key is _event_id else "members"
         return Sharded(reopen_input(self._records), self.index, self.count, kind=kind)
 
+    def close(self) -> None:
+        """Close the input without reading on (see :meth:`RecordSource.close`)."""
+        close = getattr(self._records, "close", None)
+        if callable(close):
+            close()
+
     def __iter__(self) -> Iterator[Any]:
         index, count = self.index, self.count
         for position, record in enumerate(self._records):

@@ -126,7 +126,7 @@ class _Job:
         self,
         syncer: Syncer,
         kind: str,
-        records: Iterable[Any],
+        inputs: list[Iterable[Any]],
         count: int,
         pacer: Pacer | None,
         parts: Path | None,
@@ -134,7 +134,7 @@ class _Job:
         parent_alive: int,
         parent_end: int,
     ) -> None:
-        self.syncer, self.kind, self.records, self.count = syncer, kind, records, count
+        self.syncer, self.kind, self.inputs, self.count = syncer, kind, inputs, count
         self.pacer, self.parts, self.progress = pacer, parts, progress
         self.parent_alive, self.parent_end = parent_alive, parent_end
 
@@ -169,16 +169,19 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
         client.pacer = job.pacer
     sink = None if job.parts is None else JsonlDeadLetter(job.parts / f"part-{index}.jsonl")
     syncer.dead_letter, syncer._owns_sink, syncer.handle_signals = sink, False, True
-    share = _Share(reopen_input(job.records), index, job.count, job.kind)
-    syncer._progress = _ProgressSlot(job.progress, index, share)
-    build = syncer._member_builder() if job.kind == "member" else syncer._event_groups
     signum: int | None = None
     try:
+        share = _Share(job.inputs[index], index, job.count, job.kind)
+        syncer._progress = _ProgressSlot(job.progress, index, share)
+        build = syncer._member_builder() if job.kind == "member" else syncer._event_groups
         try:
             report = syncer._run(job.kind, share, build)
         except SyncInterrupted as stop:
             report, signum = stop.report, stop.signal
         finally:
+            # The sync is over: what is left is quick, and the parent waits for it.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             if isinstance(job.pacer, SharedMemoryPacer):
                 job.pacer.release()
     except BaseException as exc:  # sent to the parent, which raises it
@@ -186,9 +189,6 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
         return
     conn.send(("stopped", report.total, signum))
     furthest = conn.recv()
-    # The parent is waiting for this: no signal cuts it short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     reports = [report]
     if report.total < furthest:
         reports.append(_fail_tail(job.kind, share, sink, report.total, furthest, signum))
@@ -306,6 +306,7 @@ class _Signals:
     def __init__(self, pids: list[int], enabled: bool) -> None:
         self.pids = pids
         self.received: int | None = None
+        self.forwarded = False
         self._previous: dict[int, Any] = {}
         if not enabled or threading.current_thread() is not threading.main_thread():
             return
@@ -319,8 +320,10 @@ class _Signals:
         self.forward(signum)
 
     def forward(self, signum: int) -> None:
+        """Pass ``signum`` on to every worker (a second time: they stop at once)."""
         if self.received is None:
             self.received = signum
+        self.forwarded = True
         for pid in self.pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signum)
@@ -339,8 +342,9 @@ def run_in_workers(syncer: Syncer, kind: str, records: Iterable[Any], count: int
         raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
     if "fork" not in multiprocessing.get_all_start_methods():
         raise ConfigurationError("workers > 1 need fork() (Linux, macOS)")
-    if not callable(getattr(records, "reopen", None)):
-        reopen_input(records)  # a one-shot iterator: the clear error before anything starts
+    # Each worker reads its own copy of the input (opened here: a file that cannot be read
+    # again, such as stdin, is a clear error before anything starts).
+    inputs = [reopen_input(records) for _ in range(count)]
     started = time.perf_counter()
     _start(syncer.dead_letter)
     parts = None
@@ -356,7 +360,7 @@ def run_in_workers(syncer: Syncer, kind: str, records: Iterable[Any], count: int
     block = context.RawArray("q", count * _STATS)
     alive_read, alive_write = os.pipe()
     job = _Job(
-        syncer, kind, records, count, _shared_pacer(client.pacer), parts, block,
+        syncer, kind, inputs, count, _shared_pacer(client.pacer), parts, block,
         alive_read, alive_write,
     )  # fmt: skip
     total = _length(records)
@@ -378,6 +382,10 @@ def run_in_workers(syncer: Syncer, kind: str, records: Iterable[Any], count: int
             connections.append(parent)
             processes.append(process)
         os.close(alive_read)
+        for source in [records, *inputs]:  # the workers have theirs; this process reads none
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
         signals = _Signals([p.pid for p in processes if p.pid], syncer.handle_signals)
         try:
             reports, error, asked = _collect(
@@ -433,12 +441,9 @@ def _collect(
     count = len(connections)
     stopped: dict[int, tuple[int, int | None]] = {}
     errors: dict[int, BaseException] = {}
-    stopping = False
 
     def stop_all(signum: int) -> None:
-        nonlocal stopping
-        if not stopping:
-            stopping = True
+        if not signals.forwarded:  # once: a second signal would stop the workers at once
             signals.forward(signum)
 
     while len(stopped) + len(errors) < count:
@@ -466,11 +471,8 @@ def _collect(
                     stop_all(signal.SIGTERM)
         except KeyboardInterrupt:  # our handlers are not installed: pass it on ourselves
             signals.forward(signal.SIGINT)
-            stopping = True
         if progress is not None:
             progress(_live_progress(block, count, started, total))
-        if signals.received is not None:
-            stopping = True
     furthest = max((handled for handled, _ in stopped.values()), default=0)
     reports: list[SyncReport] = []
     for i in sorted(stopped):
