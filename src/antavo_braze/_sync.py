@@ -554,6 +554,9 @@ class Syncer:
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
+                if record.__class__ is Settled:  # done by the run this one resumes, or
+                    run.skip(position, record.reason)  # another worker's (before the raise)
+                    continue
                 external_id = None
                 try:
                     external_id = member_id(record)
@@ -563,9 +566,6 @@ class Syncer:
                 except CoercionError as exc:
                     if record.__class__ is BadInput:  # a line the reader could not read
                         run.fail(position, record, None, "input", record.reason, line=record.line)
-                        continue
-                    if record.__class__ is Settled:  # done by the run this one resumes
-                        run.skip(position, record.reason)
                         continue
                     values = self._refused(run, position, record, external_id, exc)
                     if values is None:
