@@ -128,6 +128,14 @@ def test_workers_share_one_budget_and_never_exceed_it() -> None:
         assert sum(fake.status_counts.values()) == 200
 
 
+def test_a_workers_error_reaches_the_caller() -> None:
+    """Bad credentials in the workers raise AuthenticationError in the caller, as for one."""
+    with FakeBraze(api_key="test-key") as fake:
+        client = ab.BrazeClient(fake.url, "wrong-key")
+        with pytest.raises(ab.AuthenticationError):
+            ab.Syncer(client, MAPPING).sync_members(_members(50), workers=2)
+
+
 def test_shared_memory_pacer_counts_every_process() -> None:
     """Slots taken in a forked child count against the parent's budget, and come back."""
     pacer = ab.SharedMemoryPacer(requests=5, per=60.0)
@@ -155,6 +163,31 @@ def test_shared_memory_pacer_holds_every_process_after_a_429() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert 25 < pacer.try_acquire() <= 30
+
+
+def test_shared_memory_pacer_waits_for_the_reset_braze_announces() -> None:
+    """What X-RateLimit-Remaining leaves, less the requests still in flight, is the budget
+    until X-RateLimit-Reset; release() gives back slots that will never be answered."""
+    pacer = ab.SharedMemoryPacer(requests=None)
+    assert pacer.try_acquire() == 0
+    assert pacer.try_acquire() == 0
+    reset = str(int(time.time()) + 30)
+    pacer.observe(200, {"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": reset})
+    assert "in_flight=1" in repr(pacer)
+    assert pacer.try_acquire() > 20  # the one left is the one still in flight
+    pacer.release()
+    assert "in_flight=0" in repr(pacer)
+
+
+def test_shared_memory_pacer_hourly_budget_and_bad_settings() -> None:
+    """An hourly budget holds the rest of the hour; nonsense settings are refused."""
+    pacer = ab.SharedMemoryPacer(requests=None, hourly=2)
+    assert pacer.try_acquire() == 0
+    assert pacer.try_acquire() == 0
+    assert pacer.try_acquire() > 0
+    for bad in ({"requests": 0}, {"hourly": 0}, {"per": 0}):
+        with pytest.raises(ab.ConfigurationError):
+            ab.SharedMemoryPacer(**bad)  # type: ignore[arg-type]
 
 
 @settings(max_examples=50, deadline=None)

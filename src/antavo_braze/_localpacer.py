@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import time as _time
 from collections.abc import Mapping
 from typing import Any
@@ -79,7 +78,6 @@ class SharedMemoryPacer:
         self._mine = 0  # requests this process has in flight (given back when it is done)
         self.waited = 0.0  # seconds this process's requests were held
         self._held_since: float | None = None
-        self._pid = os.getpid()
         reset_after_fork(self)
 
     def __repr__(self) -> str:
@@ -93,7 +91,6 @@ class SharedMemoryPacer:
         self._mine = 0
         self._held_since = None
         self.waited = 0.0
-        self._pid = os.getpid()
 
     def release(self) -> None:
         """Give back the slots of this process's requests that will never be answered (call it
