@@ -18,6 +18,7 @@ exactly the first ``total`` positions, as one process's would, and ``--resume`` 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -39,11 +40,14 @@ from ._input import BadInput, reopen_input
 from ._interrupts import _is_default
 from ._localpacer import SharedMemoryPacer
 from ._ratelimit import InProcessPacer, Pacer
+from ._redis import RedisPacer
 from ._shard import shard_of
 from .exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 
 if TYPE_CHECKING:
     from ._sync import Syncer
+
+log = logging.getLogger("antavo_braze.sync")
 
 __all__ = ["ELSEWHERE", "Workers", "merge_reports", "run_in_workers", "worker_count"]
 
@@ -287,9 +291,13 @@ def _index(item: Any) -> int:
 def _shared_pacer(pacer: Pacer) -> Pacer | None:
     """The budget the workers share: an in-process pacer's, moved to shared memory (any
     other pacer — Redis, your own — is shared already, or yours to share)."""
-    if isinstance(pacer, SharedMemoryPacer):
-        return None
     if type(pacer) is not InProcessPacer:
+        if not isinstance(pacer, (SharedMemoryPacer, RedisPacer)):
+            log.warning(
+                "workers: the client's %s is not shared between processes; each worker "
+                "paces itself with its own copy of it",
+                type(pacer).__name__,
+            )
         return None
     return SharedMemoryPacer(
         requests=pacer._window_requests,
