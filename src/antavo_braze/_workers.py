@@ -81,6 +81,7 @@ class _Share:
         self._records = iter(_rows(records))
         self.index, self.count = index, count
         self._key = _event_id if kind == "event" else _record_id
+        self._field = "customer" if kind == "event" else "id"  # what the key reads of a dict
         self.line_of = getattr(records, "line_of", None)
         self._fresh = _fresh(records)  # the builders may batch our records unencoded
         self.position = 0  # of the next record
@@ -95,7 +96,10 @@ class _Share:
         position = self.position
         self.position = position + 1
         cls = record.__class__
-        key = None if cls is Settled or cls is BadInput else self._key(record)
+        if cls is dict:  # the common case, without _record_id's general lookup
+            key = record.get(self._field)
+        else:
+            key = None if cls is Settled or cls is BadInput else self._key(record)
         owner = position % self.count if key is None else shard_of(key, self.count)
         if owner != self.index:
             self.elsewhere += 1
