@@ -92,6 +92,21 @@ def test_workers_report_and_dead_letter_equal_one_process(tmp_path: Path, worker
     assert not list(tmp_path.glob(".antavo-braze-workers-*"))  # the parts are gone
 
 
+def test_progress_counts_the_whole_run() -> None:
+    """The progress callback sees every worker's records added up, ending at the total."""
+    seen: list[ab.Progress] = []
+    members = _members(400)
+    with FakeBraze(api_key="test-key", latency=0.01) as fake, fake.client() as client:
+        limits = ab.BatchLimits(max_objects=5)
+        report = ab.Syncer(client, MAPPING, progress=seen.append, limits=limits).sync_members(
+            members, workers=2
+        )
+    assert seen
+    assert all(0 <= p.done <= 400 and p.total == 400 for p in seen)
+    last = seen[-1]
+    assert (last.done, last.succeeded, last.failed) == (400, report.succeeded, report.failed)
+
+
 def test_a_members_events_arrive_in_input_order() -> None:
     """Events of one member go through one worker, in input order; each arrives once."""
     events = [

@@ -180,7 +180,9 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
     signum: int | None = None
     try:
         share = _Share(job.inputs[index], index, job.count, job.kind)
-        syncer._progress = _ProgressSlot(job.progress, index, share)
+        # Progress costs a clock read per record: only when someone watches.
+        watched = syncer._progress not in (None, False)
+        syncer._progress = _ProgressSlot(job.progress, index, share) if watched else None
         build = syncer._member_builder() if job.kind == "member" else syncer._event_groups
         try:
             report = syncer._run(job.kind, share, build)
