@@ -2,8 +2,10 @@
 
 FakeBraze runs in its own process (no validation, no recording) and answers every request after
 LATENCY seconds (100 ms, a real round trip). The same generated members (10-field mapping) are
-synced by one process, then by 2 and N workers (``Syncer.sync_members(..., workers=N)``), each
-worker with MAX_IN_FLIGHT requests in flight; all in the same run, against the same server.
+synced by one process, then by 2 and N workers (``Syncer.sync_members(..., workers=N)``),
+MAX_IN_FLIGHT requests in flight in all (split between the workers, so the server sees the
+same load); all in the same run, against the same server. CPU us/member counts this process
+and its workers (not the server).
 With ``BENCH_OLD=/path/to/old/src`` the one-process figure of that older tree is printed too
 (same server, same members). Then the budget: with 100 requests/s configured
 (``InProcessPacer(requests=100, per=1)``, shared by the workers) and a fake that answers 429
@@ -43,21 +45,33 @@ BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "10"))
 OLD = os.environ.get("BENCH_OLD")
 
 
-def sync(url: str, records: list[dict[str, object]], workers: int) -> tuple[float, ab.SyncReport]:
-    with ab.BrazeClient(url, "test-key", max_in_flight=MAX_IN_FLIGHT) as client:
+def sync(
+    url: str, records: list[dict[str, object]], workers: int
+) -> tuple[float, float, ab.SyncReport]:
+    """``(seconds, CPU seconds of this process and its workers, report)``; MAX_IN_FLIGHT is
+    the total, split between the workers (the same load on the server for every row)."""
+    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+    with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
         syncer = ab.Syncer(client, MAPPING)
+        before = os.times()
         started = time.perf_counter()
         if workers == 0:  # one process, the plain call
             report = syncer.sync_members(records)
         else:
             report = syncer.sync_members(records, workers=workers)
-        return time.perf_counter() - started, report
+        seconds = time.perf_counter() - started
+        after = os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user + system, this process and its children
+    return seconds, cpu, report
 
 
-def row(label: str, count: int, seconds: float, requests: int, note: str = "") -> None:
+def row(
+    label: str, count: int, seconds: float, requests: int, cpu: float | None, note: str = ""
+) -> None:
+    spent = "" if cpu is None else f"  {cpu * 1e6 / count:5.1f} CPU us/member"
     print(
         f"  {label:30} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
-        f"members/s  ({seconds:5.1f} s){note}"
+        f"members/s  ({seconds:5.1f} s){spent}{note}"
     )
 
 
@@ -78,7 +92,7 @@ def old_tree(url: str) -> None:
         [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
     )
     seconds, requests = done.stdout.split()
-    row("old tree, one process", N, float(seconds), int(requests), f"  [{OLD}]")
+    row("old tree, one process", N, float(seconds), int(requests), None, f"  [{OLD}]")
 
 
 def budget() -> None:
@@ -108,17 +122,17 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"workers: json={_json.BACKEND}, FakeBraze in its own process, latency "
-        f"{LATENCY * 1000:.0f} ms, max_in_flight={MAX_IN_FLIGHT} per process, N={N:,}; "
+        f"{LATENCY * 1000:.0f} ms, {MAX_IN_FLIGHT} requests in flight in all, N={N:,}; "
         f"{machine()}; load average {load:.1f} at start"
     )
     records = list(members(N))
     gc.freeze()  # generated up front, out of the GC's way (as in end_to_end.py)
     with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
         for workers in (0, *WORKERS):
-            seconds, report = sync(url, records, workers)
+            seconds, cpu, report = sync(url, records, workers)
             assert report.succeeded == N, report
             label = "one process" if workers == 0 else f"{workers} workers"
-            row(label, N, seconds, report.requests)
+            row(label, N, seconds, report.requests, cpu)
         if OLD:
             old_tree(url)
     budget()
