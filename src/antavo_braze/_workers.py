@@ -486,7 +486,9 @@ def _collect(
         except KeyboardInterrupt:  # our handlers are not installed: pass it on ourselves
             signals.forward(signal.SIGINT)
         if progress is not None:
-            progress(_live_progress(block, count, started, total))
+            live = _live_progress(block, count, started, total)
+            if live.done:  # nothing to show before the workers have reported
+                progress(live)
     furthest = max((handled for handled, _ in stopped.values()), default=0)
     reports: list[SyncReport] = []
     for i in sorted(stopped):
