@@ -550,11 +550,12 @@ class Syncer:
         absent = run.absent
         clears = any(clear for _, _, clear in self.mapper.fields)
         new_item = _new_item
+        settled = Settled
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
-                if record.__class__ is Settled:  # done by the run this one resumes, or
+                if record.__class__ is settled:  # done by the run this one resumes, or
                     run.skip(position, record.reason)  # another worker's (before the raise)
                     continue
                 external_id = None
