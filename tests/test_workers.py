@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 import antavo_braze as ab
 from antavo_braze._checkpoint import Settled
-from antavo_braze._workers import ELSEWHERE, _Share, merge_reports, worker_count
+from antavo_braze._workers import (
+    ELSEWHERE,
+    _ListShare,
+    _owners,
+    _Share,
+    merge_reports,
+    worker_count,
+)
 from antavo_braze.testing import FakeBraze
 
 MAPPING = {
@@ -218,7 +225,12 @@ def test_every_record_has_exactly_one_worker_and_a_member_one_worker(
     records[len(records) // 2 : len(records) // 2 + 1] = [Settled(0)] if records else []
     owners: dict[int, int] = {}
     by_customer: dict[str, set[int]] = {}
+    worked_out = _owners(records, count, "event")
+    assert worked_out is not None
     for index in range(count):
+        # A list's owners worked out before the fork split it as the shared reading does.
+        listed = list(_ListShare(records, index, count, "event", worked_out))
+        assert listed == list(_Share(records, index, count, "event"))
         share = _Share(records, index, count, "event")
         for position, record in enumerate(share):
             if record.__class__ is Settled and record.reason == ELSEWHERE:

@@ -91,21 +91,54 @@ class _Share:
     def __iter__(self) -> _Share:
         return self
 
-    def __next__(self) -> Any:
-        record = next(self._records)
-        position = self.position
-        self.position = position + 1
+    def owner(self, position: int, record: Any) -> int:
+        """The worker that owns ``record``, at ``position`` of the input."""
         cls = record.__class__
         if cls is dict:  # the common case, without _record_id's general lookup
             key = record.get(self._field)
         else:
             key = None if cls is Settled or cls is BadInput else self._key(record)
-        owner = position % self.count if key is None else shard_of(key, self.count)
-        if owner != self.index:
+        return position % self.count if key is None else shard_of(key, self.count)
+
+    def __next__(self) -> Any:
+        record = next(self._records)
+        position = self.position
+        self.position = position + 1
+        if self.owner(position, record) != self.index:
             self.elsewhere += 1
             return _MARKER
         self.last = (position, record)
         return record
+
+
+class _ListShare(_Share):
+    """A worker's view of a list or tuple whose owners the parent worked out before the fork
+    (``owners[position]``): other workers' records are never touched, so this worker does
+    not copy the memory pages that hold only theirs."""
+
+    def __init__(self, records: Any, index: int, count: int, kind: str, owners: bytes) -> None:
+        super().__init__(records, index, count, kind)
+        self._list, self._owners = records, owners
+
+    def __next__(self) -> Any:
+        position = self.position
+        if position >= len(self._owners):
+            raise StopIteration
+        self.position = position + 1
+        if self._owners[position] != self.index:
+            self.elsewhere += 1
+            return _MARKER
+        record = self._list[position]
+        self.last = (position, record)
+        return record
+
+
+def _owners(records: Any, count: int, kind: str) -> bytes | None:
+    """Each position's worker, for a list or tuple (worked out once, before the fork)."""
+    if records.__class__ not in (list, tuple) or count > 255:
+        return None
+    share = _Share((), 0, count, kind)
+    return bytes([share.owner(position, r) for position, r in enumerate(records)])
 
 
 class _ProgressSlot:
@@ -145,6 +178,7 @@ class _Job:
         self.syncer, self.kind, self.inputs, self.count = syncer, kind, inputs, count
         self.pacer, self.parts, self.progress = pacer, parts, progress
         self.parent_alive, self.parent_end = parent_alive, parent_end
+        self.owners = _owners(inputs[0], count, kind) if inputs else None
 
 
 def _watch_parent(fd: int) -> None:
@@ -179,7 +213,10 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
     syncer.dead_letter, syncer._owns_sink, syncer.handle_signals = sink, False, True
     signum: int | None = None
     try:
-        share = _Share(job.inputs[index], index, job.count, job.kind)
+        if job.owners is None:
+            share = _Share(job.inputs[index], index, job.count, job.kind)
+        else:
+            share = _ListShare(job.inputs[index], index, job.count, job.kind, job.owners)
         # Progress costs a clock read per record: only when someone watches.
         watched = syncer._progress not in (None, False)
         syncer._progress = _ProgressSlot(job.progress, index, share) if watched else None
