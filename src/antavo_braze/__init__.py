@@ -35,6 +35,7 @@ from ._deadletter import (
 from ._filecheck import FieldCheck, FileCheck, check_file
 from ._http import BrazeResponse
 from ._input import BadInput, RecordSource, read_records
+from ._localpacer import SharedMemoryPacer
 from ._mapper import MappedEvent, Mapper
 from ._mapping import Mapping
 from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
@@ -139,6 +140,7 @@ __all__ = [
     "SchemaProblem",
     "SenderStats",
     "ServerError",
+    "SharedMemoryPacer",
     "SqliteStateStore",
     "StateStore",
     "Submission",

@@ -23,6 +23,7 @@ from attrs import frozen
 
 from ._accounting import RecordFailure, SyncReport
 from ._files import replace_private
+from ._input import reopen_input
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -171,6 +172,16 @@ class Resumed:
         self._records = records
         self._checkpoint = checkpoint
         self.line_of = getattr(records, "line_of", None)
+
+    def reopen(self) -> Resumed:
+        """The same, over the input read again (see :meth:`RecordSource.reopen`)."""
+        return Resumed(reopen_input(self._records), self._checkpoint)
+
+    def close(self) -> None:
+        """Close the input without reading on (see :meth:`RecordSource.close`)."""
+        close = getattr(self._records, "close", None)
+        if callable(close):
+            close()
 
     def __iter__(self) -> Iterator[Any]:
         settled = self._checkpoint.is_settled

@@ -10,11 +10,12 @@ from __future__ import annotations
 import bisect
 import codecs
 import csv
+import functools
 import gzip
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from os import PathLike
 from pathlib import Path
 from typing import IO, Any
@@ -49,9 +50,17 @@ class RecordSource:
     # caller runs between two of them.
     _fresh = False
 
-    def __init__(self, name: str, rows: Iterator[tuple[int, Any]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        rows: Iterator[tuple[int, Any]],
+        reopen: Callable[[], RecordSource] | None = None,
+        handle: IO[bytes] | None = None,
+    ) -> None:
         self.name = name
         self._rows = rows
+        self._reopen = reopen
+        self._handle = handle
         self._position = 0
         self._marks: list[int] = []  # positions where line - position changed ...
         self._deltas: list[int] = []  # ... and the new difference
@@ -68,10 +77,36 @@ class RecordSource:
             self._position += 1
             yield record
 
+    def reopen(self) -> RecordSource:
+        """The same input read again from its start (each worker of a sync reads its own)."""
+        if self._reopen is None:
+            raise ConfigurationError(f"{self.name} can be read only once (use a file)")
+        return self._reopen()
+
+    def close(self) -> None:
+        """Close the file without reading on (reading it to the end closes it too)."""
+        if self._handle is not None and self._handle is not sys.stdin.buffer:
+            self._handle.close()
+
     def line_of(self, position: int) -> int | None:
         """The 1-based line where the record at 0-based ``position`` starts."""
         found = bisect.bisect_right(self._marks, position) - 1
         return None if found < 0 else position + self._deltas[found]
+
+
+def reopen_input(records: Iterable[Any]) -> Iterable[Any]:
+    """``records`` to be read again from the start (by another worker of a sync): a source
+    that reads a file opens it anew (``reopen()``); a list, a tuple or a data frame is read
+    again as it is; a one-shot iterator cannot be."""
+    reopen = getattr(records, "reopen", None)
+    if callable(reopen):
+        return reopen()  # type: ignore[no-any-return]
+    if iter(records) is records:
+        raise ConfigurationError(
+            "workers > 1 read the input once per worker: give a list, a tuple, a data frame "
+            "or read_records(path), not an iterator or generator"
+        )
+    return records
 
 
 def _open_binary(path: str | PathLike[str]) -> tuple[IO[bytes], str]:
@@ -123,7 +158,12 @@ def read_records(
         rows = _csv_rows(handle, encoding, delimiter, tsv=tsv)
     else:
         rows = _json_rows(handle, encoding, array_allowed=kind == "json")
-    source = RecordSource(name, rows)
+    again = None
+    if str(path) != "-":
+        again = functools.partial(
+            read_records, path, format=format, encoding=encoding, delimiter=delimiter
+        )
+    source = RecordSource(name, rows, again, handle)
     source._fresh = True
     return source
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._checkpoint import Settled
+from ._input import reopen_input
 from ._sync import _event_id, _record_id
 from .exceptions import ConfigurationError
 
@@ -56,6 +57,17 @@ class Sharded:
         self._key = _event_id if kind == "events" else _record_id
         self.line_of = getattr(records, "line_of", None)
         self._reason = f"another worker's record (--shard {index}/{count})"
+
+    def reopen(self) -> Sharded:
+        """The same shard of the input read again (see :meth:`RecordSource.reopen`)."""
+        kind = "events" if self._key is _event_id else "members"
+        return Sharded(reopen_input(self._records), self.index, self.count, kind=kind)
+
+    def close(self) -> None:
+        """Close the input without reading on (see :meth:`RecordSource.close`)."""
+        close = getattr(self._records, "close", None)
+        if callable(close):
+            close()
 
     def __iter__(self) -> Iterator[Any]:
         index, count = self.index, self.count

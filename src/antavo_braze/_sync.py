@@ -59,6 +59,7 @@ from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, Syn
 
 if TYPE_CHECKING:
     from ._antavo._client import AntavoClient, TimeLike
+    from ._workers import Workers
 
 __all__ = ["Syncer", "needs_a_look"]
 
@@ -284,14 +285,31 @@ class Syncer:
     # --- public API -------------------------------------------------------------------------
 
     @traced("sync_members")
-    def sync_members(self, members: Iterable[Any]) -> SyncReport:
+    def sync_members(self, members: Iterable[Any], *, workers: Workers = 1) -> SyncReport:
         """Send every mapped field of each member (dicts with ``id``, :class:`LoyaltyMember`,
-        or the rows of a pandas DataFrame)."""
+        or the rows of a pandas DataFrame).
+
+        ``workers=N`` (or ``"auto"``: one per core) runs the sync in N forked processes
+        sharing one request budget, split stably by member; the report, the dead letter and
+        Ctrl-C behave as for one process. The input is read once per worker: a list, a
+        tuple, a data frame or :func:`read_records`, not a one-shot iterator."""
+        from ._workers import run_in_workers, worker_count  # it builds on this module
+
+        count = worker_count(workers)
+        if count > 1:
+            return run_in_workers(self, "member", members, count)
         return self._run("member", members, self._member_builder())
 
     @traced("sync_events")
-    def sync_events(self, events: Iterable[Any]) -> SyncReport:
-        """Send each event as a custom event or purchases (plus trigger attributes)."""
+    def sync_events(self, events: Iterable[Any], *, workers: Workers = 1) -> SyncReport:
+        """Send each event as a custom event or purchases (plus trigger attributes);
+        ``workers`` as for :meth:`sync_members` (a member's events stay in one worker, in
+        order)."""
+        from ._workers import run_in_workers, worker_count  # it builds on this module
+
+        count = worker_count(workers)
+        if count > 1:
+            return run_in_workers(self, "event", events, count)
         return self._run("event", events, self._event_groups)
 
     @traced("pull_members")
@@ -781,6 +799,7 @@ class Syncer:
         fill = plan.fill
         absent = run.absent
         new_item = _new_item
+        settled = Settled
         fresh = run.fresh  # the batch encodes the objects (see _fresh)
         clearing = bool(plan.clearing)
         clear_steps = [plan.steps[n] for n in plan.clearing]
@@ -790,6 +809,9 @@ class Syncer:
         position, mapped = -1, 0
         try:
             for position, record in enumerate(records):
+                if record.__class__ is settled:  # done by the run this one resumes, or
+                    run.skip(position, record.reason)  # another worker's (before the raise)
+                    continue
                 external_id = None
                 if clearing:
                     mark = absent[-1]  # every clear so far
@@ -800,9 +822,6 @@ class Syncer:
                 except CoercionError as exc:
                     if record.__class__ is BadInput:  # a line the reader could not read
                         run.fail(position, record, None, "input", record.reason, line=record.line)
-                        continue
-                    if record.__class__ is Settled:  # done by the run this one resumes
-                        run.skip(position, record.reason)
                         continue
                     values = self._refused(run, position, record, external_id, exc)
                     if values is None:

@@ -466,6 +466,31 @@ def _add_deletes(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _workers(text: str) -> int | str:
+    """``--workers N|auto``."""
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or 'auto', not {text!r}")
+    return count
+
+
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    """One sync in N processes on this machine (one budget, one report, one dead letter)."""
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N|auto",
+        help="sync in N processes on this machine (auto: one per core), split by member, "
+        "sharing one request budget; --max-in-flight is per worker (1)",
+    )
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-in-flight",
@@ -823,9 +848,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 args.kind, records, dead_letter=sink, on_body=_Shown(args.show, sys.stdout)
             )
         elif args.kind == "members":
-            report = syncer.sync_members(records)
+            report = syncer.sync_members(records, workers=args.workers)
         else:
-            report = syncer.sync_events(records)
+            report = syncer.sync_events(records, workers=args.workers)
     except SyncInterrupted as stop:
         if progress is not None:
             progress.close()
@@ -1518,6 +1543,7 @@ def build_parser() -> argparse.ArgumentParser:
         "input (others' records are skipped)",
     )
     _add_budget(sync)
+    _add_workers(sync)
     sync.add_argument(
         "--send",
         choices=["full", "changed"],

@@ -1,0 +1,153 @@
+"""One sync in N processes (``workers=N``) against a fake Braze in another process.
+
+FakeBraze runs in its own process (no validation, no recording) and answers every request after
+LATENCY seconds (100 ms, a real round trip). The same generated members (10-field mapping) are
+synced by one process, then by 2 and N workers (``Syncer.sync_members(..., workers=N)``),
+MAX_IN_FLIGHT requests in flight in all (split between the workers, so the server sees the
+same load); all in the same run, against the same server. CPU us/member counts this process
+and its workers (not the server).
+With ``BENCH_OLD=/path/to/old/src`` the one-process figure of that older tree is printed too
+(same server, same members). Then the budget: with 100 requests/s configured
+(``InProcessPacer(requests=100, per=1)``, shared by the workers) and a fake that answers 429
+beyond 100 requests per 1-second window, the workers' achieved rate and the 429s the fake
+counted. Prints figures; asserts nothing but the accounting.
+
+Braze's ceiling is 1,000 requests/s (3,000 per 3 s), 75,000 members/s.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import MAPPING, machine, members
+from _server import fake_braze_process
+
+import antavo_braze as ab
+from antavo_braze import _json
+
+N = int(os.environ.get("BENCH_N", "100000"))
+LATENCY = float(os.environ.get("BENCH_LATENCY", "0.1"))
+MAX_IN_FLIGHT = int(os.environ.get("BENCH_IN_FLIGHT", "128"))
+# 2, every core ("auto"), and 4 (more workers than this 2-core machine has cores).
+WORKERS = sorted(
+    {int(n) for n in os.environ.get("BENCH_WORKERS", f"2,{os.cpu_count() or 2},4").split(",")}
+)
+BUDGET = int(os.environ.get("BENCH_BUDGET", "100"))
+BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "10"))
+OLD = os.environ.get("BENCH_OLD")
+
+
+def sync(url: str, records: Any, workers: int) -> tuple[float, float, ab.SyncReport]:
+    """``(seconds, CPU seconds of this process and its workers, report)``; MAX_IN_FLIGHT is
+    the total, split between the workers (the same load on the server for every row)."""
+    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+    with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
+        syncer = ab.Syncer(client, MAPPING)
+        before = os.times()
+        started = time.perf_counter()
+        if workers == 0:  # one process, the plain call
+            report = syncer.sync_members(records)
+        else:
+            report = syncer.sync_members(records, workers=workers)
+        seconds = time.perf_counter() - started
+        after = os.times()
+    cpu = sum(after[:4]) - sum(before[:4])  # user + system, this process and its children
+    return seconds, cpu, report
+
+
+def row(
+    label: str, count: int, seconds: float, requests: int, cpu: float | None, note: str = ""
+) -> None:
+    spent = "" if cpu is None else f"  {cpu * 1e6 / count:5.1f} CPU us/member"
+    print(
+        f"  {label:30} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
+        f"members/s  ({seconds:5.1f} s){spent}{note}"
+    )
+
+
+def old_tree(url: str) -> None:
+    """The one-process figure of an older source tree, in a child process."""
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); sys.path.insert(1, sys.argv[2]);"
+        "import gc; from _common import MAPPING, members; import antavo_braze as ab;"
+        "records = list(members(int(sys.argv[3]))); gc.freeze();"
+        "client = ab.BrazeClient(sys.argv[4], 'test-key', max_in_flight=int(sys.argv[5]));"
+        "t = time.perf_counter(); r = ab.Syncer(client, MAPPING).sync_members(records);"
+        "s = time.perf_counter() - t; assert r.succeeded == len(records), r;"
+        "print(s, r.requests)"
+    )
+    args = [OLD, str(Path(__file__).parent), str(N), url, str(MAX_IN_FLIGHT)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
+    )
+    seconds, requests = done.stdout.split()
+    row("old tree, one process", N, float(seconds), int(requests), None, f"  [{OLD}]")
+
+
+def budget() -> None:
+    """Workers under a configured budget, against a fake that enforces it."""
+    count = int(BUDGET * BUDGET_SECONDS * 75)
+    records = list(members(count))
+    with fake_braze_process(
+        rate_limit=BUDGET, rate_window=1.0, latency=0.02, record=False, validate=False
+    ) as (url, stats):
+        pacer = ab.InProcessPacer(requests=BUDGET, per=1.0)
+        with ab.BrazeClient(url, "test-key", max_in_flight=32, pacer=pacer) as client:
+            started = time.perf_counter()
+            report = ab.Syncer(client, MAPPING).sync_members(records, workers=2)
+            seconds = time.perf_counter() - started
+    assert report.succeeded == count, report
+    limited = stats["status_counts"].get(429, 0)
+    answered = sum(stats["status_counts"].values())
+    print(
+        f"  budget {BUDGET}/s, 2 workers: {report.requests / seconds:6.1f} requests/s "
+        f"({report.requests / seconds / BUDGET:.0%} of the budget), 429s {limited}/{answered}, "
+        f"{count:,} members in {seconds:.1f} s"
+    )
+
+
+def main() -> None:
+    logging.getLogger("antavo_braze").setLevel(logging.ERROR)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(
+        f"workers: json={_json.BACKEND}, FakeBraze in its own process, latency "
+        f"{LATENCY * 1000:.0f} ms, {MAX_IN_FLIGHT} requests in flight in all, N={N:,}; "
+        f"{machine()}; load average {load:.1f} at start"
+    )
+    records = list(members(N))
+    gc.freeze()  # generated up front, out of the GC's way (as in end_to_end.py)
+    with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
+        for workers in (0, *WORKERS):
+            seconds, cpu, report = sync(url, records, workers)
+            assert report.succeeded == N, report
+            label = "one process" if workers == 0 else f"{workers} workers"
+            row(label, N, seconds, report.requests, cpu)
+        if OLD:
+            old_tree(url)
+        # From a file, as the CLI reads it: every worker parses the whole file (no shared
+        # in-memory list whose pages each forked worker copies as it touches them).
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "members.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+            for workers in (0, 2):
+                seconds, cpu, report = sync(url, ab.read_records(path), workers)
+                assert report.succeeded == N, report
+                label = "one process" if workers == 0 else f"{workers} workers"
+                row(f"{label}, from a file", N, seconds, report.requests, cpu)
+    budget()
+
+
+if __name__ == "__main__":
+    main()
