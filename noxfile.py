@@ -3,7 +3,6 @@ venv."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import nox
@@ -53,8 +52,12 @@ FLOOR_EXTRAS = ("fast", "redis")
 
 def lowest_allowed() -> list[str]:
     """``name==floor`` for every runtime dependency and FLOOR_EXTRAS, read from pyproject.toml
-    (the one place the floors are written)."""
+    (the one place the floors are written). The floor is the ``>=`` bound of each specifier set,
+    whatever else it holds (``"requests>=2.31,<3"`` gives ``requests==2.31``)."""
     import tomllib
+
+    # nox depends on packaging, so it is importable wherever this noxfile runs.
+    from packaging.requirements import Requirement
 
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     specs = list(project["dependencies"])
@@ -62,10 +65,11 @@ def lowest_allowed() -> list[str]:
         specs += project["optional-dependencies"][extra]
     pins = []
     for spec in specs:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([0-9][^,;\s]*)", spec.strip())
-        if match is None:
-            raise ValueError(f"{spec!r}: a floor must be written as name>=version")
-        pins.append(f"{match[1]}=={match[2]}")
+        requirement = Requirement(spec)
+        floors = [s.version for s in requirement.specifier if s.operator == ">="]
+        if len(floors) != 1:
+            raise ValueError(f"{spec!r}: a dependency needs exactly one floor, name>=version")
+        pins.append(f"{requirement.name}=={floors[0]}")
     return pins
 
 

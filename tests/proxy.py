@@ -3,8 +3,10 @@
 It does what corporate egress proxies do: ``CONNECT host:port`` tunnels (https) and
 absolute-form requests (``POST http://host/path``, plain http), optional Basic
 ``Proxy-Authorization`` (407 otherwise), and it resolves target names itself (``--host
-name=ip:port`` maps a name no client can resolve). Every tunnel and forwarded request is
-appended to ``--log`` as a JSON line. Prints ``listening on PORT`` when ready.
+name=ip:port`` maps a name no client can resolve). ``--refuse-connect 403`` answers every
+CONNECT with that status, as an egress policy that forbids the destination does. Every tunnel
+and forwarded request is appended to ``--log`` as a JSON line. Prints ``listening on PORT``
+when ready.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ import h11
 
 
 class Proxy:
-    def __init__(self, auth: str | None, hosts: dict[str, tuple[str, int]], log: str) -> None:
+    def __init__(
+        self,
+        auth: str | None,
+        hosts: dict[str, tuple[str, int]],
+        log: str,
+        refuse_connect: int | None = None,
+    ) -> None:
         self.auth = None if auth is None else "Basic " + base64.b64encode(auth.encode()).decode()
+        self.refuse_connect = refuse_connect
         self.hosts = hosts
         self.log = log
         self.lock = threading.Lock()
@@ -67,6 +76,17 @@ class Proxy:
                                 ("Content-Length", "0"),
                                 ("Connection", "close"),
                             ],
+                        )
+                    )
+                )
+                return
+            if request.method == b"CONNECT" and self.refuse_connect is not None:
+                self.record(kind="forbidden", target=request.target.decode())
+                client.sendall(
+                    server.send(
+                        h11.Response(
+                            status_code=self.refuse_connect,
+                            headers=[("Content-Length", "0"), ("Connection", "close")],
                         )
                     )
                 )
@@ -132,13 +152,14 @@ def main() -> None:
     parser.add_argument("--log", required=True)
     parser.add_argument("--auth")
     parser.add_argument("--host", action="append", default=[])
+    parser.add_argument("--refuse-connect", type=int)
     args = parser.parse_args()
     hosts = {}
     for mapping in args.host:
         name, _, target = mapping.partition("=")
         address, _, port = target.rpartition(":")
         hosts[name] = (address, int(port))
-    proxy = Proxy(args.auth, hosts, args.log)
+    proxy = Proxy(args.auth, hosts, args.log, args.refuse_connect)
     listener = socket.create_server(("127.0.0.1", 0))
     print(f"listening on {listener.getsockname()[1]}", flush=True)
     while True:

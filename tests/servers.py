@@ -153,13 +153,19 @@ class ProxyProcess:
 
 @contextlib.contextmanager
 def proxy_process(
-    tmp: Path, *, auth: str | None = None, hosts: dict[str, str] | None = None
+    tmp: Path,
+    *,
+    auth: str | None = None,
+    hosts: dict[str, str] | None = None,
+    refuse_connect: int | None = None,
 ) -> Iterator[ProxyProcess]:
     """Start the test suite's forward proxy (CONNECT and absolute-form) as a subprocess."""
     log = tmp / f"proxy-{time.monotonic_ns()}.jsonl"
     command = [sys.executable, str(Path(__file__).with_name("proxy.py")), "--log", str(log)]
     if auth:
         command += ["--auth", auth]
+    if refuse_connect is not None:
+        command += ["--refuse-connect", str(refuse_connect)]
     for name, target in (hosts or {}).items():
         command += ["--host", f"{name}={target}"]
     process = subprocess.Popen(

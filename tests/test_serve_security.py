@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import urllib3
+from attrs import frozen
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -181,6 +182,124 @@ def test_rs256_accepts_the_right_key_only(tmp_path: Path) -> None:
         JWTAuth(public_key=b"not a key")
     with pytest.raises(ab.ConfigurationError, match="cannot read"):
         auth_from_env({"ANTAVO_BRAZE_WEBHOOK_JWT_PUBLIC_KEY": str(tmp_path / "missing.pem")})
+
+
+# --- JWT attacks against a real server ---------------------------------------------------
+
+JWT_AUDIENCE, JWT_ISSUER = "braze-sync", "antavo"
+
+
+@frozen
+class JWTServers:
+    """One FakeBraze behind two real receivers: HS256 and RS256, both checking aud and iss."""
+
+    fake: FakeBraze
+    hs256: Receiver
+    rs256: Receiver
+    key: Any  # the RS256 receiver trusts this key's public half
+    other: Any  # a key it does not trust
+    pem: bytes
+
+
+@pytest.fixture(scope="module")
+def jwt_servers() -> Iterator[JWTServers]:
+    """Started once for every token below: many requests, one pair of uvicorn servers."""
+    pytest.importorskip("cryptography")
+    key, pem = rsa_pair()
+    other, _ = rsa_pair()
+    checks = {"max_age": 300, "audience": JWT_AUDIENCE, "issuer": JWT_ISSUER}
+    with (
+        FakeBraze(api_key="test-key") as fake,
+        Receiver(fake, JWTAuth(SECRET, **checks), None) as hs256,
+        Receiver(fake, JWTAuth(public_key=pem, **checks), None) as rs256,
+    ):
+        yield JWTServers(fake, hs256, rs256, key, other, pem)
+
+
+def good_claims(**changes: Any) -> dict[str, Any]:
+    """Claims every receiver accepts, with ``changes`` (None removes a claim)."""
+    now = time.time()
+    claims = {"iat": now, "exp": now + 60, "aud": JWT_AUDIENCE, "iss": JWT_ISSUER, **changes}
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def respelled(token: str, how: str) -> str:
+    """``token`` with its signature written another way that decodes to the same bytes (or
+    nearly): base64 padding, a junk character, or the spare low bits of the last character."""
+    head, body, signature = token.split(".")
+    if how == "padded":
+        return f"{head}.{body}.{signature}="
+    if how == "junk":
+        return f"{head}.{body}.{signature[:10]}!{signature[10:]}"
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return f"{head}.{body}.{signature[:-1]}{alphabet[alphabet.index(signature[-1]) ^ 1]}"
+
+
+def claims_text(exp: str) -> str:
+    """Good claims as JSON text with ``exp`` written literally (NaN, Infinity, 1e400)."""
+    now = time.time()
+    return f'{{"iat": {now}, "exp": {exp}, "aud": "{JWT_AUDIENCE}", "iss": "{JWT_ISSUER}"}}'
+
+
+# Each attack: which receiver it is sent to, and how the token is made.
+JWT_ATTACKS: dict[str, tuple[str, Any]] = {
+    "no exp": ("hs256", lambda s: jwt(SECRET, good_claims(exp=None))),
+    "exp a string": ("hs256", lambda s: jwt(SECRET, good_claims(exp=str(int(time.time()) + 60)))),
+    "exp NaN": ("hs256", lambda s: raw_jwt(SECRET, claims_text("NaN"))),
+    "exp Infinity": ("hs256", lambda s: raw_jwt(SECRET, claims_text("Infinity"))),
+    "exp 1e400": ("hs256", lambda s: raw_jwt(SECRET, claims_text("1e400"))),
+    "expired": ("hs256", lambda s: jwt(SECRET, good_claims(iat=None, exp=time.time() - 3600))),
+    "lifetime over max_age": (
+        "hs256",
+        lambda s: jwt(SECRET, good_claims(exp=time.time() + 3600)),
+    ),
+    "lifetime over max_age, no iat": (
+        "hs256",
+        lambda s: jwt(SECRET, good_claims(iat=None, exp=time.time() + 3600)),
+    ),
+    "wrong aud": ("hs256", lambda s: jwt(SECRET, good_claims(aud="another-service"))),
+    "no aud": ("hs256", lambda s: jwt(SECRET, good_claims(aud=None))),
+    "wrong iss": ("hs256", lambda s: jwt(SECRET, good_claims(iss="mallory"))),
+    "wrong secret": ("hs256", lambda s: jwt("not-the-shared-secret-at-all", good_claims())),
+    "alg none": ("hs256", lambda s: jwt(SECRET, good_claims(), alg="none").rsplit(".", 1)[0] + "."),
+    "signature padded": ("hs256", lambda s: respelled(jwt(SECRET, good_claims()), "padded")),
+    "signature with junk": ("hs256", lambda s: respelled(jwt(SECRET, good_claims()), "junk")),
+    "signature spare bits": ("hs256", lambda s: respelled(jwt(SECRET, good_claims()), "bits")),
+    "RS256 wrong key": ("rs256", lambda s: rs256(s.other, good_claims())),
+    "RS256 wrong aud": ("rs256", lambda s: rs256(s.key, good_claims(aud="another-service"))),
+    "RS256 no exp": ("rs256", lambda s: rs256(s.key, good_claims(exp=None))),
+    "HS256 keyed with the public PEM": ("rs256", lambda s: jwt(s.pem.decode(), good_claims())),
+    "RS256 signature padded": ("rs256", lambda s: respelled(rs256(s.key, good_claims()), "padded")),
+}
+
+
+@pytest.mark.parametrize("attack", list(JWT_ATTACKS))
+def test_jwt_attacks_on_a_running_server_are_refused(jwt_servers: JWTServers, attack: str) -> None:
+    """Each forged, unbounded or misaddressed token gets 401 and nothing reaches Braze."""
+    receiver_name, make = JWT_ATTACKS[attack]
+    receiver: Receiver = getattr(jwt_servers, receiver_name)
+    customer = "attack-" + attack.replace(" ", "-")
+    event = {**EVENT, "customer": customer}
+    response = receiver.post("/antavo/events", event, **bearer(make(jwt_servers)))
+    assert response.status == 401, response.data
+    assert receiver.sender.flush(timeout=30)
+    assert all(e.get("external_id") != customer for e in jwt_servers.fake.events)
+    assert len(receiver.letters) == 0
+
+
+@pytest.mark.parametrize("receiver_name", ["hs256", "rs256"])
+def test_jwt_good_tokens_on_a_running_server_are_accepted(
+    jwt_servers: JWTServers, receiver_name: str
+) -> None:
+    """A well-formed token within its lifetime, for our aud and iss, gets 202 and is sent."""
+    receiver: Receiver = getattr(jwt_servers, receiver_name)
+    claims = good_claims()
+    token = jwt(SECRET, claims) if receiver_name == "hs256" else rs256(jwt_servers.key, claims)
+    customer = f"good-{receiver_name}"
+    response = receiver.post("/antavo/events", {**EVENT, "customer": customer}, **bearer(token))
+    assert response.status == 202, response.data
+    assert receiver.sender.flush(timeout=30)
+    assert [e["external_id"] for e in jwt_servers.fake.events].count(customer) == 1
 
 
 # --- Escher / AWS4 request signatures ------------------------------------------------------

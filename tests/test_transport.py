@@ -320,6 +320,39 @@ def test_explicit_proxy_with_authentication(
     assert kinds.count("refused") == 1  # a 407 is not retried: no retry can mend it
 
 
+def test_a_proxy_that_forbids_the_tunnel_stops_the_call_at_once(
+    tls_fake: FakeBraze, tls: tuple[Any, Path], tmp_path: Path
+) -> None:
+    """A proxy answering 403 to CONNECT: one CONNECT, no retry, an error naming the refusal."""
+    port = tls_fake.url.rsplit(":", 1)[1]
+    endpoint = f"https://{BRAZE_HOST}:{port}"
+    patient = ab.RetryPolicy(attempts=5, wait_initial=0.001, wait_max=0.01, wait_jitter=0)
+    hosts = {BRAZE_HOST: f"127.0.0.1:{port}"}
+    with proxy_process(tmp_path, hosts=hosts, refuse_connect=403) as proxy:
+        with (
+            ab.BrazeClient(
+                endpoint, "test-key", proxy=proxy.url, ca_bundle=tls[1], retry=patient
+            ) as client,
+            pytest.raises(ab.TransportError, match="proxy refused the tunnel") as info,
+        ):
+            client.track(attributes=attrs(1))
+        assert "403" in str(info.value)
+        assert info.value.attempts == 1
+        assert [e["kind"] for e in proxy.events()] == ["forbidden"]
+        # A whole sync stops at the first refusal instead of dead-lettering every batch.
+        with ab.BrazeClient(
+            endpoint, "test-key", proxy=proxy.url, ca_bundle=tls[1], retry=patient, max_in_flight=1
+        ) as client:
+            syncer = ab.Syncer(client, {"fields": [{"loyalty_field": "n", "remote_field": "n"}]})
+            members = ({"id": f"m{i}", "n": i} for i in range(500))
+            with pytest.raises(ab.TransportError, match="403"):
+                syncer.sync_members(members)
+        events = proxy.events()
+    assert [e["kind"] for e in events] == ["forbidden", "forbidden"]
+    assert {e["target"] for e in events} == {f"{BRAZE_HOST}:{port}"}
+    assert tls_fake.requests == []
+
+
 def test_plain_http_through_a_forwarding_proxy(fake: FakeBraze, tmp_path: Path) -> None:
     """An http endpoint through proxy= goes as absolute-form requests (the path prefix kept)."""
     with proxy_process(tmp_path) as proxy, fake.client(proxy=proxy.url) as client:

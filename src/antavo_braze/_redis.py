@@ -12,8 +12,8 @@ machines agree on the windows without agreeing on their clocks. What it keeps, p
   window's reset; ``{key}:hold`` — a pause every worker observes (a 429's ``Retry-After``);
 - ``{key}:hour`` — ``"<hour>:<count>"`` for the optional hourly budget.
 
-``redis`` is an optional dependency (``pip install antavo-braze[redis]``): this module imports
-it only to turn a URL into a client.
+``redis`` is an optional dependency (``pip install redis``, or the ``redis`` extra): this
+module imports it only to turn a URL into a client.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ def redis_client(redis: Any) -> Any:
         import redis as redis_py
     except ModuleNotFoundError:
         raise ConfigurationError(
-            "Redis support needs the redis package: pip install 'antavo-braze[redis]'"
+            "Redis support needs the redis package: pip install redis "
+            "(or the redis extra: pip install '.[redis]' in a checkout)"
         ) from None
     # TLS checks the host name (redis-py before 6 did not unless told): an explicit
     # ssl_check_hostname in the URL still decides.

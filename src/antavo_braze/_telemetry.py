@@ -285,8 +285,8 @@ class Telemetry:
             from .exceptions import ConfigurationError
 
             raise ConfigurationError(
-                "tracer_provider / meter_provider need OpenTelemetry: "
-                "pip install 'antavo-braze[otel]'"
+                "tracer_provider / meter_provider need OpenTelemetry: pip install "
+                "opentelemetry-api (or the otel extra: pip install '.[otel]' in a checkout)"
             )
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider

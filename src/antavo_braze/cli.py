@@ -1623,7 +1623,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ANTAVO_BRAZE_WEBHOOK_BASIC (user:password), ANTAVO_BRAZE_WEBHOOK_JWT_SECRET (HS256), "
         "ANTAVO_BRAZE_WEBHOOK_JWT_PUBLIC_KEY (RS256, a PEM file), or "
         "ANTAVO_BRAZE_WEBHOOK_ESCHER_KEY/_SECRET/_SCOPE (an AWS4/Escher request signature); "
-        "without any, loopback only. Needs pip install 'antavo-braze[serve]'.",
+        "without any, loopback only. Needs the serve extra (pip install '.[serve]' in a checkout).",
     )
     serve.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     serve.add_argument("--spool", help="SQLite file: accepted changes survive a crash")

@@ -5,7 +5,7 @@ server.
 ``POST /antavo/members`` (one customer object, a list, or ``{"members": [...]}``) are answered
 ``202`` once the changes are queued (on disk, with a spool); ``GET /healthz``;
 ``GET /metrics`` (Prometheus text; authenticated like the webhooks). Running it needs an
-ASGI server: ``pip install 'antavo-braze[serve]'`` (uvicorn).
+ASGI server: ``pip install '.[serve]'`` in a checkout (uvicorn).
 """
 
 from ._app import MAX_BODY_BYTES, create_app

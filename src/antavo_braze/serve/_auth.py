@@ -125,7 +125,7 @@ def _claims_ok(
 
 class JWTAuth:
     """``Authorization: Bearer <JWT>`` signed HS256 with the shared ``secret``, or RS256 with
-    Antavo's RSA ``public_key`` (PEM; needs ``pip install 'antavo-braze[serve]'``).
+    Antavo's RSA ``public_key`` (PEM; needs ``cryptography``, in the ``serve`` extra).
 
     ``exp`` is required, and a token may be valid for at most ``max_age`` seconds (from
     ``iat``, and from now); ``nbf`` is honoured; ``audience`` / ``issuer`` are checked when
@@ -207,7 +207,8 @@ def _rsa_public_key(pem: str | bytes) -> Any:
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
     except ModuleNotFoundError:
         raise ConfigurationError(
-            "RS256 tokens need the 'cryptography' package: pip install 'antavo-braze[serve]'"
+            "RS256 tokens need the 'cryptography' package: pip install cryptography "
+            "(or the serve extra: pip install '.[serve]' in a checkout)"
         ) from None
     try:
         key = load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
