@@ -710,3 +710,29 @@ def test_background_sender_carries_erasures_and_merges(
         assert erased.result(timeout=30).status == "succeeded"
         assert merged.result(timeout=30).status == "succeeded"
     assert sorted(fake.profiles) == ["s2"]
+
+
+def test_other_endpoints_rate_limit_headers_never_hold_back_track(fake: FakeBraze) -> None:
+    """An export's exhausted window is that endpoint's: /users/track's pacer ignores it, and
+    still learns from /users/track's own headers."""
+    import time as _time
+
+    exhausted = {
+        "X-RateLimit-Limit": "40",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": str(int(_time.time()) + 3600),
+    }
+    pacer = ab.InProcessPacer()
+    with fake.client(pacer=pacer) as client:
+        fake.inject(
+            path="/users/export/ids",
+            status=201,
+            headers=exhausted,
+            body={"users": [], "message": "success"},
+        )
+        assert client.export_users(["m-1"], ["loyalty_points"]) == []
+        assert pacer.try_acquire() == 0  # track is not held by the export's window
+        pacer.observe(None, {})  # give the slot back
+        fake.inject(path="/users/track", status=201, headers=exhausted)
+        client.track(attributes=[{"external_id": "m-1", "loyalty_points": 1}])
+        assert pacer.try_acquire() > 0  # track's own window is honoured

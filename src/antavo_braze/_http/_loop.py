@@ -540,7 +540,11 @@ class SendLoop:
         status = response.status_code
         self._answers += 1
         self.stats.statuses[str(status)] += 1
-        self.pacer.observe(status, response.headers)
+        # Braze's rate-limit headers describe the endpoint that answered: the pacer keeps the
+        # /users/track budget, so other answers only give back their slot (an export's or
+        # /custom_attributes' window must not hold back track; those keep their own budgets).
+        track = exchange.path == _TRACK
+        self.pacer.observe(status if track else None, response.headers if track else {})
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s -> %d (attempt %d, %.1f ms)",
