@@ -541,9 +541,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fake(args: argparse.Namespace) -> int:
-    """A FakeBraze in the foreground, to try the CLI on: prints what to export; on Ctrl-C
-    (and with ``--dump FILE`` every second while it runs) writes what it holds."""
+    """A FakeBraze in the foreground, to try the CLI on: prints what to export; with
+    ``--dump FILE`` writes what it holds after each request (before answering it) and on
+    Ctrl-C."""
     from .testing import FakeBraze
+
+    dumping = threading.Lock()
+
+    class DumpingFake(FakeBraze):
+        """Writes the dump before the answer leaves, so that once a sync has returned the
+        file already holds what it sent (a command run right after it reads it)."""
+
+        def _record(self, ex: Any, status: int, recorded: Any = None) -> None:
+            super()._record(ex, status, recorded)
+            with dumping:  # handler threads, one file
+                _dump_fake(self, args.dump)
 
     stopped: list[int] = []
 
@@ -552,7 +564,8 @@ def cmd_fake(args: argparse.Namespace) -> int:
 
     previous = {name: signal.signal(name, stop) for name in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with FakeBraze(api_key=args.api_key, port=args.port) as fake:
+        factory = DumpingFake if args.dump else FakeBraze
+        with factory(api_key=args.api_key, port=args.port) as fake:
             print(
                 f"antavo-braze {__version__}: a fake Braze is listening on {fake.url} "
                 "(nothing leaves this machine). In another shell:\n"
@@ -562,14 +575,10 @@ def cmd_fake(args: argparse.Namespace) -> int:
                 + (f"; what it holds is kept in {args.dump}" if args.dump else ""),
                 flush=True,
             )
-            written = -1
+            if args.dump:
+                _dump_fake(fake, args.dump)  # there from the start, empty
             while not stopped:
                 time.sleep(0.2)
-                if args.dump and len(fake.requests) != written:
-                    written = len(fake.requests)
-                    _dump_fake(fake, args.dump)
-            if args.dump:
-                _dump_fake(fake, args.dump)
             held = _fake_holdings(fake)
     finally:
         for name, handler in previous.items():
