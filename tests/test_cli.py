@@ -526,3 +526,15 @@ def test_everyday_csv_files_sync_every_record(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 records: 2 succeeded" in result.stdout
     assert fake.profiles["a"] == {"points": 1, **expected}
+
+
+def test_format_overrides_an_unknown_suffix(tmp_path: Path) -> None:
+    """--format csv reads a file whose suffix says nothing (the help: override the suffix)."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("customer,action,timestamp\nm-1,point_add,2026-01-01T00:00:00Z\n")
+    result = run(*sync_args("events", str(plain)), "--format", "csv", "--dry-run", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "1 records" in result.stdout or "1 record:" in result.stdout
+    unnamed = run(*sync_args("events", str(plain)), "--dry-run", "--quiet")
+    assert unnamed.returncode == 2
+    assert "--format" in unnamed.stderr

@@ -109,19 +109,22 @@ def reopen_input(records: Iterable[Any]) -> Iterable[Any]:
     return records
 
 
-def _open_binary(path: str | PathLike[str]) -> tuple[IO[bytes], str]:
+def _open_binary(path: str | PathLike[str], format: str | None) -> tuple[IO[bytes], str]:
     text = str(path)
     if text == "-":
-        return sys.stdin.buffer, "jsonl"
+        return sys.stdin.buffer, format or "jsonl"
     file = Path(path)
     if not file.is_file():
         raise ConfigurationError(f"input file not found: {file}")
     suffixes = [s.lower() for s in file.suffixes]
     gzipped = bool(suffixes) and suffixes[-1] == ".gz"
-    kind = _FORMATS.get(suffixes[-2] if gzipped and len(suffixes) > 1 else (suffixes or [""])[-1])
+    kind = format or _FORMATS.get(
+        suffixes[-2] if gzipped and len(suffixes) > 1 else (suffixes or [""])[-1]
+    )
     if kind is None:
         raise ConfigurationError(
-            f"unsupported input {file.name!r}: use .jsonl, .json, .csv or .tsv (optionally .gz)"
+            f"unsupported input {file.name!r}: use .jsonl, .json, .csv or .tsv (optionally .gz), "
+            "or name the format (--format, format=...)"
         )
     # The caller owns the handle (records are read lazily, and it is closed when done).
     handle: IO[bytes] = gzip.open(file, "rb") if gzipped else file.open("rb")  # type: ignore[assignment]  # noqa: SIM115
@@ -150,8 +153,7 @@ def read_records(
         raise ConfigurationError(f"unknown encoding {encoding!r}") from None
     if format not in (None, "jsonl", "json", "csv"):
         raise ConfigurationError(f"unknown input format {format!r} (jsonl, json or csv)")
-    handle, kind = _open_binary(path)
-    kind = format or kind
+    handle, kind = _open_binary(path, format)
     name = "<stdin>" if str(path) == "-" else str(path)
     if kind == "csv":
         tsv = ".tsv" in [suffix.lower() for suffix in Path(str(path)).suffixes]
