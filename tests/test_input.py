@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from antavo_braze._input import MAX_LINE_BYTES, BadInput, _parse, read_records
+from antavo_braze._input import MAX_LINE_BYTES, BadInput, _looks_like_utf16, _parse, read_records
 from antavo_braze.exceptions import ConfigurationError
 
 
@@ -238,3 +238,25 @@ def test_a_line_reads_as_the_standard_parser_reads_it(record: dict[str, object])
     a faster parser: orjson reads integers beyond 64 bits as floats)."""
     text = json.dumps(record)
     assert repr(_parse(text, 1)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_a_utf16_csv_read_as_utf8_is_one_clear_error(tmp_path: Path, encoding: str) -> None:
+    """A UTF-16 CSV (with or without its mark) read as UTF-8: one error naming --encoding."""
+    path = tmp_path / "m.csv"
+    path.write_bytes("id,score\na,1\nb,2\n".encode(encoding))
+    with pytest.raises(ConfigurationError, match="looks like UTF-16") as caught:
+        read_records(path)
+    assert "--encoding utf-16" in str(caught.value)
+    assert records(path, encoding=encoding) == [
+        {"id": "a", "score": "1"},
+        {"id": "b", "score": "2"},
+    ]
+
+
+@given(st.text(st.characters(min_codepoint=1, max_codepoint=127), min_size=1, max_size=200))
+def test_utf16_is_told_from_utf8_ascii(text: str) -> None:
+    """ASCII text in UTF-16 (with or without its mark) is seen as UTF-16; in UTF-8 it is not."""
+    assert _looks_like_utf16(text.encode("utf-16"))
+    assert _looks_like_utf16(text.encode("utf-16-le"))
+    assert not _looks_like_utf16(text.encode("utf-8"))

@@ -155,6 +155,8 @@ def read_records(
         raise ConfigurationError(f"unknown input format {format!r} (jsonl, json or csv)")
     handle, kind = _open_binary(path, format)
     name = "<stdin>" if str(path) == "-" else str(path)
+    if kind == "csv" and name != "<stdin>":  # a peek at standard input would wait for it
+        handle = _refuse_utf16_as_utf8(handle, encoding, name)
     if kind == "csv":
         tsv = ".tsv" in [suffix.lower() for suffix in Path(str(path)).suffixes]
         rows = _csv_rows(handle, encoding, delimiter, tsv=tsv)
@@ -168,6 +170,30 @@ def read_records(
     source = RecordSource(name, rows, again, handle)
     source._fresh = True
     return source
+
+
+def _refuse_utf16_as_utf8(handle: IO[bytes], encoding: str, name: str) -> IO[bytes]:
+    """A UTF-16 file read as UTF-8 fails on every line with a baffling reason (NUL bytes,
+    "new-line character seen in unquoted field"): say so once, with the fix."""
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig"):
+        return handle
+    buffered: Any = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
+    head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+    if _looks_like_utf16(head):
+        buffered.close()
+        raise ConfigurationError(
+            f"{name} looks like UTF-16 (a UTF-16 byte-order mark or NUL bytes), not {encoding}: "
+            "pass --encoding utf-16 (encoding='utf-16')"
+        )
+    return buffered  # type: ignore[no-any-return]
+
+
+def _looks_like_utf16(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-16: its byte-order mark, or the NUL byte beside
+    each ASCII character that UTF-8 text does not hold."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    return len(head) >= 2 and head.count(0) * 4 >= len(head)
 
 
 # --- JSON -------------------------------------------------------------------------------------
