@@ -200,8 +200,16 @@ def test_from_file_json_and_toml(tmp_path: Path) -> None:
         ab.Mapping.from_file(bad)
     broken = tmp_path / "broken.json"
     broken.write_text("{nope")
-    with pytest.raises(ab.MappingError, match="not valid json"):
+    with pytest.raises(ab.MappingError, match="not valid JSON") as caught:
         ab.Mapping.from_file(broken)
+    assert "a mapping file is JSON" not in str(caught.value)  # it is one, just broken
+    yaml = tmp_path / "m.yaml"
+    yaml.write_text("fields:\n  - loyalty_field: score\n")
+    with pytest.raises(
+        ab.MappingError,
+        match=r"m\.yaml: not valid JSON .*\(a mapping file is JSON, or TOML when it ends in",
+    ):
+        ab.Mapping.from_file(yaml)
     with pytest.raises(ab.MappingError, match="cannot read"):
         ab.Mapping.from_file(tmp_path / "missing.json")
 

@@ -115,13 +115,17 @@ class Mapping:
             raise MappingError([f"{file}: cannot read ({exc.strerror})"]) from None
         except UnicodeDecodeError:
             raise MappingError([f"{file}: not UTF-8 text"]) from None
+        toml = file.suffix.lower() == ".toml"
         try:
-            config = _load_toml(text) if file.suffix.lower() == ".toml" else json.loads(text)
+            config = _load_toml(text) if toml else json.loads(text)
         except RecursionError:
             raise MappingError([f"{file}: nested too deeply to be a mapping"]) from None
         except ValueError as exc:
+            # A .yaml (or other) file is read as JSON: say which formats a mapping can be.
+            known = toml or file.suffix.lower() == ".json"
+            hint = "" if known else " (a mapping file is JSON, or TOML when it ends in .toml)"
             raise MappingError(
-                [f"{file}: not valid {file.suffix.lstrip('.') or 'JSON'} ({exc})"]
+                [f"{file}: not valid {'TOML' if toml else 'JSON'} ({exc}){hint}"]
             ) from None
         try:
             return cls.from_dict(config)
