@@ -538,3 +538,10 @@ def test_format_overrides_an_unknown_suffix(tmp_path: Path) -> None:
     unnamed = run(*sync_args("events", str(plain)), "--dry-run", "--quiet")
     assert unnamed.returncode == 2
     assert "--format" in unnamed.stderr
+
+
+def test_a_missing_kind_is_named_by_its_choices() -> None:
+    """sync without members|events names the choices, not the internal name 'kind'."""
+    result = run("sync", "--mapping", str(DATA / "mapping.json"), "--input", "m.jsonl")
+    assert result.returncode == 2
+    assert "the following arguments are required: {members,events}" in result.stderr

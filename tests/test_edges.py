@@ -282,6 +282,10 @@ def test_a_tls_1_0_only_server_is_refused_at_once(ca: Any, tmp_path: Path) -> No
     assert info.value.attempts == 1
     assert server.connections <= 4  # one per slot at most, never a retry
     assert len(info.value.result.rejected) == 300
+    # The user reads the reason, not the internal class name.
+    assert "TLS handshake refused" in str(info.value)
+    assert "UnmendableError" not in str(info.value)
+    assert "UnmendableError" not in info.value.result.rejected[0].reason
 
 
 def test_names_that_do_not_resolve_are_unmendable_and_resolver_hiccups_are_not() -> None:

@@ -1394,7 +1394,7 @@ def _add_pull(commands: Any) -> None:
         "and events Braze accepted are never sent again. Credentials from ANTAVO_API_URL "
         "(or ANTAVO_STACK), ANTAVO_API_KEY, ANTAVO_API_SECRET and the BRAZE_* variables.",
     )
-    pull.add_argument("kind", choices=["members", "events"])
+    pull.add_argument("kind", choices=["members", "events"], metavar="{members,events}")
     pull.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     _add_state(pull)
     pull.add_argument("--since", help="window start (ISO 8601, e.g. 2026-12-01T00:00:00Z)")
@@ -1509,7 +1509,7 @@ def build_parser() -> argparse.ArgumentParser:
         ".csv file (also .gz, or - for stdin). A bad line fails alone; the report is printed "
         "on stdout, progress on stderr.",
     )
-    sync.add_argument("kind", choices=["members", "events"])
+    sync.add_argument("kind", choices=["members", "events"], metavar="{members,events}")
     sync.add_argument("--mapping", required=True, help="mapping file (JSON or TOML)")
     sync.add_argument("--input", required=True, help="records: .jsonl/.json/.csv[.gz] or -")
     _add_reading(sync)

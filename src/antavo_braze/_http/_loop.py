@@ -681,6 +681,8 @@ class SendLoop:
         )
 
     def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, UnmendableError):  # its message says it all; the class is internal
+            return self.redact(str(exc))[:300]
         return self.redact(f"{type(exc).__name__}: {exc}")[:300]
 
     def _located(self, error: AntavoBrazeError, exchange: Exchange) -> AntavoBrazeError:
