@@ -545,3 +545,13 @@ def test_a_missing_kind_is_named_by_its_choices() -> None:
     result = run("sync", "--mapping", str(DATA / "mapping.json"), "--input", "m.jsonl")
     assert result.returncode == 2
     assert "the following arguments are required: {members,events}" in result.stderr
+
+
+def test_help_names_the_redis_shorthand_and_the_in_flight_default() -> None:
+    """serve --order says what `redis` means; sync --workers gives --max-in-flight's default."""
+    wide = {"COLUMNS": "1000"}  # no line breaks inside the help texts
+    serve = run("serve", "--help", env=wide).stdout
+    assert "--order REDIS_URL" in serve
+    assert "this Redis ('redis': the URL in --redis-url-file or ANTAVO_BRAZE_REDIS_URL)" in serve
+    sync = run("sync", "--help", env=wide).stdout
+    assert "--max-in-flight is per worker (default 1)" in sync

@@ -308,5 +308,8 @@ def test_serve_on_loopback_without_auth_warns(fake: FakeBraze, tmp_path: Path) -
     _, err = process.communicate(timeout=60)
     assert [a.status for a in answers] == [202, 202]
     assert "not authenticated" in err
+    # No --dead-letter: the summary does not point at one.
+    assert "1 skipped, 0 unsent\n" in err
+    assert "dead letter" not in err
     assert fake.profiles["w1"]["loyalty_points"] == 3
     assert len(fake.requests) == 1  # the unchanged second change was not sent

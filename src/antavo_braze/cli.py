@@ -415,8 +415,8 @@ def _add_state(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url-file",
         metavar="FILE",
-        help="an owner-only file holding the Redis URL (with its password) that --state redis "
-        "and --pacer redis use; or set ANTAVO_BRAZE_REDIS_URL",
+        help="an owner-only file holding the Redis URL (with its password) that --state redis, "
+        "--pacer redis and (serve) --order redis use; or set ANTAVO_BRAZE_REDIS_URL",
     )
 
 
@@ -487,7 +487,7 @@ def _add_workers(parser: argparse.ArgumentParser) -> None:
         default=1,
         metavar="N|auto",
         help="sync in N processes on this machine (auto: one per core), split by member, "
-        "sharing one request budget; --max-in-flight is per worker (1)",
+        "sharing one request budget; --max-in-flight is per worker (default 1)",
     )
 
 
@@ -1234,10 +1234,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             order.close()
     stats = sender.stats()
     why = f" ({signal.Signals(stopped_by[0]).name})" if stopped_by else ""
+    if args.spool:
+        kept = " (kept in the spool)"
+    elif args.dead_letter:
+        kept = " (in the dead letter)"
+    else:  # no dead letter to point at
+        kept = " (no --spool or --dead-letter kept them)" if stats.queued else ""
     print(
         f"stopped{why}: {stats.received} changes received, {stats.succeeded} succeeded, "
-        f"{stats.failed} failed, {stats.skipped} skipped, {stats.queued} unsent "
-        f"({'kept in the spool' if args.spool else 'in the dead letter'})",
+        f"{stats.failed} failed, {stats.skipped} skipped, {stats.queued} unsent{kept}",
         file=sys.stderr,
     )
     return EXIT_OK
@@ -1650,7 +1655,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--order",
         metavar="REDIS_URL",
-        help="keep per-member order with every other receiver using this Redis",
+        help="keep per-member order with every other receiver using this Redis ('redis': "
+        "the URL in --redis-url-file or ANTAVO_BRAZE_REDIS_URL)",
     )
     serve.add_argument(
         "--shutdown-timeout",
