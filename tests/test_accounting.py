@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import antavo_braze as ab
+from antavo_braze._accounting import counted
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
@@ -208,3 +211,22 @@ def test_replay_refuses_to_write_into_its_own_input(fake: FakeBraze, tmp_path: P
         with pytest.raises(ab.ConfigurationError, match="other than"):
             ab.Syncer(client, ab.Mapping(), dead_letter=hard).replay(dead)
     assert len(dead.read_text().splitlines()) == 1
+
+
+@given(st.integers(min_value=0, max_value=10**9), st.sampled_from(["record", "request"]))
+def test_counted_is_singular_for_one_only(count: int, noun: str) -> None:
+    """One record, any other number records (0 included)."""
+    text = counted(count, noun)
+    assert text.startswith(f"{count} {noun}")
+    assert text.endswith("s") == (count != 1)
+
+
+def test_a_one_record_summary_reads_singular(fake: FakeBraze) -> None:
+    """A run of one record in one request: "1 record ... 1 request", not "1 records"."""
+    mapping = ab.Mapping.from_dict(
+        {"fields": [{"loyalty_field": "score", "remote_field": "points", "type": "number"}]}
+    )
+    with fake.client() as client, ab.Syncer(client, mapping) as syncer:
+        summary = syncer.sync_members([{"id": "m-1", "score": 1}]).summary()
+    assert summary.startswith("1 record: 1 succeeded, 0 failed, 0 skipped; 1 request")
+    assert "1 requests" not in summary

@@ -170,7 +170,7 @@ def test_follow_pulls_each_cycle_and_stops_cleanly(
     assert process.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert len(fake.events) == 13
-    assert "1 records: 1 succeeded" in out
+    assert "1 record: 1 succeeded" in out
 
 
 def test_demo_pulls_from_an_embedded_fake_antavo() -> None:

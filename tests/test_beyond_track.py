@@ -692,7 +692,7 @@ def test_audit_report_as_plain_data(fake: FakeBraze, client: ab.BrazeClient) -> 
     text = str(report)
     assert "m1: Antavo 101, Braze 0" in text
     assert "1 record(s) the mapping refused" in text
-    assert "fix: 1 records: 1 succeeded" in text
+    assert "fix: 1 record: 1 succeeded" in text
     assert not report.ok  # a refused record is never "all in Braze"
 
 

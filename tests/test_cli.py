@@ -114,7 +114,7 @@ def test_sync_events_csv_dry_run(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     # Nothing was sent, so nothing "succeeded".
-    assert "dry run, nothing sent: 3 records: 1 would be sent in 1 requests" in result.stdout
+    assert "dry run, nothing sent: 3 records: 1 would be sent in 1 request," in result.stdout
     assert "1 would fail, 1 skipped" in result.stdout
     assert "succeeded" not in result.stdout
 
@@ -217,7 +217,7 @@ def test_broken_jsonl_line(tmp_path: Path) -> None:
         str(dead),
     )
     assert result.returncode == 1, result.stderr
-    assert "3 records: 2 would be sent in 1 requests, 1 would fail" in result.stdout
+    assert "3 records: 2 would be sent in 1 request, 1 would fail" in result.stdout
     entry = json.loads(dead.read_text())
     assert (entry["stage"], entry["line"], entry["index"]) == ("input", 2, 1)
     assert f"failed records written to {dead}" in result.stdout
@@ -480,7 +480,7 @@ def test_logging_flags(fake: FakeBraze, tmp_path: Path) -> None:
     verbose = run(*base, "-v", env=braze_env(fake))
     assert verbose.returncode == 0, verbose.stderr
     assert "retry 1" in verbose.stderr
-    assert "member sync: 1 records: 1 succeeded" in verbose.stderr
+    assert "member sync: 1 record: 1 succeeded" in verbose.stderr
     fake.inject(times=1, status=503)
     log = tmp_path / "run.log"
     quiet = run(*base, "--quiet", "--log-file", str(log), env=braze_env(fake))
@@ -534,7 +534,7 @@ def test_format_overrides_an_unknown_suffix(tmp_path: Path) -> None:
     plain.write_text("customer,action,timestamp\nm-1,point_add,2026-01-01T00:00:00Z\n")
     result = run(*sync_args("events", str(plain)), "--format", "csv", "--dry-run", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert "1 records" in result.stdout or "1 record:" in result.stdout
+    assert "dry run, nothing sent: 1 record: 1 would be sent in 1 request," in result.stdout
     unnamed = run(*sync_args("events", str(plain)), "--dry-run", "--quiet")
     assert unnamed.returncode == 2
     assert "--format" in unnamed.stderr

@@ -179,7 +179,7 @@ def test_dry_run_shows_bodies(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     body = result.stdout.split("request body: ", 1)[1].split("\ndry run")[0]
     assert json.loads(body) == {"attributes": [{"external_id": "m-1", "loyalty_points": 7}]}
-    assert "dry run, nothing sent: 1 records: 1 would be sent in 1 requests" in result.stdout
+    assert "dry run, nothing sent: 1 record: 1 would be sent in 1 request," in result.stdout
 
 
 def test_two_replays_of_one_dead_letter_do_not_double_events(

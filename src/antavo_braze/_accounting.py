@@ -183,6 +183,11 @@ class ClearGuard:
                 )
 
 
+def counted(count: int, noun: str) -> str:
+    """``count`` with its noun, singular for one: "1 record", "2 records", "0 records"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 @frozen
 class SyncReport:
     """One outcome per input record. Always ``total == succeeded + failed + skipped``.
@@ -231,8 +236,8 @@ class SyncReport:
         """One line: counts, requests and time."""
         rate = f", {self.total / self.elapsed:,.0f} records/s" if self.elapsed > 0 else ""
         return (
-            f"{self.total} records: {self.succeeded} succeeded, {self.failed} failed, "
-            f"{self.skipped} skipped; {self.requests} requests{rate}"
+            f"{counted(self.total, 'record')}: {self.succeeded} succeeded, {self.failed} failed, "
+            f"{self.skipped} skipped; {counted(self.requests, 'request')}{rate}"
         )
 
     @property

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
-from ._accounting import SyncReport
+from ._accounting import SyncReport, counted
 from ._coerce import to_datetime
 from ._input import BadInput
 from ._limits import IDS_PER_REQUEST
@@ -135,7 +135,7 @@ class AuditReport:
         rate = f", {self.members / self.elapsed:,.0f} members/s" if self.elapsed > 0 else ""
         lines = [
             f"audited {self.members} members: {self.drifted} drifted, "
-            f"{self.not_in_braze} not in Braze; {self.requests} requests{rate}"
+            f"{self.not_in_braze} not in Braze; {counted(self.requests, 'request')}{rate}"
         ]
         width = max((len(name) for name in self.fields), default=0)
         for name, counts in self.fields.items():

@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TextIO
 import attrs
 
 from . import _demo
-from ._accounting import Progress, SyncReport
+from ._accounting import Progress, SyncReport, counted
 from ._antavo._client import AntavoClient
 from ._batching import BatchLimits
 from ._checkpoint import Checkpoint, Resumed, checkpoint_path
@@ -931,9 +931,9 @@ def _print_sync_report(report: SyncReport, args: argparse.Namespace) -> None:
     if args.dry_run:
         rest = text.partition("\n")[2]
         text = (
-            f"dry run, nothing sent: {report.total} records: {report.succeeded} would be sent in "
-            f"{report.requests} requests, {report.failed} would fail, {report.skipped} skipped"
-            + (f"\n{rest}" if rest else "")
+            f"dry run, nothing sent: {counted(report.total, 'record')}: {report.succeeded} would "
+            f"be sent in {counted(report.requests, 'request')}, {report.failed} would fail, "
+            f"{report.skipped} skipped" + (f"\n{rest}" if rest else "")
         )
     print(text)
     if report.failed:
