@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -28,6 +28,7 @@ from .._client import PERMISSIONS, BrazeClient
 from .._json import dumps, loads
 from .._retry import RetryPolicy
 from ._beyond import Beyond
+from ._serving import BackgroundServer, QuietServer
 
 __all__ = ["FakeBraze", "Fault", "RecordedRequest"]
 
@@ -402,18 +403,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._handle(self, "POST")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(QuietServer):
     request_queue_size = 256
-    fake: FakeBraze
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout, dropped connection) is normal here, not an error.
-        pass
 
 
-class FakeBraze:
+class FakeBraze(BackgroundServer):
     """An in-process Braze look-alike on ``127.0.0.1`` (random port), for tests and demos.
 
     Use it as a context manager; ``url``, ``api_key`` and :meth:`client` connect to it. What it
@@ -474,8 +468,6 @@ class FakeBraze:
         self._idle_handlers: set[_Handler] = set()
         self.connections = 0
         self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._faults: list[Fault] = []
         self._fault_rate = 0.0
         self._fault_status = 503
@@ -502,35 +494,11 @@ class FakeBraze:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FakeBraze:
-        """Start serving in a background thread (idempotent)."""
-        if self._server is None:
-            server = _Server((self._host, self._port), _Handler)
-            server.fake = self
-            if self._ssl_context is not None:
-                server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="FakeBraze",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeBraze:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self) -> QuietServer:
+        server = _Server((self._host, self._port), _Handler)
+        if self._ssl_context is not None:
+            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
+        return server
 
     def __repr__(self) -> str:
         return (

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -28,6 +28,7 @@ from attrs import frozen
 
 from .._antavo._client import AntavoClient
 from .._retry import RetryPolicy
+from ._serving import BackgroundServer, QuietServer
 
 __all__ = ["AntavoFault", "FakeAntavo", "RecordedAntavoRequest", "verify_signature"]
 
@@ -251,7 +252,7 @@ def _error(kind: str, code: int, message: str) -> dict[str, Any]:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _Server
+    server: QuietServer
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: tests read fake.requests
@@ -263,16 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._handle(self)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    fake: FakeAntavo
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that went away is normal here
-
-
-class FakeAntavo:
+class FakeAntavo(BackgroundServer):
     """An in-process Antavo look-alike on ``127.0.0.1`` (random port); a context manager.
 
     ``add_customer(dict)``, ``update_customer(id, **fields)`` (moves ``updated_at``),
@@ -305,8 +297,6 @@ class FakeAntavo:
         self.on_request: Callable[[str], None] | None = None
         self._clock = clock
         self._lock = threading.RLock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._faults: list[AntavoFault] = []
         self._window: tuple[int, int] = (-1, 0)
         self._sequence = itertools.count(1)
@@ -317,33 +307,8 @@ class FakeAntavo:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> FakeAntavo:
-        """Start serving in a background thread (idempotent)."""
-        if self._server is None:
-            server = _Server(("127.0.0.1", 0), _Handler)
-            server.fake = self
-            self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name="FakeAntavo",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeAntavo:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self) -> QuietServer:
+        return QuietServer(("127.0.0.1", 0), _Handler)
 
     def __repr__(self) -> str:
         url = self.url if self._server else None
