@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -200,3 +201,61 @@ def test_dask_recipe_syncs_every_partition(
     assert len(fake.profiles) == 200
     assert "points" not in fake.profiles["m7"]
     assert fake.profiles["m8"]["points"] == 8
+
+
+def test_serve_kill_9_right_after_202s_loses_nothing(fake: FakeBraze, tmp_path: Path) -> None:
+    """`antavo-braze serve --spool`: 40 webhooks posted from 8 clients at once (their submits
+    share disk syncs), kill -9 right after the last 202 — a new serve on the same spool sends
+    every one: a 202 is answered only once its change is in the spool file."""
+    cwd = recipe_dir(tmp_path)
+    fake.latency = 5.0  # nothing is sent before the kill: every change must be in the file
+    command = [sys.executable, "-m", "antavo_braze.cli", "serve", "--mapping", "mapping.json",
+               "--spool", "spool.db", "--port", "{port}"]  # fmt: skip
+
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        server = subprocess.Popen(
+            [part.replace("{port}", str(port)) for part in command],
+            cwd=cwd,
+            env=braze_env(fake),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return server, port
+
+    server, port = start()
+    try:
+        with urllib3.PoolManager(maxsize=8, retries=False, timeout=30) as http:
+            url = f"http://127.0.0.1:{port}/antavo/members"
+            deadline = time.monotonic() + 60
+            post_until_up(http, url, json.dumps({"id": "m0", "score": 0}).encode(), deadline)
+            statuses: list[int] = []
+
+            def post(n: int) -> None:
+                body = json.dumps({"id": f"m{n}", "score": n}).encode()
+                statuses.append(post_until_up(http, url, body, deadline))
+
+            clients = [threading.Thread(target=post, args=(n,)) for n in range(1, WEBHOOKS)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join()
+        server.kill()  # SIGKILL: no hook, no lifespan shutdown
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert statuses == [202] * (WEBHOOKS - 1)
+    assert not {f"m{n}" for n in range(WEBHOOKS)} <= set(fake.profiles)  # not sent before
+    fake.latency = 0.0
+    server, _ = start()
+    try:
+        deadline = time.monotonic() + 60
+        while not {f"m{n}" for n in range(WEBHOOKS)} <= set(fake.profiles):
+            assert time.monotonic() < deadline, sorted(fake.profiles)
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert_all_delivered(fake, cwd)
