@@ -451,6 +451,15 @@ def _add_budget_max_in_flight(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(max_in_flight=1)
 
 
+def _add_mass_clear(parser: argparse.ArgumentParser) -> None:
+    """The mass-clear guard's way out (sync, pull)."""
+    parser.add_argument(
+        "--allow-mass-clear",
+        action="store_true",
+        help="clear (when_missing: clear) even when most members would lose a field",
+    )
+
+
 def _add_deletes(parser: argparse.ArgumentParser) -> None:
     """Guards of ``"as": "delete"`` events (sync events, pull events)."""
     parser.add_argument(
@@ -1418,11 +1427,7 @@ def _add_pull(commands: Any) -> None:
     pull.add_argument(
         "--every", type=float, default=60.0, help="seconds between pulls with --follow (60)"
     )
-    pull.add_argument(
-        "--allow-mass-clear",
-        action="store_true",
-        help="clear (when_missing: clear) even when most members would lose a field",
-    )
+    _add_mass_clear(pull)
     _add_deletes(pull)
     add_check_schema(pull)
     _add_report_json(pull)
@@ -1526,11 +1531,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --dry-run: print the first N request bodies that would be sent",
     )
-    sync.add_argument(
-        "--allow-mass-clear",
-        action="store_true",
-        help="clear (when_missing: clear) even when most members would lose a field",
-    )
+    _add_mass_clear(sync)
     sync.add_argument(
         "--max-failures",
         type=int,
