@@ -181,3 +181,22 @@ def proxy_process(
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def wait_until_serving(process: subprocess.Popen[str], port: int, timeout: float = 30) -> None:
+    """Return once ``antavo-braze serve`` answers ``/healthz`` on ``port``; fail with its
+    stderr if it exits or does not answer within ``timeout`` seconds."""
+    import urllib3
+
+    deadline = time.monotonic() + timeout
+    with urllib3.PoolManager(retries=False) as http:
+        while True:
+            try:
+                if http.request("GET", f"http://127.0.0.1:{port}/healthz").status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                _out, err = process.communicate()
+                raise AssertionError(f"serve did not start: {err}")
+            time.sleep(0.1)

@@ -18,7 +18,7 @@ import urllib3
 import antavo_braze as ab
 from antavo_braze.testing import FakeAntavo, FakeBraze
 
-from .servers import free_port
+from .servers import free_port, wait_until_serving
 
 MAPPING = {
     "fields": [{"loyalty_field": "score", "remote_field": "loyalty_points", "type": "number"}],
@@ -164,18 +164,8 @@ def serve(
          str(mapping), "--port", str(port), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    with urllib3.PoolManager(retries=False) as http:
-        while True:
-            try:
-                if http.request("GET", f"http://127.0.0.1:{port}/healthz").status == 200:
-                    return process, port
-            except urllib3.exceptions.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                _out, err = process.communicate()
-                raise AssertionError(f"serve did not start: {err}")
-            time.sleep(0.1)
+    wait_until_serving(process, port)
+    return process, port
 
 
 def post_and_stop(

@@ -25,7 +25,7 @@ from antavo_braze.serve import BasicAuth, JWTAuth, auth_from_env, create_app
 from antavo_braze.testing import FakeBraze
 
 from .conftest import DATA, in_threads
-from .servers import free_port
+from .servers import free_port, wait_until_serving
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -210,18 +210,8 @@ def serve_process(fake: FakeBraze, tmp_path: Path, *extra: str, env: dict[str, s
              **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    with urllib3.PoolManager(retries=False) as http:
-        while True:
-            try:
-                if http.request("GET", f"http://127.0.0.1:{port}/healthz").status == 200:
-                    return process, port
-            except urllib3.exceptions.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                _out, err = process.communicate()
-                raise AssertionError(f"serve did not start: {err}")
-            time.sleep(0.1)
+    wait_until_serving(process, port)
+    return process, port
 
 
 def test_serve_takes_20000_webhooks_from_32_clients_exactly_once(

@@ -176,12 +176,7 @@ class Beyond:
     def _export_allowed(self) -> tuple[bool, dict[str, str]]:
         if self.export_rate_limit is None:
             return True, {}
-        now = time.time()
-        second = math.floor(now)
-        with self.fake._lock:
-            current, count = self._export_window
-            count = count + 1 if current == second else 1
-            self._export_window = (second, count)
+        count, _wait = self._count_in_window("_export_window", 1.0)
         if count > self.export_rate_limit:
             return False, {"Retry-After": "1", "X-Ratelimit-Retry-After": "1"}
         return True, {}
@@ -235,16 +230,22 @@ class Beyond:
         window of ``identity_rate_window`` seconds)."""
         if self.identity_rate_limit is None:
             return True, {}
-        now = time.time()
-        window = math.floor(now / self.identity_rate_window)
-        with self.fake._lock:
-            current, count = self._identity_window
-            count = count + 1 if current == window else 1
-            self._identity_window = (window, count)
+        count, left = self._count_in_window("_identity_window", self.identity_rate_window)
         if count > self.identity_rate_limit:
-            wait = str(max(1, math.ceil((window + 1) * self.identity_rate_window - now)))
+            wait = str(max(1, math.ceil(left)))
             return False, {"Retry-After": wait, "X-Ratelimit-Retry-After": wait}
         return True, {}
+
+    def _count_in_window(self, name: str, length: float) -> tuple[int, float]:
+        """Count one more request in the fixed window of ``length`` seconds kept in attribute
+        ``name``: (requests in the window so far, seconds until it ends)."""
+        now = time.time()
+        window = math.floor(now / length)
+        with self.fake._lock:
+            current, count = getattr(self, name)
+            count = count + 1 if current == window else 1
+            setattr(self, name, (window, count))
+        return count, (window + 1) * length - now
 
     def _merge(self, ex: _Exchange) -> Reply:
         allowed, headers = self._identity_allowed()
