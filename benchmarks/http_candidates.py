@@ -30,7 +30,7 @@ from tests.servers import RawServer
 from tests.test_conformance import ANSWERED, OBJECTS, POLICY, REFUSED
 
 import antavo_braze as ab
-from antavo_braze._batching import Batch
+from antavo_braze._build.batching import Batch
 
 try:
     import aiohttp

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._antavo._client import ESCHER_OPTIONS, credential_scope
-from antavo_braze._antavo._shapes import (
+from antavo_braze._antavo.client import ESCHER_OPTIONS, credential_scope
+from antavo_braze._antavo.shapes import (
     customer_ids,
     event_envelope,
     format_time,
@@ -539,7 +539,7 @@ def test_an_answer_larger_than_the_bound_is_cut_off(
     fake: FakeAntavo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A body beyond MAX_BODY is not read to its end: the attempt fails (bounded memory)."""
-    import antavo_braze._antavo._client as module
+    import antavo_braze._antavo.client as module
 
     monkeypatch.setattr(module, "MAX_BODY", 1000)
     fake.add_customer({"id": "c-1", "notes": "x" * 5000})
@@ -562,7 +562,7 @@ def test_a_listing_error_other_than_404_is_raised(fake: FakeAntavo) -> None:
 def test_shapes_tolerate_what_antavo_may_send() -> None:
     """updated_at as a number or ISO text; a customer key spelled three ways; properties
     as a list or a mapping; an existing data object kept."""
-    from antavo_braze._antavo._shapes import event_customer, updated_at
+    from antavo_braze._antavo.shapes import event_customer, updated_at
 
     assert updated_at({"updated_at": 5}) == 5.0
     assert updated_at({"updated_at": "1970-01-01T00:00:10Z"}) == 10.0

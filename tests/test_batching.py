@@ -10,8 +10,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._batching import ATTRIBUTES, Item, Packer, pack
-from antavo_braze._limits import ARRAYS
+from antavo_braze._braze.limits import ARRAYS
+from antavo_braze._build.batching import ATTRIBUTES, Item, Packer, pack
 
 # Limits below Braze's own, so that small tests reach them.
 SMALL = 1024

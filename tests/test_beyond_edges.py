@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._ecommerce import order_placed_properties
+from antavo_braze._build.ecommerce import order_placed_properties
 from antavo_braze.testing import FakeBraze
 from antavo_braze.testing._beyond import data_type_of
 

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._audit import compare, same_value
+from antavo_braze._build.schema import braze_type_of
 from antavo_braze._identity import GUARD_MIN_RECORDS, delete_guard
-from antavo_braze._schema import braze_type_of
+from antavo_braze._run.audit import compare, same_value
 from antavo_braze._users import throttle
 from antavo_braze.testing import FakeBraze
 

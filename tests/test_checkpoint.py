@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from antavo_braze._accounting import RecordFailure, SyncReport
-from antavo_braze._checkpoint import (
+from antavo_braze._run.checkpoint import (
     Checkpoint,
     Resumed,
     Settled,
@@ -20,6 +19,7 @@ from antavo_braze._checkpoint import (
     merge_ranges,
     reopened,
 )
+from antavo_braze._run.tally import RecordFailure, SyncReport
 from antavo_braze.exceptions import ConfigurationError
 
 ranges = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=30)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._endpoint import resolve_endpoint
-from antavo_braze._limits import PERMISSIONS
+from antavo_braze._braze.limits import PERMISSIONS
+from antavo_braze._http.endpoint import resolve_endpoint
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads

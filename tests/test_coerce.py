@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._coerce import coerce_properties, infer_type, standard_coercer
+from antavo_braze._build.coerce import coerce_properties, infer_type, standard_coercer
 
 UTC = timezone.utc
 
@@ -521,7 +521,7 @@ def test_megabyte_string_is_refused_or_truncated() -> None:
 
 def test_the_date_cache_keeps_short_normalised_keys() -> None:
     """Padded dates share one cache entry per date; over-long ones are never cached."""
-    from antavo_braze._coerce import _cached_date_string
+    from antavo_braze._build.coerce import _cached_date_string
 
     _cached_date_string.cache_clear()
     for pad in range(1, 200):

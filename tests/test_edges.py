@@ -25,9 +25,9 @@ import pytest
 
 import antavo_braze as ab
 from antavo_braze._demo import DEMO_MAPPING, sample_members
-from antavo_braze._endpoint import parse_endpoint
-from antavo_braze._http._pool import ConnectionPool, UnmendableError, unmendable
-from antavo_braze._redis import redis_client
+from antavo_braze._http.endpoint import parse_endpoint
+from antavo_braze._http.pool import ConnectionPool, UnmendableError, unmendable
+from antavo_braze._scale.redis import redis_client
 from antavo_braze.testing import FakeBraze
 
 from .servers import CLOSE, RawServer, free_port

@@ -11,7 +11,7 @@ import requests
 import urllib3
 
 import antavo_braze as ab
-from antavo_braze._antavo._client import ESCHER_OPTIONS
+from antavo_braze._antavo.client import ESCHER_OPTIONS
 from antavo_braze.testing import FakeAntavo, verify_signature
 
 NOW = datetime(2026, 12, 6, 10, 0, tzinfo=timezone.utc)

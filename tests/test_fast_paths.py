@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._coerce import (
+from antavo_braze._build.coerce import (
     _coerce_date_string,
     coerce_date,
     coerce_number,

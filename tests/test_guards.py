@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._accounting import CLEAR_GUARD_FROM, ClearGuard, is_mass_clear
-from antavo_braze._filecheck import _hint, _kind
+from antavo_braze._run.filecheck import _hint, _kind
+from antavo_braze._run.tally import CLEAR_GUARD_FROM, ClearGuard, is_mass_clear
 from antavo_braze.testing import FakeBraze
 
 from .servers import free_port
@@ -257,7 +257,7 @@ def test_exit_code_rule(
 def test_replay_marks_what_it_resent(tmp_path: Path) -> None:
     """A resent entry is marked in the file read; if it fails again, the retry lives on,
     unmarked, in the new dead letter; a second replay skips marked entries."""
-    from antavo_braze._deadletter import DeadLetterEntry, DeadLetterObject, entry_to_json
+    from antavo_braze._run.deadletter import DeadLetterEntry, DeadLetterObject, entry_to_json
 
     source, output = tmp_path / "dead.jsonl", tmp_path / "out.jsonl"
     event = {"external_id": "m-1", "name": "earned", "time": "2026-01-01T00:00:00Z"}

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from antavo_braze._input import MAX_LINE_BYTES, BadInput, _looks_like_utf16, _parse, read_records
+from antavo_braze._run.input import (
+    MAX_LINE_BYTES,
+    BadInput,
+    _looks_like_utf16,
+    _parse,
+    read_records,
+)
 from antavo_braze.exceptions import ConfigurationError
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._converter import unstructure_attributes, unstructure_event
-from antavo_braze._mapper import MISSING, get_path
+from antavo_braze._build.converter import unstructure_attributes, unstructure_event
+from antavo_braze._build.mapper import MISSING, get_path
 
 from .conftest import load
 

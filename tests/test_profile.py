@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import antavo_braze as ab
-from antavo_braze._input import BadInput
-from antavo_braze._profile import profile_fields
+from antavo_braze._run.input import BadInput
+from antavo_braze._run.profile import profile_fields
 
 from .test_cli import run
 

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._checkpoint import Settled
-from antavo_braze._shard import Sharded
+from antavo_braze._run.checkpoint import Settled
+from antavo_braze._scale.shard import Sharded
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads

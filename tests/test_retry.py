@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._retry import (
+from antavo_braze._http.retry import (
     backoff_delay,
     is_retryable_status,
     reset_in_seconds,

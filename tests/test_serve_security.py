@@ -706,8 +706,8 @@ def test_files_of_another_user_are_refused(tmp_path: Path) -> None:
         ab.JsonlDeadLetter(tmp_path / "dead.jsonl", append=True)
     with pytest.raises(ab.ConfigurationError, match="another user"):
         ab.SqliteStateStore(tmp_path / "state2.db")
-    from antavo_braze._files import replace_private
-    from antavo_braze._spool import Spool
+    from antavo_braze._run.files import replace_private
+    from antavo_braze._service.spool import Spool
 
     with pytest.raises(ab.ConfigurationError, match="another user"):
         Spool(tmp_path / "spool.db")

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._accounting import RecordFailure, RecordOutcome
+from antavo_braze._run.tally import RecordFailure, RecordOutcome
 from antavo_braze._sender import may_retry, retry_delay
 from antavo_braze.testing import FakeBraze
 
@@ -344,7 +344,7 @@ def test_receipts_of_an_older_spool_are_kept(tmp_path: Path) -> None:
 
 def ab_spool(path: Path) -> object:
     """A Spool on ``path`` (the private class, for the upgrade test)."""
-    from antavo_braze._spool import Spool
+    from antavo_braze._service.spool import Spool
 
     return Spool(path)
 
@@ -354,7 +354,7 @@ def test_spool_file_stays_bounded(
 ) -> None:
     """Three rounds of 1,500 webhooks with nothing left pending: no row and no expired key is
     left, and the file does not grow after the first round."""
-    monkeypatch.setattr("antavo_braze._spool._PRUNE_EVERY", 0.0)
+    monkeypatch.setattr("antavo_braze._service.spool._PRUNE_EVERY", 0.0)
     path = tmp_path / "spool.db"
     sizes = []
     with (

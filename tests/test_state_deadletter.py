@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._accounting import fingerprint
-from antavo_braze._deadletter import entry_from_json, entry_to_json
+from antavo_braze._run.deadletter import entry_from_json, entry_to_json
+from antavo_braze._run.tally import fingerprint
 
 SECRET = b"k" * 32
 

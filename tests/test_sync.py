@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._accounting import fingerprint
 from antavo_braze._demo import DEMO_MAPPING, sample_events, sample_members
+from antavo_braze._run.tally import fingerprint
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads, load

@@ -449,8 +449,8 @@ def test_syncer_is_a_context_manager(fake: FakeBraze, tmp_path: Path, mapping: a
 
 def test_stopping_early_abandons_requests_in_flight_cleanly(fake: FakeBraze) -> None:
     """A caller that stops reading outcomes leaves no connection open, and the client works on."""
-    from antavo_braze._batching import pack
-    from antavo_braze._wire import model_item
+    from antavo_braze._build.batching import pack
+    from antavo_braze._build.wire import model_item
 
     with fake.client(max_in_flight=4) as client:
         groups = [[model_item(obj, n)] for n, obj in enumerate(attrs(20))]

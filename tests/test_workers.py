@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._checkpoint import Settled
-from antavo_braze._workers import (
+from antavo_braze._run.checkpoint import Settled
+from antavo_braze._scale.workers import (
     ELSEWHERE,
     _ListShare,
     _owners,

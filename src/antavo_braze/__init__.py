@@ -8,9 +8,32 @@ from __future__ import annotations
 
 import importlib
 import logging
-from types import ModuleType
+from types import FunctionType, ModuleType
 
-from ._accounting import (
+from ._antavo.client import AntavoClient
+from ._braze.types import BrazeType
+from ._build.batching import BatchLimits
+from ._build.coerce import coerce, infer_type
+from ._build.mapper import MappedEvent, Mapper
+from ._build.mapping import Mapping
+from ._build.schema import CustomAttribute, SchemaProblem
+from ._client import BrazeClient, RejectedObject, TrackResult
+from ._http import BrazeResponse
+from ._http.pacing import Clock, InProcessPacer, NonBlockingPacer, Pacer
+from ._http.retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
+from ._run.audit import AuditExample, AuditReport, FieldAudit
+from ._run.deadletter import (
+    DeadLetterEntry,
+    DeadLetterObject,
+    DeadLetterSink,
+    JsonlDeadLetter,
+    MemoryDeadLetter,
+    read_dead_letters,
+)
+from ._run.filecheck import FieldCheck, FileCheck, check_file
+from ._run.input import BadInput, RecordSource, read_records
+from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
+from ._run.tally import (
     DroppedField,
     FieldCounts,
     FieldProblem,
@@ -19,34 +42,11 @@ from ._accounting import (
     RecordOutcome,
     SyncReport,
 )
-from ._antavo._client import AntavoClient
-from ._audit import AuditExample, AuditReport, FieldAudit
-from ._batching import BatchLimits
-from ._client import BrazeClient, RejectedObject, TrackResult
-from ._coerce import coerce, infer_type
-from ._deadletter import (
-    DeadLetterEntry,
-    DeadLetterObject,
-    DeadLetterSink,
-    JsonlDeadLetter,
-    MemoryDeadLetter,
-    read_dead_letters,
-)
-from ._filecheck import FieldCheck, FileCheck, check_file
-from ._http import BrazeResponse
-from ._input import BadInput, RecordSource, read_records
-from ._localpacer import SharedMemoryPacer
-from ._mapper import MappedEvent, Mapper
-from ._mapping import Mapping
-from ._ratelimit import Clock, InProcessPacer, NonBlockingPacer, Pacer
-from ._redis import RedisOrder, RedisPacer, RedisStateStore
-from ._retry import AttemptOutcome, RetryDecision, RetryPolicy, decide_retry
-from ._schema import CustomAttribute, SchemaProblem
+from ._scale.localpacer import SharedMemoryPacer
+from ._scale.redis import RedisOrder, RedisPacer, RedisStateStore
+from ._scale.shard import shard_of
 from ._sender import BackgroundSender, SenderStats, Submission
-from ._shard import shard_of
-from ._state import MemoryStateStore, SqliteStateStore, StateStore
 from ._sync import Syncer
-from ._types import BrazeType
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
@@ -167,3 +167,17 @@ def __getattr__(name: str) -> ModuleType:
     if name == "testing":
         return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _present_as_public() -> None:
+    """Public classes and functions report ``antavo_braze`` as their module (repr, docs,
+    pickling by name), wherever in the private layers they are defined."""
+    namespace = globals()
+    for name in __all__:
+        value = namespace[name]
+        module = getattr(value, "__module__", "")
+        if module.startswith(f"{__name__}._") and isinstance(value, (type, FunctionType)):
+            value.__module__ = __name__
+
+
+_present_as_public()

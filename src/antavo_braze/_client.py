@@ -16,12 +16,21 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from attrs import field, frozen
+from attrs import frozen
 
 from . import _users
-from ._batching import Batch, BatchLimits, BatchMode, Item, pack
-from ._coerce import coerce_date
-from ._endpoint import parse_endpoint
+from ._braze.limits import (
+    BRAZE_ERROR_CODES,
+    EVENTS_LIST_PAGE,
+    MAX_EVENT_LIST_PAGES,
+    OPTIONAL_PERMISSIONS,
+    PERMISSIONS,
+    REQUIRED_PERMISSIONS,
+)
+from ._build.batching import Batch, BatchLimits, BatchMode, BatchOutcome, Item, pack
+from ._build.coerce import coerce_date
+from ._build.schema import CustomAttribute
+from ._build.wire import WireError, model_item, wire_item
 from ._http import (
     BrazeResponse,
     CallStats,
@@ -34,20 +43,11 @@ from ._http import (
     SendLoop,
     resolve_proxy,
 )
-from ._limits import (
-    BRAZE_ERROR_CODES,
-    EVENTS_LIST_PAGE,
-    MAX_EVENT_LIST_PAGES,
-    OPTIONAL_PERMISSIONS,
-    PERMISSIONS,
-    REQUIRED_PERMISSIONS,
-)
-from ._ratelimit import InProcessPacer, Pacer
-from ._retry import RetryPolicy
-from ._schema import CustomAttribute
+from ._http.endpoint import parse_endpoint
+from ._http.pacing import InProcessPacer, Pacer
+from ._http.retry import RetryPolicy
 from ._telemetry import Telemetry, log_fields, traced
 from ._version import __version__
-from ._wire import WireError, model_item, wire_item
 from .exceptions import (
     AntavoBrazeError,
     BadRequestError,
@@ -132,35 +132,6 @@ class TrackResult:
     def ok(self) -> bool:
         """True when Braze accepted every object."""
         return not self.rejected
-
-
-@frozen
-class BatchOutcome:
-    """The result of sending one batch: per-item rejections, or the error that sank it.
-
-    ``attempts`` the requests it took; ``unknown``: some attempt went out whole without a
-    usable answer (Braze may have applied it: events could be recorded twice); ``not_sent``:
-    it never left (an interrupt, a fatal error, or Braze unreachable); ``retryable``: the
-    whole request failed in a way a later try may mend (429, 408, 5xx, network, interrupted)
-    — decided once, by :func:`~antavo_braze._retry.decide_retry`, and carried here.
-    """
-
-    batch: Batch
-    rejected: Mapping[int, str] = field(factory=dict)  # item number in batch -> reason
-    error: AntavoBrazeError | None = None
-    stage: str | None = None
-    warnings: tuple[str, ...] = ()
-    attempts: int = 0
-    unknown: bool = False
-    not_sent: bool = False
-    retryable: bool = False
-
-    def failure(self, item_number: int) -> tuple[str, str] | None:
-        """``(stage, reason)`` if item ``item_number`` of the batch failed, else ``None``."""
-        if self.error is not None:
-            return self.stage or "braze", str(self.error)
-        reason = self.rejected.get(item_number)
-        return None if reason is None else ("braze", reason)
 
 
 class BrazeClient:

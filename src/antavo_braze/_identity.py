@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from ._accounting import Stage, _Run
+from ._braze.limits import IDS_PER_REQUEST
 from ._client import BrazeClient
-from ._limits import IDS_PER_REQUEST
+from ._run.tally import Stage, _Run
 from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 

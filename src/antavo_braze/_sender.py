@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from attrs import frozen
 
-from ._accounting import RecordOutcome, Stage, failure_groups, record_view
-from ._deadletter import DeadLetterEntry, DeadLetterSink
+from ._build.wire import model_item
 from ._fork import reset_after_fork
-from ._redis import RedisOrder
-from ._spool import RECEIPT_TTL, Row, Spool
-from ._sync import Syncer, _event_id, _record_id
+from ._run.deadletter import DeadLetterEntry, DeadLetterSink
+from ._run.input import event_id, record_id
+from ._run.tally import RecordOutcome, Stage, failure_groups, record_view
+from ._scale.redis import RedisOrder
+from ._service.spool import RECEIPT_TTL, Row, Spool
+from ._sync import Syncer
 from ._telemetry import Telemetry, log_fields
-from ._wire import model_item
 from .exceptions import (
     AntavoBrazeError,
     AuthenticationError,
@@ -60,7 +61,7 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
-    from ._antavo._client import AntavoClient
+    from ._antavo.client import AntavoClient
 
 __all__ = ["BackgroundSender", "SenderStats", "Submission"]
 
@@ -556,7 +557,7 @@ class BackgroundSender:
     ) -> list[Submission] | None:
         keyed: list[tuple[Kind, str, str]] = []
         reasons: dict[int, str] = {}
-        key_of = _record_id if kind == "member" else _event_id
+        key_of = record_id if kind == "member" else event_id
         for number, record in enumerate(records):
             key = key_of(record)
             if key is None:
@@ -1117,7 +1118,7 @@ class BackgroundSender:
             dict.fromkeys(
                 member_id
                 for change in window
-                if change.kind == "event" and (member_id := _event_id(change.record)) is not None
+                if change.kind == "event" and (member_id := event_id(change.record)) is not None
             )
         )
         if not ids:

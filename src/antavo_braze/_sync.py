@@ -21,7 +21,41 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import attrs
 
-from ._accounting import (
+from ._braze.limits import DELETE_VERIFY_SECONDS
+from ._build.batching import ATTRIBUTES, BatchLimits, BatchOutcome, Item, Packer, pack
+from ._build.mapper import MISSING, Mapper, member_fields, utc_now
+from ._build.mapping import Mapping
+from ._build.wire import WireError, model_item, wire_item
+from ._client import BrazeClient
+from ._http import CallStats, Interrupt
+from ._identity import Identity, apply_identities, settle_dry_run
+from ._json import dumps_object, loads
+from ._run.audit import AuditReport, drifted_members, new_tally
+from ._run.checkpoint import Settled
+from ._run.deadletter import (
+    DeadLetterEntry,
+    DeadLetterObject,
+    DeadLetterSink,
+    entry_to_json,
+    open_sink,
+    read_dead_letters,
+    start_sink,
+)
+from ._run.files import check_private, replace_private
+from ._run.input import (
+    BadInput,
+    change_id,
+    event_id,
+    is_fresh,
+    record_id,
+    records_length,
+    rows_of,
+    text_id,
+)
+from ._run.interrupts import stop_on_signals, until_interrupted
+from ._run.progress import TqdmProgress
+from ._run.state import StateStore, already_sent, get_many, has_ledger, record_sent
+from ._run.tally import (
     Progress,
     RecordOutcome,
     Stage,
@@ -31,35 +65,12 @@ from ._accounting import (
     fingerprint,
     stderr_progress,
 )
-from ._audit import AuditReport, drifted_members, new_tally
-from ._batching import ATTRIBUTES, BatchLimits, Item, Packer, pack
-from ._checkpoint import Settled
-from ._client import BatchOutcome, BrazeClient
-from ._deadletter import (
-    DeadLetterEntry,
-    DeadLetterObject,
-    DeadLetterSink,
-    entry_to_json,
-    open_sink,
-    read_dead_letters,
-)
-from ._files import check_private, replace_private
-from ._http import CallStats, Interrupt
-from ._identity import Identity, apply_identities, settle_dry_run
-from ._input import BadInput
-from ._interrupts import stop_on_signals
-from ._json import dumps_object, loads
-from ._limits import DELETE_VERIFY_SECONDS
-from ._mapper import MISSING, Mapper, member_fields, utc_now
-from ._mapping import Mapping
-from ._state import StateStore, already_sent, get_many, has_ledger, record_sent
 from ._telemetry import Telemetry, log_fields, traced
-from ._wire import WireError, model_item, wire_item
 from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
 
 if TYPE_CHECKING:
-    from ._antavo._client import AntavoClient, TimeLike
-    from ._workers import Workers
+    from ._antavo.client import AntavoClient, TimeLike
+    from ._scale.workers import Workers
 
 __all__ = ["Syncer", "needs_a_look"]
 
@@ -78,88 +89,9 @@ _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 _new_item = tuple.__new__  # Item(...) without NamedTuple's Python-level __new__: hot path
 
 
-class _TqdmProgress:
-    def __init__(self, total: int | None) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(unit="records", total=total)
-        self._done = 0
-
-    def __call__(self, progress: Progress) -> None:
-        self._bar.update(progress.done - self._done)
-        self._done = progress.done
-        self._bar.set_postfix(failed=progress.failed, requests=progress.requests, refresh=False)
-
-
-def _length(records: Any) -> int | None:
-    try:
-        return len(records)
-    except TypeError:
-        return None
-
-
-def _dataframe_rows(frame: Any) -> Iterator[dict[str, Any]]:
-    """Rows of a pandas DataFrame as dicts: missing cells (NaN, NaT, None) are absent."""
-    import pandas
-
-    columns = [str(c) for c in frame.columns]
-    for row in frame.itertuples(index=False, name=None):
-        cells = zip(columns, row, strict=True)
-        yield {name: value for name, value in cells if not _is_missing(pandas, value)}
-
-
-def _is_missing(pandas: Any, value: Any) -> bool:
-    if isinstance(value, (list, tuple, dict, set)):
-        return False
-    try:
-        return bool(pandas.isna(value))
-    except (TypeError, ValueError):  # array-likes: present
-        return False
-
-
-def _is_dataframe(records: Iterable[Any]) -> bool:
-    return type(records).__module__.startswith("pandas") and hasattr(records, "itertuples")
-
-
-def _rows(records: Iterable[Any]) -> Iterable[Any]:
-    return _dataframe_rows(records) if _is_dataframe(records) else records
-
-
-def _fresh(records: Iterable[Any]) -> bool:
-    """Whether no code of the caller runs between two records: a list, a tuple, or rows the
-    SDK reads itself (a file, a data frame). A record's objects then stay as they are until
-    its batch is encoded (in one call); from any other iterable, which may reuse them for the
-    next record, each object is encoded as it is built."""
-    return (
-        records.__class__ is list
-        or records.__class__ is tuple
-        or getattr(records, "_fresh", False) is True
-        or _is_dataframe(records)
-    )
-
-
 def _same_file(a: Path, b: Path) -> bool:
     """Whether both paths exist and are one file (links included)."""
     return a.exists() and b.exists() and os.path.samefile(a, b)
-
-
-def _start(sink: DeadLetterSink | None) -> None:
-    """A run's dead-letter file starts afresh when the run does (a sink with ``start``)."""
-    start = getattr(sink, "start", None)
-    if callable(start):
-        start()
-
-
-def _until_interrupted(records: Iterable[Any], interrupt: Interrupt) -> Iterator[Any]:
-    """The records; a Ctrl-C raised while the input is read (a notebook cell, a generator
-    reading a socket) ends them and stops the run like a signal: every record read so far
-    was handled, so the report adds up."""
-    try:
-        yield from records
-    except KeyboardInterrupt:
-        if interrupt.signal is not None:  # a second one: stop now
-            raise
-        interrupt.request(signal.SIGINT)
 
 
 class Syncer:
@@ -293,7 +225,7 @@ class Syncer:
         sharing one request budget, split stably by member; the report, the dead letter and
         Ctrl-C behave as for one process. The input is read once per worker: a list, a
         tuple, a data frame or :func:`read_records`, not a one-shot iterator."""
-        from ._workers import run_in_workers, worker_count  # it builds on this module
+        from ._scale.workers import run_in_workers, worker_count  # it builds on this module
 
         count = worker_count(workers)
         if count > 1:
@@ -305,7 +237,7 @@ class Syncer:
         """Send each event as a custom event or purchases (plus trigger attributes);
         ``workers`` as for :meth:`sync_members` (a member's events stay in one worker, in
         order)."""
-        from ._workers import run_in_workers, worker_count  # it builds on this module
+        from ._scale.workers import run_in_workers, worker_count  # it builds on this module
 
         count = worker_count(workers)
         if count > 1:
@@ -319,7 +251,7 @@ class Syncer:
         """Read the customers Antavo changed in ``(since, until]`` and sync them; ``since``
         defaults to the state store's watermark, which moves to ``until`` once the whole
         window is settled (``report.watermark``: where the next pull starts)."""
-        from ._pull import pull
+        from ._service.pull import pull
 
         return pull(self, antavo, "members", since, until)
 
@@ -329,7 +261,7 @@ class Syncer:
     ) -> SyncReport:
         """Read Antavo's events of ``[since, until)`` and sync them, each once (the ledger);
         the watermark as for :meth:`pull_members`."""
-        from ._pull import pull
+        from ._service.pull import pull
 
         return pull(self, antavo, "events", since, until)
 
@@ -348,7 +280,7 @@ class Syncer:
                     obj = self.mapper.attributes(member_id, values, types)
                 except CoercionError as exc:
                     run.total += 1
-                    run.fail_invalid(position, record, _text_id(member_id), [exc])
+                    run.fail_invalid(position, record, text_id(member_id), [exc])
                     continue
                 yield self._open(run, position, record, (model_item(obj, position),))
 
@@ -365,7 +297,7 @@ class Syncer:
             raise ConfigurationError("an audit reads Braze: this Syncer has no client")
         tally = new_tally(self.mapper)
         start = time.perf_counter()
-        drift = drifted_members(self.mapper, client.export_users, _rows(members), tally)
+        drift = drifted_members(self.mapper, client.export_users, rows_of(members), tally)
         fixed = None
         if fix:
             fixed = self._execute("attributes", drift, self._wire_attribute_groups)[0]
@@ -399,10 +331,10 @@ class Syncer:
         would be sent count as ``succeeded``."""
         build = self._member_builder() if kind == "members" else self._event_groups
         sink = open_sink(dead_letter)
-        _start(sink)
+        start_sink(sink)
         run = self._new_run("member" if kind == "members" else "event", records, sink)
         count = 0
-        for batch in pack(build(_rows(records), run), self.limits):
+        for batch in pack(build(rows_of(records), run), self.limits):
             count += 1
             if on_body is not None:
                 on_body(loads(batch.body))
@@ -449,8 +381,8 @@ class Syncer:
         ledger = self._ledger()
 
         def build(records: Iterable[Any], run: _Run) -> Generator[Sequence[Item], None, None]:
-            for position, entry, event_id in self._unsent(records, run, _entry_event_key):
-                if event_id is _SKIP:
+            for position, entry, ledger_id in self._unsent(records, run, _entry_event_key):
+                if ledger_id is _SKIP:
                     continue
                 if entry.replayed_at is not None and not again:
                     run.total += 1
@@ -473,8 +405,8 @@ class Syncer:
                     run.fail(position, entry, entry.record_id, "validation", str(exc))
                     continue
                 resent.add(position)
-                if ledger and event_id is not None:
-                    run.sent[position] = event_id
+                if ledger and ledger_id is not None:
+                    run.sent[position] = ledger_id
                 yield self._open(run, position, entry, items)
 
         try:
@@ -494,10 +426,10 @@ class Syncer:
         return _Run(
             kind,
             sink=sink,
-            progress=self._progress_callback(_length(records)),
-            total=_length(records),
+            progress=self._progress_callback(records_length(records)),
+            total=records_length(records),
             line_of=getattr(records, "line_of", None),
-            fresh=_fresh(records),
+            fresh=is_fresh(records),
             field_names=self.mapper.fields if kind == "member" else (),
             event_arrays=kind in ("event", "replay"),
             max_clear_ratio=self.max_clear_ratio if self.mapper._fields.clearing else None,
@@ -509,7 +441,7 @@ class Syncer:
             return None
         if spec is True:
             try:
-                return _TqdmProgress(total)  # a bar of its own per call
+                return TqdmProgress(total)  # a bar of its own per call
             except ModuleNotFoundError:
                 return stderr_progress
         return spec
@@ -517,7 +449,7 @@ class Syncer:
     def _preview(self, kind: str, records: Iterable[Any], build: Build) -> list[dict[str, Any]]:
         run = self._new_run(kind, records, None)
         run.progress = None
-        return [loads(batch.body) for batch in pack(build(_rows(records), run), self.limits)]
+        return [loads(batch.body) for batch in pack(build(rows_of(records), run), self.limits)]
 
     def _run(self, kind: str, records: Iterable[Any], build: Build) -> SyncReport:
         return self._execute(kind, records, build)[0]
@@ -537,13 +469,13 @@ class Syncer:
         client = self.client
         if client is None:
             raise ConfigurationError("this Syncer has no client: it can preview and dry-run only")
-        _start(self.dead_letter)
+        start_sink(self.dead_letter)
         run = self._new_run(kind, records, self.dead_letter if hold is None else hold)
         if each:
             run.skips = {}
         stats = CallStats()
         interrupt = Interrupt()
-        groups = build(_until_interrupted(_rows(records), interrupt), run)
+        groups = build(until_interrupted(rows_of(records), interrupt), run)
         packer = Packer(groups, self.limits)
         fatal: AntavoBrazeError | None = None
         try:
@@ -571,7 +503,7 @@ class Syncer:
                     record = records[position]  # type: ignore[index]
                     run.total += 1
                     run.fail(
-                        position, record, _change_id(kind, record), "interrupted",
+                        position, record, change_id(kind, record), "interrupted",
                         f"interrupted ({stopped}) before it was sent",
                         retryable=True, outcome="not_sent",
                     )  # fmt: skip
@@ -681,7 +613,7 @@ class Syncer:
                 item = wire_item(ATTRIBUTES, wire, position, 1)
             except WireError as exc:
                 run.total += 1
-                run.fail(position, wire, _text_id(wire.get("external_id")), "validation", str(exc))
+                run.fail(position, wire, text_id(wire.get("external_id")), "validation", str(exc))
                 continue
             yield self._open(run, position, wire, (item,))
 
@@ -705,7 +637,7 @@ class Syncer:
             run.fail(
                 position,
                 record,
-                _change_id(kind, record),
+                change_id(kind, record),
                 stage,
                 reason,
                 retryable=retryable,
@@ -800,7 +732,7 @@ class Syncer:
         absent = run.absent
         new_item = _new_item
         settled = Settled
-        fresh = run.fresh  # the batch encodes the objects (see _fresh)
+        fresh = run.fresh  # the batch encodes the objects (see is_fresh)
         clearing = bool(plan.clearing)
         clear_steps = [plan.steps[n] for n in plan.clearing]
         held: list[_Held] = []  # records waiting for the guard to judge
@@ -828,7 +760,7 @@ class Syncer:
                         continue
                     wire = {"external_id": external_id, **values}
                 except Exception as exc:  # a bad record fails alone, whatever is wrong with it
-                    run.fail(position, record, _record_id(record), "validation", _describe(exc))
+                    run.fail(position, record, record_id(record), "validation", _describe(exc))
                     continue
                 else:
                     mapped += 1
@@ -938,7 +870,7 @@ class Syncer:
         """A record the plan refused: list every bad field; with ``drop_field`` return the
         values left to send (``None``: nothing to send, the record is settled)."""
         if external_id is None:  # no usable id: nothing else matters
-            run.fail_invalid(position, record, _record_id(record), [exc.at(record_id=None)])
+            run.fail_invalid(position, record, record_id(record), [exc.at(record_id=None)])
             return None
         values, problems = self._each_field(record, exc, run)
         run.mapped += 1
@@ -1057,7 +989,7 @@ class Syncer:
             }  # fmt: skip
             return external_id, refused, cleared
         except Exception as exc:
-            run.fail(position, record, _record_id(record), "validation", _describe(exc))
+            run.fail(position, record, record_id(record), "validation", _describe(exc))
             return None
         run.mapped += 1
         if not values:
@@ -1124,8 +1056,8 @@ class Syncer:
     ) -> Generator[Sequence[Item], None, None]:
         mapper = self.mapper
         ledger = self._ledger()
-        for position, event, event_id in self._unsent(records, run, _event_key):
-            if event_id is _SKIP:
+        for position, event, ledger_id in self._unsent(records, run, _event_key):
+            if ledger_id is _SKIP:
                 continue
             if event.__class__ is BadInput:
                 run.total += 1
@@ -1139,11 +1071,11 @@ class Syncer:
                 mapped = mapper.map_event(event)
             except CoercionError as exc:
                 run.total += 1
-                run.fail_invalid(position, event, exc.record_id or _event_id(event), [exc])
+                run.fail_invalid(position, event, exc.record_id or event_id(event), [exc])
                 continue
             except Exception as exc:
                 run.total += 1
-                run.fail(position, event, _event_id(event), "validation", _describe(exc))
+                run.fail(position, event, event_id(event), "validation", _describe(exc))
                 continue
             if mapped.skipped:
                 run.total += 1
@@ -1157,8 +1089,8 @@ class Syncer:
                 continue
             parts = len(mapped.objects)
             items = tuple(model_item(obj, position, parts) for obj in mapped.objects)
-            if ledger and event_id is not None:
-                run.sent[position] = event_id  # recorded once Braze accepts it
+            if ledger and ledger_id is not None:
+                run.sent[position] = ledger_id  # recorded once Braze accepts it
             yield self._open(run, position, event, items)
 
     def _ledger(self) -> bool:
@@ -1187,15 +1119,15 @@ class Syncer:
     ) -> Iterator[tuple[int, Any, Any]]:
         hits = already_sent(self.state, [i for _, _, i in chunk if i is not None])
         in_flight = set(run.sent.values())
-        for position, record, event_id in chunk:
-            if event_id is not None and (event_id in hits or event_id in in_flight):
+        for position, record, ledger_id in chunk:
+            if ledger_id is not None and (ledger_id in hits or ledger_id in in_flight):
                 run.total += 1
-                run.skip(position, ALREADY_SENT if event_id in hits else _REPEATED)
+                run.skip(position, ALREADY_SENT if ledger_id in hits else _REPEATED)
                 yield position, record, _SKIP
                 continue
-            if event_id is not None:
-                in_flight.add(event_id)
-            yield position, record, event_id
+            if ledger_id is not None:
+                in_flight.add(ledger_id)
+            yield position, record, ledger_id
 
 
 _SKIP = object()  # the id _unsent gives a record it skipped
@@ -1266,32 +1198,6 @@ def _not_resent(entry: DeadLetterEntry, allow_duplicates: bool) -> str | None:
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
-
-
-def _change_id(kind: str, record: Any) -> str | None:
-    """The member or event a background sender's change is about."""
-    if kind == "event":
-        return _event_id(record)
-    if kind == "attributes":  # a wire object, or the values refused at submit
-        return _text_id(record.get("external_id", record.get("id")))
-    return _record_id(record)
-
-
-def _text_id(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _record_id(record: Any) -> str | None:
-    """A member record's id, as text."""
-    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
-    return _text_id(value)
-
-
-def _event_id(record: Any) -> str | None:
-    """The member an event belongs to (its customer), as text."""
-    if isinstance(record, AbcMapping):
-        return _text_id(record.get("customer"))
-    return _text_id(getattr(record, "customer_id", None))
 
 
 def _action(record: Any) -> Any:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._retry import AttemptOutcome, RetryDecision
+    from ._http.retry import AttemptOutcome, RetryDecision
 
 __all__ = ["LOG_FIELDS", "Active", "Telemetry", "Try", "log_fields", "traced", "traced_items"]
 

@@ -20,9 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from ._fork import reset_after_fork
-from ._json import dumps, loads
-from ._limits import (
+from ._braze.limits import (
     CUSTOM_ATTRIBUTES_RATE,
     EXPORT_IDS_RATE,
     IDENTITY_RATE,
@@ -30,7 +28,9 @@ from ._limits import (
     MAX_CUSTOM_ATTRIBUTE_PAGES,
     STANDARD_ATTRIBUTES,
 )
-from ._schema import CustomAttribute
+from ._build.schema import CustomAttribute
+from ._fork import reset_after_fork
+from ._json import dumps, loads
 from .exceptions import BrazeAPIError, ConfigurationError
 
 if TYPE_CHECKING:

@@ -28,29 +28,29 @@ from typing import Any, ClassVar, TextIO
 import attrs
 
 from . import _demo
-from ._accounting import Progress, SyncReport, counted
-from ._antavo._client import AntavoClient
-from ._batching import BatchLimits
-from ._checkpoint import Checkpoint, Resumed, checkpoint_path
-from ._client import BrazeClient
-from ._deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
-from ._endpoint import is_loopback
-from ._filecheck import FileCheck, check_file
-from ._files import check_private, ensure_private_file, replace_private
-from ._input import RecordSource, read_records
-from ._limits import (
+from ._antavo.client import AntavoClient
+from ._braze.limits import (
     PERMISSION_USES,
     REQUIRED_PERMISSIONS,
     TRACK_RATE_REQUESTS,
     TRACK_RATE_SECONDS,
 )
-from ._mapping import Mapping
-from ._ratelimit import InProcessPacer
-from ._redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
-from ._retry import RetryPolicy
-from ._schema import SchemaProblem
-from ._shard import Sharded, parse_shard
-from ._state import MemoryStateStore, SqliteStateStore, StateStore
+from ._build.batching import BatchLimits
+from ._build.mapping import Mapping
+from ._build.schema import SchemaProblem
+from ._client import BrazeClient
+from ._http.endpoint import is_loopback
+from ._http.pacing import InProcessPacer
+from ._http.retry import RetryPolicy
+from ._run.checkpoint import Checkpoint, Resumed, checkpoint_path
+from ._run.deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
+from ._run.filecheck import FileCheck, check_file
+from ._run.files import check_private, ensure_private_file, replace_private
+from ._run.input import RecordSource, read_records
+from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
+from ._run.tally import Progress, SyncReport, counted
+from ._scale.redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
+from ._scale.shard import Sharded, parse_shard
 from ._sync import Syncer, needs_a_look
 from ._version import __version__
 from .exceptions import (

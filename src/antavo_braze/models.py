@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from attrs import field, frozen
 
-from ._types import BrazeType
+from ._braze.types import BrazeType
 
 __all__ = [
     "AttributesObject",

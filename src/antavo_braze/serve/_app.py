@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from .._endpoint import is_loopback
 from .._fork import reset_after_fork
+from .._http.endpoint import is_loopback
 from .._sender import BackgroundSender, SenderStats
 from .._telemetry import log_fields
 from ..exceptions import ConfigurationError, QueueFull

@@ -25,8 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 from attrs import field, frozen
 
 from .._client import PERMISSIONS, BrazeClient
+from .._http.retry import RetryPolicy
 from .._json import dumps, loads
-from .._retry import RetryPolicy
 from ._beyond import Beyond
 from ._serving import BackgroundServer, QuietServer
 

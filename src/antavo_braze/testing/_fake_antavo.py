@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from attrs import frozen
 
-from .._antavo._client import AntavoClient
-from .._retry import RetryPolicy
+from .._antavo.client import AntavoClient
+from .._http.retry import RetryPolicy
 from ._serving import BackgroundServer, QuietServer
 
 __all__ = ["AntavoFault", "FakeAntavo", "RecordedAntavoRequest", "verify_signature"]

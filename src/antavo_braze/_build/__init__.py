@@ -1,0 +1,1 @@
+"""_build: see tests/test_architecture.py for what it may import."""

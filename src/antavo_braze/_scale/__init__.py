@@ -1,0 +1,1 @@
+"""_scale: see tests/test_architecture.py for what it may import."""

@@ -1,0 +1,1 @@
+"""_service: see tests/test_architecture.py for what it may import."""
