@@ -272,3 +272,14 @@ def test_public_classes_report_the_package_as_their_module() -> None:
     assert ab.Syncer.__module__ == ab.SyncReport.__module__ == "antavo_braze"
     assert repr(ab.BatchLimits()).startswith("BatchLimits(")
     assert pickle.loads(pickle.dumps(ab.BatchLimits())) == ab.BatchLimits()
+
+
+def test_public_annotations_resolve_after_the_module_rename() -> None:
+    """typing.get_type_hints works on every public class and function (it reads annotations
+    through ``__module__``, which now names the package)."""
+    import typing
+
+    for name in ab.__all__:
+        value = getattr(ab, name)
+        if isinstance(value, type) or callable(value):
+            typing.get_type_hints(value)

@@ -7,8 +7,12 @@ batches → :class:`BrazeClient` → :class:`SyncReport` (and a dead letter for 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import typing
 from types import FunctionType, ModuleType
+
+import attrs
 
 from ._antavo.client import AntavoClient
 from ._braze.types import BrazeType
@@ -177,6 +181,14 @@ def _present_as_public() -> None:
         value = namespace[name]
         module = getattr(value, "__module__", "")
         if module.startswith(f"{__name__}._") and isinstance(value, (type, FunctionType)):
+            if isinstance(value, type):
+                # get_type_hints (and cattrs through it) reads a class's string annotations in
+                # its module's namespace: resolve them where they were written, first.
+                own = inspect.get_annotations(value)
+                hints = typing.get_type_hints(value, include_extras=True)
+                value.__annotations__ = {key: hints[key] for key in own}
+                if attrs.has(value):
+                    attrs.resolve_types(value)
             value.__module__ = __name__
 
 

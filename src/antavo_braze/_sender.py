@@ -46,7 +46,7 @@ from ._run.input import event_id, record_id
 from ._run.tally import RecordOutcome, Stage, failure_groups, record_view
 from ._scale.redis import RedisOrder
 from ._service.spool import RECEIPT_TTL, Row, Spool
-from ._sync import Syncer
+from ._sync import Syncer, fail_window, sync_events_with_members, sync_window, telemetry_of
 from ._telemetry import Telemetry, log_fields
 from .exceptions import (
     AntavoBrazeError,
@@ -398,7 +398,7 @@ class BackgroundSender:
         self.order = order
         self.spool = Spool(spool) if spool is not None else None
         if tracer_provider is None and meter_provider is None:
-            self._telemetry = syncer._telemetry
+            self._telemetry = telemetry_of(syncer)
         else:
             self._telemetry = Telemetry(tracer_provider, meter_provider)
         self._telemetry.watch(self)
@@ -578,7 +578,7 @@ class BackgroundSender:
         """A change refused before queueing: failed at once (stage validation), and in the
         dead letter like any failed record."""
         submission = Submission(kind, None)
-        outcome = self.syncer._fail_changes(kind, [record], "validation", reason, retryable=False)
+        outcome = fail_window(self.syncer, kind, [record], "validation", reason, retryable=False)
         submission.record_id = outcome[0].record_id
         submission._settle(outcome[0])
         with self._cond:
@@ -993,13 +993,13 @@ class BackgroundSender:
         records = [c.record for c in changes]
         try:
             if refreshed:
-                report, outcomes, member_outcomes = self.syncer._sync_events_with_members(
-                    records, refreshed, hold=held
+                report, outcomes, member_outcomes = sync_events_with_members(
+                    self.syncer, records, refreshed, hold=held
                 )
                 held.forward(self.syncer.dead_letter, _positions_from(len(records), refreshed))
                 self._count_refresh(member_outcomes)
             else:
-                report, outcomes = self.syncer._sync_changes(kind, records, hold=held)
+                report, outcomes = sync_window(self.syncer, kind, records, hold=held)
         except (AuthenticationError, PermissionDeniedError) as exc:
             log.error(
                 "Braze refused the credentials; the window is dead-lettered: %s",
@@ -1096,13 +1096,13 @@ class BackgroundSender:
         refreshed for it straight into the dead letter. A run a fatal error stopped has
         settled each record already (``error._outcomes``): those outcomes stand."""
         if members:
-            failed = self.syncer._fail_changes("member", members, stage, reason)
+            failed = fail_window(self.syncer, "member", members, stage, reason)
             self._count_refresh(failed)
         settled = getattr(error, "_outcomes", None)
         if settled is not None and not members and len(settled) == len(records):
             return list(settled)
-        return self.syncer._fail_changes(
-            kind, records, stage, reason, retryable=retryable, hold=held
+        return fail_window(
+            self.syncer, kind, records, stage, reason, retryable=retryable, hold=held
         )
 
     def _count_refresh(self, outcomes: list[RecordOutcome]) -> None:
@@ -1136,8 +1136,12 @@ class BackgroundSender:
             if isinstance(result, str):
                 log.warning("could not read member %s from Antavo: %s", member_id, result)
                 self._count_refresh(
-                    self.syncer._fail_changes(
-                        "member", [{"id": member_id}], "antavo", f"refresh from Antavo: {result}"
+                    fail_window(
+                        self.syncer,
+                        "member",
+                        [{"id": member_id}],
+                        "antavo",
+                        f"refresh from Antavo: {result}",
                     )
                 )
         return [m for m in found if isinstance(m, dict)]
@@ -1174,7 +1178,7 @@ class BackgroundSender:
         reason = "not sent: the sender closed before its turn"
         for kind, changes in _by_kind(left):
             records = [c.record for c in changes]
-            outcomes = self.syncer._fail_changes(kind, records, "interrupted", reason)
+            outcomes = fail_window(self.syncer, kind, records, "interrupted", reason)
             self._finish(changes, outcomes, sent=False)
 
     # --- flushing, closing, stats ---------------------------------------------------------

@@ -1204,3 +1204,44 @@ def _action(record: Any) -> Any:
     if isinstance(record, AbcMapping):
         return record.get("action")
     return getattr(record, "action", None)
+
+
+# The seam the background sender sends its windows through (package-level, so the sender
+# never reaches into the Syncer's private methods). Each returns one outcome per record.
+
+
+def sync_window(
+    syncer: Syncer, kind: str, records: Sequence[Any], *, hold: DeadLetterSink | None = None
+) -> tuple[SyncReport, list[RecordOutcome]]:
+    """Send one window of ``kind`` (``"member"``, ``"event"`` or ``"attributes"``)."""
+    return syncer._sync_changes(kind, records, hold=hold)
+
+
+def sync_events_with_members(
+    syncer: Syncer,
+    events: Sequence[Any],
+    members: Sequence[Any],
+    *,
+    hold: DeadLetterSink | None = None,
+) -> tuple[SyncReport, list[RecordOutcome], list[RecordOutcome]]:
+    """Send a window's events with the members read from Antavo for them, in one run."""
+    return syncer._sync_events_with_members(events, members, hold=hold)
+
+
+def fail_window(
+    syncer: Syncer,
+    kind: str,
+    records: Sequence[Any],
+    stage: Stage,
+    reason: str,
+    *,
+    retryable: bool = True,
+    hold: DeadLetterSink | None = None,
+) -> list[RecordOutcome]:
+    """Fail records that could not be sent at all, each into the dead letter (or ``hold``)."""
+    return syncer._fail_changes(kind, records, stage, reason, retryable=retryable, hold=hold)
+
+
+def telemetry_of(syncer: Syncer) -> Telemetry:
+    """The Syncer's telemetry (spans, metrics, logs), shared by the sender it feeds."""
+    return syncer._telemetry
