@@ -218,7 +218,7 @@ class SendLoop:
                         yield self._results.popleft()
                     if self._finished():
                         return
-                    self._wait(source)
+                    self._wait()
                     while self._results:
                         yield self._results.popleft()
                 except KeyboardInterrupt:
@@ -330,7 +330,7 @@ class SendLoop:
             waits.append(self._stop_at - now)
         return max(0.0, min(waits)) if waits else None
 
-    def _wait(self, source: Source) -> None:
+    def _wait(self) -> None:
         assert self._selector is not None
         for key, mask in self._selector.select(self._timeout()):
             fileobj = key.fileobj
