@@ -32,7 +32,9 @@ from ._build.coerce import coerce_date
 from ._build.schema import CustomAttribute
 from ._build.wire import WireError, model_item, wire_item
 from ._http import (
+    DEFAULT_GRACE,
     BrazeResponse,
+    CallOptions,
     CallStats,
     ConnectionPool,
     Exchange,
@@ -285,24 +287,21 @@ class BrazeClient:
     ) -> SendLoop:
         if self._closed:
             raise ConfigurationError("this BrazeClient is closed")
-        extra: dict[str, Any] = {} if grace is None else {"grace": grace}
         active = (telemetry or self._telemetry).active()
         if active is not None:
             active.server = (self._pool.target.host, self._pool.target.port)
-            extra["telemetry"] = active
+        grace = DEFAULT_GRACE if grace is None else grace
+        stats = CallStats() if stats is None else stats
         return SendLoop(
             self._pool,
             self.pacer,
             self.retry,
-            timeout=self.timeout,
+            CallOptions(self.timeout, grace, give_up_after, interrupt, stats),
             headers=self._headers(),
             max_in_flight=self.max_in_flight,
             registry=self._registry,
             redact=self._key.redact,
-            stats=stats,
-            interrupt=interrupt,
-            give_up_after=give_up_after,
-            **extra,
+            telemetry=active,
         )
 
     def _send(

@@ -40,13 +40,13 @@ from ..exceptions import (
     ServerError,
     TransportError,
 )
+from .paging import walk
 from .shapes import (
     customer_ids,
     event_customer,
     event_envelope,
     format_time,
     is_stack_name,
-    page_continues,
     stack_of,
     to_utc,
     updated_at,
@@ -65,8 +65,6 @@ ESCHER_OPTIONS: Mapping[str, str] = {
 }
 CLOCK_SKEW = 300  # seconds Escher accepts between the request's Date and the server's clock
 PAGE_SIZE = 100  # the largest page the reference dares to ask for (section 3.2)
-OVERLAP = 10  # items each page re-reads of the previous one, to notice a list that moved
-MAX_RESTARTS = 3  # re-reads of a whole window that kept moving before giving up
 MAX_BODY = 16 * 1024 * 1024  # bytes: a longer answer is not Antavo's
 TimeLike = datetime | date | str | float | int
 _KEY_IN_QUERY = re.compile(r"(api_key=)[^&\s\"']+")
@@ -243,7 +241,7 @@ class AntavoClient:
         start, end = self.window(since, until)
         params = {"updated_at.gt": format_time(start)}
         limit = end.timestamp()
-        for customer_id in self._walk("/customers", params, _customers_page):
+        for customer_id in walk(self._get, "/customers", params, self.page_size, _customers_page):
             try:
                 customer = self.customer(customer_id)
             except BrazeAPIError as exc:
@@ -282,7 +280,7 @@ class AntavoClient:
             "order": "asc",
         }
         wanted = None if actions is None else set(actions)
-        for event in self._walk("/customers/-/events", params, _events_page):
+        for event in walk(self._get, "/customers/-/events", params, self.page_size, _events_page):
             if wanted is None or event.get("action") in wanted:
                 yield event_envelope(event)
 
@@ -305,56 +303,6 @@ class AntavoClient:
         if self.lag == 0:
             return to_utc(math.ceil(time.time()))
         return to_utc(datetime.now(timezone.utc) - timedelta(seconds=self.lag))
-
-    # --- paging ------------------------------------------------------------------------------
-
-    def _walk(
-        self,
-        path: str,
-        params: Mapping[str, str],
-        read_page: Callable[[Any], tuple[list[Any], list[str], int | None]],
-    ) -> Iterator[Any]:
-        """Every item of a list, each once: offset pages that re-read ``OVERLAP`` items of
-        the previous page. A page that no longer joins the previous one (the list moved by
-        more than the overlap), or a ``total`` above what was read, reads the window again
-        (what was already given is not given twice)."""
-        seen: set[str] = set()
-        restarts = 0
-        offset, tail = 0, list[str]()
-        while True:
-            body = self._get(path, {**params, "limit": str(self.page_size), "offset": str(offset)})
-            items, ids, total = read_page(body)
-            if not page_continues(tail, ids) or (not items and offset and tail):
-                restarts = self._restart(path, restarts)
-                offset, tail = 0, []
-                continue
-            for item_id, item in zip(ids, items, strict=True):
-                if item_id not in seen:
-                    seen.add(item_id)
-                    yield item
-            if len(items) < self.page_size:
-                if total is not None and total > len(seen):
-                    restarts = self._restart(path, restarts)
-                    offset, tail = 0, []
-                    continue
-                return
-            overlap = min(OVERLAP, len(items) - 1)
-            tail = ids[len(ids) - overlap :] if overlap else []
-            offset += len(items) - overlap
-
-    @staticmethod
-    def _restart(path: str, restarts: int) -> int:
-        if restarts >= MAX_RESTARTS:
-            raise TransportError(
-                f"Antavo's list {path} kept changing while it was read ({restarts} re-reads): "
-                "read a shorter window, or later"
-            )
-        log.info(
-            "Antavo's list %s moved while it was read: reading the window again",
-            path,
-            extra=log_fields("antavo", endpoint=f"GET {path}", count=restarts + 1),
-        )
-        return restarts + 1
 
     # --- one request -------------------------------------------------------------------------
 
@@ -426,7 +374,7 @@ class AntavoClient:
                 )
                 time.sleep(decision.wait)
                 continue
-            raise self._error(shown, status, headers, body, error, attempt)
+            raise _failure(self._redact, shown, status, headers, body, error, attempt)
 
     def _attempt(
         self, url: str
@@ -464,42 +412,6 @@ class AntavoClient:
                 return AttemptOutcome(failure="invalid_answer"), None, status, headers, reason
             return None, body, status, headers, None
         return AttemptOutcome(status=status, headers=headers), body, status, headers, text[:300]
-
-    def _error(
-        self,
-        shown: str,
-        status: int | None,
-        headers: Mapping[str, str],
-        body: Any,
-        error: str | None,
-        attempts: int,
-    ) -> Exception:
-        """The typed error for a request that failed for good, with Antavo's code and a
-        hint; never the key or the secret."""
-        tries = f"after {attempts} attempt(s)"
-        if status is None or 200 <= status < 300:  # no answer, or not Antavo's
-            exc: Exception = TransportError(f"Antavo {shown} failed {tries}: {error}")
-            return exc
-        kind, code, message = _antavo_error(body)
-        what = f"{kind} {code}: {message}".strip(": ") if (kind or code or message) else ""
-        said = f" ({what})" if what else ""
-        text = self._redact(json.dumps(body)[:300] if body is not None else (error or ""))
-        hint = _hint(status, headers)
-        full = f"Antavo answered HTTP {status}{said} to {shown} {tries}" + (
-            f". {hint}" if hint else ""
-        )
-        full = self._redact(full)
-        error_type: type[BrazeAPIError] = {
-            401: AuthenticationError,
-            403: PermissionDeniedError,
-            400: BadRequestError,
-            429: RateLimitError,
-        }.get(status, ServerError if status >= 500 else BrazeAPIError)
-        api_error = error_type(status, text, full)
-        api_error.service = "antavo"  # type: ignore[attr-defined]
-        api_error.antavo_code = code  # type: ignore[attr-defined]
-        api_error.hint = hint  # type: ignore[attr-defined]
-        return api_error
 
 
 class _Try:
@@ -642,3 +554,38 @@ def _clock_skew(headers: Mapping[str, str]) -> float | None:
     if moment.tzinfo is None:
         return None
     return time.time() - moment.timestamp()
+
+
+def _failure(
+    redact: Callable[[str], str],
+    shown: str,
+    status: int | None,
+    headers: Mapping[str, str],
+    body: Any,
+    error: str | None,
+    attempts: int,
+) -> Exception:
+    """The typed error for a request that failed for good, with Antavo's code and a
+    hint; never the key or the secret."""
+    tries = f"after {attempts} attempt(s)"
+    if status is None or 200 <= status < 300:  # no answer, or not Antavo's
+        exc: Exception = TransportError(f"Antavo {shown} failed {tries}: {error}")
+        return exc
+    kind, code, message = _antavo_error(body)
+    what = f"{kind} {code}: {message}".strip(": ") if (kind or code or message) else ""
+    said = f" ({what})" if what else ""
+    text = redact(json.dumps(body)[:300] if body is not None else (error or ""))
+    hint = _hint(status, headers)
+    full = f"Antavo answered HTTP {status}{said} to {shown} {tries}" + (f". {hint}" if hint else "")
+    full = redact(full)
+    error_type: type[BrazeAPIError] = {
+        401: AuthenticationError,
+        403: PermissionDeniedError,
+        400: BadRequestError,
+        429: RateLimitError,
+    }.get(status, ServerError if status >= 500 else BrazeAPIError)
+    api_error = error_type(status, text, full)
+    api_error.service = "antavo"  # type: ignore[attr-defined]
+    api_error.antavo_code = code  # type: ignore[attr-defined]
+    api_error.hint = hint  # type: ignore[attr-defined]
+    return api_error

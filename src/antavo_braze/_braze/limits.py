@@ -23,6 +23,7 @@ __all__ = [
     "MAX_CUSTOM_ATTRIBUTE_PAGES",
     "MAX_EVENT_LIST_PAGES",
     "MAX_EXTERNAL_ID_BYTES",
+    "MAX_INTEGER",
     "MAX_INTERIM_RESPONSES",
     "MAX_NESTED_BYTES",
     "MAX_OBJECTS",
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "MAX_VALUE_TEXT",
     "MAX_YEAR",
+    "MIN_INTEGER",
     "MIN_YEAR",
     "OPTIONAL_PERMISSIONS",
     "PERMISSIONS",
@@ -69,6 +71,8 @@ MAX_STRING_LENGTH = 255  # strings, keys, names
 DEFAULT_MAX_ARRAY_ITEMS = 500  # arrays: default maximum (configurable per attribute in Braze)
 MAX_NESTED_BYTES = 100 * 1024  # objects, arrays of objects, event properties with nesting
 MIN_YEAR, MAX_YEAR = 1, 3000  # dates outside are stored as strings (or dropped when nested)
+# Integers: 64-bit signed, where JSON encoders (orjson) and Braze's number storage stop.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**63 - 1
 
 # Standard profile attributes the mapping may target [2.2].
 STANDARD_ATTRIBUTES = frozenset(

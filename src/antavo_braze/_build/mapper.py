@@ -11,14 +11,24 @@ from collections import abc
 from collections.abc import Callable
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Final, NamedTuple
+from typing import Any
 
 from attrs import frozen
 
+from .._braze.limits import MAX_EXTERNAL_ID_BYTES, MAX_PURCHASE_QUANTITY, PURCHASE_PROPERTY_RESERVED
+from ..exceptions import CoercionError
+from ..models import (
+    AttributesObject,
+    BrazeObject,
+    EventMapping,
+    EventObject,
+    LoyaltyEvent,
+    LoyaltyMember,
+    PurchaseObject,
+    Trigger,
+)
 from .coerce import (
     DEFAULT_MAX_ARRAY_ITEMS,
-    MAX_STRING_LENGTH,
-    Coercer,
     coerce_date,
     coerce_number,
     coerce_properties,
@@ -26,28 +36,12 @@ from .coerce import (
     standard_coercer,
 )
 from .ecommerce import ORDER_PLACED, order_placed_properties
-from .._braze.limits import MAX_EXTERNAL_ID_BYTES, MAX_PURCHASE_QUANTITY, PURCHASE_PROPERTY_RESERVED
 from .mapping import Mapping
-from .._braze.types import BrazeType, BrazeTypeLike
-from ..exceptions import CoercionError
-from ..models import (
-    AttributesObject,
-    BrazeObject,
-    EventMapping,
-    EventObject,
-    FieldMapping,
-    LoyaltyEvent,
-    LoyaltyMember,
-    PurchaseObject,
-    Trigger,
-)
+from .plan import MISSING, Getter, Plan, compile_fields, compile_getter
 
 __all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "member_fields", "utc_now"]
 
-MISSING: Final = object()
 _SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4  # characters: at most 4 UTF-8 bytes each
-
-Getter = Callable[[Any], Any]
 
 
 def utc_now() -> datetime:
@@ -57,38 +51,7 @@ def utc_now() -> datetime:
 
 def get_path(record: Any, path: str) -> Any:
     """Read a dotted ``path`` (digits index lists) from ``record``; :data:`MISSING` if absent."""
-    return _compile_getter(path)(record)
-
-
-def _compile_getter(path: str) -> Getter:
-    parts = path.split(".")
-    if len(parts) == 1:
-        key = parts[0]
-
-        def get_key(record: Any) -> Any:
-            return record.get(key, MISSING)
-
-        return get_key
-
-    def get_nested(record: Any) -> Any:
-        # Flat records (CSV columns) may hold the dotted path as one key.
-        flat = record.get(path, MISSING) if isinstance(record, abc.Mapping) else MISSING
-        if flat is not MISSING:
-            return flat
-        current = record
-        for part in parts:
-            if isinstance(current, abc.Mapping):
-                current = current.get(part, MISSING)
-            elif isinstance(current, (list, tuple)) and part.isdigit():
-                index = int(part)
-                current = current[index] if index < len(current) else MISSING
-            else:
-                return MISSING
-            if current is MISSING:
-                return MISSING
-        return current
-
-    return get_nested
+    return compile_getter(path)(record)
 
 
 def member_fields(member: Any) -> abc.Mapping[str, Any]:
@@ -96,132 +59,6 @@ def member_fields(member: Any) -> abc.Mapping[str, Any]:
     if member.__class__ is dict:
         return member
     return member.fields if isinstance(member, LoyaltyMember) else member
-
-
-class _FieldStep(NamedTuple):
-    remote_field: str
-    key: str | None  # the record key when the path is a plain key (read inline, no call)
-    get: Getter
-    coerce: Coercer
-    location: str  # where an error points: the loyalty field, under its prefix
-    inline_check: str | None  # a Python test under which the value is already valid as is
-    clear: bool = False  # when_missing "clear": an absent path sends null...
-    first_key: str = ""  # ...only when the record holds the path's first key (the guard)
-
-
-# fill(record, out, counts): adds every present field to ``out``; counts absent ones per step
-# (``counts[n]``) and the clears it wrote (``counts[len(steps) + k]`` for the k-th clearing step,
-# and all of them in the last counter, one test per record for "did anything clear?").
-Fill = Callable[[Any, dict[str, Any], list[int]], dict[str, Any]]
-
-# Values of these exact classes need no coercer call: the plan tests them inline.
-_INLINE_CHECKS = {
-    BrazeType.NUMBER: "v.__class__ is int and INT_MIN <= v <= INT_MAX",
-    BrazeType.STRING: "v.__class__ is str and len(v) <= MAX_STRING_LENGTH",
-    BrazeType.BOOLEAN: "v is True or v is False",
-}
-
-
-def _compile_plan(steps: tuple[_FieldStep, ...]) -> Fill:
-    """Generate ``fill(record, out, absent)``: one straight-line block per field, no loop, no
-    dispatch.
-
-    Like attrs' and cattrs' generated methods, this removes the per-field interpretation
-    overhead that dominates a 10-field mapping. Each block has its own ``try`` (free until
-    something raises) so that an error names its field. ``absent[n]`` counts the records in
-    which field ``n`` was not found (only that rare branch pays for counting); a clearing
-    step writes ``null`` only when the record holds its path's first key (a partial change,
-    a file without that column or a misspelled path clears nothing) and counts that clear in
-    ``absent[len(steps) + k]``.
-    """
-    namespace: dict[str, Any] = {
-        "MISSING": MISSING,
-        "CoercionError": CoercionError,
-        "INT_MIN": -(2**63),
-        "INT_MAX": 2**63 - 1,
-        "MAX_STRING_LENGTH": MAX_STRING_LENGTH,
-    }
-    lines = ["def fill(record, out, absent):", "    get = record.get"]
-    clearing = len(steps)
-    every_clear = clearing + sum(step.clear for step in steps)
-    for number, step in enumerate(steps):
-        namespace[f"coerce{number}"] = step.coerce
-        namespace[f"get{number}"] = step.get
-        namespace[f"location{number}"] = step.location
-        read = f"get({step.key!r}, MISSING)" if step.key is not None else f"get{number}(record)"
-        value = f"coerce{number}(v)"
-        if step.inline_check is not None:
-            value = f"v if {step.inline_check} else {value}"
-        lines += [
-            f"    v = {read}",
-            "    if v is not MISSING:",
-            "        try:",
-            f"            out[{step.remote_field!r}] = {value}",
-            "        except CoercionError as exc:",
-            f"            raise exc.at(location{number}) from None",
-            "    else:",
-            f"        absent[{number}] += 1",
-        ]
-        if step.clear:
-            lines += [
-                f"        if get({step.first_key!r}, MISSING) is not MISSING:",
-                f"            out[{step.remote_field!r}] = None",
-                f"            absent[{clearing}] += 1",
-                f"            absent[{every_clear}] += 1",
-            ]
-            clearing += 1
-    lines.append("    return out")
-    exec(compile("\n".join(lines), "<antavo_braze field plan>", "exec"), namespace)
-    return namespace["fill"]  # type: ignore[no-any-return]
-
-
-class _Plan:
-    """A compiled list of fields: ``fill(record, out, absent)`` adds every present field to
-    ``out``; :meth:`values` is the same without the counts."""
-
-    __slots__ = ("clearing", "fill", "steps")
-
-    def __init__(self, steps: tuple[_FieldStep, ...]) -> None:
-        self.steps = steps
-        # The steps that may clear, in the order of their counters after the absent ones.
-        self.clearing = tuple(n for n, step in enumerate(steps) if step.clear)
-        self.fill = _compile_plan(steps)
-
-    @property
-    def counters(self) -> int:
-        """How long the ``counts`` list given to ``fill`` is."""
-        return len(self.steps) + len(self.clearing) + (1 if self.clearing else 0)
-
-    def values(self, record: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self.fill(record, {} if out is None else out, [0] * self.counters)
-
-    def each(self, record: Any) -> tuple[dict[str, Any], list[CoercionError]]:
-        """The slow path, for a record the plan refused: every field on its own, so that
-        every bad field is found (not only the first) and the good ones are kept."""
-        out: dict[str, Any] = {}
-        problems: list[CoercionError] = []
-        for step in self.steps:
-            value = step.get(record)
-            if value is MISSING:
-                if step.clear and record.get(step.first_key, MISSING) is not MISSING:
-                    out[step.remote_field] = None
-                continue
-            try:
-                out[step.remote_field] = step.coerce(value)
-            except CoercionError as exc:
-                problems.append(exc.at(step.location))
-        return out, problems
-
-
-def _splitting(separator: str, coerce: Coercer) -> Coercer:
-    """``split``: a text cell (``"a, b"``) read as an array before ``coerce``."""
-
-    def split_then_coerce(value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(separator) if part.strip()]
-        return coerce(value)
-
-    return split_then_coerce
 
 
 def _no_id_reason(record: abc.Mapping[str, Any], id_field: str) -> str:
@@ -290,60 +127,32 @@ class Mapper:
         self._clock = clock
         self._max_array_items = max_array_items
         self._truncate_strings = truncate_strings
-        self._fields = self._compile_fields(mapping.fields, when_missing=mapping.when_missing)
+        options = (max_array_items, truncate_strings)
+        #: The member fields' plan (HOT: see :mod:`.plan`); the record builders drive it.
+        self.plan = compile_fields(mapping.fields, *options, when_missing=mapping.when_missing)
         self._id_field = mapping.id_field
-        self._get_id = _compile_getter(mapping.id_field)
-        self._events: dict[str, tuple[EventMapping, _Plan | None]] = {}
+        self._get_id = compile_getter(mapping.id_field)
+        self._events: dict[str, tuple[EventMapping, Plan | None]] = {}
         for entry in mapping.events:
-            steps = (
-                None if entry.properties is None else self._compile_fields(entry.properties, "data")
-            )
+            label = f"event {entry.action}"
+            steps = None
+            if entry.properties is not None:
+                steps = compile_fields(entry.properties, *options, prefix="data", label=label)
             self._events[entry.action] = (entry, steps)
         self._wildcard = self._events.pop("*", None)
         self._triggers = [
             (
                 trigger,
-                self._compile_fields(trigger.attributes),
-                [(_compile_getter(path), value) for path, value in trigger.when.where.items()],
+                compile_fields(trigger.attributes, *options, label="trigger"),
+                [(compile_getter(path), value) for path, value in trigger.when.where.items()],
             )
             for trigger in mapping.triggers
         ]
 
-    def _coercer(self, braze_type: BrazeTypeLike | None) -> Coercer:
-        return coercer_for(
-            braze_type,
-            max_array_items=self._max_array_items,
-            truncate_strings=self._truncate_strings,
-        )
-
-    def _compile_fields(
-        self,
-        fields: tuple[FieldMapping, ...],
-        prefix: str | None = None,
-        when_missing: str = "skip",
-    ) -> _Plan:
-        steps = []
-        for item in fields:
-            coercer = standard_coercer(item.remote_field, truncate_strings=self._truncate_strings)
-            inline_check = None
-            if coercer is None:
-                coercer = self._coercer(item.type)
-                inline_check = None if item.type is None else _INLINE_CHECKS.get(item.type)
-            if item.split is not None:
-                coercer, inline_check = _splitting(item.split, coercer), None
-            steps.append(
-                _FieldStep(
-                    item.remote_field,
-                    None if "." in item.loyalty_field else item.loyalty_field,
-                    _compile_getter(item.loyalty_field),
-                    coercer,
-                    item.loyalty_field if prefix is None else f"{prefix}.{item.loyalty_field}",
-                    inline_check,
-                    (item.when_missing or when_missing) == "clear",
-                    item.loyalty_field.split(".", 1)[0],
-                )
-            )
-        return _Plan(tuple(steps))
+    @property
+    def _fields(self) -> Plan:
+        """The old name of :attr:`plan`, for callers not yet moved."""
+        return self.plan
 
     # --- members ----------------------------------------------------------------------------
 
@@ -366,17 +175,17 @@ class Mapper:
     @property
     def fields(self) -> tuple[tuple[str, str, bool], ...]:
         """``(loyalty_field, remote_field, clears)`` of every mapped field, in plan order."""
-        return tuple((s.location, s.remote_field, s.clear) for s in self._fields.steps)
+        return tuple((s.location, s.remote_field, s.clear) for s in self.plan.steps)
 
     def member_values(self, member: Any) -> dict[str, Any]:
         """The coerced Braze attribute values of every mapped field present in ``member``
         (and ``None`` for absent ``when_missing: "clear"`` fields)."""
-        return self._fields.values(member_fields(member))
+        return self.plan.values(member_fields(member))
 
     def member_problems(self, member: Any) -> tuple[dict[str, Any], list[CoercionError]]:
         """Every field of ``member`` on its own: the values that coerce and an error for each
         field that does not (the slow path behind a refused record)."""
-        return self._fields.each(member_fields(member))
+        return self.plan.each(member_fields(member))
 
     def map_member(self, member: Any) -> AttributesObject:
         """Map one member to its attributes object (every mapped field present)."""
@@ -404,7 +213,11 @@ class Mapper:
         for name, value in values.items():
             coercer = standard_coercer(name, truncate_strings=self._truncate_strings)
             if coercer is None:
-                coercer = self._coercer(types.get(name))
+                coercer = coercer_for(
+                    types.get(name),
+                    max_array_items=self._max_array_items,
+                    truncate_strings=self._truncate_strings,
+                )
             try:
                 out[name] = coercer(value)
             except CoercionError as exc:
@@ -444,7 +257,7 @@ class Mapper:
         if not isinstance(data, abc.Mapping):
             raise CoercionError(data, "event", "'data' must be an object", field="data")
         entry = self._events.get(action, self._wildcard)
-        triggers = [t for t in self._triggers if self._matches(t[0], t[2], action, envelope)]
+        triggers = [t for t in self._triggers if _matches(t[0], t[2], action, envelope)]
         if entry is None and not triggers:
             return MappedEvent(objects=(), skipped=True)
         time = self._event_time(envelope, data)
@@ -454,11 +267,11 @@ class Mapper:
             mapping, steps = entry
             sends = mapping.sends
             if "merge" in sends:
-                identity = ("merge", self._merge_target(mapping, envelope, external_id))
+                identity = ("merge", _merge_target(mapping, envelope, external_id))
             elif "delete" in sends:
                 identity = ("delete", None)
             if "purchase" in sends:
-                objects.extend(self._purchases(mapping, steps, data, external_id, time))
+                objects.extend(_purchases(self.app_id, mapping, steps, data, external_id, time))
             if "order_placed" in sends:
                 objects.append(self._order_placed(mapping, data, external_id, time))
             if "event" in sends:
@@ -475,25 +288,6 @@ class Mapper:
             objects=tuple(objects), skipped=not objects and identity is None, identity=identity
         )
 
-    @staticmethod
-    def _merge_target(mapping: EventMapping, envelope: Any, external_id: str) -> str:
-        """The customer an ``"as": "merge"`` event's customer is merged into."""
-        assert mapping.into is not None  # the mapping requires it
-        value = _compile_getter(mapping.into)(envelope)
-        if value is MISSING or value is None:
-            raise CoercionError(
-                None,
-                "merge",
-                "the event does not name the customer to merge into",
-                field=mapping.into,
-            )
-        target = _external_id(value, mapping.into)
-        if target == external_id:
-            raise CoercionError(
-                value, "merge", "cannot merge a customer into itself", field=mapping.into
-            )
-        return target
-
     def _order_placed(
         self, mapping: EventMapping, data: abc.Mapping[str, Any], external_id: str, time: str
     ) -> EventObject:
@@ -504,12 +298,6 @@ class Mapper:
             properties=order_placed_properties(data, mapping.currency),
             app_id=self.app_id,
         )
-
-    @staticmethod
-    def _matches(
-        trigger: Trigger, where: list[tuple[Getter, Any]], action: str, envelope: Any
-    ) -> bool:
-        return action in trigger.when.action and all(get(envelope) == v for get, v in where)
 
     def _event_time(self, envelope: abc.Mapping[str, Any], data: abc.Mapping[str, Any]) -> str:
         for field, raw in (
@@ -526,7 +314,7 @@ class Mapper:
     def _custom_event(
         self,
         mapping: EventMapping,
-        steps: _Plan | None,
+        steps: Plan | None,
         action: str,
         data: abc.Mapping[str, Any],
         external_id: str,
@@ -550,98 +338,123 @@ class Mapper:
             app_id=self.app_id,
         )
 
-    def _purchases(
-        self,
-        mapping: EventMapping,
-        steps: _Plan | None,
-        data: abc.Mapping[str, Any],
-        external_id: str,
-        time: str,
-    ) -> list[PurchaseObject]:
-        currency = data.get("currency") or mapping.currency
-        if not isinstance(currency, str) or len(currency.strip()) != 3 or not currency.isalpha():
-            raise CoercionError(
-                currency,
-                "purchase",
-                "needs an ISO 4217 currency such as 'EUR'",
-                field="data.currency",
-            )
-        currency = currency.strip().upper()
-        shared = {} if steps is None else steps.values(data)
-        if steps is None and data.get("transaction_id") is not None:
-            shared["transaction_id"] = data["transaction_id"]
-        items = data.get("items")
-        if not items:
-            # An order without line items is one purchase of the order (coupon_redeem: amount).
-            price = data.get("total", data.get("amount"))
-            items = [{"product_id": mapping.braze_name, "price": price, "quantity": 1}]
-        elif not isinstance(items, (list, tuple)):
-            raise CoercionError(items, "purchase", "'items' must be a list", field="data.items")
-        out: list[PurchaseObject] = []
-        for index, item in enumerate(items):
-            try:
-                out.extend(
-                    self._line_purchases(item, shared, steps is None, external_id, currency, time)
-                )
-            except CoercionError as exc:
-                raise exc.at(f"data.items[{index}]") from None
-        return out
 
-    def _line_purchases(
-        self,
-        item: Any,
-        shared: dict[str, Any],
-        pass_through: bool,
-        external_id: str,
-        currency: str,
-        time: str,
-    ) -> list[PurchaseObject]:
-        if not isinstance(item, abc.Mapping):
-            raise CoercionError(item, "purchase", "a line item must be an object")
-        product_id = item.get("product_id", item.get("sku"))
-        if isinstance(product_id, (int, Decimal)) and not isinstance(product_id, bool):
-            product_id = str(product_id)
-        if not isinstance(product_id, str) or not product_id or len(product_id) > 255:
-            raise CoercionError(
-                product_id,
-                "purchase",
-                "product_id must be a string of 1-255 chars",
-                field="product_id",
-            )
-        price = item.get("price")
+def _merge_target(mapping: EventMapping, envelope: Any, external_id: str) -> str:
+    """The customer an ``"as": "merge"`` event's customer is merged into."""
+    assert mapping.into is not None  # the mapping requires it
+    value = compile_getter(mapping.into)(envelope)
+    if value is MISSING or value is None:
+        raise CoercionError(
+            None,
+            "merge",
+            "the event does not name the customer to merge into",
+            field=mapping.into,
+        )
+    target = _external_id(value, mapping.into)
+    if target == external_id:
+        raise CoercionError(
+            value, "merge", "cannot merge a customer into itself", field=mapping.into
+        )
+    return target
+
+
+def _matches(trigger: Trigger, where: list[tuple[Getter, Any]], action: str, envelope: Any) -> bool:
+    return action in trigger.when.action and all(get(envelope) == v for get, v in where)
+
+
+def _purchases(
+    app_id: str | None,
+    mapping: EventMapping,
+    steps: Plan | None,
+    data: abc.Mapping[str, Any],
+    external_id: str,
+    time: str,
+) -> list[PurchaseObject]:
+    currency = data.get("currency") or mapping.currency
+    if not isinstance(currency, str) or len(currency.strip()) != 3 or not currency.isalpha():
+        raise CoercionError(
+            currency,
+            "purchase",
+            "needs an ISO 4217 currency such as 'EUR'",
+            field="data.currency",
+        )
+    currency = currency.strip().upper()
+    shared = {} if steps is None else steps.values(data)
+    if steps is None and data.get("transaction_id") is not None:
+        shared["transaction_id"] = data["transaction_id"]
+    items = data.get("items")
+    if not items:
+        # An order without line items is one purchase of the order (coupon_redeem: amount).
+        price = data.get("total", data.get("amount"))
+        items = [{"product_id": mapping.braze_name, "price": price, "quantity": 1}]
+    elif not isinstance(items, (list, tuple)):
+        raise CoercionError(items, "purchase", "'items' must be a list", field="data.items")
+    out: list[PurchaseObject] = []
+    for index, item in enumerate(items):
         try:
-            price_value = coerce_number(price)
+            out.extend(
+                _line_purchases(app_id, item, shared, steps is None, external_id, currency, time)
+            )
         except CoercionError as exc:
-            raise exc.at("price") from None
-        if price_value is None:
-            raise CoercionError(price, "purchase", "a purchase needs a price", field="price")
-        raw_quantity = item.get("quantity", 1)
-        quantity = coerce_number(raw_quantity)
-        if quantity is None or quantity < 1 or quantity != int(quantity):
-            raise CoercionError(
-                raw_quantity, "purchase", "quantity must be a whole number >= 1", field="quantity"
+            raise exc.at(f"data.items[{index}]") from None
+    return out
+
+
+def _line_purchases(
+    app_id: str | None,
+    item: Any,
+    shared: dict[str, Any],
+    pass_through: bool,
+    external_id: str,
+    currency: str,
+    time: str,
+) -> list[PurchaseObject]:
+    if not isinstance(item, abc.Mapping):
+        raise CoercionError(item, "purchase", "a line item must be an object")
+    product_id = item.get("product_id", item.get("sku"))
+    if isinstance(product_id, (int, Decimal)) and not isinstance(product_id, bool):
+        product_id = str(product_id)
+    if not isinstance(product_id, str) or not product_id or len(product_id) > 255:
+        raise CoercionError(
+            product_id,
+            "purchase",
+            "product_id must be a string of 1-255 chars",
+            field="product_id",
+        )
+    price = item.get("price")
+    try:
+        price_value = coerce_number(price)
+    except CoercionError as exc:
+        raise exc.at("price") from None
+    if price_value is None:
+        raise CoercionError(price, "purchase", "a purchase needs a price", field="price")
+    raw_quantity = item.get("quantity", 1)
+    quantity = coerce_number(raw_quantity)
+    if quantity is None or quantity < 1 or quantity != int(quantity):
+        raise CoercionError(
+            raw_quantity, "purchase", "quantity must be a whole number >= 1", field="quantity"
+        )
+    quantity = int(quantity)
+    properties = dict(shared)
+    if pass_through:
+        extra = {k: v for k, v in item.items() if k not in PURCHASE_PROPERTY_RESERVED}
+        properties.update(coerce_properties(extra, PURCHASE_PROPERTY_RESERVED))
+    out = []
+    # Braze caps quantity at 100 per purchase object: split larger lines, keeping revenue.
+    chunks = [MAX_PURCHASE_QUANTITY] * (quantity // MAX_PURCHASE_QUANTITY)
+    if quantity % MAX_PURCHASE_QUANTITY:
+        chunks.append(quantity % MAX_PURCHASE_QUANTITY)
+    for chunk in chunks:
+        out.append(
+            PurchaseObject(
+                external_id=external_id,
+                product_id=product_id,
+                currency=currency,
+                price=float(price_value),
+                time=time,
+                quantity=chunk,
+                properties=properties or None,
+                app_id=app_id,
             )
-        quantity = int(quantity)
-        properties = dict(shared)
-        if pass_through:
-            extra = {k: v for k, v in item.items() if k not in PURCHASE_PROPERTY_RESERVED}
-            properties.update(coerce_properties(extra, PURCHASE_PROPERTY_RESERVED))
-        out = []
-        # Braze caps quantity at 100 per purchase object: split larger lines, keeping revenue.
-        chunks = [MAX_PURCHASE_QUANTITY] * (quantity // MAX_PURCHASE_QUANTITY)
-        if quantity % MAX_PURCHASE_QUANTITY:
-            chunks.append(quantity % MAX_PURCHASE_QUANTITY)
-        for chunk in chunks:
-            out.append(
-                PurchaseObject(
-                    external_id=external_id,
-                    product_id=product_id,
-                    currency=currency,
-                    price=float(price_value),
-                    time=time,
-                    quantity=chunk,
-                    properties=properties or None,
-                    app_id=self.app_id,
-                )
-            )
-        return out
+        )
+    return out

@@ -1,11 +1,14 @@
 """The transport: one connection pool and one send loop for every request the client makes."""
 
 from .connection import BrazeResponse, Connection, ProtocolError
-from .loop import CallStats, Exchange, Interrupt, IterSource, KeyRegistry, Result, SendLoop, Source
+from .exchange import DEFAULT_GRACE, CallOptions, CallStats, Exchange, Result
+from .loop import Interrupt, IterSource, KeyRegistry, SendLoop, Source
 from .pool import ConnectionPool, Proxy, TLSVerificationError, resolve_proxy
 
 __all__ = [
+    "DEFAULT_GRACE",
     "BrazeResponse",
+    "CallOptions",
     "CallStats",
     "Connection",
     "ConnectionPool",

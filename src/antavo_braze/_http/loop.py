@@ -6,8 +6,9 @@ thread per request, whose answers wait for the GIL the mapping thread holds. ``m
 is only the number of slots: one slot is the same loop.
 
 Per attempt: a pacer slot, then a whole-request deadline (connect + send + the complete
-answer). Per answer: :func:`~antavo_braze._retry.decide_retry` says retry (a timer in the
+answer). Per ended attempt the call's :class:`~.judge.AttemptJudge` says retry (a timer in the
 loop) or stop. Only a 2xx whose body is Braze's answer counts as answered (:func:`braze_answer`).
+The loop pulls its work: :meth:`Source.next_ready` builds the next request (maps its records).
 Never two requests in flight for one profile (``keys``), also across loops of threads that
 share a client. A fatal result (:meth:`SendLoop.halt`) stops the loop taking new work: what
 follows ends ``not_sent``, so the caller can account for every request.
@@ -17,39 +18,29 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import logging
 import math
-import random
 import selectors
 import signal
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import CancelledError, Future
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Protocol
 
-from .._braze.limits import ENDPOINT_PERMISSIONS
 from .._fork import reset_after_fork
-from .._json import loads
-from .._telemetry import Active, log_fields
-from ..exceptions import (
-    AntavoBrazeError,
-    AuthenticationError,
-    BadRequestError,
-    BrazeAPIError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    TransportError,
-)
-from .connection import BrazeResponse, Connection, ProtocolError
+from .._telemetry import Active
+from .connection import Connection, ProtocolError
+from .exchange import DEFAULT_GRACE, CallOptions, CallStats, Exchange, Result
+from .judge import TRACK, AttemptJudge, Verdict, braze_answer
 from .pacing import NonBlockingPacer, Pacer
-from .pool import ConnectionPool, TLSVerificationError, UnmendableError
-from .retry import AttemptOutcome, Failure, RetryDecision, RetryPolicy, decide_retry
+from .pool import ConnectionPool
+from .retry import RetryPolicy
 
 __all__ = [
+    "DEFAULT_GRACE",
+    "CallOptions",
     "CallStats",
     "Exchange",
     "Interrupt",
@@ -61,96 +52,7 @@ __all__ = [
     "braze_answer",
 ]
 
-log = logging.getLogger("antavo_braze.http")
-
 _BUSY_POLL = 0.005  # seconds: a profile busy in another thread's loop is looked at again
-DEFAULT_GRACE = 5.0  # seconds in-flight requests get to finish after an interrupt
-_TRACK = "/users/track"
-_BRAZE_MESSAGES = ("success", "queued")  # "queued": Braze's maintenance answer (still applied)
-
-
-class Exchange:
-    """One logical request and its attempts (``keys``: the profiles it touches)."""
-
-    __slots__ = (
-        "attempt",
-        "body",
-        "deadline",
-        "fresh",
-        "keys",
-        "method",
-        "path",
-        "span",
-        "started",
-        "tag",
-        "target",
-        "unknown",
-    )
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        *,
-        query: str = "",
-        keys: frozenset[str] = frozenset(),
-        tag: Any = None,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.target = path + ("?" + query if query else "")
-        self.body = body
-        self.keys = keys
-        self.tag = tag
-        self.attempt = 0
-        self.unknown = False  # some attempt went out whole and got no usable answer
-        self.fresh = False  # the next attempt opens a new connection
-        self.deadline = 0.0
-        self.started = 0.0
-        self.span: Any = None  # the current try's span, when tracing (_telemetry)
-
-
-class Result(NamedTuple):
-    """How an exchange ended: answered (``response`` and its JSON ``payload``) or ``error``.
-
-    ``stage`` is ``""`` when answered, ``"braze"`` (an error status), ``"transport"`` (no
-    usable answer) or ``"interrupted"``. ``fatal``: no other request can succeed either (401,
-    403, TLS, unmendable connection failures). ``not_sent``: the loop gave up before sending
-    it at all. ``retryable``: a later try may succeed (decided by
-    :func:`~antavo_braze._retry.decide_retry` alone; the dead letter records it).
-    """
-
-    exchange: Exchange
-    response: BrazeResponse | None
-    payload: Any
-    error: AntavoBrazeError | None
-    stage: str
-    fatal: bool = False
-    not_sent: bool = False
-    retryable: bool = False
-
-
-class CallStats:
-    """What one call cost: attempts made, retries, waits Braze asked for (its 429s), and the
-    signal that interrupted it, if one did."""
-
-    __slots__ = (
-        "interrupted",
-        "rate_limit_wait",
-        "rate_limited",
-        "requests",
-        "retries",
-        "statuses",
-    )
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.statuses: Counter[str] = Counter()  # tries by HTTP status ("error": no answer)
-        self.retries = 0
-        self.rate_limited = 0
-        self.rate_limit_wait = 0.0
-        self.interrupted: int | None = None
 
 
 class KeyRegistry:
@@ -204,14 +106,17 @@ class Interrupt:
 
 
 class Source(Protocol):
-    """Where the loop's exchanges come from."""
+    """Where the loop's exchanges come from. The loop pulls: :meth:`next_ready` is where the
+    work of building the next request happens (for a sync, the mapper runs there, on the
+    loop's thread, for the records of the next batch)."""
 
-    def peek(self) -> float | None:
-        """0: an exchange is ready (its profiles are claimed); ``t > 0``: look again within
-        ``t`` seconds (or when woken); ``None``: there will be no more."""
+    def next_ready(self) -> float | None:
+        """Make the next exchange ready: this runs the mapper for the next batch (it pulls
+        the source's iterator). 0: an exchange is ready (its profiles are claimed); ``t > 0``:
+        look again within ``t`` seconds; ``None``: there will be no more."""
 
     def take(self) -> Exchange:
-        """The ready exchange (only after :meth:`peek` said 0)."""
+        """The ready exchange (only after :meth:`next_ready` said 0)."""
 
     def pending(self) -> list[Exchange]:
         """Exchanges ready but not taken (handed back when the loop stops early)."""
@@ -227,7 +132,9 @@ class IterSource:
         self._claimed = False
         self.exhausted = False
 
-    def peek(self) -> float | None:
+    def next_ready(self) -> float | None:
+        """Pull the next exchange (building it runs the caller's generator: the mapper, the
+        packer) and claim its profiles; see :meth:`Source.next_ready`."""
         if self._next is None:
             if self.exhausted:
                 return None
@@ -256,48 +163,35 @@ class IterSource:
 
 
 class SendLoop:
-    """Runs exchanges to their results; see the module docstring.
-
-    ``redact`` removes the API key from any server text before it reaches a message;
-    ``give_up_after`` consecutive exchanges failing without any answer open a circuit: what
-    follows is not sent (``not_sent``) until the loop ends.
-    """
+    """Runs exchanges to their results (see the module docstring); its :class:`AttemptJudge`
+    decides what each ended attempt means, ``redact`` keeps the API key out of its messages."""
 
     def __init__(
         self,
         pool: ConnectionPool,
         pacer: Pacer,
         policy: RetryPolicy,
+        options: CallOptions,
         *,
-        timeout: float,
         headers: list[tuple[bytes, bytes]],
         max_in_flight: int,
         registry: KeyRegistry,
         redact: Callable[[str], str],
-        stats: CallStats | None = None,
-        interrupt: Interrupt | None = None,
-        grace: float = DEFAULT_GRACE,
-        give_up_after: int | None = None,
         telemetry: Active | None = None,
     ) -> None:
         self.pool = pool
         self.telemetry = telemetry
         self.pacer = pacer
-        self.policy = policy
-        self.timeout = timeout
+        self.options = options
+        self.timeout = options.timeout
+        self.stats = options.stats
+        self.interrupt = options.interrupt
         self.headers = headers
         self.max_in_flight = max_in_flight
         self.registry = registry
-        self.redact = redact
-        self.stats = stats if stats is not None else CallStats()
-        self.interrupt = interrupt
-        self.grace = grace
-        self.give_up_after = give_up_after
-        self.interrupted: int | None = None  # the signal that stopped the loop
-        self.unreachable = False
+        self._judge = AttemptJudge(policy, options, pool.target.url, redact, telemetry)
         self._try_acquire = pacer.try_acquire if isinstance(pacer, NonBlockingPacer) else None
         self._prefix = pool.target.base_path
-        self._base_url = pool.target.url
         if pool.forwarding:  # absolute-form targets through an http proxy
             self._prefix = f"http://{pool.target.authority}{self._prefix}"
         self._results: deque[Result] = deque()
@@ -308,21 +202,14 @@ class SendLoop:
         self._pacer_wait = 0.0
         self._source_wait: float | None = 0.0
         self._stop_at: float | None = None  # when stopping: the end of the grace
-        self._failures_in_a_row = 0
-        self._answers = 0  # HTTP answers of any status: Braze (or something) is reachable
-        self._unknown = 0  # exchanges that went out whole without a usable answer
-        self._stop_reason: str | None = None  # why the loop stopped taking work (halt)
-        self._retry_reasons: Counter[str] = Counter()
         self._selector: selectors.BaseSelector | None = None
-        self._live: Source | None = None
-        self._wake_read: socket.socket | None = None
-        self._wake_write: socket.socket | None = None
+        self._waker: _Waker | None = None
 
     # --- the loop ------------------------------------------------------------------------
 
     def run(self, source: Source) -> Generator[Result, None, None]:
         """Results as exchanges finish (not in input order)."""
-        self._open(source)
+        self._open()
         try:
             while True:
                 try:
@@ -331,59 +218,33 @@ class SendLoop:
                         yield self._results.popleft()
                     if self._finished():
                         return
-                    self._wait(source)
+                    self._wait()
                     while self._results:
                         yield self._results.popleft()
                 except KeyboardInterrupt:
                     self._stop(source, signal.SIGINT)
         finally:
             self._close()
-            for where, count in self._retry_reasons.items():
-                if count > 1:
-                    endpoint, _, reason = where.partition(": ")
-                    log.warning(
-                        "%s: %d more retries for the same reason",
-                        where,
-                        count - 1,
-                        extra=log_fields("http", endpoint=endpoint, reason=reason, count=count - 1),
-                    )
+            self._judge.log_repeats()
 
-    def _open(self, source: Source) -> None:
+    def _open(self) -> None:
         self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = socket.socketpair()
-        self._wake_read.setblocking(False)
-        self._wake_write.setblocking(False)
-        self._selector.register(self._wake_read, selectors.EVENT_READ)
+        self._waker = _Waker()
+        self._selector.register(self._waker, selectors.EVENT_READ)
         if self.interrupt is not None:
             self._selector.register(self.interrupt, selectors.EVENT_READ)
-        # A live source (the background sender) wakes the loop when new work arrives.
-        live = source if callable(getattr(source, "fileno", None)) else None
-        self._live = live
-        if live is not None:
-            self._selector.register(cast(Any, live), selectors.EVENT_READ)
 
     def _finished(self) -> bool:
         return not (self._active or self._connecting or self._retries or self._results) and (
             self._source_wait is None or self._stop_at is not None
         )
 
-    def _wake(self, _: object = None) -> None:
-        """Wake ``select`` (a connect finished in a helper thread); a no-op once closed."""
-        sock = self._wake_write
-        if sock is None:
-            return
-        with contextlib.suppress(OSError):  # full (already woken) or closed meanwhile
-            sock.send(b".")
-
     # --- starting attempts ---------------------------------------------------------------
 
     def _start(self, source: Source) -> None:
-        if (
-            self.interrupt is not None
-            and self.interrupt.signal is not None
-            and self._stop_at is None
-        ):
-            self._stop(source, self.interrupt.signal)
+        interrupt = self.interrupt
+        if interrupt is not None and interrupt.signal is not None and self._stop_at is None:
+            self._stop(source, interrupt.signal)
         self._pacer_wait = 0.0
         if self._stop_at is not None:
             return
@@ -397,12 +258,12 @@ class SendLoop:
                     self.max_in_flight
                 ):
                     return
-                self._source_wait = source.peek()
+                self._source_wait = source.next_ready()
                 if self._source_wait != 0.0:
                     return
-            if self.unreachable:
+            if self._judge.unreachable:
                 exchange = heapq.heappop(self._retries)[2] if retry_due else source.take()
-                self._give_up(exchange)
+                self._finish(self._judge.give_up(exchange))
                 continue
             if self._try_acquire is None:
                 self.pacer.acquire()
@@ -424,8 +285,9 @@ class SendLoop:
         connection = None if exchange.fresh else self.pool.checkout()
         exchange.fresh = False
         if connection is None:
+            assert self._waker is not None
             future = self.pool.connect(self.timeout)
-            future.add_done_callback(self._wake)
+            future.add_done_callback(self._waker.wake)
             self._connecting.append((future, exchange))
         else:
             self._send(connection, exchange)
@@ -468,18 +330,15 @@ class SendLoop:
             waits.append(self._stop_at - now)
         return max(0.0, min(waits)) if waits else None
 
-    def _wait(self, source: Source) -> None:
+    def _wait(self) -> None:
         assert self._selector is not None
         for key, mask in self._selector.select(self._timeout()):
             fileobj = key.fileobj
-            if fileobj is self._wake_read:
-                self._drain_wakeups(self._wake_read)
+            if fileobj is self._waker:
+                self._waker.drain()
                 continue
             if fileobj is self.interrupt:
                 continue  # seen by _start
-            if self._live is not None and fileobj is cast(Any, self._live):
-                cast(Any, self._live).drain()
-                continue
             connection: Connection = fileobj  # type: ignore[assignment]
             try:
                 if mask & selectors.EVENT_WRITE and connection.writing and connection.write():
@@ -499,12 +358,6 @@ class SendLoop:
             self._attempt_failed(exchange, TimeoutError(f"no connection within {self.timeout}s"))
         if self._stop_at is not None and now >= self._stop_at:
             self._abandon_in_flight()
-
-    @staticmethod
-    def _drain_wakeups(sock: Any) -> None:
-        with contextlib.suppress(OSError):
-            while sock.recv(4096):
-                pass
 
     def _connected(self) -> None:
         if not self._connecting:
@@ -537,43 +390,14 @@ class SendLoop:
             self.pool.checkin(connection)
         else:
             connection.close()
-        status = response.status_code
-        self._answers += 1
-        self.stats.statuses[str(status)] += 1
         # Braze's rate-limit headers describe the endpoint that answered: the pacer keeps the
         # /users/track budget, so other answers only give back their slot (an export's or
         # /custom_attributes' window must not hold back track; those keep their own budgets).
-        track = exchange.path == _TRACK
-        self.pacer.observe(status if track else None, response.headers if track else {})
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s -> %d (attempt %d, %.1f ms)",
-                exchange.method,
-                exchange.path,
-                status,
-                exchange.attempt,
-                (time.monotonic() - exchange.started) * 1000,
-                extra=log_fields(
-                    "http",
-                    endpoint=f"{exchange.method} {exchange.path}",
-                    status=status,
-                    attempt=exchange.attempt,
-                ),
-            )
-        if 200 <= status < 300:
-            payload = braze_answer(exchange.path, response.content)
-            if payload is not None:
-                self._failures_in_a_row = 0
-                if self.telemetry is not None:
-                    self.telemetry.end_try(exchange, AttemptOutcome(status), payload=payload)
-                self._finish(Result(exchange, response, payload, None, ""))
-                return
-            exchange.unknown = True  # a gateway's page, a cut or garbled body: was it applied?
-            outcome = AttemptOutcome(status, response.headers, "invalid_answer")
-        else:
-            self._failures_in_a_row = 0  # Braze is reachable
-            outcome = AttemptOutcome(status, response.headers)
-        self._decide(exchange, outcome, response, None)
+        track = exchange.path == TRACK
+        self.pacer.observe(
+            response.status_code if track else None, response.headers if track else {}
+        )
+        self._settle(exchange, self._judge.answered(exchange, response))
 
     def _failed(self, connection: Connection, exc: BaseException) -> None:
         assert self._selector is not None
@@ -599,155 +423,27 @@ class SendLoop:
 
     def _attempt_failed(self, exchange: Exchange, exc: BaseException) -> None:
         self.pacer.observe(None, {})
-        self.stats.statuses["error"] += 1
-        failure: Failure = "transport"
-        if isinstance(exc, TLSVerificationError):
-            failure = "tls"
-        elif isinstance(exc, UnmendableError):
-            failure = "unmendable"
-        self._decide(exchange, AttemptOutcome(failure=failure), None, exc)
+        self._settle(exchange, self._judge.failed(exchange, exc))
 
-    def _decide(
-        self,
-        exchange: Exchange,
-        outcome: AttemptOutcome,
-        response: BrazeResponse | None,
-        exc: BaseException | None,
-    ) -> None:
-        decision = decide_retry(
-            self.policy, outcome, exchange.attempt, time.time(), random.random()
-        )
-        if self.telemetry is not None:
-            self.telemetry.end_try(exchange, outcome, decision, exc)
-        what = f"HTTP {outcome.status}" if exc is None else self._reason(exc)
-        if outcome.failure == "invalid_answer":
-            what += " that is not Braze's answer"
-        if decision.retry and self._stop_at is None:
-            self.stats.retries += 1
-            if decision.rate_limited:
-                self.stats.rate_limited += 1
-                self.stats.rate_limit_wait += decision.wait
-            # The first retry for a reason is a warning; repeats are counted and summed up
-            # when the loop ends (a failing server would otherwise print a line per batch).
-            where = f"{exchange.method} {exchange.path}: {what}"
-            seen = self._retry_reasons[where]
-            self._retry_reasons[where] = seen + 1
-            log.log(
-                logging.DEBUG if seen else logging.WARNING,
-                "%s; retry %d in %.2fs",
-                where,
-                exchange.attempt,
-                decision.wait,
-                extra=log_fields(
-                    "http",
-                    endpoint=f"{exchange.method} {exchange.path}",
-                    status=outcome.status,
-                    attempt=exchange.attempt,
-                    wait=decision.wait,
-                    reason=what,
-                ),
-            )
-            self._sequence += 1
-            due = time.monotonic() + decision.wait
-            heapq.heappush(self._retries, (due, self._sequence, exchange))
+    def _settle(self, exchange: Exchange, verdict: Verdict) -> None:
+        """Schedule the retry (``verdict`` is its due time) or finish with the result."""
+        if isinstance(verdict, Result):
+            self._finish(verdict)
             return
-        if self._stop_at is not None and decision.retry:
-            self._finish(self._interrupted(exchange))
-            return
-        error, stage = self._error(exchange, outcome, decision, response, what)
-        error.__cause__ = exc
-        fatal = decision.fatal
-        if exchange.unknown:
-            self._unknown += 1
-        if stage == "transport" and outcome.status is None:
-            self._failures_in_a_row += 1
-            if self.give_up_after is not None and self._failures_in_a_row >= self.give_up_after:
-                self.unreachable = True
-                if not self._answers:  # nothing ever answered: stop, as for a TLS refusal
-                    fatal = True
-                    cause = error
-                    error = self._located(
-                        TransportError(
-                            f"Braze unreachable at {self._base_url}: {self._failures_in_a_row} "
-                            f"requests in a row got no answer and none was ever answered "
-                            f"({self._unknown} went out whole and may have been applied); "
-                            f"last: {error}"
-                        ),
-                        exchange,
-                    )
-                    error.__cause__ = cause
-        self._finish(
-            Result(exchange, response, None, error, stage, fatal, retryable=decision.retryable)
-        )
-
-    def _reason(self, exc: BaseException) -> str:
-        if isinstance(exc, UnmendableError):  # its message says it all; the class is internal
-            return self.redact(str(exc))[:300]
-        return self.redact(f"{type(exc).__name__}: {exc}")[:300]
-
-    def _located(self, error: AntavoBrazeError, exchange: Exchange) -> AntavoBrazeError:
-        """``error`` marked with the call it ends: method, URL (no secrets in it), attempts."""
-        error.method = exchange.method
-        error.url = self._base_url + exchange.target
-        error.attempts = exchange.attempt
-        return error
-
-    def _error(
-        self,
-        exchange: Exchange,
-        outcome: AttemptOutcome,
-        decision: RetryDecision,
-        response: BrazeResponse | None,
-        what: str,
-    ) -> tuple[AntavoBrazeError, str]:
-        where = f"{exchange.method} {self._base_url}{exchange.path}"
-        if outcome.failure in ("tls", "unmendable"):
-            error: AntavoBrazeError = TransportError(f"{where}: {decision.reason}: {what}")
-            return self._located(error, exchange), "transport"
-        if outcome.failure is not None:
-            message = f"{where} failed after {exchange.attempt} attempt(s): {what}"
-            return self._located(TransportError(message), exchange), "transport"
-        assert response is not None
-        assert outcome.status is not None
-        needed = ENDPOINT_PERMISSIONS.get(exchange.path)
-        error = _status_error(outcome.status, self.redact(response.text), where, decision, needed)
-        return self._located(error, exchange), "braze"
+        self._sequence += 1
+        heapq.heappush(self._retries, (verdict, self._sequence, exchange))
 
     def _finish(self, result: Result) -> None:
         self.registry.release(result.exchange.keys)
         self._results.append(result)
 
-    def _give_up(self, exchange: Exchange) -> None:
-        error = TransportError(
-            f"not sent: Braze unreachable ({self.give_up_after} requests in a row got no answer)"
-        )
-        self._finish(
-            Result(exchange, None, None, error, "transport", not_sent=True, retryable=True)
-        )
-
     # --- stopping ------------------------------------------------------------------------
-
-    def _interrupted(self, exchange: Exchange) -> Result:
-        name = self._stop_reason or signal.Signals(self.interrupted or signal.SIGINT).name
-        if exchange.unknown:
-            text = f"interrupted ({name}) after the request went out: Braze may have applied it"
-        else:
-            text = f"interrupted ({name}) before it was sent"
-        return Result(
-            exchange,
-            None,
-            None,
-            TransportError(text),
-            "interrupted",
-            not_sent=not exchange.unknown,
-            retryable=True,
-        )
 
     def halt(self, source: Source, reason: str) -> None:
         """Stop taking new work after a fatal result (``reason`` names it): queued exchanges
         end ``"interrupted"`` and not sent now, in-flight ones get the grace to finish."""
         if self._stop_at is None:
-            self._stop_reason = reason
+            self._judge.stop_reason = reason
             self._stop(source, None)
 
     def _stop(self, source: Source, signum: int | None) -> None:
@@ -756,101 +452,81 @@ class SendLoop:
             self._abandon_in_flight()
             return
         if signum is not None:
-            self.interrupted = self.stats.interrupted = signum
-        self._stop_at = time.monotonic() + self.grace
+            self._judge.signal = self.stats.interrupted = signum
+        self._judge.stopping = True
+        self._stop_at = time.monotonic() + self.options.grace
         if self.interrupt is not None and self._selector is not None:
             # Seen: it stays readable, and select must now wait for the in-flight answers.
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self.interrupt)
         for exchange in source.pending():
-            self._results.append(self._interrupted(exchange))
+            self._results.append(self._judge.interrupted(exchange))
         for _, _, exchange in self._retries:
-            self._finish(self._interrupted(exchange))
+            self._finish(self._judge.interrupted(exchange))
         self._retries = []
 
     def _abandon_in_flight(self) -> None:
-        assert self._selector is not None
-        for connection, exchange in list(self._active.items()):
-            self._selector.unregister(connection)
+        for exchange in self._drop_in_flight():
+            self._finish(self._judge.interrupted(exchange))
+
+    def _drop_in_flight(self) -> list[Exchange]:
+        """Close every connection in flight (or its connect, once done); their exchanges."""
+        dropped = []
+        for connection, exchange in self._active.items():
+            if self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError):  # closed, or not registered
+                    self._selector.unregister(connection)
             if connection.sent:
                 exchange.unknown = True
             connection.close()
-            if self.telemetry is not None:
-                self.telemetry.end_try(exchange, None)
-            self._finish(self._interrupted(exchange))
-        self._active.clear()
+            dropped.append(exchange)
         for future, exchange in self._connecting:
             future.add_done_callback(_close_when_connected)
-            if self.telemetry is not None:
+            dropped.append(exchange)
+        if self.telemetry is not None:
+            for exchange in dropped:
                 self.telemetry.end_try(exchange, None)
-            self._finish(self._interrupted(exchange))
+        self._active.clear()
         self._connecting = []
+        return dropped
 
     def _close(self) -> None:
         """Abandon what is in flight (only when the caller stops early or an error is raised)."""
-        for connection, exchange in self._active.items():
+        for exchange in self._drop_in_flight() + [e for _, _, e in self._retries]:
             self.registry.release(exchange.keys)
-            connection.close()
-            if self.telemetry is not None:
-                self.telemetry.end_try(exchange, None)
-        for future, exchange in self._connecting:
-            self.registry.release(exchange.keys)
-            future.add_done_callback(_close_when_connected)
-            if self.telemetry is not None:
-                self.telemetry.end_try(exchange, None)
-        for _, _, exchange in self._retries:
-            self.registry.release(exchange.keys)
-        self._active.clear()
-        self._connecting = []
         self._retries = []
         if self._selector is not None:
             self._selector.close()
-        for sock in (self._wake_read, self._wake_write):
-            if sock is not None:
-                sock.close()
-        self._wake_read = self._wake_write = None
-
-
-def braze_answer(path: str, content: bytes) -> Any:
-    """The 2xx body as Braze's answer, or ``None`` when it is not one: not a JSON object (or
-    too deep), and for ``/users/track`` a ``"message"`` other than ``"success"``/``"queued"`` or
-    ``errors`` that is not a list (``{}``, a gateway's ``{"status": "ok"}``, an error page)."""
-    try:
-        payload = loads(content)
-    except (ValueError, RecursionError, MemoryError):
-        return None
-    if not isinstance(payload, dict):
-        return None
-    if path == _TRACK and (
-        payload.get("message") not in _BRAZE_MESSAGES
-        or not isinstance(payload.get("errors", []), list)
-    ):
-        return None
-    return payload
-
-
-def _status_error(
-    status: int, body: str, where: str, decision: RetryDecision, permission: str | None
-) -> BrazeAPIError:
-    # Redacted above, truncated here: a key can never be cut in half into a message.
-    text = f"Braze answered HTTP {status} to {where}: {body[:300]}"
-    if decision.reason.startswith("rate limited"):
-        text = f"{decision.reason} ({where})"
-    if status == 401:
-        return AuthenticationError(status, body, text + " (check the API key and instance)")
-    if status == 403:
-        if permission is not None:
-            text += f" (the API key lacks the {permission} permission)"
-        return PermissionDeniedError(status, body, text)
-    if status in (400, 413, 415):
-        return BadRequestError(status, body, text)
-    if status == 429:
-        return RateLimitError(status, body, text)
-    if 500 <= status <= 599:
-        return ServerError(status, body, text)
-    return BrazeAPIError(status, body, text)
+        if self._waker is not None:
+            self._waker.close()
 
 
 def _close_when_connected(future: Future[Connection]) -> None:
     if not future.cancelled() and future.exception() is None:
         future.result().close()
+
+
+class _Waker:
+    """A socket pair that wakes the loop's ``select`` from another thread (a finished
+    connect); waking it once closed does nothing."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._read.fileno()
+
+    def wake(self, _: object = None) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed meanwhile
+            self._write.send(b".")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):
+            while self._read.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
