@@ -213,7 +213,7 @@ class FakeBraze(BackgroundServer):
             batch_mode=self.batch_mode,
             validate=self.validate,
             max_body_bytes=self.max_body_bytes,
-            blocked=frozenset(self._blocked),
+            blocked=self._blocked,  # read only; block() adds under the lock
             keys=self._keys,
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -103,7 +104,8 @@ UTC = timezone.utc
 
 @frozen
 class Request:
-    """One HTTP request as the oracle sees it (header names lower-case)."""
+    """One HTTP request as the oracle sees it (header names lower-case: ``content-type``,
+    ``authorization``, ``user-agent``)."""
 
     method: str
     path: str
@@ -140,7 +142,7 @@ class TrackRules:
     batch_mode: str = "combined"  # or "legacy": MAX_OBJECTS per array
     validate: bool = True  # False: count objects, check nothing inside them (load tests)
     max_body_bytes: int = MAX_BODY_BYTES
-    blocked: frozenset[str] = frozenset()  # profile ids Braze refuses (dummy users)
+    blocked: AbstractSet[str] = frozenset()  # profile ids Braze refuses (dummy users)
     keys: Mapping[str, frozenset[str]] = field(factory=lambda: {"test-key": ALL_PERMISSIONS})
 
 

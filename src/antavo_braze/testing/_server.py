@@ -102,6 +102,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake.shell.serve(self, "POST")
 
 
+def _read_headers(handler: BaseHTTPRequestHandler) -> dict[str, str]:
+    """The headers the oracle and the recording read, under lower-case names (the others are
+    not copied: each read of the standard library's header object costs)."""
+    headers = {}
+    for name in _READ_HEADERS:
+        value = handler.headers.get(name)
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+_READ_HEADERS = ("content-type", "authorization", "user-agent")
+
+
 class _Server(QuietServer):
     request_queue_size = 256
 
@@ -146,7 +160,7 @@ class Shell:
             method,
             parts.path,
             {k: v[0] for k, v in parse_qs(parts.query).items()},
-            {name.lower(): value for name, value in handler.headers.items()},
+            _read_headers(handler),
             handler.rfile.read(length) if length else b"",
         )
         if fake.prefix:
