@@ -20,7 +20,9 @@ from antavo_braze._build.coerce import coerce_properties
 from antavo_braze._json import dumps
 from antavo_braze.testing import FakeBraze
 from antavo_braze.testing import _rules as rules
-from antavo_braze.testing._rules import Reply, Request, TrackRules, handle
+from antavo_braze.testing._endpoints import answer, handle
+from antavo_braze.testing._profiles import Profiles
+from antavo_braze.testing._rules import Account, Reply, Request
 
 # --- 1. the oracle's copy of Braze's numbers equals the library's --------------------------------
 
@@ -91,10 +93,11 @@ def test_oracle_standard_attributes_hold_the_librarys() -> None:
 
 def test_fake_defaults_are_the_oracles_numbers() -> None:
     """FakeBraze's default body limit and identity window are Braze's."""
-    fake = FakeBraze()
-    assert fake.max_body_bytes == limits.MAX_BODY_BYTES
+    with FakeBraze() as fake:
+        account = fake.account()
+    assert fake.max_body_bytes == account.max_body_bytes == limits.MAX_BODY_BYTES
     assert fake.identity_rate_window == limits.IDENTITY_RATE[1]
-    assert fake.track_rules().keys == {"test-key": frozenset(limits.PERMISSIONS)}
+    assert account.keys == {"test-key": frozenset(limits.PERMISSIONS)}
 
 
 # --- 2. the reference's examples, answered as Braze answers them ---------------------------------
@@ -493,7 +496,7 @@ def test_combined_mode_takes_75_objects_and_refuses_76() -> None:
 
 def test_legacy_mode_counts_each_array() -> None:
     """Legacy accounts take 75 per array (225 in all) and refuse 76 in one array."""
-    legacy = TrackRules(batch_mode="legacy")
+    legacy = Account(batch_mode="legacy")
     full = {
         "attributes": [_attrs(n=i) for i in range(75)],
         "events": [_event() for _ in range(75)],
@@ -542,7 +545,7 @@ def test_whole_request_answers(request_: Request, status: int, section: str) -> 
 
 def test_key_without_the_permission_gets_403() -> None:
     """A valid key without users.track gets 403 Access Denied (reference 1.7, 5)."""
-    rules_ = TrackRules(keys={"test-key": frozenset({"events.list"})})
+    rules_ = Account(keys={"test-key": frozenset({"events.list"})})
     reply = handle(_track_request({"attributes": []}), rules_)
     assert (reply.status, reply.body) == (403, {"message": "Access Denied"})
 
@@ -550,7 +553,7 @@ def test_key_without_the_permission_gets_403() -> None:
 def test_blocked_profile_is_refused_by_name() -> None:
     """A blocklisted external_id is refused with BLACKLISTED_EXTERNAL_USER_ID (reference 1.6)."""
     reply = handle(
-        _track_request({"attributes": [_attrs(n=1)]}), TrackRules(blocked=frozenset({"m1"}))
+        _track_request({"attributes": [_attrs(n=1)]}), Account(blocked=frozenset({"m1"}))
     )
     assert reply.body["errors"] == [
         {"type": "BLACKLISTED_EXTERNAL_USER_ID", "input_array": "attributes", "index": 0}
@@ -589,7 +592,7 @@ def test_every_object_is_processed_or_named_in_errors(
             objects.append(obj)
             position += 1
         body[name] = objects
-    rules_ = TrackRules(batch_mode="legacy" if legacy else "combined")
+    rules_ = Account(batch_mode="legacy" if legacy else "combined")
     reply = handle(_track_request(body), rules_)
     over = max(counts) if legacy else sum(counts)
     if over > limits.MAX_OBJECTS:
@@ -602,3 +605,95 @@ def test_every_object_is_processed_or_named_in_errors(
         assert named == [i for i, o in enumerate(objects) if "external_id" not in o]
         if objects:
             assert reply.body[f"{name}_processed"] + len(named) == len(objects)
+
+
+# --- 4. the other endpoints, answered by the same pure function (reference 4; braze-2026 1.3-1.6)
+
+
+def _get(path: str, **query: str) -> Request:
+    return Request("GET", path, query, {"authorization": "Bearer test-key"})
+
+
+def _post(path: str, body: Any) -> Request:
+    headers = {"authorization": "Bearer test-key", "content-type": "application/json"}
+    return Request("POST", path, {}, headers, dumps(body))
+
+
+def _held_events(count: int) -> Profiles:
+    held = Profiles()
+    held.store(
+        {
+            "attributes": [],
+            "events": [_event(name=f"e{i:03}") for i in range(count)],
+            "purchases": [],
+        }
+    )
+    return held
+
+
+def test_events_list_pages_250_names_alphabetically() -> None:
+    """GET /events/list gives 250 names a page, in order, from what is held (reference 4)."""
+    held = _held_events(260)
+    first = handle(_get("/events/list"), held=held).body["events"]
+    second = handle(_get("/events/list", page="1"), held=held).body["events"]
+    assert (len(first), first[0], second) == (250, "e000", [f"e{i}" for i in range(250, 260)])
+    assert handle(_get("/events/list", page="x"), held=held).status == 400
+
+
+def test_events_get_links_the_next_page() -> None:
+    """GET /events gives 50 a page and the next one in a Link header (reference 4)."""
+    held = _held_events(60)
+    reply = handle(_get("/events"), Account(url="https://braze.test"), held)
+    assert len(reply.body["events"]) == 50
+    assert reply.headers["Link"].startswith("<https://braze.test/events?cursor=")
+    assert reply.headers["Link"].endswith('rel="next"')
+
+
+def test_data_series_counts_the_held_events() -> None:
+    """GET /events/data_series counts the named event per day (reference 4)."""
+    reply = handle(
+        _get("/events/data_series", event="e000", length="2", ending_at="2026-01-03T00:00:00Z"),
+        held=_held_events(1),
+    )
+    assert reply.body["data"] == [
+        {"time": "2026-01-02", "count": 1},
+        {"time": "2026-01-03", "count": 0},
+    ]
+    assert handle(_get("/events/data_series", event="e", length="101")).status == 400
+
+
+def test_export_answers_from_what_is_held() -> None:
+    """POST /users/export/ids returns held profiles and names the unknown ids; 51 ids get 400
+    (braze-2026.md 1.6)."""
+    held = Profiles()
+    held.store({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
+    body = {"external_ids": ["m1", "nobody"], "fields_to_export": ["custom_attributes"]}
+    reply = handle(_post("/users/export/ids", body), held=held)
+    assert reply.body["users"] == [{"external_id": "m1", "custom_attributes": {"tier": "gold"}}]
+    assert reply.body["invalid_user_ids"] == ["nobody"]
+    too_many = {"external_ids": [str(i) for i in range(51)], "fields_to_export": []}
+    assert handle(_post("/users/export/ids", too_many)).status == 400
+
+
+def test_merge_and_delete_are_queued_not_applied() -> None:
+    """Merges and deletes are answered at once; what Braze goes on to do is in the verdict and
+    nothing held changes (braze-2026.md 1.3, 1.4)."""
+    held = Profiles()
+    held.store({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
+    merge = {
+        "merge_updates": [
+            {
+                "identifier_to_merge": {"external_id": "m1"},
+                "identifier_to_keep": {"external_id": "k"},
+            }
+        ]
+    }
+    verdict = answer(_post("/users/merge", merge), Account(), held)
+    assert (verdict.reply.status, verdict.merges) == (200, (("m1", "k"),))
+    deleted = answer(_post("/users/delete", {"external_ids": ["m1"]}), Account(), held)
+    assert (deleted.reply.status, deleted.reply.body["deleted"], deleted.deletes) == (
+        202,
+        1,
+        ("m1",),
+    )
+    assert held.profiles == {"m1": {"tier": "gold"}}

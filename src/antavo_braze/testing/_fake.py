@@ -3,10 +3,10 @@
 It validates ``/users/track`` as Braze does, keeps profiles, events and purchases as plain data,
 serves the custom-event read endpoints, sends rate-limit headers, and injects faults on demand.
 
-This module is the facade: lifecycle, knobs, faults, reset and what it holds. The rest:
-``_rules`` (the oracle: Braze's rules as pure functions, its own copy of Braze's numbers),
-``_endpoints`` (one handler per route), ``_profiles`` (what is held, written as Braze would)
-and ``_server`` (the socket shell).
+This module is the facade: lifecycle, knobs, faults, reset and what it holds. The oracle is
+pure: ``_rules`` (Braze's rules and its own copy of Braze's numbers) and ``_endpoints`` (one
+function per route, ``handle(request) -> Reply``). Around it: ``_profiles`` (what is held,
+written as Braze writes it), ``_budgets`` (rate limits) and ``_server`` (the socket shell).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from .._client import BrazeClient
 from .._http.retry import RetryPolicy
 from . import _rules as rules
-from ._endpoints import Endpoints
+from ._budgets import Budgets
 from ._profiles import Profiles
 from ._rules import Request
 from ._server import Fault, RecordedRequest, Shell, make_server
@@ -111,7 +111,9 @@ class FakeBraze(BackgroundServer):
         self.objects_received = 0
         self.connections = 0
         self.overlapping_requests = 0  # track requests that touched a profile already in flight
-        self.endpoints = Endpoints(self)
+        self.budgets = Budgets(self)
+        self._account_knobs: tuple[Any, ...] = ()
+        self._account = rules.Account()
         self.shell = Shell(self)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -203,19 +205,25 @@ class FakeBraze(BackgroundServer):
             self.connections = 0
             self.overlapping_requests = 0
             self.shell.reset()
-        self.endpoints.reset()
+        self.budgets.reset()
 
     # --- what the shell and the endpoints ask --------------------------------------------------
 
-    def track_rules(self) -> rules.TrackRules:
-        """The settings the oracle judges ``/users/track`` by, as they are now."""
-        return rules.TrackRules(
-            batch_mode=self.batch_mode,
-            validate=self.validate,
-            max_body_bytes=self.max_body_bytes,
-            blocked=self._blocked,  # read only; block() adds under the lock
-            keys=self._keys,
-        )
+    def account(self) -> rules.Account:
+        """The settings the oracle answers by, as they are now (the knobs can change; built
+        again only when one did)."""
+        knobs = (self.batch_mode, self.validate, self.max_body_bytes, self._server)
+        if knobs != self._account_knobs:
+            self._account = rules.Account(
+                batch_mode=self.batch_mode,
+                validate=self.validate,
+                max_body_bytes=self.max_body_bytes,
+                blocked=self._blocked,  # the live set, read only: block() adds to it
+                keys=self._keys,  # the live dict: add_key() adds to it
+                url=self.url,
+            )
+            self._account_knobs = knobs
+        return self._account
 
     def _take_fault(self, path: str) -> Fault | None:
         with self._lock:

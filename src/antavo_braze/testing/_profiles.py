@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from . import _rules as rules
+from ._rules import Verdict
 
 __all__ = ["Profiles", "data_type_of"]
 
@@ -218,9 +219,8 @@ class Profiles:
                 for n in names
             ]
 
-    def export(self, ids: list[str], fields: list[str]) -> tuple[list[Any], list[str]]:
+    def exported(self, ids: list[str], fields: list[str]) -> tuple[list[Any], list[str]]:
         """``/users/export/ids``: (users, invalid_user_ids) (braze-2026.md 1.6)."""
-        self.apply_due()
         users, invalid = [], []
         with self.lock:
             for external_id in ids:
@@ -233,12 +233,14 @@ class Profiles:
 
     # --- merges and deletes (braze-2026.md 1.3, 1.4) ----------------------------------------
 
-    def merge_later(self, pairs: list[tuple[str, str]]) -> None:
-        for merge, keep in pairs:
+    def apply(self, verdict: Verdict, *, store: bool) -> None:
+        """Do what Braze goes on to do after its answer: store the accepted track objects
+        (when ``store``), queue the merges and deletes."""
+        if store and verdict.accepted and verdict.reply.status == 201:
+            self.store(verdict.accepted)
+        for merge, keep in verdict.merges:
             self._later(functools.partial(self._apply_merge, merge, keep))
-
-    def delete_later(self, ids: list[str]) -> None:
-        for external_id in ids:
+        for external_id in verdict.deletes:
             self._later(functools.partial(self._apply_delete, external_id))
 
     def _later(self, action: Callable[[], None]) -> None:

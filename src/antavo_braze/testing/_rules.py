@@ -1,10 +1,10 @@
 """FakeBraze's oracle: Braze's rules as pure functions from a request to a reply.
 
 Nothing here holds state or touches a socket (the shape of ``httpx.MockTransport``: a fake is a
-function from request to response; the server around it is plumbing). :func:`handle` answers a
-request the way Braze would before any stored data matters: the route, the key and its
-permission, and the whole of ``POST /users/track`` (framing, object counts, every object's
-validity). The readers at the bottom check the parameters of the other endpoints.
+function from request to response; the server around it is plumbing). :func:`gate` answers the
+requests that never reach an endpoint (key, route, permission), :func:`judge_track` the whole
+of ``POST /users/track`` (framing, object counts, every object's validity); the readers at the
+bottom check the other endpoints' parameters. ``_endpoints.handle`` puts them together.
 
 The numbers are FakeBraze's own copy of Braze's, on purpose: an oracle that imported the
 library's ``_braze.limits`` would share its mistakes. ``tests/test_fake_rules.py`` asserts the
@@ -21,18 +21,11 @@ from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 
 from .._json import dumps, loads
 
-__all__ = [
-    "Reply",
-    "Request",
-    "TrackRules",
-    "Verdict",
-    "handle",
-    "judge_track",
-]
+__all__ = ["Account", "Reply", "Request", "Verdict", "gate", "judge_track"]
 
 # --- Braze's numbers: the oracle's own copy ---------------------------------------------------
 MAX_OBJECTS = 75  # per request, combined (or per array on "legacy" accounts) [1.2]
@@ -102,6 +95,11 @@ _MAX_DEPTH = 50  # ours: Braze documents no depth limit [8.7]; bounds the recurs
 UTC = timezone.utc
 
 
+def _bearer_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization") or ""
+    return auth[7:] if auth.startswith("Bearer ") else None
+
+
 @frozen
 class Request:
     """One HTTP request as the oracle sees it (header names lower-case: ``content-type``,
@@ -112,11 +110,7 @@ class Request:
     query: Mapping[str, str] = field(factory=dict)
     headers: Mapping[str, str] = field(factory=dict)
     body: bytes = b""
-
-    @property
-    def api_key(self) -> str | None:
-        auth = self.headers.get("authorization") or ""
-        return auth[7:] if auth.startswith("Bearer ") else None
+    api_key: str | None = field(init=False, default=Factory(_bearer_key, takes_self=True))
 
 
 @frozen
@@ -136,24 +130,27 @@ NOT_FOUND = message(404, "Not Found")
 
 
 @frozen
-class TrackRules:
-    """The account's settings that change Braze's answers to ``/users/track``."""
+class Account:
+    """The workspace's settings that change Braze's answers."""
 
     batch_mode: str = "combined"  # or "legacy": MAX_OBJECTS per array
     validate: bool = True  # False: count objects, check nothing inside them (load tests)
     max_body_bytes: int = MAX_BODY_BYTES
     blocked: AbstractSet[str] = frozenset()  # profile ids Braze refuses (dummy users)
     keys: Mapping[str, frozenset[str]] = field(factory=lambda: {"test-key": ALL_PERMISSIONS})
+    url: str = "http://127.0.0.1"  # the REST endpoint, for the Link headers of paged answers
 
 
 @frozen
 class Verdict:
-    """Braze's answer to a track request and what it would process: the parsed body and the
-    objects accepted, per array."""
+    """Braze's answer and what it goes on to do: the body it read (recorded with the request),
+    the track objects it processes per array, the merges and deletes it queues."""
 
     reply: Reply
     body: Any = None
     accepted: Mapping[str, list[dict[str, Any]]] = field(factory=dict)
+    merges: tuple[tuple[str, str], ...] = ()
+    deletes: tuple[str, ...] = ()
 
 
 class InvalidError(Exception):
@@ -173,21 +170,6 @@ def loads_or_unparsed(raw: bytes) -> Any:
 # --- the gate and /users/track ----------------------------------------------------------------
 
 
-def handle(request: Request, rules: TrackRules | None = None) -> Reply:
-    """Braze's answer to ``request`` as far as it depends on no stored data: 404 for an unknown
-    route, 401 for a bad key, 403 without the permission, and all of ``/users/track``.
-
-    For the other endpoints a request that passes the gate gets ``200`` with no body here: their
-    answers come from the data (``testing/_endpoints.py``)."""
-    rules = rules or TrackRules()
-    refused = gate(request, rules.keys)
-    if refused is not None:
-        return refused
-    if (request.method, request.path) == ("POST", "/users/track"):
-        return judge_track(request, rules).reply
-    return Reply(200)
-
-
 def gate(request: Request, keys: Mapping[str, frozenset[str]]) -> Reply | None:
     """The answer of a request that never reaches an endpoint, or None."""
     key = request.api_key
@@ -202,10 +184,10 @@ def gate(request: Request, keys: Mapping[str, frozenset[str]]) -> Reply | None:
     return None
 
 
-def judge_track(request: Request, rules: TrackRules, body: Any = UNPARSED) -> Verdict:
+def judge_track(request: Request, account: Account, body: Any = UNPARSED) -> Verdict:
     """Braze's answer to a ``POST /users/track`` that passed the gate [1.1-1.7]: 413, 415, 400
     for the request as a whole, else 201 with the objects refused in ``errors[]``."""
-    if len(request.body) > rules.max_body_bytes:
+    if len(request.body) > account.max_body_bytes:
         return Verdict(message(413, "Request Entity Too Large"))
     if "application/json" not in (request.headers.get("content-type") or ""):
         return Verdict(message(415, "Unsupported Media Type"))
@@ -219,10 +201,10 @@ def judge_track(request: Request, rules: TrackRules, body: Any = UNPARSED) -> Ve
     if not all(isinstance(a, list) for a in arrays.values()):
         return Verdict(message(400, "attributes, events and purchases must be arrays"), body)
     counts = [len(a) for a in arrays.values()]
-    too_many = sum(counts) if rules.batch_mode == "combined" else max(counts)
+    too_many = sum(counts) if account.batch_mode == "combined" else max(counts)
     if too_many > MAX_OBJECTS:
         return Verdict(message(400, "Max Input Length Exceeded"), body)
-    if not rules.validate:
+    if not account.validate:
         return Verdict(message(201, "success"), body, arrays)
     errors: list[dict[str, Any]] = []
     accepted: dict[str, list[dict[str, Any]]] = {name: [] for name in ARRAYS}
@@ -232,7 +214,7 @@ def judge_track(request: Request, rules: TrackRules, body: Any = UNPARSED) -> Ve
             try:
                 if not isinstance(obj, dict):
                     raise InvalidError("objects must be JSON objects")
-                if profile_id(obj) in rules.blocked:
+                if profile_id(obj) in account.blocked:
                     raise InvalidError("BLACKLISTED_EXTERNAL_USER_ID")
                 check(obj)
             except InvalidError as exc:

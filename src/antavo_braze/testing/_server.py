@@ -22,7 +22,7 @@ from attrs import field, frozen
 
 from .._json import dumps
 from . import _rules as rules
-from ._endpoints import Answer
+from ._endpoints import ROUTES
 from ._rules import Reply, Request
 from ._serving import QuietServer
 
@@ -54,6 +54,14 @@ class RecordedRequest:
 _RECORDED_FIELDS = frozenset(
     {"method", "path", "query", "body", "status", "key_valid", "user_agent"}
 )
+
+
+@frozen
+class Answer:
+    """A reply and the request body to record with it."""
+
+    reply: Reply
+    recorded: Any = None
 
 
 @frozen
@@ -204,7 +212,21 @@ class Shell:
         refused = rules.gate(request, fake._keys)
         if refused is not None:
             return Answer(refused)
-        return fake.endpoints.routes[request.method, request.path](request, body)
+        limited, rate_headers = fake.budgets.spend(request.path)
+        if limited is not None:
+            return Answer(limited)
+        if request.path == "/users/export/ids":
+            fake.store.apply_due()  # what Braze has applied by now
+        verdict = ROUTES[request.method, request.path](request, fake.account(), fake.store, body)
+        if verdict.accepted and verdict.reply.status == 201:
+            received = sum(len(objects) for objects in verdict.accepted.values())
+            with fake._lock:
+                fake.objects_received += received
+        fake.store.apply(verdict, store=fake.validate and fake.record)
+        reply = verdict.reply
+        if rate_headers:
+            reply = Reply(reply.status, {**rate_headers, **reply.headers}, reply.body)
+        return Answer(reply, verdict.body)
 
     def _claim(self, body: Any) -> set[str]:
         """Note which profiles this request touches, counting overlaps with requests in flight."""
