@@ -4,14 +4,17 @@ They read what the fake holds through :class:`Held` and change nothing: what Bra
 to do (store objects, queue merges and deletes) is in the :class:`~._rules.Verdict`, and the
 fake applies it (``_profiles.Profiles.apply``). :func:`handle` is the whole oracle: Braze's
 answer to any request, given the account and what it holds (rate limits aside: they count
-requests over time, ``_budgets``).
+requests over time, ``_budgets``). The readers at the bottom check each endpoint's parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
+import base64
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Protocol
+
+from attrs import frozen
 
 from . import _rules as rules
 from ._profiles import Profiles
@@ -55,7 +58,7 @@ def track(request: Request, account: Account, held: Held, body: Any) -> Verdict:
 
 def events_list(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``GET /events/list``: 250 names a page, alphabetical [4]."""
-    page = rules.read_page(request.query)
+    page = read_page(request.query)
     if isinstance(page, Reply):
         return Verdict(page)
     size = rules.EVENTS_LIST_PAGE
@@ -65,7 +68,7 @@ def events_list(request: Request, account: Account, held: Held, body: Any) -> Ve
 
 def events_get(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``GET /events``: 50 a page, the others through the ``Link`` header [4]."""
-    start = rules.read_cursor(request.query)
+    start = read_cursor(request.query)
     if isinstance(start, Reply):
         return Verdict(start)
     names = held.sorted_event_names()
@@ -83,16 +86,16 @@ def events_get(request: Request, account: Account, held: Held, body: Any) -> Ver
     links = []
     url = account.url
     if start > 0:
-        links.append(f'<{url}/events?cursor={rules.cursor(max(0, start - size))}>; rel="prev"')
+        links.append(f'<{url}/events?cursor={cursor(max(0, start - size))}>; rel="prev"')
     if start + size < len(names):
-        links.append(f'<{url}/events?cursor={rules.cursor(start + size)}>; rel="next"')
+        links.append(f'<{url}/events?cursor={cursor(start + size)}>; rel="next"')
     headers = {"Link": ",".join(links)} if links else {}
     return Verdict(Reply(200, headers, {"message": "success", "events": events}))
 
 
 def data_series(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``GET /events/data_series``: counts per day or hour, up to ``ending_at`` [4]."""
-    series = rules.read_series(request.query, datetime.now(rules.UTC))
+    series = read_series(request.query, datetime.now(rules.UTC))
     if isinstance(series, Reply):
         return Verdict(series)
     times = held.event_times(series.event)
@@ -111,13 +114,13 @@ def data_series(request: Request, account: Account, held: Held, body: Any) -> Ve
 def custom_attributes(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``GET /custom_attributes``: 50 a page, the next in ``Link`` (braze-2026.md 1.5)."""
     rows = held.attribute_rows()
-    start = rules.read_cursor(request.query)
+    start = read_cursor(request.query)
     if isinstance(start, Reply):
         return Verdict(start)
     size = rules.CUSTOM_ATTRIBUTES_PAGE
     headers: dict[str, str] = {}
     if start + size < len(rows):
-        next_page = f"{account.url}/custom_attributes?cursor={rules.cursor(start + size)}"
+        next_page = f"{account.url}/custom_attributes?cursor={cursor(start + size)}"
         headers["Link"] = f'<{next_page}>; rel="next"'
     page = rows[start : start + size]
     return Verdict(Reply(200, headers, {"message": "success", "attributes": page}))
@@ -125,10 +128,10 @@ def custom_attributes(request: Request, account: Account, held: Held, body: Any)
 
 def export(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``POST /users/export/ids`` (braze-2026.md 1.6)."""
-    body, problem = rules.read_object(request.body)
+    body, problem = read_object(request.body)
     if problem is not None:
         return Verdict(problem, body)
-    asked = rules.read_export(body)
+    asked = read_export(body)
     if isinstance(asked, Reply):
         return Verdict(asked, body)
     users, invalid = held.exported(*asked)
@@ -140,10 +143,10 @@ def export(request: Request, account: Account, held: Held, body: Any) -> Verdict
 
 def merge(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``POST /users/merge``: answered at once, applied later (braze-2026.md 1.4)."""
-    body, problem = rules.read_object(request.body)
+    body, problem = read_object(request.body)
     if problem is not None:
         return Verdict(problem, body)
-    pairs = rules.read_merge(body)
+    pairs = read_merge(body)
     if isinstance(pairs, Reply):
         return Verdict(pairs, body)
     return Verdict(message(200, "success"), body, merges=tuple(pairs))
@@ -151,10 +154,10 @@ def merge(request: Request, account: Account, held: Held, body: Any) -> Verdict:
 
 def delete(request: Request, account: Account, held: Held, body: Any) -> Verdict:
     """``POST /users/delete``: ``deleted`` counts what is queued (braze-2026.md 1.3)."""
-    body, problem = rules.read_object(request.body)
+    body, problem = read_object(request.body)
     if problem is not None:
         return Verdict(problem, body)
-    ids = rules.read_delete(body)
+    ids = read_delete(body)
     if isinstance(ids, Reply):
         return Verdict(ids, body)
     reply = Reply(202, {}, {"message": "success", "deleted": len(ids)})
@@ -171,3 +174,111 @@ ROUTES: dict[tuple[str, str], Endpoint] = {
     ("POST", "/users/merge"): merge,
     ("POST", "/users/delete"): delete,
 }
+
+
+# --- the other endpoints' parameters ----------------------------------------------------------
+
+
+def read_page(query: Mapping[str, str]) -> int | Reply:
+    """``?page=`` of ``GET /events/list`` [4]."""
+    try:
+        return int(query.get("page", "0"))
+    except ValueError:
+        return message(400, "page must be an integer")
+
+
+def read_cursor(query: Mapping[str, str]) -> int | Reply:
+    """``?cursor=`` of ``GET /events`` and ``GET /custom_attributes``: an offset, as base64."""
+    if "cursor" not in query:
+        return 0
+    try:
+        return int(base64.urlsafe_b64decode(query["cursor"]).decode())
+    except (ValueError, UnicodeDecodeError):
+        return message(400, "invalid cursor")
+
+
+def cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(str(offset).encode()).decode()
+
+
+@frozen
+class Series:
+    """The parameters of ``GET /events/data_series`` [4]: the name and the buckets' starts."""
+
+    event: str
+    unit: str
+    step: timedelta
+    starts: tuple[datetime, ...]
+
+
+def read_series(query: Mapping[str, str], now: datetime) -> Series | Reply:
+    try:
+        name = query["event"]
+        length = int(query["length"])
+        unit = query.get("unit", "day")
+        ending = rules.parse_time(query["ending_at"]) if "ending_at" in query else now
+    except (KeyError, ValueError, rules.InvalidError) as exc:
+        return message(400, f"invalid parameters: {exc}")
+    if unit not in ("day", "hour") or not 1 <= length <= 100:
+        return message(400, "unit must be day or hour; length 1-100")
+    step = timedelta(days=1) if unit == "day" else timedelta(hours=1)
+    if unit == "day":
+        last = ending.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        last = ending.replace(minute=0, second=0, microsecond=0)
+    return Series(name, unit, step, tuple(last - step * i for i in reversed(range(length))))
+
+
+def read_object(raw: bytes) -> tuple[Any, Reply | None]:
+    """A JSON object body: (body, None), or (what was read, the 400 to answer)."""
+    body = rules.loads_or_unparsed(raw)
+    if body is rules.UNPARSED:
+        return None, message(400, "Invalid JSON: syntax or parse error")
+    if not isinstance(body, dict):
+        return body, message(400, "Invalid request body")
+    return body, None
+
+
+def read_export(body: dict[str, Any]) -> tuple[list[str], list[str]] | Reply:
+    """``POST /users/export/ids``: (external_ids, fields_to_export) (braze-2026.md 1.6)."""
+    ids = body.get("external_ids")
+    fields = body.get("fields_to_export")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return message(400, "external_ids must be an array of strings")
+    if len(ids) > rules.IDS_PER_REQUEST:
+        return message(400, f"at most {rules.IDS_PER_REQUEST} external_ids")
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+        return message(400, "fields_to_export is required")
+    return ids, fields
+
+
+def read_merge(body: dict[str, Any]) -> list[tuple[str, str]] | Reply:
+    """``POST /users/merge``: (merged, kept) external id pairs (braze-2026.md 1.4)."""
+    updates = body.get("merge_updates")
+    if not isinstance(updates, list) or len(updates) > rules.IDS_PER_REQUEST:
+        return message(400, f"merge_updates must be an array of at most {rules.IDS_PER_REQUEST}")
+    pairs = []
+    for update in updates:
+        try:
+            merge = update["identifier_to_merge"]["external_id"]
+            keep = update["identifier_to_keep"]["external_id"]
+        except (KeyError, TypeError):
+            return message(
+                400, "each merge update needs identifier_to_merge and identifier_to_keep"
+            )
+        pairs.append((str(merge), str(keep)))
+    return pairs
+
+
+def read_delete(body: dict[str, Any]) -> list[str] | Reply:
+    """``POST /users/delete``: the external ids (braze-2026.md 1.3)."""
+    ids = body.get("external_ids")
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, str) for i in ids)
+        or len(ids) > rules.IDS_PER_REQUEST
+    ):
+        return message(
+            400, f"external_ids must be an array of at most {rules.IDS_PER_REQUEST} strings"
+        )
+    return list(ids)

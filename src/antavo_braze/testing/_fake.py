@@ -51,7 +51,8 @@ class FakeBraze(BackgroundServer):
     ``identity_rate_window`` seconds (60: Braze's is 20,000 a minute) before 429s. Custom
     attribute types are fixed by their first value (``attribute_types``; a later value of
     another type is ignored with a success answer, as Braze does).
-    ``connections`` counts the connections accepted.
+    ``connections`` counts the connections accepted; ``store`` holds the rest of what it keeps
+    (attribute types, values ignored for their type, merges and deletes applied).
     """
 
     def __init__(
@@ -212,7 +213,7 @@ class FakeBraze(BackgroundServer):
     def account(self) -> rules.Account:
         """The settings the oracle answers by, as they are now (the knobs can change; built
         again only when one did)."""
-        knobs = (self.batch_mode, self.validate, self.max_body_bytes, self._server)
+        knobs = (self.batch_mode, self.validate, self.max_body_bytes, self._server, self.prefix)
         if knobs != self._account_knobs:
             self._account = rules.Account(
                 batch_mode=self.batch_mode,

@@ -3,8 +3,8 @@
 Nothing here holds state or touches a socket (the shape of ``httpx.MockTransport``: a fake is a
 function from request to response; the server around it is plumbing). :func:`gate` answers the
 requests that never reach an endpoint (key, route, permission), :func:`judge_track` the whole
-of ``POST /users/track`` (framing, object counts, every object's validity); the readers at the
-bottom check the other endpoints' parameters. ``_endpoints.handle`` puts them together.
+of ``POST /users/track`` (framing, object counts, every object's validity).
+``_endpoints.handle`` puts them together with the other endpoints.
 
 The numbers are FakeBraze's own copy of Braze's, on purpose: an oracle that imported the
 library's ``_braze.limits`` would share its mistakes. ``tests/test_fake_rules.py`` asserts the
@@ -14,11 +14,10 @@ two copies agree. Sources: ``shared/reference/braze-api.md`` (section numbers in
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from attrs import Factory, field, frozen
@@ -453,109 +452,3 @@ _CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "events": _check_event,
     "purchases": _check_purchase,
 }
-
-
-# --- the other endpoints' parameters ----------------------------------------------------------
-
-
-def read_page(query: Mapping[str, str]) -> int | Reply:
-    """``?page=`` of ``GET /events/list`` [4]."""
-    try:
-        return int(query.get("page", "0"))
-    except ValueError:
-        return message(400, "page must be an integer")
-
-
-def read_cursor(query: Mapping[str, str]) -> int | Reply:
-    """``?cursor=`` of ``GET /events`` and ``GET /custom_attributes``: an offset, as base64."""
-    if "cursor" not in query:
-        return 0
-    try:
-        return int(base64.urlsafe_b64decode(query["cursor"]).decode())
-    except (ValueError, UnicodeDecodeError):
-        return message(400, "invalid cursor")
-
-
-def cursor(offset: int) -> str:
-    return base64.urlsafe_b64encode(str(offset).encode()).decode()
-
-
-@frozen
-class Series:
-    """The parameters of ``GET /events/data_series`` [4]: the name and the buckets' starts."""
-
-    event: str
-    unit: str
-    step: timedelta
-    starts: tuple[datetime, ...]
-
-
-def read_series(query: Mapping[str, str], now: datetime) -> Series | Reply:
-    try:
-        name = query["event"]
-        length = int(query["length"])
-        unit = query.get("unit", "day")
-        ending = parse_time(query["ending_at"]) if "ending_at" in query else now
-    except (KeyError, ValueError, InvalidError) as exc:
-        return message(400, f"invalid parameters: {exc}")
-    if unit not in ("day", "hour") or not 1 <= length <= 100:
-        return message(400, "unit must be day or hour; length 1-100")
-    step = timedelta(days=1) if unit == "day" else timedelta(hours=1)
-    if unit == "day":
-        last = ending.replace(hour=0, minute=0, second=0, microsecond=0)
-    else:
-        last = ending.replace(minute=0, second=0, microsecond=0)
-    return Series(name, unit, step, tuple(last - step * i for i in reversed(range(length))))
-
-
-def read_object(raw: bytes) -> tuple[Any, Reply | None]:
-    """A JSON object body: (body, None), or (what was read, the 400 to answer)."""
-    body = loads_or_unparsed(raw)
-    if body is UNPARSED:
-        return None, message(400, "Invalid JSON: syntax or parse error")
-    if not isinstance(body, dict):
-        return body, message(400, "Invalid request body")
-    return body, None
-
-
-def read_export(body: dict[str, Any]) -> tuple[list[str], list[str]] | Reply:
-    """``POST /users/export/ids``: (external_ids, fields_to_export) (braze-2026.md 1.6)."""
-    ids = body.get("external_ids")
-    fields = body.get("fields_to_export")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        return message(400, "external_ids must be an array of strings")
-    if len(ids) > IDS_PER_REQUEST:
-        return message(400, f"at most {IDS_PER_REQUEST} external_ids")
-    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-        return message(400, "fields_to_export is required")
-    return ids, fields
-
-
-def read_merge(body: dict[str, Any]) -> list[tuple[str, str]] | Reply:
-    """``POST /users/merge``: (merged, kept) external id pairs (braze-2026.md 1.4)."""
-    updates = body.get("merge_updates")
-    if not isinstance(updates, list) or len(updates) > IDS_PER_REQUEST:
-        return message(400, f"merge_updates must be an array of at most {IDS_PER_REQUEST}")
-    pairs = []
-    for update in updates:
-        try:
-            merge = update["identifier_to_merge"]["external_id"]
-            keep = update["identifier_to_keep"]["external_id"]
-        except (KeyError, TypeError):
-            return message(
-                400, "each merge update needs identifier_to_merge and identifier_to_keep"
-            )
-        pairs.append((str(merge), str(keep)))
-    return pairs
-
-
-def read_delete(body: dict[str, Any]) -> list[str] | Reply:
-    """``POST /users/delete``: the external ids (braze-2026.md 1.3)."""
-    ids = body.get("external_ids")
-    if (
-        not isinstance(ids, list)
-        or not all(isinstance(i, str) for i in ids)
-        or len(ids) > IDS_PER_REQUEST
-    ):
-        return message(400, f"external_ids must be an array of at most {IDS_PER_REQUEST} strings")
-    return list(ids)
