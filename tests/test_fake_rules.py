@@ -621,7 +621,7 @@ def _post(path: str, body: Any) -> Request:
 
 def _held_events(count: int) -> Profiles:
     held = Profiles()
-    held.store(
+    held.write(
         {
             "attributes": [],
             "events": [_event(name=f"e{i:03}") for i in range(count)],
@@ -666,7 +666,7 @@ def test_export_answers_from_what_is_held() -> None:
     """POST /users/export/ids returns held profiles and names the unknown ids; 51 ids get 400
     (braze-2026.md 1.6)."""
     held = Profiles()
-    held.store({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
+    held.write({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
     body = {"external_ids": ["m1", "nobody"], "fields_to_export": ["custom_attributes"]}
     reply = handle(_post("/users/export/ids", body), held=held)
     assert reply.body["users"] == [{"external_id": "m1", "custom_attributes": {"tier": "gold"}}]
@@ -679,7 +679,7 @@ def test_merge_and_delete_are_queued_not_applied() -> None:
     """Merges and deletes are answered at once; what Braze goes on to do is in the verdict and
     nothing held changes (braze-2026.md 1.3, 1.4)."""
     held = Profiles()
-    held.store({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
+    held.write({"attributes": [_attrs(tier="gold")], "events": [], "purchases": []})
     merge = {
         "merge_updates": [
             {

@@ -140,7 +140,7 @@ class Profiles:
 
     # --- /users/track ------------------------------------------------------------------------
 
-    def store(self, accepted: Mapping[str, list[dict[str, Any]]]) -> None:
+    def write(self, accepted: Mapping[str, list[dict[str, Any]]]) -> None:
         """Apply accepted track objects: attributes, then events, then purchases [7]."""
         with self.lock:
             for obj in accepted["attributes"]:
@@ -237,7 +237,7 @@ class Profiles:
         """Do what Braze goes on to do after its answer: store the accepted track objects
         (when ``store``), queue the merges and deletes."""
         if store and verdict.accepted and verdict.reply.status == 201:
-            self.store(verdict.accepted)
+            self.write(verdict.accepted)
         for merge, keep in verdict.merges:
             self._later(functools.partial(self._apply_merge, merge, keep))
         for external_id in verdict.deletes:
