@@ -9,7 +9,7 @@ import pytest
 import antavo_braze as ab
 from antavo_braze._build.ecommerce import order_placed_properties
 from antavo_braze.testing import FakeBraze
-from antavo_braze.testing._beyond import data_type_of
+from antavo_braze.testing._profiles import data_type_of
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_blocklisted_attribute_keeps_nothing(fake: FakeBraze, client: ab.BrazeCl
     fake.set_attribute("legacy", "String", status="Blocklisted")
     assert client.track(attributes=[{"external_id": "a", "legacy": "x", "kept": 1}]).ok
     assert fake.profiles["a"] == {"kept": 1}
-    assert fake.beyond.ignored == 1
+    assert fake.store.ignored == 1
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_merge_and_delete_of_unknown_profiles_change_nothing(
     client.merge_users([("nobody", "keep")])
     client.delete_users(["nobody"])
     assert fake.profiles == {"keep": {"points": 1}}
-    assert (fake.beyond.merges_applied, fake.beyond.deletes_applied) == (0, 0)
+    assert (fake.store.merges_applied, fake.store.deletes_applied) == (0, 0)
 
 
 def test_merge_moves_events_to_the_kept_profile(fake: FakeBraze, client: ab.BrazeClient) -> None:
