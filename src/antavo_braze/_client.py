@@ -54,6 +54,7 @@ from .exceptions import (
     BrazeAPIError,
     ConfigurationError,
     PermissionDeniedError,
+    error_for_status,
 )
 from .models import AttributesObject, EventObject, PurchaseObject
 
@@ -322,6 +323,7 @@ class BrazeClient:
     ) -> tuple[BrazeResponse, dict[str, Any]]:
         result = self._send(method, path, params, body)
         if result.error is not None:
+            result.error.retryable = result.retryable  # the retry policy's one answer
             raise result.error
         assert result.response is not None
         return result.response, result.payload
@@ -394,6 +396,7 @@ class BrazeClient:
             "retryable": result.retryable,
         }
         if result.error is not None:
+            result.error.retryable = result.retryable  # the retry policy's one answer
             return BatchOutcome(batch, error=result.error, stage=result.stage, **common)  # type: ignore[arg-type]
         errors = result.payload.get("errors")
         if not errors:
@@ -657,7 +660,8 @@ def next_link(header: str) -> str | None:
 
 
 def _oversize(batch: Batch) -> BatchOutcome:
-    error = BadRequestError(
+    error = error_for_status(
         413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"
     )
+    error.method, error.path, error.attempts, error.retryable = "POST", TRACK, 0, False
     return BatchOutcome(batch, error=error, stage="validation", not_sent=True)
