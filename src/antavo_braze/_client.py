@@ -20,13 +20,13 @@ from attrs import frozen
 
 from . import _users
 from ._braze.limits import (
-    BRAZE_ERROR_CODES,
     EVENTS_LIST_PAGE,
     MAX_EVENT_LIST_PAGES,
     OPTIONAL_PERMISSIONS,
     PERMISSIONS,
     REQUIRED_PERMISSIONS,
 )
+from ._build.answers import read_errors
 from ._build.batching import Batch, BatchLimits, BatchMode, BatchOutcome, Item, pack
 from ._build.coerce import coerce_date
 from ._build.schema import CustomAttribute
@@ -401,26 +401,8 @@ class BrazeClient:
         errors = result.payload.get("errors")
         if not errors:
             return BatchOutcome(batch, **common)  # type: ignore[arg-type]
-        where = batch.locate()
-        rejected: dict[int, str] = {}
-        warnings: list[str] = []
-        for error in errors if isinstance(errors, list) else [errors]:
-            if not isinstance(error, dict):
-                warnings.append(self._key.redact(str(error))[:300])
-                continue
-            reason = self._key.redact(str(error.get("type") or error.get("message") or error))
-            plain = BRAZE_ERROR_CODES.get(reason)
-            if plain is not None:
-                reason = f"{reason} ({plain})"
-            index = error.get("index")
-            number = None
-            if isinstance(index, int) and not isinstance(index, bool):
-                number = where.get((str(error.get("input_array")), index))
-            if number is None:
-                warnings.append(reason[:300])  # Braze did not say which object; nothing to fail
-            else:
-                rejected[number] = reason[:300]
-        return BatchOutcome(batch, rejected=rejected, warnings=tuple(warnings), **common)  # type: ignore[arg-type]
+        rejected, warnings = read_errors(errors, batch.locate(), self._key.redact)
+        return BatchOutcome(batch, rejected=rejected, warnings=warnings, **common)  # type: ignore[arg-type]
 
     # --- /users/track ----------------------------------------------------------------------
 
