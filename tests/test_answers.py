@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from antavo_braze._build.answers import MAX_REASON, read_errors
+import antavo_braze as ab
+from antavo_braze._build.answers import MAX_REASON, read_errors, settle_track
+from antavo_braze._build.batching import BatchOutcome, pack
+from antavo_braze._build.wire import track_items
 
 WHERE = {("attributes", 0): 3, ("events", 1): 7}
 
@@ -82,3 +86,36 @@ def test_every_error_ends_once(errors: Any) -> None:
     ]
     assert len(warnings) == len(listed) - len(named)
     assert {WHERE[(e["input_array"], e["index"])] for e in named} == set(rejected)
+
+
+def _track_input(count: int) -> tuple[Any, Any, Any]:
+    objects = [{"external_id": f"m{n}", "points": n} for n in range(count)]
+    objects.insert(1, {"points": 1})  # no identifier: refused before sending
+    return track_items([("attributes", objects)])
+
+
+def test_track_items_refuses_by_rule_and_keeps_positions() -> None:
+    """Each object keeps its (array, index); one breaking a rule is refused, the rest are items."""
+    where, refused, groups = _track_input(3)
+    assert where == [("attributes", n) for n in range(4)]
+    assert [(array, index) for array, index, _ in refused] == [("attributes", 1)]
+    assert "missing identifier" in refused[0][2]
+    assert [group[0].record for group in groups] == [0, 2, 3]
+
+
+def test_a_fatal_stop_rejects_every_unsettled_item_as_interrupted() -> None:
+    """Outcomes settle their items; a fatal error raised mid-way rejects the rest, once each."""
+    where, _, groups = _track_input(4)
+    batches = list(pack(groups, ab.BatchLimits(max_objects=2)))
+    fatal = ab.AuthenticationError(401, "", "key revoked")
+
+    def outcomes() -> Iterator[BatchOutcome]:
+        yield BatchOutcome(batches[0], rejected={1: "EMAIL_BAD_FORMAT"})
+        raise fatal
+
+    accepted, rejected, warnings, error = settle_track(outcomes(), where, groups)
+    assert error is fatal
+    assert accepted == 1
+    assert warnings == []
+    stages = sorted((r.index, r.stage) for r in rejected)
+    assert stages == [(2, "braze"), (3, "interrupted"), (4, "interrupted")]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._client import next_link
+from antavo_braze._users import next_link
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
@@ -595,9 +595,9 @@ def test_link_header_parsing_is_linear() -> None:
 
 def test_event_list_pagination_has_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that always claims another page cannot keep the client paging forever."""
-    import antavo_braze._client as client_module
+    import antavo_braze._users as users_module
 
-    monkeypatch.setattr(client_module, "MAX_EVENT_LIST_PAGES", 5)
+    monkeypatch.setattr(users_module, "MAX_EVENT_LIST_PAGES", 5)
     page = b'{"message":"success","events":[' + b",".join(b'"e"' for _ in range(250)) + b"]}"
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(page) + page
     with (

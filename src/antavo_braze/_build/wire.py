@@ -8,7 +8,7 @@ the same limits as the models before anything is sent. Pure: no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._braze.limits import (
@@ -43,7 +43,7 @@ from .batching import Item
 from .coerce import to_datetime
 from .converter import unstructure_attributes, unstructure_event, unstructure_purchase
 
-__all__ = ["WireError", "model_item", "profile_key", "wire_item"]
+__all__ = ["WireError", "model_item", "profile_key", "track_items", "wire_item"]
 
 # Keys of an attributes object that are identifiers or flags, not custom attributes.
 _CONTROL = frozenset({*PRIMARY_IDENTIFIERS, "_update_existing_only", "_merge_objects", "app_id"})
@@ -129,6 +129,33 @@ def wire_item(
     else:
         raise WireError(f"unknown array {array!r} (attributes, events or purchases)")
     return Item(array, _encode(wire), key, record, parts, values, source)
+
+
+def track_items(
+    arrays: Iterable[tuple[str, Iterable[Any]]], app_id: str | None = None
+) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]], list[list[Item]]]:
+    """``track()``'s input as items: ``(where, refused, groups)``. ``where[record]`` is each
+    object's ``(array, index)``; ``refused`` the ``(array, index, reason)`` of the objects that
+    break a Braze rule (nothing of them is sent); ``groups`` one item each of the others."""
+    where: list[tuple[str, int]] = []
+    refused: list[tuple[str, int, str]] = []
+    groups: list[list[Item]] = []
+    for array, objects in arrays:
+        for index, obj in enumerate(objects):
+            position = len(where)
+            where.append((array, index))
+            try:
+                if isinstance(obj, (AttributesObject, EventObject, PurchaseObject)):
+                    if _ARRAY_NAMES[type(obj)] != array:
+                        raise WireError(f"a {type(obj).__name__} does not go in {array!r}")
+                    item = model_item(obj, position, app_id=app_id)
+                else:
+                    item = wire_item(array, obj, position, app_id=app_id)
+            except WireError as exc:
+                refused.append((array, index, str(exc)))
+                continue
+            groups.append([item])
+    return where, refused, groups
 
 
 def _encode(wire: Mapping[str, Any]) -> bytes:
