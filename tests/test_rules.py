@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import antavo_braze as ab
 from antavo_braze._braze import rules
 from antavo_braze._braze.limits import MAX_PROPERTIES, MAX_STRING_LENGTH
-from antavo_braze._build.coerce import coerce_properties
+from antavo_braze._build.coerce import _check_property_key, coerce_properties
 from antavo_braze._build.wire import WireError, wire_item
 
 DAY = "2026-01-01"
@@ -150,3 +150,15 @@ def test_identifier_rules(obj: dict[str, Any], words: str) -> None:
     """One primary identifier, or email/phone; external_id within 987 bytes."""
     assert words in (rules.identifier_problem(obj) or "")
     assert rules.identifier_problem({"external_id": "a", "email": "a@b.c"}) is None
+
+
+@given(key=keys | st.text(max_size=300) | st.integers() | st.none())
+def test_the_quick_property_key_test_is_the_rule(key: Any) -> None:
+    """Coercion's inline property-key test accepts exactly what the name rule accepts."""
+    try:
+        _check_property_key(key)
+    except ab.CoercionError:
+        accepted = False
+    else:
+        accepted = True
+    assert accepted == (rules.name_problem(key, "property") is None)

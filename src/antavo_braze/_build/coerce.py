@@ -905,9 +905,9 @@ def _property_value(value: Any, depth: int) -> Any:
         return _property_value(str(value), depth)
     if isinstance(value, (datetime, date)):
         return coerce_date(value)
-    if isinstance(value, (Mapping, list, tuple, set, frozenset)) and depth > _MAX_DEPTH:
-        raise _fail(value, EVENT_PROPERTY, depth_problem(depth) or "")
     if isinstance(value, Mapping):
+        if depth > _MAX_DEPTH:
+            raise _fail(value, EVENT_PROPERTY, depth_problem(depth) or "")
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = _check_property_key(key)
@@ -917,6 +917,8 @@ def _property_value(value: Any, depth: int) -> Any:
                 raise exc.at(name) from None
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
+        if depth > _MAX_DEPTH:
+            raise _fail(value, EVENT_PROPERTY, depth_problem(depth) or "")
         result = []
         for index, item in enumerate(_sorted_if_set(value)):
             if isinstance(item, (datetime, date)):
@@ -932,6 +934,8 @@ def _property_value(value: Any, depth: int) -> Any:
 
 
 def _check_property_key(key: Any) -> str:
+    if key.__class__ is str and 0 < len(key) <= MAX_STRING_LENGTH and key[0] != "$":
+        return key  # the fast block of name_problem
     problem = name_problem(key, "property")
     if problem is not None:
         raise _fail(key, EVENT_PROPERTY, problem)
@@ -949,8 +953,8 @@ def coerce_properties(
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = _check_property_key(key)
-        problem = reserved_problem(name, reserved)
-        if problem is not None:
+        if name in reserved:
+            problem = reserved_problem(name, reserved)
             raise _fail(key, EVENT_PROPERTY, f"{problem}; map properties explicitly")
         if value is None:
             continue
