@@ -61,19 +61,6 @@ __all__ = [
     "next_link",
 ]
 
-# Probes for check_permissions that change no data: a read, or a write of nothing.
-PERMISSION_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
-    "custom_attributes.get": ("GET", "/custom_attributes", None, None),
-    "users.export.ids": (
-        "POST",
-        "/users/export/ids",
-        None,
-        b'{"external_ids":[],"fields_to_export":["external_id"]}',
-    ),
-    "users.merge": ("POST", "/users/merge", None, b'{"merge_updates":[]}'),
-    "users.delete": ("POST", "/users/delete", None, b'{"external_ids":[]}'),
-}
-
 
 class _Throttle:
     """At most ``requests`` per ``per`` seconds (a sliding window), shared by threads; a
@@ -363,7 +350,7 @@ def event_series(
 
 
 # Probes for check_permissions that change no data: a read, or a write of nothing.
-_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
+PERMISSION_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
     # An empty track request: authorised keys get past the permission check, and there is
     # nothing in it to write.
     "users.track": ("POST", "/users/track", None, b'{"attributes":[]}'),
@@ -375,14 +362,22 @@ _PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
         None,
     ),
     "events.get": ("GET", "/events", None, None),
-    **PERMISSION_PROBES,  # the optional ones: schema, export, merge, delete
+    "custom_attributes.get": ("GET", "/custom_attributes", None, None),
+    "users.export.ids": (
+        "POST",
+        "/users/export/ids",
+        None,
+        b'{"external_ids":[],"fields_to_export":["external_id"]}',
+    ),
+    "users.merge": ("POST", "/users/merge", None, b'{"merge_updates":[]}'),
+    "users.delete": ("POST", "/users/delete", None, b'{"external_ids":[]}'),
 }
 
 
 def check_permissions(client: BrazeClient) -> dict[str, bool]:
     """Which of the permissions the SDK uses the client's key has (probes change no data)."""
     result: dict[str, bool] = {}
-    for permission, (method, path, params, body) in _PROBES.items():
+    for permission, (method, path, params, body) in PERMISSION_PROBES.items():
         try:
             client._request(method, path, params, body)
         except PermissionDeniedError:
