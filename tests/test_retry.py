@@ -9,12 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._http.retry import (
-    backoff_delay,
-    is_retryable_status,
-    reset_in_seconds,
-    retry_after_seconds,
-)
+from antavo_braze._braze.headers import reset_in_seconds, retry_after_seconds
+from antavo_braze._http.retry import backoff_delay, is_retryable_status
 
 NOW = 1_800_000_000.0
 

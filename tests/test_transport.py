@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
-from antavo_braze._client import next_link
+from antavo_braze._users import next_link
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads
@@ -531,7 +531,8 @@ PURCHASE = {"external_id": "a", "product_id": "p", "currency": "EUR", "price": 1
         ("attributes", {"external_id": "a", "$points": 1}, "cannot start with '$'"),
         ("attributes", {"external_id": "a", "t": {"$add": [1]}}, "must be an object"),
         ("attributes", {"external_id": "a", "t": {"$set": 1}}, "'$' keys are Braze operators"),
-        ("attributes", {"external_id": "a", "t": {"a.b": 1}}, "cannot start with '$' or hold '.'"),
+        ("attributes", {"external_id": "a", "t": {"a.b": 1}}, "cannot contain '.'"),
+        ("attributes", {"external_id": "a", "o": {"a b": 1}}, "cannot contain spaces"),
         ("attributes", {"external_id": "a", "t": {"k": None}}, "null inside a nested"),
         ("attributes", {"external_id": "a", "s": "x" * 256}, "256 characters"),
         ("attributes", {"external_id": "a", "n": float("nan")}, "NaN"),
@@ -541,6 +542,7 @@ PURCHASE = {"external_id": "a", "product_id": "p", "currency": "EUR", "price": 1
         ("events", {"external_id": "a", "name": "e"}, "time"),
         ("events", {"external_id": "a", "name": "$e", "time": DAY}, "cannot start"),
         ("events", {**EVENT, "properties": {"time": 1}}, "reserved"),
+        ("events", {**EVENT, "properties": {f"p{i}": i for i in range(300)}}, "300 properties"),
         ("purchases", {**PURCHASE, "currency": "EURO"}, "ISO 4217"),
         ("purchases", {**PURCHASE, "quantity": 101}, "1 to 100"),
         ("attributes", "not a dict", "must be a dict"),
@@ -593,9 +595,9 @@ def test_link_header_parsing_is_linear() -> None:
 
 def test_event_list_pagination_has_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that always claims another page cannot keep the client paging forever."""
-    import antavo_braze._client as client_module
+    import antavo_braze._users as users_module
 
-    monkeypatch.setattr(client_module, "MAX_EVENT_LIST_PAGES", 5)
+    monkeypatch.setattr(users_module, "MAX_EVENT_LIST_PAGES", 5)
     page = b'{"message":"success","events":[' + b",".join(b'"e"' for _ in range(250)) + b"]}"
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(page) + page
     with (

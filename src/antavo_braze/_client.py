@@ -14,23 +14,24 @@ import threading
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
-
-from attrs import frozen
+from urllib.parse import urlencode
 
 from . import _users
 from ._braze.limits import (
-    BRAZE_ERROR_CODES,
-    EVENTS_LIST_PAGE,
-    MAX_EVENT_LIST_PAGES,
     OPTIONAL_PERMISSIONS,
     PERMISSIONS,
     REQUIRED_PERMISSIONS,
 )
-from ._build.batching import Batch, BatchLimits, BatchMode, BatchOutcome, Item, pack
-from ._build.coerce import coerce_date
+from ._build.answers import (
+    RejectedObject,
+    TrackResult,
+    batch_outcome,
+    oversize_outcome,
+    settle_track,
+)
+from ._build.batching import Batch, BatchLimits, BatchMode, BatchOutcome, pack
 from ._build.schema import CustomAttribute
-from ._build.wire import WireError, model_item, wire_item
+from ._build.wire import track_items
 from ._http import (
     DEFAULT_GRACE,
     BrazeResponse,
@@ -52,10 +53,7 @@ from ._telemetry import Telemetry, log_fields, traced
 from ._version import __version__
 from .exceptions import (
     AntavoBrazeError,
-    BadRequestError,
-    BrazeAPIError,
     ConfigurationError,
-    PermissionDeniedError,
 )
 from .models import AttributesObject, EventObject, PurchaseObject
 
@@ -106,36 +104,6 @@ class _Secret:
         raise TypeError("the API key cannot be pickled")
 
 
-@frozen
-class RejectedObject:
-    """An object that did not reach Braze: its array and index in the caller's input.
-
-    ``stage``: ``"validation"`` (refused before sending), ``"braze"`` (Braze refused it) or
-    ``"transport"`` (the request never got a usable answer).
-    """
-
-    input_array: str
-    index: int
-    stage: str
-    reason: str
-
-
-@frozen
-class TrackResult:
-    """What :meth:`BrazeClient.track` achieved: requests made, objects accepted, rejections,
-    and errors Braze reported without saying which object they were about (``warnings``)."""
-
-    requests: int
-    accepted: int
-    rejected: tuple[RejectedObject, ...] = ()
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when Braze accepted every object."""
-        return not self.rejected
-
-
 class BrazeClient:
     """A Braze REST client for ``/users/track`` and the custom-event read endpoints.
 
@@ -169,22 +137,7 @@ class BrazeClient:
         tracer_provider: Any = None,
         meter_provider: Any = None,
     ) -> None:
-        if not isinstance(api_key, str) or not api_key.strip():
-            raise ConfigurationError("the Braze API key is empty")
-        if not _KEY.fullmatch(api_key.strip()):
-            raise ConfigurationError("the Braze API key must be printable ASCII (no line breaks)")
-        if not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ConfigurationError("max_in_flight must be at least 1")
-        if not timeout > 0:
-            raise ConfigurationError("timeout must be positive")
-        if batch_mode is not None and batch_mode not in ("combined", "legacy"):
-            raise ConfigurationError(
-                f"batch_mode must be 'combined' or 'legacy', not {batch_mode!r}"
-            )
-        if limits is None:
-            limits = BatchLimits(mode=batch_mode or "combined")
-        elif batch_mode is not None and batch_mode != limits.mode:
-            raise ConfigurationError(f"batch_mode={batch_mode!r} contradicts limits={limits!r}")
+        limits = _checked_options(api_key, max_in_flight, timeout, batch_mode, limits)
         target = parse_endpoint(endpoint)
         self.endpoint = target.url
         self._key = _Secret(api_key.strip())
@@ -213,21 +166,7 @@ class BrazeClient:
         """Build a client from ``BRAZE_REST_ENDPOINT``, ``BRAZE_API_KEY`` and ``BRAZE_APP_ID``
         (and ``BRAZE_CA_BUNDLE``: the CA file of a TLS-inspecting proxy, unless ``ca_bundle``
         is given)."""
-        env = os.environ if environ is None else environ
-        missing = [n for n in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not env.get(n)]
-        if missing:
-            raise ConfigurationError(f"set {' and '.join(missing)} in the environment")
-        if kwargs.get("ca_bundle") is None and env.get("BRAZE_CA_BUNDLE"):
-            kwargs["ca_bundle"] = env["BRAZE_CA_BUNDLE"]
-        bundle = kwargs.get("ca_bundle")
-        if bundle is not None and not os.path.isfile(bundle):
-            raise ConfigurationError(f"CA bundle not found: {os.fspath(bundle)}")
-        return cls(
-            env["BRAZE_REST_ENDPOINT"],
-            env["BRAZE_API_KEY"],
-            env.get("BRAZE_APP_ID") or None,
-            **kwargs,
-        )
+        return cls(*_from_env(os.environ if environ is None else environ, kwargs), **kwargs)
 
     def __repr__(self) -> str:
         proxy = self._pool.proxy
@@ -321,6 +260,7 @@ class BrazeClient:
     ) -> tuple[BrazeResponse, dict[str, Any]]:
         result = self._send(method, path, params, body)
         if result.error is not None:
+            result.error.retryable = result.retryable  # the retry policy's one answer
             raise result.error
         assert result.response is not None
         return result.response, result.payload
@@ -373,50 +313,15 @@ class BrazeClient:
         fatal: AntavoBrazeError | None = None
         for result in results:
             while oversize:
-                yield _oversize(oversize.pop())
+                yield oversize_outcome(oversize.pop())
             if result.fatal and fatal is None:
                 fatal = result.error
                 loop.halt(source, f"the run stopped at {type(fatal).__name__}")
-            yield self._outcome(result)
+            yield batch_outcome(result, self._key.redact)
         while oversize:
-            yield _oversize(oversize.pop())
+            yield oversize_outcome(oversize.pop())
         if fatal is not None:
             raise fatal
-
-    def _outcome(self, result: Result) -> BatchOutcome:
-        batch: Batch = result.exchange.tag
-        exchange = result.exchange
-        common = {
-            "attempts": exchange.attempt,
-            "unknown": exchange.unknown,
-            "not_sent": result.not_sent,
-            "retryable": result.retryable,
-        }
-        if result.error is not None:
-            return BatchOutcome(batch, error=result.error, stage=result.stage, **common)  # type: ignore[arg-type]
-        errors = result.payload.get("errors")
-        if not errors:
-            return BatchOutcome(batch, **common)  # type: ignore[arg-type]
-        where = batch.locate()
-        rejected: dict[int, str] = {}
-        warnings: list[str] = []
-        for error in errors if isinstance(errors, list) else [errors]:
-            if not isinstance(error, dict):
-                warnings.append(self._key.redact(str(error))[:300])
-                continue
-            reason = self._key.redact(str(error.get("type") or error.get("message") or error))
-            plain = BRAZE_ERROR_CODES.get(reason)
-            if plain is not None:
-                reason = f"{reason} ({plain})"
-            index = error.get("index")
-            number = None
-            if isinstance(index, int) and not isinstance(index, bool):
-                number = where.get((str(error.get("input_array")), index))
-            if number is None:
-                warnings.append(reason[:300])  # Braze did not say which object; nothing to fail
-            else:
-                rejected[number] = reason[:300]
-        return BatchOutcome(batch, rejected=rejected, warnings=tuple(warnings), **common)  # type: ignore[arg-type]
 
     # --- /users/track ----------------------------------------------------------------------
 
@@ -440,53 +345,16 @@ class BrazeClient:
         :class:`TrackResult` and the cause chained; 401, 403 and unmendable connection failures
         stop the call at once (what was not sent is rejected with stage ``"interrupted"``).
         """
-        where: list[tuple[str, int]] = []
-        rejected: list[RejectedObject] = []
-        groups: list[list[Item]] = []
-        for array, objects in (
-            ("attributes", attributes),
-            ("events", events),
-            ("purchases", purchases),
-        ):
-            for index, obj in enumerate(objects):
-                position = len(where)
-                where.append((array, index))
-                try:
-                    if isinstance(obj, (AttributesObject, EventObject, PurchaseObject)):
-                        if _ARRAY_OF[type(obj)] != array:
-                            raise WireError(f"a {type(obj).__name__} does not go in {array!r}")
-                        item = model_item(obj, position, app_id=self.app_id)
-                    else:
-                        item = wire_item(array, obj, position, app_id=self.app_id)
-                except WireError as exc:
-                    rejected.append(RejectedObject(array, index, "validation", str(exc)))
-                    continue
-                groups.append([item])
+        where, refused, groups = track_items(
+            (("attributes", attributes), ("events", events), ("purchases", purchases)),
+            self.app_id,
+        )
         stats = CallStats()
-        accepted = 0
-        warnings: list[str] = []
-        settled = [False] * len(where)
-        error: AntavoBrazeError | None = None
-        try:
-            for outcome in self._send_batches(pack(groups, self.limits), stats=stats):
-                warnings.extend(outcome.warnings)
-                if error is None and outcome.error is not None and outcome.stage != "validation":
-                    error = outcome.error
-                for number, item in enumerate(outcome.batch.items):
-                    settled[item.record] = True
-                    failure = outcome.failure(number)
-                    if failure is None:
-                        accepted += 1
-                    else:
-                        array, index = where[item.record]
-                        rejected.append(RejectedObject(array, index, *failure))
-        except AntavoBrazeError as fatal:
-            error = fatal
-            reason = f"not sent: the call stopped at {type(fatal).__name__}: {fatal}"[:300]
-            for group in groups:  # batches the stop left unbuilt
-                if not settled[group[0].record]:
-                    array, index = where[group[0].record]
-                    rejected.append(RejectedObject(array, index, "interrupted", reason))
+        outcomes = self._send_batches(pack(groups, self.limits), stats=stats)
+        accepted, rejected, warnings, error = settle_track(outcomes, where, groups)
+        rejected.extend(
+            RejectedObject(array, index, "validation", why) for array, index, why in refused
+        )
         rejected.sort(key=lambda r: (r.input_array, r.index))
         if warnings:
             log.warning(
@@ -506,44 +374,17 @@ class BrazeClient:
             raise error
         return result
 
-    # --- read endpoints --------------------------------------------------------------------
+    # --- read endpoints and probes (the logic lives in _users) ---------------------------
 
     @traced("list_event_names")
     def list_event_names(self) -> list[str]:
         """Every custom event name (GET /events/list, all pages of 250)."""
-        names: list[str] = []
-        for page in range(MAX_EVENT_LIST_PAGES):
-            _, payload = self._request("GET", "/events/list", {"page": page})
-            batch = payload.get("events") or []
-            if not isinstance(batch, list):
-                raise BrazeAPIError(200, "", "GET /events/list: 'events' is not a list")
-            names.extend(str(name) for name in batch)
-            if len(batch) < EVENTS_LIST_PAGE:
-                return names
-        raise BrazeAPIError(
-            200, "", f"GET /events/list returned more than {MAX_EVENT_LIST_PAGES} full pages"
-        )
+        return _users.list_event_names(self)
 
     @traced("list_events")
     def list_events(self) -> list[dict[str, Any]]:
         """Every custom event with its details (GET /events, following the ``Link`` cursor)."""
-        events: list[dict[str, Any]] = []
-        params: dict[str, Any] | None = None
-        seen: set[str] = set()
-        for _ in range(MAX_EVENT_LIST_PAGES):
-            response, payload = self._request("GET", "/events", params)
-            found = payload.get("events")
-            if isinstance(found, list):
-                events.extend(e for e in found if isinstance(e, dict))
-            url = next_link(response.headers.get("link", ""))
-            if url is None:
-                return events
-            cursor = parse_qs(urlsplit(url).query).get("cursor", [None])[0]
-            if cursor is None or cursor in seen:
-                return events
-            seen.add(cursor)
-            params = {"cursor": cursor}
-        raise BrazeAPIError(200, "", f"GET /events returned more than {MAX_EVENT_LIST_PAGES} pages")
+        return _users.list_events(self)
 
     @traced("event_series")
     def event_series(
@@ -556,22 +397,7 @@ class BrazeClient:
         segment_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Occurrences of event ``name`` per ``unit`` over ``length`` units (1-100)."""
-        if not 1 <= length <= 100:
-            raise ConfigurationError("length must be between 1 and 100")
-        if unit not in ("day", "hour"):
-            raise ConfigurationError("unit must be 'day' or 'hour'")
-        params: dict[str, Any] = {"event": name, "length": length, "unit": unit}
-        if ending_at is not None:
-            params["ending_at"] = coerce_date(ending_at)
-        if app_id is not None:
-            params["app_id"] = app_id
-        if segment_id is not None:
-            params["segment_id"] = segment_id
-        _, payload = self._request("GET", "/events/data_series", params)
-        data = payload.get("data") or []
-        return (
-            [point for point in data if isinstance(point, dict)] if isinstance(data, list) else []
-        )
+        return _users.event_series(self, name, length, unit, ending_at, app_id, segment_id)
 
     @traced("check_permissions")
     def check_permissions(self) -> dict[str, bool]:
@@ -581,32 +407,7 @@ class BrazeClient:
         optional (:data:`OPTIONAL_PERMISSIONS`): the read endpoints, the schema check, the
         audit, merges and deletes. Raises :class:`AuthenticationError` for an invalid key.
         """
-        probes: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
-            # An empty track request: authorised keys get past the permission check, and there
-            # is nothing in it to write.
-            "users.track": ("POST", TRACK, None, b'{"attributes":[]}'),
-            "events.list": ("GET", "/events/list", {"page": 0}, None),
-            "events.data_series": (
-                "GET",
-                "/events/data_series",
-                {"event": "antavo_braze_permission_probe", "length": 1},
-                None,
-            ),
-            "events.get": ("GET", "/events", None, None),
-            **_users.PERMISSION_PROBES,  # the optional ones: schema, export, merge, delete
-        }
-        result: dict[str, bool] = {}
-        for permission, (method, path, params, body) in probes.items():
-            try:
-                self._request(method, path, params, body)
-            except PermissionDeniedError:
-                result[permission] = False
-            except BadRequestError:
-                # Past authorisation, a refusal of the probe itself still proves the permission.
-                result[permission] = True
-            else:
-                result[permission] = True
-        return result
+        return _users.check_permissions(self)
 
     # --- beyond /users/track (the logic lives in _users) ----------------------------------
 
@@ -638,25 +439,40 @@ class BrazeClient:
         return _users.delete_users(self, external_ids)
 
 
-_ARRAY_OF = {AttributesObject: "attributes", EventObject: "events", PurchaseObject: "purchases"}
+def _checked_options(
+    api_key: Any,
+    max_in_flight: Any,
+    timeout: Any,
+    batch_mode: BatchMode | None,
+    limits: BatchLimits | None,
+) -> BatchLimits:
+    """The client's limits, once every option is known good (else ConfigurationError)."""
+    if not isinstance(api_key, str) or not api_key.strip():
+        raise ConfigurationError("the Braze API key is empty")
+    if not _KEY.fullmatch(api_key.strip()):
+        raise ConfigurationError("the Braze API key must be printable ASCII (no line breaks)")
+    if not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ConfigurationError("max_in_flight must be at least 1")
+    if not timeout > 0:
+        raise ConfigurationError("timeout must be positive")
+    if batch_mode is not None and batch_mode not in ("combined", "legacy"):
+        raise ConfigurationError(f"batch_mode must be 'combined' or 'legacy', not {batch_mode!r}")
+    if limits is None:
+        return BatchLimits(mode=batch_mode or "combined")
+    if batch_mode is not None and batch_mode != limits.mode:
+        raise ConfigurationError(f"batch_mode={batch_mode!r} contradicts limits={limits!r}")
+    return limits
 
 
-def next_link(header: str) -> str | None:
-    """The ``rel="next"`` URL of a ``Link`` header (a linear scan; no backtracking regex)."""
-    for part in header.split(","):
-        url, _, params = part.partition(";")
-        url = url.strip()
-        if not (url.startswith("<") and url.endswith(">")):
-            continue
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
-                return url[1:-1]
-    return None
-
-
-def _oversize(batch: Batch) -> BatchOutcome:
-    error = BadRequestError(
-        413, "", f"object of {len(batch.body)} bytes exceeds Braze's 4 MB request limit"
-    )
-    return BatchOutcome(batch, error=error, stage="validation", not_sent=True)
+def _from_env(env: Mapping[str, str], kwargs: dict[str, Any]) -> tuple[str, str, str | None]:
+    """``(endpoint, api_key, app_id)`` from the environment; fills ``kwargs["ca_bundle"]``
+    from ``BRAZE_CA_BUNDLE`` unless given, and checks the file exists."""
+    missing = [n for n in ("BRAZE_REST_ENDPOINT", "BRAZE_API_KEY") if not env.get(n)]
+    if missing:
+        raise ConfigurationError(f"set {' and '.join(missing)} in the environment")
+    if kwargs.get("ca_bundle") is None and env.get("BRAZE_CA_BUNDLE"):
+        kwargs["ca_bundle"] = env["BRAZE_CA_BUNDLE"]
+    bundle = kwargs.get("ca_bundle")
+    if bundle is not None and not os.path.isfile(bundle):
+        raise ConfigurationError(f"CA bundle not found: {os.fspath(bundle)}")
+    return env["BRAZE_REST_ENDPOINT"], env["BRAZE_API_KEY"], env.get("BRAZE_APP_ID") or None

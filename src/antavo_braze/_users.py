@@ -1,11 +1,14 @@
-"""Braze's endpoints beyond ``/users/track``: attribute schema, profile export, merge, delete.
+"""Braze's endpoints beyond ``/users/track``: attribute schema, profile export, merge, delete,
+the custom-event read endpoints and the permission probes (``BrazeClient``'s public methods
+delegate here, so the client class stays a composition).
 
-Every request goes through the client's one send path (``client.request``: pacing, retries,
-error mapping, redaction). Each endpoint also has its own budget at Braze, so each is paced
-here under that budget too (one :class:`_Throttle` per endpoint and client), never under
-``/users/track``'s: ``/custom_attributes`` 1,000 per hour, ``/users/export/ids`` 40 per
-second, ``/users/merge`` and ``/users/delete`` 20,000 per minute together
-(``shared/reference/braze-2026.md`` 1.3-1.6). It knows Braze's wire objects only.
+Every request goes through the client's one send path (``client.request`` / ``_request``:
+pacing, retries, error mapping, redaction). Each endpoint also has its own budget at Braze,
+so each is paced here under that budget too (one :class:`_Throttle` per endpoint and
+client), never under ``/users/track``'s: ``/custom_attributes`` 1,000 per hour,
+``/users/export/ids`` 40 per second, ``/users/merge`` and ``/users/delete`` 20,000 per
+minute together (``shared/reference/braze-2026.md`` 1.3-1.6). It knows Braze's wire objects
+only.
 """
 
 from __future__ import annotations
@@ -17,45 +20,46 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from ._braze.limits import (
     CUSTOM_ATTRIBUTES_RATE,
+    EVENTS_LIST_PAGE,
     EXPORT_IDS_RATE,
     IDENTITY_RATE,
     IDS_PER_REQUEST,
     MAX_CUSTOM_ATTRIBUTE_PAGES,
+    MAX_EVENT_LIST_PAGES,
     STANDARD_ATTRIBUTES,
 )
+from ._build.coerce import coerce_date
 from ._build.schema import CustomAttribute
 from ._fork import reset_after_fork
 from ._json import dumps, loads
-from .exceptions import BrazeAPIError, ConfigurationError
+from .exceptions import (
+    BadRequestError,
+    BrazeAPIError,
+    ConfigurationError,
+    PermissionDeniedError,
+)
 
 if TYPE_CHECKING:
     from ._client import BrazeClient
 
 __all__ = [
     "PERMISSION_PROBES",
+    "check_permissions",
     "custom_attributes",
     "delete_users",
+    "event_series",
     "export_users",
+    "list_event_names",
+    "list_events",
     "merge_users",
+    "next_link",
 ]
-
-# Probes for check_permissions that change no data: a read, or a write of nothing.
-PERMISSION_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
-    "custom_attributes.get": ("GET", "/custom_attributes", None, None),
-    "users.export.ids": (
-        "POST",
-        "/users/export/ids",
-        None,
-        b'{"external_ids":[],"fields_to_export":["external_id"]}',
-    ),
-    "users.merge": ("POST", "/users/merge", None, b'{"merge_updates":[]}'),
-    "users.delete": ("POST", "/users/delete", None, b'{"external_ids":[]}'),
-}
 
 
 class _Throttle:
@@ -155,8 +159,6 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 def custom_attributes(client: BrazeClient) -> list[CustomAttribute]:
     """Every custom attribute Braze holds, all pages (50 each, one request per page)."""
-    from ._client import next_link
-
     found: list[CustomAttribute] = []
     params: dict[str, Any] | None = None
     seen: set[str] = set()
@@ -279,3 +281,124 @@ def delete_users(client: BrazeClient, external_ids: Iterable[str]) -> int:
         count = payload.get("deleted")
         queued += count if isinstance(count, int) and not isinstance(count, bool) else len(chunk)
     return queued
+
+
+# --- the custom-event read endpoints and the permission probes ------------------------------
+
+
+def list_event_names(client: BrazeClient) -> list[str]:
+    """Every custom event name (GET /events/list, all pages of 250)."""
+    names: list[str] = []
+    for page in range(MAX_EVENT_LIST_PAGES):
+        _, payload = client._request("GET", "/events/list", {"page": page})
+        batch = payload.get("events") or []
+        if not isinstance(batch, list):
+            raise BrazeAPIError(200, "", "GET /events/list: 'events' is not a list")
+        names.extend(str(name) for name in batch)
+        if len(batch) < EVENTS_LIST_PAGE:
+            return names
+    raise BrazeAPIError(
+        200, "", f"GET /events/list returned more than {MAX_EVENT_LIST_PAGES} full pages"
+    )
+
+
+def list_events(client: BrazeClient) -> list[dict[str, Any]]:
+    """Every custom event with its details (GET /events, following the ``Link`` cursor)."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, Any] | None = None
+    seen: set[str] = set()
+    for _ in range(MAX_EVENT_LIST_PAGES):
+        response, payload = client._request("GET", "/events", params)
+        found = payload.get("events")
+        if isinstance(found, list):
+            events.extend(e for e in found if isinstance(e, dict))
+        url = next_link(response.headers.get("link", ""))
+        if url is None:
+            return events
+        cursor = parse_qs(urlsplit(url).query).get("cursor", [None])[0]
+        if cursor is None or cursor in seen:
+            return events
+        seen.add(cursor)
+        params = {"cursor": cursor}
+    raise BrazeAPIError(200, "", f"GET /events returned more than {MAX_EVENT_LIST_PAGES} pages")
+
+
+def event_series(
+    client: BrazeClient,
+    name: str,
+    length: int,
+    unit: str = "day",
+    ending_at: datetime | date | str | None = None,
+    app_id: str | None = None,
+    segment_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Occurrences of event ``name`` per ``unit`` over ``length`` units (1-100)."""
+    if not 1 <= length <= 100:
+        raise ConfigurationError("length must be between 1 and 100")
+    if unit not in ("day", "hour"):
+        raise ConfigurationError("unit must be 'day' or 'hour'")
+    params: dict[str, Any] = {"event": name, "length": length, "unit": unit}
+    if ending_at is not None:
+        params["ending_at"] = coerce_date(ending_at)
+    if app_id is not None:
+        params["app_id"] = app_id
+    if segment_id is not None:
+        params["segment_id"] = segment_id
+    _, payload = client._request("GET", "/events/data_series", params)
+    data = payload.get("data") or []
+    return [point for point in data if isinstance(point, dict)] if isinstance(data, list) else []
+
+
+# Probes for check_permissions that change no data: a read, or a write of nothing.
+PERMISSION_PROBES: dict[str, tuple[str, str, dict[str, Any] | None, bytes | None]] = {
+    # An empty track request: authorised keys get past the permission check, and there is
+    # nothing in it to write.
+    "users.track": ("POST", "/users/track", None, b'{"attributes":[]}'),
+    "events.list": ("GET", "/events/list", {"page": 0}, None),
+    "events.data_series": (
+        "GET",
+        "/events/data_series",
+        {"event": "antavo_braze_permission_probe", "length": 1},
+        None,
+    ),
+    "events.get": ("GET", "/events", None, None),
+    "custom_attributes.get": ("GET", "/custom_attributes", None, None),
+    "users.export.ids": (
+        "POST",
+        "/users/export/ids",
+        None,
+        b'{"external_ids":[],"fields_to_export":["external_id"]}',
+    ),
+    "users.merge": ("POST", "/users/merge", None, b'{"merge_updates":[]}'),
+    "users.delete": ("POST", "/users/delete", None, b'{"external_ids":[]}'),
+}
+
+
+def check_permissions(client: BrazeClient) -> dict[str, bool]:
+    """Which of the permissions the SDK uses the client's key has (probes change no data)."""
+    result: dict[str, bool] = {}
+    for permission, (method, path, params, body) in PERMISSION_PROBES.items():
+        try:
+            client._request(method, path, params, body)
+        except PermissionDeniedError:
+            result[permission] = False
+        except BadRequestError:
+            # Past authorisation, a refusal of the probe itself still proves the permission.
+            result[permission] = True
+        else:
+            result[permission] = True
+    return result
+
+
+def next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (a linear scan; no backtracking regex)."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        url = url.strip()
+        if not (url.startswith("<") and url.endswith(">")):
+            continue
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "rel" and "next" in value.strip().strip('"').lower().split():
+                return url[1:-1]
+    return None

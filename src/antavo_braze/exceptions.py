@@ -19,6 +19,7 @@ The tree::
     ``.report`` accounts for every record read so far.
 
 Messages never contain the API key: bodies echoed by Braze are redacted before they are stored.
+:func:`error_for_status` is the one table from an HTTP status to its error class.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "ServerError",
     "SyncInterrupted",
     "TransportError",
+    "error_for_status",
     "short_repr",
 ]
 
@@ -63,14 +65,19 @@ class AntavoBrazeError(Exception):
     """Root of every error raised by antavo_braze.
 
     An error that ends a request says which: ``method``, ``url`` (the full URL called; never
-    a secret in it) and ``attempts``; its cause is chained (``__cause__``). Raised in the
-    middle of a sync it carries ``report`` (the partial :class:`~antavo_braze.SyncReport`);
-    raised by ``client.track()``, ``result`` (the call's :class:`~antavo_braze.TrackResult`).
+    a secret in it), ``path`` (the endpoint, e.g. ``/users/track``) and ``attempts``; its
+    cause is chained (``__cause__``: the ``OSError`` of a refused connection, say), and
+    ``retryable`` says whether a later try may succeed (decided once, by the retry policy).
+    Raised in the middle of a sync it carries ``report`` (the partial
+    :class:`~antavo_braze.SyncReport`); raised by ``client.track()``, ``result`` (the call's
+    :class:`~antavo_braze.TrackResult`).
     """
 
     method: str | None = None
     url: str | None = None
+    path: str | None = None
     attempts: int | None = None
+    retryable: bool | None = None
     report: Any = None
     result: Any = None
 
@@ -194,6 +201,36 @@ class RateLimitError(BrazeAPIError):
 
 class ServerError(BrazeAPIError):
     """5xx after every retry."""
+
+
+# The one translation table, status -> error class (5xx: ServerError; others: BrazeAPIError).
+_STATUS_ERRORS: dict[int, type[BrazeAPIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    413: BadRequestError,  # the body is over Braze's 4 MB
+    415: BadRequestError,  # Content-Type missing or wrong
+    429: RateLimitError,
+}
+
+
+def error_for_status(
+    status: int, body: str, message: str | None = None, *, permission: str | None = None
+) -> BrazeAPIError:
+    """The typed error for an error answer with ``status`` and (redacted) ``body``.
+
+    ``message`` replaces the default text; a 401 adds what to check, a 403 the missing
+    ``permission`` when the caller knows which the endpoint needs.
+    """
+    error_class = _STATUS_ERRORS.get(status)
+    if error_class is None:
+        error_class = ServerError if 500 <= status <= 599 else BrazeAPIError
+    text = message or f"Braze answered HTTP {status}: {body[:300]}"
+    if status == 401:
+        text += " (check the API key and instance)"
+    elif status == 403 and permission is not None:
+        text += f" (the API key lacks the {permission} permission)"
+    return error_class(status, body, text)
 
 
 class TransportError(AntavoBrazeError):

@@ -20,12 +20,27 @@ from .._braze.limits import (
     DEFAULT_MAX_ARRAY_ITEMS,
     EVENT_PROPERTY_RESERVED,
     MAX_NESTED_BYTES,
-    MAX_PROPERTIES,
     MAX_STRING_LENGTH,
     MAX_VALUE_TEXT,
     MAX_YEAR,
     MIN_YEAR,
     STANDARD_ATTRIBUTES,
+)
+from .._braze.rules import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DEPTH,
+    array_problem,
+    depth_problem,
+    float_problem,
+    int_problem,
+    is_plain_key,
+    key_problem,
+    name_problem,
+    property_count_problem,
+    reserved_problem,
+    size_problem,
+    string_problem,
 )
 from .._braze.types import BrazeType, BrazeTypeLike
 from ..exceptions import CoercionError
@@ -45,10 +60,9 @@ __all__ = [
 Coercer = Callable[[Any], Any]
 
 MAX_OBJECT_BYTES = MAX_NESTED_BYTES
-# JSON encoders (orjson) and Braze's number storage stop at 64-bit integers.
-_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
-# Deeper nesting than this is certainly a mistake and would only end in a RecursionError.
-_MAX_DEPTH = 32
+# The rules live in _braze/rules; these names serve the inline fast blocks.
+_INT_MIN, _INT_MAX = INT64_MIN, INT64_MAX
+_MAX_DEPTH = MAX_DEPTH
 
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
@@ -81,11 +95,11 @@ def coerce_number(value: Any) -> int | float | None:
     if cls is int:
         if _INT_MIN <= value <= _INT_MAX:
             return value  # type: ignore[no-any-return]
-        raise _fail(value, BrazeType.NUMBER, "outside the signed 64-bit range")
+        raise _fail(value, BrazeType.NUMBER, int_problem(value) or "")
     if cls is float:
         if math.isfinite(value):
             return value  # type: ignore[no-any-return]
-        raise _fail(value, BrazeType.NUMBER, "NaN and infinity are not numbers Braze can store")
+        raise _fail(value, BrazeType.NUMBER, float_problem(value) or "")
     if cls is str and len(value) < 19 and value.isdigit() and value.isascii():
         return int(value)  # Antavo sends some counters as digit strings; 18 digits fit 64 bits
     if value is None:
@@ -162,11 +176,7 @@ def _make_string_coercer(truncate: bool) -> Coercer:
         if len(text) > MAX_STRING_LENGTH:
             if truncate:
                 return text[:MAX_STRING_LENGTH]
-            raise _fail(
-                value,
-                BrazeType.STRING,
-                f"{len(text)} characters is longer than Braze's {MAX_STRING_LENGTH}",
-            )
+            raise _fail(value, BrazeType.STRING, string_problem(text) or "")
         return text
 
     return coerce_string
@@ -411,12 +421,9 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
             if key not in seen:
                 seen.add(key)
                 out.append(scalar)
-        if len(out) > max_items:
-            raise _fail(
-                value,
-                BrazeType.ARRAY,
-                f"{len(out)} unique items is more than the limit of {max_items}",
-            )
+        problem = array_problem(len(out), max_items, unique=True)
+        if problem is not None:
+            raise _fail(value, BrazeType.ARRAY, problem)
         _check_size(out, value, BrazeType.ARRAY, len(out))
         return out
 
@@ -456,30 +463,13 @@ def _array_scalar(item: Any, string: Coercer) -> tuple[Any, str]:
 
 
 def _check_key(key: Any, type: BrazeType) -> str:
-    if not isinstance(key, str):
-        raise _fail(key, type, f"object keys must be strings, not {type_name(key)}")
-    if not key:
-        raise _fail(key, type, "object keys cannot be empty")
-    if key.startswith("$"):
-        raise _fail(key, type, "object keys cannot start with '$'")
-    if "." in key:
-        raise _fail(key, type, "object keys cannot contain '.'")
-    if " " in key:
-        raise _fail(key, type, "object keys cannot contain spaces")
-    if len(key) > MAX_STRING_LENGTH:
-        raise _fail(key, type, f"object keys are limited to {MAX_STRING_LENGTH} characters")
-    return key
+    problem = key_problem(key)
+    if problem is not None:
+        raise _fail(key, type, problem)
+    return key  # type: ignore[no-any-return]
 
 
-def _is_plain_key(key: Any) -> bool:
-    """A valid object key, by the quick test (:func:`_check_key` explains the others)."""
-    return (
-        key.__class__ is str
-        and 0 < len(key) <= MAX_STRING_LENGTH
-        and key[0] != "$"
-        and "." not in key
-        and " " not in key
-    )
+_is_plain_key = is_plain_key  # the quick test; _check_key explains the others
 
 
 def type_name(value: object) -> str:
@@ -503,7 +493,7 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
         if cls is bool:
             return value
         if depth > _MAX_DEPTH:
-            raise _fail(value, owner, f"nested deeper than {_MAX_DEPTH} levels")
+            raise _fail(value, owner, depth_problem(depth) or "")
         if cls is dict or isinstance(value, Mapping):
             if len(value) == 1 and "$time" in value:
                 try:
@@ -532,9 +522,7 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
         if cls is list or isinstance(value, (list, tuple, set, frozenset)):
             items = _sorted_if_set(value)
             if len(items) > max_items:
-                raise _fail(
-                    value, owner, f"{len(items)} items is more than the limit of {max_items}"
-                )
+                raise _fail(value, owner, array_problem(len(items), max_items) or "")
             result = []
             for index, item in enumerate(items):
                 try:
@@ -571,9 +559,9 @@ _SMALL_NODES = MAX_OBJECT_BYTES // _MAX_NODE_BYTES
 def _check_size(value: Any, original: Any, type: BrazeType, nodes: int) -> None:
     if nodes <= _SMALL_NODES:
         return
-    size = _json_size(value)
-    if size > MAX_OBJECT_BYTES:
-        raise _fail(original, type, f"{size} bytes is over Braze's 100 KB limit")
+    problem = size_problem(_json_size(value), MAX_OBJECT_BYTES)
+    if problem is not None:
+        raise _fail(original, type, problem)
 
 
 def _json_size(value: Any) -> int:
@@ -904,14 +892,10 @@ EVENT_PROPERTY = "event property"
 
 
 def _property_value(value: Any, depth: int) -> Any:
-    if depth > _MAX_DEPTH:
-        raise _fail(value, EVENT_PROPERTY, f"nested deeper than {_MAX_DEPTH} levels")
     cls = value.__class__
     if cls is str:
         if len(value) > MAX_STRING_LENGTH:
-            raise _fail(
-                value, EVENT_PROPERTY, f"{len(value)} characters is longer than Braze's 255"
-            )
+            raise _fail(value, EVENT_PROPERTY, string_problem(value) or "")
         return value
     if value is None or isinstance(value, bool):
         return value
@@ -922,6 +906,8 @@ def _property_value(value: Any, depth: int) -> Any:
     if isinstance(value, (datetime, date)):
         return coerce_date(value)
     if isinstance(value, Mapping):
+        if depth > _MAX_DEPTH:
+            raise _fail(value, EVENT_PROPERTY, depth_problem(depth) or "")
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = _check_property_key(key)
@@ -931,6 +917,8 @@ def _property_value(value: Any, depth: int) -> Any:
                 raise exc.at(name) from None
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
+        if depth > _MAX_DEPTH:
+            raise _fail(value, EVENT_PROPERTY, depth_problem(depth) or "")
         result = []
         for index, item in enumerate(_sorted_if_set(value)):
             if isinstance(item, (datetime, date)):
@@ -946,15 +934,12 @@ def _property_value(value: Any, depth: int) -> Any:
 
 
 def _check_property_key(key: Any) -> str:
-    if not isinstance(key, str) or not key:
-        raise _fail(key, EVENT_PROPERTY, "property keys must be non-empty strings")
-    if key.startswith("$"):
-        raise _fail(key, EVENT_PROPERTY, "property keys cannot start with '$'")
-    if len(key) > MAX_STRING_LENGTH:
-        raise _fail(
-            key, EVENT_PROPERTY, f"property keys are limited to {MAX_STRING_LENGTH} characters"
-        )
-    return key
+    if key.__class__ is str and 0 < len(key) <= MAX_STRING_LENGTH and key[0] != "$":
+        return key  # the fast block of name_problem
+    problem = name_problem(key, "property")
+    if problem is not None:
+        raise _fail(key, EVENT_PROPERTY, problem)
+    return key  # type: ignore[no-any-return]
 
 
 def coerce_properties(
@@ -969,24 +954,20 @@ def coerce_properties(
     for key, value in data.items():
         name = _check_property_key(key)
         if name in reserved:
-            raise _fail(
-                key, EVENT_PROPERTY, f"{name!r} is reserved by Braze; map properties explicitly"
-            )
+            problem = reserved_problem(name, reserved)
+            raise _fail(key, EVENT_PROPERTY, f"{problem}; map properties explicitly")
         if value is None:
             continue
         try:
             out[name] = _property_value(value, 1)
         except CoercionError as exc:
             raise exc.at(name) from None
-    if len(out) > MAX_PROPERTIES:
-        raise _fail(
-            data,
-            EVENT_PROPERTY,
-            f"{len(out)} properties is more than Braze keeps ({MAX_PROPERTIES})",
-        )
+    problem = property_count_problem(len(out))
+    if problem is not None:
+        raise _fail(data, EVENT_PROPERTY, problem)
     # Braze's 100 KB applies to properties holding arrays or objects.
     if any(v.__class__ is dict or v.__class__ is list for v in out.values()):
-        size = _json_size(out)
-        if size > MAX_OBJECT_BYTES:
-            raise _fail(data, EVENT_PROPERTY, f"{size} bytes of properties is over Braze's 100 KB")
+        problem = size_problem(_json_size(out), MAX_OBJECT_BYTES)
+        if problem is not None:
+            raise _fail(data, EVENT_PROPERTY, problem)
     return out

@@ -8,17 +8,12 @@ the same limits as the models before anything is sent. Pure: no I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .batching import Item
-from .coerce import to_datetime
-from .converter import unstructure_attributes, unstructure_event, unstructure_purchase
-from .._json import dumps_object
 from .._braze.limits import (
     DEFAULT_MAX_ARRAY_ITEMS,
     EVENT_PROPERTY_RESERVED,
-    MAX_EXTERNAL_ID_BYTES,
     MAX_NESTED_BYTES,
     MAX_PURCHASE_PROPERTY_BYTES,
     MAX_PURCHASE_QUANTITY,
@@ -27,12 +22,29 @@ from .._braze.limits import (
     PURCHASE_PROPERTY_RESERVED,
     SECONDARY_IDENTIFIERS,
 )
+from .._braze.rules import (
+    array_problem,
+    depth_problem,
+    float_problem,
+    identifier_problem,
+    int_problem,
+    key_problem,
+    name_problem,
+    property_count_problem,
+    reserved_problem,
+    size_problem,
+    string_problem,
+    time_problem,
+)
+from .._json import dumps, dumps_object
 from ..exceptions import CoercionError
 from ..models import AttributesObject, BrazeObject, EventObject, PurchaseObject
+from .batching import Item
+from .coerce import to_datetime
+from .converter import unstructure_attributes, unstructure_event, unstructure_purchase
 
-__all__ = ["WireError", "model_item", "profile_key", "wire_item"]
+__all__ = ["WireError", "model_item", "profile_key", "track_items", "wire_item"]
 
-_MAX_DEPTH = 32
 # Keys of an attributes object that are identifiers or flags, not custom attributes.
 _CONTROL = frozenset({*PRIMARY_IDENTIFIERS, "_update_existing_only", "_merge_objects", "app_id"})
 _FLAGS = ("_update_existing_only", "_merge_objects")
@@ -119,6 +131,33 @@ def wire_item(
     return Item(array, _encode(wire), key, record, parts, values, source)
 
 
+def track_items(
+    arrays: Iterable[tuple[str, Iterable[Any]]], app_id: str | None = None
+) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]], list[list[Item]]]:
+    """``track()``'s input as items: ``(where, refused, groups)``. ``where[record]`` is each
+    object's ``(array, index)``; ``refused`` the ``(array, index, reason)`` of the objects that
+    break a Braze rule (nothing of them is sent); ``groups`` one item each of the others."""
+    where: list[tuple[str, int]] = []
+    refused: list[tuple[str, int, str]] = []
+    groups: list[list[Item]] = []
+    for array, objects in arrays:
+        for index, obj in enumerate(objects):
+            position = len(where)
+            where.append((array, index))
+            try:
+                if isinstance(obj, (AttributesObject, EventObject, PurchaseObject)):
+                    if _ARRAY_NAMES[type(obj)] != array:
+                        raise WireError(f"a {type(obj).__name__} does not go in {array!r}")
+                    item = model_item(obj, position, app_id=app_id)
+                else:
+                    item = wire_item(array, obj, position, app_id=app_id)
+            except WireError as exc:
+                refused.append((array, index, str(exc)))
+                continue
+            groups.append([item])
+    return where, refused, groups
+
+
 def _encode(wire: Mapping[str, Any]) -> bytes:
     try:
         return dumps_object(wire)
@@ -126,39 +165,21 @@ def _encode(wire: Mapping[str, Any]) -> bytes:
         raise WireError(f"not JSON: {exc}") from None
 
 
-# --- the checks ------------------------------------------------------------------------------
+# --- the checks (each Braze rule is one function of _braze/rules; these walk the shapes) -----
+
+
+def _refuse(problem: str | None, where: str = "") -> None:
+    if problem is not None:
+        raise WireError(f"{where}: {problem}" if where else problem)
 
 
 def _check_identifiers(obj: Mapping[str, Any]) -> str:
-    primaries = [name for name in PRIMARY_IDENTIFIERS if name in obj]
-    if len(primaries) > 1:
-        raise WireError(f"more than one primary identifier ({', '.join(primaries)})")
-    if not primaries and not any(obj.get(name) for name in SECONDARY_IDENTIFIERS):
-        raise WireError("missing identifier (external_id, user_alias, braze_id, email or phone)")
-    if "external_id" in obj:
-        external_id = obj["external_id"]
-        if not isinstance(external_id, str) or not external_id.strip():
-            raise WireError("external_id must be a non-empty string")
-        if len(external_id.encode()) > MAX_EXTERNAL_ID_BYTES:
-            raise WireError(f"external_id is longer than {MAX_EXTERNAL_ID_BYTES} bytes")
-    if "user_alias" in obj:
-        alias = obj["user_alias"]
-        if (
-            not isinstance(alias, Mapping)
-            or set(alias) != {"alias_name", "alias_label"}
-            or not all(isinstance(v, str) and v for v in alias.values())
-        ):
-            raise WireError("user_alias must be {'alias_name': ..., 'alias_label': ...}")
-    if "braze_id" in obj and not (isinstance(obj["braze_id"], str) and obj["braze_id"]):
-        raise WireError("braze_id must be a non-empty string")
+    _refuse(identifier_problem(obj))
     return profile_key(obj)
 
 
 def _check_name(name: str, what: str) -> None:
-    if not name or len(name) > MAX_STRING_LENGTH:
-        raise WireError(f"{what} {name[:40]!r} must have 1 to {MAX_STRING_LENGTH} characters")
-    if name.startswith("$"):
-        raise WireError(f"{what} {name[:40]!r} cannot start with '$'")
+    _refuse(name_problem(name, what))
 
 
 def _check_attributes(obj: Mapping[str, Any]) -> int:
@@ -179,14 +200,11 @@ def _check_attributes(obj: Mapping[str, Any]) -> int:
 
 def _check_scalar(value: Any) -> None:
     if isinstance(value, str):
-        if len(value) > MAX_STRING_LENGTH:
-            raise WireError(f"string of {len(value)} characters (Braze keeps {MAX_STRING_LENGTH})")
+        _refuse(string_problem(value))
     elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise WireError("NaN and infinity are not numbers Braze can store")
+        _refuse(float_problem(value))
     elif isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**63:
-            raise WireError("integer outside the signed 64-bit range")
+        _refuse(int_problem(value))
     elif not isinstance(value, bool):
         raise WireError(f"unsupported value of type {type(value).__name__}")
 
@@ -197,8 +215,8 @@ def _check_attribute_value(value: Any) -> None:
     if isinstance(value, list):
         if value and all(isinstance(v, Mapping) for v in value):
             for index, item in enumerate(value):
-                _check_nested(item, f"[{index}]", 1)
-            _check_size(value, MAX_NESTED_BYTES)
+                _check_object_item(item, f"[{index}]")
+            _check_size(value)
             return
         _check_scalar_array(value)
         return
@@ -222,19 +240,24 @@ def _check_attribute_value(value: Any) -> None:
                 "for arrays of objects"
             )
         else:
-            _check_nested(value, "", 1)
-            _check_size(value, MAX_NESTED_BYTES)
+            _check_nested(value, "", 0)
+            _check_size(value)
         return
     _check_scalar(value)
 
 
+def _array_key(item: Any) -> Any:
+    # Braze collapses duplicates; numbers compare as numbers, apart from booleans (as coercion).
+    return item if item.__class__ is str else (item.__class__ is bool, item)
+
+
 def _check_scalar_array(value: list[Any]) -> None:
-    if len(value) > DEFAULT_MAX_ARRAY_ITEMS:
-        raise WireError(f"{len(value)} items is more than Braze keeps ({DEFAULT_MAX_ARRAY_ITEMS})")
     for item in value:
         if item is None or isinstance(item, (list, Mapping)):
             raise WireError("arrays hold scalars only (a list of objects is an array of objects)")
         _check_scalar(item)
+    if len(value) > DEFAULT_MAX_ARRAY_ITEMS:
+        _refuse(array_problem(len({_array_key(item) for item in value}), unique=True))
 
 
 def _check_object_operators(value: Mapping[str, Any]) -> None:
@@ -245,7 +268,7 @@ def _check_object_operators(value: Mapping[str, Any]) -> None:
             if not isinstance(item, Mapping):
                 raise WireError(f"{operator}[{index}] must be an object")
             if operator == "$add":
-                _check_nested(item, f"{operator}[{index}]", 1)
+                _check_object_item(item, f"{operator}[{index}]")
                 continue
             allowed = {"$identifier_key", "$identifier_value"}
             if operator == "$update":
@@ -260,23 +283,28 @@ def _check_object_operators(value: Mapping[str, Any]) -> None:
                 if not isinstance(new, Mapping):
                     raise WireError(f"{operator}[{index}].$new_object must be an object")
                 _check_nested(new, f"{operator}[{index}].$new_object", 1)
-    _check_size(value, MAX_NESTED_BYTES)
+    _check_size(value)
+
+
+def _check_object_item(item: Mapping[str, Any], where: str) -> None:
+    if set(item) == {"$time"}:  # a date, not an object
+        raise WireError(f"{where}: every item of an array of objects must be an object")
+    _check_nested(item, where, 1)
 
 
 def _check_nested(value: Any, where: str, depth: int) -> None:
-    if depth > _MAX_DEPTH:
-        raise WireError(f"{where}: nested deeper than {_MAX_DEPTH} levels")
+    """A value inside a nested custom attribute (``depth`` 0: the attribute's own object)."""
     if isinstance(value, Mapping):
-        if set(value) == {"$time"}:
+        _refuse(depth_problem(depth), where)
+        if depth and set(value) == {"$time"}:
             _check_time(value["$time"], f"{where}.$time")
             return
         for key, item in value.items():
-            if not isinstance(key, str) or not key or len(key) > MAX_STRING_LENGTH:
-                raise WireError(f"{where}: keys must be strings of 1 to 255 characters")
-            if key.startswith("$") or "." in key:
-                raise WireError(f"{where}: key {key[:40]!r} cannot start with '$' or hold '.'")
+            _refuse(key_problem(key), where)
             _check_nested(item, f"{where}.{key}" if where else key, depth + 1)
     elif isinstance(value, list):
+        _refuse(depth_problem(depth), where)
+        _refuse(array_problem(len(value)), where)
         for index, item in enumerate(value):
             _check_nested(item, f"{where}[{index}]", depth + 1)
     elif value is None:
@@ -288,19 +316,42 @@ def _check_nested(value: Any, where: str, depth: int) -> None:
             raise WireError(f"{where}: {exc}") from None
 
 
-def _check_size(value: Any, limit: int) -> None:
-    size = len(_encode(value) if isinstance(value, Mapping) else _encode({"v": value}))
-    if size > limit:
-        raise WireError(f"{size} bytes is over Braze's {limit // 1024} KB limit")
+def _check_size(value: Any, limit: int = MAX_NESTED_BYTES) -> None:
+    _refuse(size_problem(len(_encode_any(value)), limit))
+
+
+def _encode_any(value: Any) -> bytes:
+    try:
+        return dumps(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"not JSON: {exc}") from None
 
 
 def _check_time(value: Any, where: str) -> None:
-    if not isinstance(value, str):
-        raise WireError(f"{where} must be an ISO 8601 string")
+    _refuse(time_problem(value), where)
     try:
         to_datetime(value)
     except CoercionError as exc:
         raise WireError(f"{where}: {exc.reason}") from None
+
+
+def _check_property_value(value: Any, where: str, depth: int) -> None:
+    """A value inside event or purchase properties (``depth`` 1: a property's own value);
+    nested keys follow the property-key rule, as coercion's (Braze documents no other)."""
+    if isinstance(value, Mapping):
+        _refuse(depth_problem(depth), where)
+        for key, item in value.items():
+            _refuse(name_problem(key, "property"), where)
+            _check_property_value(item, f"{where}.{key}", depth + 1)
+    elif isinstance(value, list):
+        _refuse(depth_problem(depth), where)
+        for index, item in enumerate(value):
+            _check_property_value(item, f"{where}[{index}]", depth + 1)
+    elif value is not None:
+        try:
+            _check_scalar(value)
+        except WireError as exc:
+            raise WireError(f"{where}: {exc}") from None
 
 
 def _check_properties(value: Any, reserved: frozenset[str], limit: int) -> None:
@@ -308,20 +359,23 @@ def _check_properties(value: Any, reserved: frozenset[str], limit: int) -> None:
         return
     if not isinstance(value, Mapping):
         raise WireError("properties must be an object")
+    count = 0
+    nested = False
     for key, item in value.items():
-        if not isinstance(key, str):
-            raise WireError("property keys must be strings")
-        _check_name(key, "property")
-        if key in reserved:
-            raise WireError(f"property {key!r} is reserved by Braze")
+        _refuse(name_problem(key, "property"))
+        _refuse(reserved_problem(key, reserved))
+        if item is None:
+            continue  # coercion leaves these out; they are not counted
+        count += 1
         if isinstance(item, (Mapping, list)):
-            _check_nested(item, key, 1)
-        elif item is not None:
-            try:
-                _check_scalar(item)
-            except WireError as exc:
-                raise WireError(f"property {key!r}: {exc}") from None
-    _check_size(value, limit)
+            nested = True
+        try:
+            _check_property_value(item, key, 1)
+        except WireError as exc:
+            raise WireError(f"property {exc}") from None
+    _refuse(property_count_problem(count))
+    if nested or limit != MAX_NESTED_BYTES:
+        _check_size(value, limit)
 
 
 def _check_event(obj: Mapping[str, Any]) -> None:

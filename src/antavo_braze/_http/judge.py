@@ -19,16 +19,7 @@ from typing import Any
 from .._braze.limits import ENDPOINT_PERMISSIONS
 from .._json import loads
 from .._telemetry import Active, log_fields
-from ..exceptions import (
-    AntavoBrazeError,
-    AuthenticationError,
-    BadRequestError,
-    BrazeAPIError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-    TransportError,
-)
+from ..exceptions import AntavoBrazeError, BrazeAPIError, TransportError, error_for_status
 from .connection import BrazeResponse
 from .exchange import CallOptions, Exchange, Result
 from .pool import TLSVerificationError, UnmendableError
@@ -237,6 +228,7 @@ class AttemptJudge:
         """``error`` marked with the call it ends: method, URL (no secrets in it), attempts."""
         error.method = exchange.method
         error.url = self.base_url + exchange.target
+        error.path = exchange.path
         error.attempts = exchange.attempt
         return error
 
@@ -287,16 +279,4 @@ def _status_error(
     text = f"Braze answered HTTP {status} to {where}: {body[:300]}"
     if decision.reason.startswith("rate limited"):
         text = f"{decision.reason} ({where})"
-    if status == 401:
-        return AuthenticationError(status, body, text + " (check the API key and instance)")
-    if status == 403:
-        if permission is not None:
-            text += f" (the API key lacks the {permission} permission)"
-        return PermissionDeniedError(status, body, text)
-    if status in (400, 413, 415):
-        return BadRequestError(status, body, text)
-    if status == 429:
-        return RateLimitError(status, body, text)
-    if 500 <= status <= 599:
-        return ServerError(status, body, text)
-    return BrazeAPIError(status, body, text)
+    return error_for_status(status, body, text, permission=permission)

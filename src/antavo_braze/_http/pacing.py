@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
+from .._braze.headers import limit, remaining, reset_in_seconds, retry_after_seconds
 from .._fork import reset_after_fork
-from .retry import limit, remaining, reset_in_seconds, retry_after_seconds
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "InProcessPacer", "NonBlockingPacer", "Pacer", "SystemClock"]
 

@@ -7,12 +7,12 @@ and how long to wait (:class:`RetryDecision`). No clock, no randomness, no I/O i
 
 from __future__ import annotations
 
-import email.utils
-import math
 from collections.abc import Mapping
 from typing import Literal
 
 from attrs import field, frozen, validators
+
+from .._braze.headers import retry_after_seconds
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -21,19 +21,14 @@ __all__ = [
     "RetryPolicy",
     "backoff_delay",
     "decide_retry",
-    "header",
     "is_retryable_status",
-    "reset_in_seconds",
-    "retry_after_seconds",
 ]
 
-# Statuses worth another try: request timeout, rate limited, and every server error.
+# Statuses worth another try besides every server error (is_retryable_status): request
+# timeout and rate limited [braze-api.md 1.7, 1.8].
 RETRYABLE_STATUSES = frozenset({408, 429})
 # Answers no retry can change and no other record could get past: stop the whole sync.
 FATAL_STATUSES = frozenset({401, 403})
-# X-RateLimit-Reset above this is an epoch timestamp (2001-09-09); below, seconds remaining.
-_EPOCH_THRESHOLD = 1_000_000_000
-_MAX_HEADER_NUMBER = 32  # characters: longer header "numbers" are ignored, never parsed
 
 # "transport": no usable answer (connection, timeout, broken framing); "invalid_answer": a 2xx
 # that is not Braze's answer; "tls": the certificate did not verify; "unmendable": a failure no
@@ -141,76 +136,3 @@ def decide_retry(
         what = f"HTTP {status}" if outcome.failure is None else outcome.failure
         return RetryDecision(False, reason=f"{what} after {attempt} attempt(s)", retryable=True)
     return RetryDecision(True, backoff_delay(policy, attempt, jitter_fraction), retryable=True)
-
-
-# --- reading Braze's rate-limit headers (linear, bounded) --------------------------------------
-
-
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """The value of header ``name`` in any case (the transport stores names lower-cased)."""
-    value = headers.get(name.lower())
-    if value is None:
-        value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        for key, item in headers.items():
-            if key.lower() == lowered:
-                return item
-    return value
-
-
-def _number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    text = text.strip()
-    if not text or len(text) > _MAX_HEADER_NUMBER:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def reset_in_seconds(headers: Mapping[str, str], now_epoch: float) -> float | None:
-    """Seconds until the rate-limit window resets, from ``X-RateLimit-Reset``.
-
-    Braze documents two readings: epoch seconds (general page) and seconds remaining (MAU
-    contracts). Values above 10^9 are read as epoch seconds, smaller ones as seconds remaining.
-    """
-    value = _number(header(headers, "X-RateLimit-Reset"))
-    if value is None:
-        return None
-    if value >= _EPOCH_THRESHOLD:
-        return max(0.0, value - now_epoch)
-    return max(0.0, value)
-
-
-def retry_after_seconds(headers: Mapping[str, str], now_epoch: float) -> float | None:
-    """How long a 429 asks us to wait: ``X-Ratelimit-Retry-After``, ``Retry-After`` (seconds or
-    an HTTP date), else ``X-RateLimit-Reset``; ``None`` when no header says."""
-    value = _number(header(headers, "X-Ratelimit-Retry-After"))
-    if value is not None:
-        return max(0.0, value)
-    retry_after = header(headers, "Retry-After")
-    value = _number(retry_after)
-    if value is not None:
-        return max(0.0, value)
-    if retry_after and len(retry_after) <= 64:
-        try:
-            moment = email.utils.parsedate_to_datetime(retry_after)
-        except (TypeError, ValueError, IndexError):
-            moment = None
-        if moment is not None and moment.tzinfo is not None:
-            return max(0.0, moment.timestamp() - now_epoch)
-    return reset_in_seconds(headers, now_epoch)
-
-
-def remaining(headers: Mapping[str, str]) -> float | None:
-    """``X-RateLimit-Remaining``, if present and a number."""
-    return _number(header(headers, "X-RateLimit-Remaining"))
-
-
-def limit(headers: Mapping[str, str]) -> float | None:
-    """``X-RateLimit-Limit``, if present and a number."""
-    return _number(header(headers, "X-RateLimit-Limit"))

@@ -22,9 +22,9 @@ import time as _time
 from collections.abc import Mapping
 from typing import Any
 
+from .._braze.headers import limit, remaining, reset_in_seconds, retry_after_seconds
 from .._braze.limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from .._fork import reset_after_fork
-from .._http.retry import limit, remaining, reset_in_seconds, retry_after_seconds
 from ..exceptions import ConfigurationError
 
 __all__ = ["SharedMemoryPacer"]

@@ -27,10 +27,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from .._braze.headers import remaining, reset_in_seconds, retry_after_seconds
 from .._braze.limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from .._fork import reset_after_fork
 from .._http.pacing import InProcessPacer
-from .._http.retry import remaining, reset_in_seconds, retry_after_seconds
 from .._run.state import key_from_env
 from .._telemetry import log_fields
 from ..exceptions import ConfigurationError
