@@ -349,3 +349,14 @@ def test_cli_workers_need_a_file_and_a_count(tmp_path: Path) -> None:
         _out, err = proc.communicate("", timeout=60)
         assert proc.returncode == 2
         assert "--workers" in err
+
+
+def test_the_reported_error_wins_over_a_stopped_workers_death() -> None:
+    """A worker stopped by SIGTERM after another's failure is not blamed for the run."""
+    from antavo_braze._scale.workers import _first_cause, _WorkerDiedError
+
+    real = ab.AuthenticationError(401, "", "bad key")
+    died = _WorkerDiedError("worker 0 ended without a report")
+    assert _first_cause({0: died, 1: real}) is real
+    assert _first_cause({1: died}) is died
+    assert _first_cause({}) is None

@@ -553,13 +553,25 @@ def _collect(
         reports.extend(answer)
     interrupted = [signum for _, signum in stopped.values() if signum is not None]
     signum = (signals.received or interrupted[0]) if interrupted else None
-    error = errors[min(errors)] if errors else None
-    return reports, error, signum
+    return reports, _first_cause(errors), signum
+
+
+def _first_cause(errors: dict[int, BaseException]) -> BaseException | None:
+    """The error that stopped the run: the first a worker reported, before any worker's death
+    (the others are stopped with SIGTERM once one fails, so a death is often the consequence)."""
+    reported = [e for e in errors.values() if not isinstance(e, _WorkerDiedError)]
+    if reported:
+        return reported[0]
+    return next(iter(errors.values()), None)
+
+
+class _WorkerDiedError(AntavoBrazeError):
+    """A worker process ended without sending its report."""
 
 
 def _died(process: Any, index: int) -> AntavoBrazeError:
     process.join(1)
-    return AntavoBrazeError(
+    return _WorkerDiedError(
         f"worker {index} ended without a report (exit code {process.exitcode}): its records "
         "are not accounted for; run the sync again"
     )
