@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 from ._braze.limits import IDS_PER_REQUEST
 from ._client import BrazeClient
-from ._run.tally import Stage, _Run
+from ._run.report import Stage
+from ._run.tally import _Run
 from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 

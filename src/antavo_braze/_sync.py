@@ -54,17 +54,9 @@ from ._run.input import (
 )
 from ._run.interrupts import stop_on_signals, until_interrupted
 from ._run.progress import TqdmProgress
+from ._run.report import Progress, RecordOutcome, Stage, SyncReport, stderr_progress
 from ._run.state import StateStore, already_sent, get_many, has_ledger, record_sent
-from ._run.tally import (
-    Progress,
-    RecordOutcome,
-    Stage,
-    SyncReport,
-    _Parts,
-    _Run,
-    fingerprint,
-    stderr_progress,
-)
+from ._run.tally import _Parts, _Run, fingerprint
 from ._telemetry import Telemetry, log_fields, traced
 from .exceptions import AntavoBrazeError, CoercionError, ConfigurationError, SyncInterrupted
 

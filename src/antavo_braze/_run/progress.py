@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .tally import Progress
+from .report import Progress
 
 
 class TqdmProgress:

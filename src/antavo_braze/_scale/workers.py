@@ -38,7 +38,8 @@ from .._run.checkpoint import Settled
 from .._run.deadletter import JsonlDeadLetter, read_dead_letters
 from .._run.input import BadInput, reopen_input
 from .._run.interrupts import _is_default
-from .._run.tally import FieldCounts, Progress, SyncReport, _Run
+from .._run.report import FieldCounts, Progress, SyncReport
+from .._run.tally import _Run
 from ..exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 from .localpacer import SharedMemoryPacer
 from .redis import RedisPacer
