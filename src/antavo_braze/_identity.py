@@ -11,11 +11,12 @@ deletions; each is verified (the profile gone from ``/users/export/ids``) before
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
 from ._braze.limits import IDS_PER_REQUEST
+from ._build.records import Identity
 from ._client import BrazeClient
 from ._run.report import Stage
 from ._run.tally import _Run
@@ -28,6 +29,7 @@ __all__ = [
     "apply_identities",
     "delete_guard",
     "settle_dry_run",
+    "settle_identities",
 ]
 
 log = logging.getLogger("antavo_braze.sync")
@@ -35,16 +37,6 @@ log = logging.getLogger("antavo_braze.sync")
 GUARD_MIN_RECORDS = 100  # the mass-delete guard looks at runs of at least this many records
 _FIRST_CHECK = 0.2  # seconds before the first verification read; then doubling
 _MAX_CHECK_INTERVAL = 15.0
-
-
-class Identity(NamedTuple):
-    """One merge or delete collected from a run: its record and what to do."""
-
-    position: int
-    record: Any
-    external_id: str
-    action: str  # "merge" or "delete"
-    into: str | None = None
 
 
 def delete_guard(
@@ -123,11 +115,45 @@ def apply_identities(
     return requests + _verify(client, run, queued, verify_within, sleep)
 
 
-def settle_dry_run(
-    run: _Run, identities: Sequence[Identity], *, allow_deletes: bool, max_delete_ratio: float
-) -> None:
-    """A dry run: merges and deletes the guards allow count as would-succeed; the rest fail
-    with the guard's reason, as the real run would."""
+def settle_identities(
+    client: BrazeClient,
+    run: _Run,
+    signum: int | None,
+    *,
+    allow_deletes: bool,
+    max_delete_ratio: float,
+    verify_within: float,
+) -> int:
+    """Merges and deletes collected by the run: applied now, or failed as not sent when the
+    run was stopped by ``signum``. Return the requests made."""
+    identities, run.identities = run.identities, []
+    if signum is None:
+        return apply_identities(
+            client,
+            run,
+            identities,
+            allow_deletes=allow_deletes,
+            max_delete_ratio=max_delete_ratio,
+            verify_within=verify_within,
+        )
+    name = signal.Signals(signum).name
+    for identity in identities:
+        run.fail(
+            identity.position,
+            identity.record,
+            identity.external_id,
+            "interrupted",
+            f"interrupted ({name}) before the {identity.action} was sent",
+            retryable=True,
+            outcome="not_sent",
+        )
+    return 0
+
+
+def settle_dry_run(run: _Run, *, allow_deletes: bool, max_delete_ratio: float) -> None:
+    """A dry run's merges and deletes: those the guards allow count as would-succeed; the
+    rest fail with the guard's reason, as the real run would."""
+    identities, run.identities = run.identities, []
     deletes = [i for i in identities if i.action == "delete"]
     refusal = delete_guard(
         len(deletes), run.total, allow_deletes=allow_deletes, max_delete_ratio=max_delete_ratio

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +25,9 @@ import attrs
 from .._build.batching import ATTRIBUTES, BatchOutcome, Item
 from .._telemetry import log_fields
 from ..exceptions import CoercionError, short_repr
+from .checkpoint import Settled
 from .deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
+from .input import BadInput, change_id
 
 # The report's value types live in .report; these names are kept importable from here for
 # the callers written against the old home (the sender, the workers).
@@ -229,11 +231,9 @@ class _Run:
         # The event ledger: ids of events in flight by position, and those Braze accepted.
         self.sent: dict[int, str] = {}
         self.sent_updates: list[str] = []
-        # Field presence (member syncs): absent counts are filled by the compiled plan.
-        self.field_names = field_names
-        # The compiled plan's counters: one per field (absent), then one per clearing field.
-        clearing = sum(clears for _, _, clears in field_names)
-        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
+        # Field presence (member syncs): absent counts are filled by the compiled plan, one
+        # per field, then one per clearing field, then every clear.
+        self.count_fields(field_names)
         self.cleared: Counter[str] = Counter()  # nulls sent per remote field
         self.clear_guard = ClearGuard(max_clear_ratio)
         self.invalid: Counter[str] = Counter()
@@ -250,6 +250,54 @@ class _Run:
         self.members_from: int | None = None
 
     # --- entering and leaving ------------------------------------------------------------
+
+    def admitted(self, records: Iterable[Any], start: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(position, record)`` of the records a builder should see: an unreadable line
+        (:class:`BadInput`) and a record an earlier run settled (:class:`Settled`, a resume)
+        end here, once, before any builder sees them."""
+        for position, record in enumerate(records, start):
+            cls = record.__class__
+            if cls is BadInput:
+                self.total += 1
+                self.fail(position, record, None, "input", record.reason, line=record.line)
+            elif cls is Settled:
+                self.total += 1
+                self.skip(position, record.reason)
+            else:
+                yield position, record
+
+    def open(self, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
+        """A record's objects, about to be batched: each carries its record (for the dead
+        letter); a record with several objects is kept until its last answer."""
+        items = tuple(item._replace(source=record) for item in items)
+        if len(items) > 1:
+            self.parts[position] = _Parts(record, items)
+        self.total += 1
+        return items
+
+    def fail_unsent(self, position: int, record: Any, wire: dict[str, Any]) -> None:
+        """A member's attributes object that was built but never sent (the run stopped)."""
+        self.fail(
+            position, record, wire["external_id"], "interrupted", "interrupted before it was sent",
+            retryable=True, outcome="not_sent",
+            objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def fail_unread(self, records: Sequence[Any], reason: str) -> None:
+        """Fail as not sent the records a stopped run never read (a sender's window)."""
+        for position in range(self.total, len(records)):
+            record = records[position]
+            self.total += 1
+            self.fail(
+                position, record, change_id(self.kind, record), "interrupted", reason,
+                retryable=True, outcome="not_sent",
+            )  # fmt: skip
+
+    def count_fields(self, field_names: tuple[tuple[str, str, bool], ...]) -> None:
+        """Count field presence for these member fields (a run that also carries members)."""
+        self.field_names = field_names
+        clearing = sum(clears for _, _, clears in field_names)
+        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
 
     def line(self, position: int) -> int | None:
         return None if self.line_of is None else self.line_of(position)
@@ -543,6 +591,16 @@ class _Run:
                 path=location,
             )
         return out
+
+    def report_of_call(self, stats: Any) -> SyncReport:
+        """The report of a call that sent requests, with the send loop's ``CallStats``."""
+        return self.report(
+            requests=stats.requests,
+            retries=stats.retries,
+            rate_limit_waits=stats.rate_limited,
+            rate_limit_wait=stats.rate_limit_wait,
+            statuses=stats.statuses,
+        )
 
     def report(
         self,

@@ -38,6 +38,7 @@ from .._run.checkpoint import Settled
 from .._run.deadletter import JsonlDeadLetter, read_dead_letters
 from .._run.input import BadInput, reopen_input
 from .._run.interrupts import _is_default
+from .._run.progress import progress_callback
 from .._run.report import FieldCounts, Progress, SyncReport
 from .._run.tally import _Run
 from ..exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
@@ -221,7 +222,7 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
         # Progress costs a clock read per record: only when someone watches.
         watched = syncer._progress not in (None, False)
         syncer._progress = _ProgressSlot(job.progress, index, share) if watched else None
-        build = syncer._member_builder() if job.kind == "member" else syncer._event_groups
+        build = syncer._builder(job.kind)
         try:
             report = syncer._run(job.kind, share, build)
         except SyncInterrupted as stop:
@@ -431,7 +432,7 @@ def run_in_workers(syncer: Syncer, kind: str, records: Iterable[Any], count: int
         alive_read, alive_write,
     )  # fmt: skip
     total = records_length(records)
-    progress = syncer._progress_callback(total)
+    progress = progress_callback(syncer._progress, total)
     connections: list[Connection] = []
     processes = []
     merged: SyncReport | None = None
