@@ -19,7 +19,7 @@ from ._braze.limits import IDS_PER_REQUEST
 from ._build.records import Identity
 from ._client import BrazeClient
 from ._run.report import Stage
-from ._run.tally import _Run
+from ._run.tally import Tally
 from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 
@@ -67,7 +67,7 @@ def _stage_of(exc: AntavoBrazeError) -> tuple[Stage, bool]:
 
 def apply_identities(
     client: BrazeClient,
-    run: _Run,
+    run: Tally,
     identities: Sequence[Identity],
     *,
     allow_deletes: bool,
@@ -117,7 +117,7 @@ def apply_identities(
 
 def settle_identities(
     client: BrazeClient,
-    run: _Run,
+    run: Tally,
     signum: int | None,
     *,
     allow_deletes: bool,
@@ -150,7 +150,7 @@ def settle_identities(
     return 0
 
 
-def settle_dry_run(run: _Run, *, allow_deletes: bool, max_delete_ratio: float) -> None:
+def settle_dry_run(run: Tally, *, allow_deletes: bool, max_delete_ratio: float) -> None:
     """A dry run's merges and deletes: those the guards allow count as would-succeed; the
     rest fail with the guard's reason, as the real run would."""
     identities, run.identities = run.identities, []
@@ -167,7 +167,7 @@ def settle_dry_run(run: _Run, *, allow_deletes: bool, max_delete_ratio: float) -
             run.succeeded += 1
 
 
-def _fail_all(run: _Run, chunk: Sequence[Identity], exc: AntavoBrazeError) -> None:
+def _fail_all(run: Tally, chunk: Sequence[Identity], exc: AntavoBrazeError) -> None:
     stage, retryable = _stage_of(exc)
     for identity in chunk:
         run.fail(
@@ -182,7 +182,7 @@ def _fail_all(run: _Run, chunk: Sequence[Identity], exc: AntavoBrazeError) -> No
 
 def _verify(
     client: BrazeClient,
-    run: _Run,
+    run: Tally,
     queued: Sequence[Identity],
     within: float,
     sleep: Callable[[float], None],

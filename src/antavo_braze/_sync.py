@@ -3,7 +3,7 @@
 Every input record ends as exactly one of succeeded, failed (with stage and reason, and in the
 dead letter) or skipped (with a reason) — also when the run is interrupted or Braze goes away.
 Memory is bounded by batch size times requests in flight. Each call keeps its own tally
-(``_run/tally._Run``): nothing about one call lives on the Syncer.
+(``_run/tally.Tally``): nothing about one call lives on the Syncer.
 
 A call is a pipeline, wired by :meth:`Syncer._execute`: the input's records, the tally's
 pre-step (unreadable lines and settled records end there), a builder from ``_build/records``
@@ -50,7 +50,7 @@ from ._run.progress import progress_callback
 from ._run.replay import replay_file
 from ._run.report import Progress, RecordOutcome, Stage, SyncReport
 from ._run.state import StateStore, record_sent
-from ._run.tally import _Run
+from ._run.tally import Tally
 from ._telemetry import Telemetry, log_fields, traced
 from .exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 
@@ -64,7 +64,7 @@ log = logging.getLogger("antavo_braze.sync")
 
 SendMode = Literal["full", "changed"]
 Groups = Generator[Sequence[Item], None, None]
-Build = Callable[[Iterable[tuple[int, Any]], _Run], Groups]
+Build = Callable[[Iterable[tuple[int, Any]], Tally], Groups]
 _PLAIN_SECRET = hashlib.sha256(b"antavo_braze state").digest()
 
 
@@ -315,13 +315,13 @@ class Syncer:
             self.mapper, self.on_invalid_field, self.state, self._secret, send_changed, size
         )
 
-    def _event_groups(self, pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+    def _event_groups(self, pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         """Events the ledger has not seen, through the event builder."""
         ledger = unsent(pairs, run, self.state, event_key)
         return event_groups(self.mapper, ledger, run, self.state is not None)
 
-    def _new_run(self, kind: str, records: Any, sink: DeadLetterSink | None) -> _Run:
-        return _Run(
+    def _new_run(self, kind: str, records: Any, sink: DeadLetterSink | None) -> Tally:
+        return Tally(
             kind,
             sink=sink,
             progress=progress_callback(self._progress, records_length(records)),
@@ -358,9 +358,9 @@ class Syncer:
         *,
         each: bool = False,
         hold: DeadLetterSink | None = None,
-    ) -> tuple[SyncReport, _Run]:
+    ) -> tuple[SyncReport, Tally]:
         """Run a sync; with ``each`` the run also keeps every record's own outcome (for
-        :meth:`_Run.outcomes`: the background sender answers each submission). ``hold``
+        :meth:`Tally.outcomes`: the background sender answers each submission). ``hold``
         receives the failures instead of the dead letter (the sender retries some)."""
         client = self.client
         if client is None:
@@ -403,7 +403,7 @@ class Syncer:
             run.close_open(packer.pending, stopped)
             if each:  # the sender's window: what the stop left unread fails as not sent too
                 run.fail_unread(records, f"interrupted ({stopped}) before it was sent")  # type: ignore[arg-type]
-        report = run.report_of_call(stats)
+        report = run.report(stats)
         active = self._telemetry.active()
         if active is not None:
             active.count_records(kind, report.succeeded, report.failed, report.skipped)
@@ -446,7 +446,7 @@ def _check_options(
 def _send(
     client: BrazeClient,
     syncer: Syncer,
-    run: _Run,
+    run: Tally,
     packer: Packer,
     stats: CallStats,
     interrupt: Interrupt,
@@ -487,7 +487,7 @@ def _send(
         outcomes.close()
 
 
-def _gave_up(run: _Run, outcome: BatchOutcome) -> None:
+def _gave_up(run: Tally, outcome: BatchOutcome) -> None:
     # Nothing ever answered is fatal in the loop (raised with the report); here Braze had
     # answered before, so the rest of the input is accounted for as not sent.
     log.warning(
@@ -533,7 +533,7 @@ def sync_events_with_members(
     count = len(events)
     members_of = syncer._member_builder()
 
-    def build(pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+    def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         run.members_from = count
         run.count_fields(syncer.mapper.fields)
         yield from members_of(run.admitted(members, count), run)

@@ -25,7 +25,7 @@ from .mapper import MISSING, Mapper, member_fields
 from .wire import WireError, model_item, wire_item
 
 if TYPE_CHECKING:
-    from .._run.tally import _Run
+    from .._run.tally import Tally
 
 __all__ = [
     "NO_ACTION",
@@ -76,7 +76,7 @@ class _Held(NamedTuple):
 def member_groups(
     mapper: Mapper,
     pairs: Iterable[tuple[int, Any]],
-    run: _Run,
+    run: Tally,
     on_invalid_field: InvalidField = "fail_record",
     *,
     staged: bool = False,
@@ -157,7 +157,7 @@ def member_groups(
 
 
 def _guard_clears(
-    run: _Run,
+    run: Tally,
     held: list[_Held],
     position: int,
     record: Any,
@@ -182,7 +182,7 @@ def _guard_clears(
             yield group
 
 
-def _release(run: _Run, entry: _Held, staged: bool) -> tuple[Item] | None:
+def _release(run: Tally, entry: _Held, staged: bool) -> tuple[Item] | None:
     """One judged member's item, without the clears the guard stopped (``None``: nothing
     left to send, skipped)."""
     position, record, wire, data, fired = entry
@@ -202,7 +202,7 @@ def _release(run: _Run, entry: _Held, staged: bool) -> tuple[Item] | None:
     return (Item(ATTRIBUTES, data, values["external_id"], position, 1, count, record, wire),)
 
 
-def _interrupted(run: _Run, held: list[_Held]) -> None:
+def _interrupted(run: Tally, held: list[_Held]) -> None:
     """Fail what the guard still held when the run stopped: never sent, retryable."""
     while held:
         position, record, wire, data, _ = held.pop(0)
@@ -212,7 +212,7 @@ def _interrupted(run: _Run, held: list[_Held]) -> None:
 
 def _refused(
     mapper: Mapper,
-    run: _Run,
+    run: Tally,
     position: int,
     record: Any,
     external_id: str | None,
@@ -237,7 +237,7 @@ def _refused(
 
 
 def _each_field(
-    mapper: Mapper, record: Any, exc: CoercionError, run: _Run
+    mapper: Mapper, record: Any, exc: CoercionError, run: Tally
 ) -> tuple[dict[str, Any], list[CoercionError]]:
     """The slow path: each field on its own. Absent fields after the one the plan stopped
     at were not counted by it: count them here."""
@@ -286,7 +286,7 @@ def map_member(mapper: Mapper, record: Any) -> dict[str, Any]:
 def event_groups(
     mapper: Mapper,
     triples: Iterable[tuple[int, Any, str | None]],
-    run: _Run,
+    run: Tally,
     ledger: bool,
 ) -> Groups:
     """Events, each as a custom event or purchases (plus trigger attributes); merges and
@@ -320,7 +320,7 @@ def event_groups(
         yield run.open(position, event, items)
 
 
-def wire_attribute_groups(pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+def wire_attribute_groups(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
     """Braze attribute objects already coerced (the background sender's submissions)."""
     for position, wire in pairs:
         try:
@@ -337,10 +337,10 @@ def attribute_groups(
     member_id: str,
     values: AbcMapping[str, Any],
     types: AbcMapping[str, Any] | None,
-) -> Callable[[Iterable[tuple[int, Any]], _Run], Groups]:
+) -> Callable[[Iterable[tuple[int, Any]], Tally], Groups]:
     """The builder of a one-off attributes sync (types inferred unless given)."""
 
-    def build(pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+    def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         for position, record in pairs:
             try:
                 obj = mapper.attributes(member_id, values, types)

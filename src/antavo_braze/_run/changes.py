@@ -20,7 +20,7 @@ from .._build.records import NO_FIELD, InvalidField, cleared_by, member_groups
 from .._json import dumps_object
 from ..exceptions import AntavoBrazeError
 from .state import StateStore, already_sent, get_many, has_ledger
-from .tally import _Run, fingerprint
+from .tally import Tally, fingerprint
 
 __all__ = [
     "ALREADY_SENT",
@@ -45,13 +45,13 @@ def member_stages(
     secret: bytes,
     send_changed: bool,
     chunk_size: int,
-) -> Callable[[Iterable[tuple[int, Any]], _Run], Groups]:
+) -> Callable[[Iterable[tuple[int, Any]], Tally], Groups]:
     """The member pipeline of a call: the one member builder, then change detection when
     there is a state store to compare with."""
     if state is None:
         return lambda pairs, run: member_groups(mapper, pairs, run, on_invalid_field)
 
-    def build(pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+    def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         groups = member_groups(mapper, pairs, run, on_invalid_field, staged=True)
         return changed_groups(
             groups,
@@ -68,7 +68,7 @@ def member_stages(
 
 def changed_groups(
     groups: Groups,
-    run: _Run,
+    run: Tally,
     mapper: Mapper,
     state: StateStore,
     *,
@@ -97,7 +97,7 @@ def changed_groups(
 
 def _compare(
     chunk: list[Item],
-    run: _Run,
+    run: Tally,
     mapper: Mapper,
     state: StateStore,
     secret: bytes,
@@ -144,7 +144,7 @@ def _compare(
 
 def unsent(
     pairs: Iterable[tuple[int, Any]],
-    run: _Run,
+    run: Tally,
     state: StateStore | None,
     key: Callable[[Any], str | None],
 ) -> Iterator[tuple[int, Any, str | None]]:
@@ -165,7 +165,7 @@ def unsent(
 
 
 def _check_ledger(
-    chunk: list[tuple[int, Any, str | None]], run: _Run, state: StateStore
+    chunk: list[tuple[int, Any, str | None]], run: Tally, state: StateStore
 ) -> Iterator[tuple[int, Any, str | None]]:
     hits = already_sent(state, [i for _, _, i in chunk if i is not None])
     in_flight = set(run.sent.values())

@@ -23,12 +23,12 @@ from .deadletter import DeadLetterEntry, DeadLetterSink, entry_to_json, read_dea
 from .files import check_private, replace_private
 from .report import SyncReport
 from .state import StateStore
-from .tally import _Run
+from .tally import Tally
 
 __all__ = ["mark_replayed", "read_replay", "replay_builder", "replay_file"]
 
 Groups = Generator[Sequence[Item], None, None]
-Build = Callable[[Iterable[tuple[int, Any]], _Run], Groups]
+Build = Callable[[Iterable[tuple[int, Any]], Tally], Groups]
 _ALREADY_REPLAYED = "already replayed"
 
 
@@ -75,7 +75,7 @@ def replay_builder(
     """The builder of a replay: each entry resent as the objects it holds, or skipped with
     its reason (and carried over to the new dead letter). Resent positions go in ``resent``."""
 
-    def build(pairs: Iterable[tuple[int, Any]], run: _Run) -> Groups:
+    def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         for position, entry, ledger_id in unsent(pairs, run, state, _entry_event_key):
             if entry.replayed_at is not None and not again:
                 run.total += 1

@@ -484,3 +484,44 @@ def stderr_progress(progress: Progress) -> None:
     """A progress callback printing one updating line to stderr."""
     sys.stderr.write("\r" + progress.line())
     sys.stderr.flush()
+
+
+def field_counts(
+    field_names: tuple[tuple[str, str, bool], ...],
+    absent: list[int],
+    invalid: Mapping[str, int],
+    cleared: Mapping[str, int],
+    mapped: int,
+) -> dict[str, FieldCounts]:
+    """Per remote field, how it fared over the ``mapped`` member records: ``absent`` holds
+    the plan's counters (one per field first)."""
+    out: dict[str, FieldCounts] = {}
+    counts = absent[: len(field_names)]
+    for (location, remote, _), missing in zip(field_names, counts, strict=True):
+        bad = invalid.get(location, 0)
+        out[remote] = FieldCounts(
+            present=max(0, mapped - missing - bad),
+            absent=missing,
+            invalid=bad,
+            cleared=cleared.get(remote, 0),
+            path=location,
+        )
+    return out
+
+
+def outcomes_of(
+    failures: Iterable[RecordFailure], skips: Mapping[int, str], count: int
+) -> list[RecordOutcome]:
+    """Each of the first ``count`` records' own outcome: a record that neither failed nor
+    was skipped succeeded."""
+    failed = {f.index: f for f in failures}
+    out = []
+    for position in range(count):
+        failure = failed.get(position)
+        if failure is not None:
+            out.append(RecordOutcome("failed", failure.record_id, failure.reason, failure))
+        elif position in skips:
+            out.append(RecordOutcome("skipped", reason=skips[position]))
+        else:
+            out.append(RecordOutcome("succeeded"))
+    return out

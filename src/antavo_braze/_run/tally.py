@@ -1,11 +1,12 @@
 """Record accounting: one outcome per input record.
 
-A :class:`_Run` is the tally of one sync call. Records enter it when they are read, and leave
-it through exactly one of :meth:`_Run.succeed`, :meth:`_Run.fail` or :meth:`_Run.skip`. A
-record whose objects went into requests is settled from the batch outcomes
-(:meth:`_Run.settle`); whatever is still open when the run ends (an interrupt) is settled as
-interrupted by :meth:`_Run.report`. Nothing here does I/O except through the sinks it is
-given. What it hands back, the report and its parts, is :mod:`.report`.
+A :class:`Tally` is the accounting of one sync call. Records enter it through its pre-step
+(:meth:`Tally.admitted`, where unreadable lines and records an earlier run settled end at
+once) and leave it through exactly one of: :meth:`Tally.fail`, :meth:`Tally.skip`, or
+:meth:`Tally.open` (sent), which :meth:`Tally.settle` ends from the batch outcomes. Whatever
+is still open when the run stops is failed as interrupted (:meth:`Tally.close_open`), and
+the report refuses to add up otherwise. Nothing here does I/O except through the sinks it
+is given. What it hands back, the report and its parts, is :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from .report import (
     by_index,
     counted,
     failure_groups,
+    field_counts,
+    outcomes_of,
     stderr_progress,
 )
 
@@ -188,7 +191,7 @@ class _Parts:
         self.unknown = False
 
 
-class _Run:
+class Tally:
     """The tally of one sync call (see the module docstring)."""
 
     def __init__(
@@ -219,8 +222,6 @@ class _Run:
         self.saved = 0
         self.possible_duplicates = 0
         self.requests = 0
-        self.retries = 0
-        self.rate_limit_waits = 0
         self.started = time.perf_counter()
         self.next_progress = self.started + _PROGRESS_EVERY
         # Records whose objects are in flight carry themselves (Item.source); only records
@@ -325,79 +326,15 @@ class _Run:
     ) -> None:
         self.failed += 1
         first = problems[0] if problems else None
-        line = self.line(position) if line is None else line
-        self.failures.append(
-            RecordFailure(
-                position,
-                record_id,
-                stage,
-                reason,
-                retryable,
-                None if first is None else first.field,
-                None if first is None else first.value,
-                line,
-                outcome,
-                problems,
-            )
-        )
+        failure = RecordFailure(
+            position, record_id, stage, reason, retryable,
+            None if first is None else first.field, None if first is None else first.value,
+            self.line(position) if line is None else line, outcome, problems,
+        )  # fmt: skip
+        self.failures.append(failure)
         if self.sink is not None:
-            self.sink.write(
-                self._entry(
-                    position,
-                    record,
-                    record_id,
-                    stage,
-                    reason,
-                    retryable,
-                    outcome,
-                    objects,
-                    first,
-                    line,
-                )
-            )
+            self.sink.write(_dead_letter_entry(self, failure, record, objects))
         self.tick()
-
-    def _entry(
-        self,
-        position: int,
-        record: Any,
-        record_id: str | None,
-        stage: str,
-        reason: str,
-        retryable: bool,
-        outcome: Outcome,
-        objects: tuple[DeadLetterObject, ...],
-        first: FieldProblem | None,
-        line: int | None,
-    ) -> DeadLetterEntry:
-        fields = {
-            "stage": stage,
-            "reason": reason,
-            "retryable": retryable,
-            "outcome": outcome,
-            "objects": objects,
-            "time": _utc_now(),
-            "field": None if first is None else first.field,
-            "value": None if first is None else first.value,
-        }
-        if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
-            return attrs.evolve(
-                record,
-                replays=record.replays + 1,
-                replayed_at=None,  # a new failure: the next replay may resend it
-                **fields,  # type: ignore[arg-type]
-            )
-        kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
-        if self.members_from is not None and position >= self.members_from:
-            kind = "member"  # a member refreshed from Antavo, sent with a window's events
-        return DeadLetterEntry(
-            kind=kind,  # type: ignore[arg-type]
-            index=position,
-            record_id=record_id,
-            record=record_view(record),
-            line=line,
-            **fields,  # type: ignore[arg-type]
-        )
 
     def fail_invalid(
         self, position: int, record: Any, record_id: str | None, problems: list[CoercionError]
@@ -457,7 +394,7 @@ class _Run:
             if failure is not None:
                 parts.failed.append(item)
                 if parts.failure is None:
-                    parts.failure = (*failure, outcome.retryable, self._outcome_of(outcome))
+                    parts.failure = (*failure, outcome.retryable, _fate(outcome))
             else:
                 parts.done.append(item)
                 parts.unknown = parts.unknown or (outcome.unknown and item.array != ATTRIBUTES)
@@ -498,14 +435,6 @@ class _Run:
         if event_id is not None:
             self.sent_updates.append(event_id)
 
-    @staticmethod
-    def _outcome_of(outcome: BatchOutcome) -> Outcome:
-        if outcome.not_sent:
-            return "not_sent"
-        if outcome.error is not None and outcome.unknown:
-            return "unknown"
-        return "failed"
-
     def _failed_items(self, item: Item, outcome: BatchOutcome, failure: tuple[str, str]) -> None:
         stage, reason = failure
         whole = outcome.error is not None  # the request failed, not this object
@@ -516,7 +445,7 @@ class _Run:
             stage,  # type: ignore[arg-type]
             reason,
             retryable=outcome.retryable and whole,
-            outcome=self._outcome_of(outcome) if whole else "failed",
+            outcome=_fate(outcome) if whole else "failed",
             objects=_objects([item]),
         )
         self.states.pop(item.record, None)
@@ -562,99 +491,124 @@ class _Run:
                 retryable=True, outcome="not_sent", objects=_objects(left),
             )  # fmt: skip
 
+    def _field_counts(self) -> dict[str, FieldCounts]:
+        if not self.mapped:
+            return {}
+        return field_counts(self.field_names, self.absent, self.invalid, self.cleared, self.mapped)
+
     def outcomes(self, count: int) -> list[RecordOutcome]:
-        """Each of the first ``count`` records' own outcome (the run kept its skips): a
-        record that neither failed nor was skipped succeeded."""
+        """Each of the first ``count`` records' own outcome (the run kept its skips)."""
         assert self.skips is not None, "outcomes need a run made with skips = {}"
-        failed = {f.index: f for f in self.failures}
-        out = []
-        for position in range(count):
-            failure = failed.get(position)
-            if failure is not None:
-                out.append(RecordOutcome("failed", failure.record_id, failure.reason, failure))
-            elif position in self.skips:
-                out.append(RecordOutcome("skipped", reason=self.skips[position]))
-            else:
-                out.append(RecordOutcome("succeeded"))
-        return out
+        return outcomes_of(self.failures, self.skips, count)
 
-    def fields_report(self) -> dict[str, FieldCounts]:
-        out: dict[str, FieldCounts] = {}
-        counts = self.absent[: len(self.field_names)]
-        for (location, remote, _), absent in zip(self.field_names, counts, strict=True):
-            invalid = self.invalid.get(location, 0)
-            out[remote] = FieldCounts(
-                present=max(0, self.mapped - absent - invalid),
-                absent=absent,
-                invalid=invalid,
-                cleared=self.cleared.get(remote, 0),
-                path=location,
-            )
-        return out
-
-    def report_of_call(self, stats: Any) -> SyncReport:
-        """The report of a call that sent requests, with the send loop's ``CallStats``."""
-        return self.report(
-            requests=stats.requests,
-            retries=stats.retries,
-            rate_limit_waits=stats.rate_limited,
-            rate_limit_wait=stats.rate_limit_wait,
-            statuses=stats.statuses,
-        )
-
-    def report(
-        self,
-        *,
-        requests: int,
-        retries: int = 0,
-        rate_limit_waits: int = 0,
-        rate_limit_wait: float = 0.0,
-        statuses: Mapping[str, int] | None = None,
-    ) -> SyncReport:
+    def report(self, stats: Any = None, *, requests: int = 0) -> SyncReport:
+        """The report of the call; ``stats``: the send loop's ``CallStats`` (``None``: a call
+        that sent nothing, ``requests`` it would have made)."""
+        if self.parts:  # pragma: no cover - every record sent is settled or closed first
+            raise AssertionError(f"records left open: {sorted(self.parts)[:10]}")
         self.tick(force=True)
-        if self.warnings:
-            log.warning(
-                "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
-                len(self.warnings),
-                self.warnings[0],
-                extra=log_fields("sync", kind=self.kind, count=len(self.warnings)),
-            )
+        _log_warnings(self.kind, self.warnings)
         report = SyncReport(
             total=self.total,
             succeeded=self.succeeded,
             failed=self.failed,
             skipped=self.skipped,
-            requests=requests,
+            requests=requests if stats is None else stats.requests,
             failures=tuple(sorted(self.failures, key=by_index)),
             attribute_values=self.attribute_values,
             attribute_values_saved=self.saved,
             warnings=tuple(self.warnings),
             elapsed=time.perf_counter() - self.started,
-            fields=self.fields_report() if self.mapped else {},
+            fields=field_counts(
+                self.field_names, self.absent, self.invalid, self.cleared, self.mapped
+            )
+            if self.mapped
+            else {},
             skipped_by_reason=dict(self.skip_reasons),
             dropped=tuple(self.dropped),
             possible_duplicates=self.possible_duplicates,
-            retries=retries,
-            rate_limit_waits=rate_limit_waits,
-            rate_limit_wait=rate_limit_wait,
-            requests_by_status=dict(sorted(statuses.items())) if statuses else {},
+            retries=0 if stats is None else stats.retries,
+            rate_limit_waits=0 if stats is None else stats.rate_limited,
+            rate_limit_wait=0.0 if stats is None else stats.rate_limit_wait,
+            requests_by_status=dict(sorted(stats.statuses.items())) if stats else {},
             merged=self.merged,
             deleted=self.deleted,
             clears_stopped=dict(self.clear_guard.stopped),
         )
-        log.info(
-            "%s sync: %s",
-            self.kind,
-            report.summary(),
-            extra=log_fields(
-                "sync",
-                kind=self.kind,
-                total=report.total,
-                succeeded=report.succeeded,
-                failed=report.failed,
-                skipped=report.skipped,
-                requests=report.requests,
-                elapsed=round(report.elapsed, 3),
-            ),
-        )
+        _log_report(self.kind, report)
         return report
+
+
+def _dead_letter_entry(
+    run: Tally, failure: RecordFailure, record: Any, objects: tuple[DeadLetterObject, ...]
+) -> DeadLetterEntry:
+    """The dead-letter entry of a failed record (a replayed entry carried forward)."""
+    fields = {
+        "stage": failure.stage,
+        "reason": failure.reason,
+        "retryable": failure.retryable,
+        "outcome": failure.outcome,
+        "objects": objects,
+        "time": _utc_now(),
+        "field": failure.field,
+        "value": failure.value,
+    }
+    if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
+        return attrs.evolve(
+            record,
+            replays=record.replays + 1,
+            replayed_at=None,  # a new failure: the next replay may resend it
+            **fields,  # type: ignore[arg-type]
+        )
+    kind = run.kind if run.kind in ("member", "event", "attributes") else "member"
+    if run.members_from is not None and failure.index >= run.members_from:
+        kind = "member"  # a member refreshed from Antavo, sent with a window's events
+    return DeadLetterEntry(
+        kind=kind,  # type: ignore[arg-type]
+        index=failure.index,
+        record_id=failure.record_id,
+        record=record_view(record),
+        line=failure.line,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _fate(outcome: BatchOutcome) -> Outcome:
+    if outcome.not_sent:
+        return "not_sent"
+    if outcome.error is not None and outcome.unknown:
+        return "unknown"
+    return "failed"
+
+
+def _log_report(kind: str, report: SyncReport) -> None:
+    """One log line per call, with its counts as structured fields."""
+    log.info(
+        "%s sync: %s",
+        kind,
+        report.summary(),
+        extra=log_fields(
+            "sync",
+            kind=kind,
+            total=report.total,
+            succeeded=report.succeeded,
+            failed=report.failed,
+            skipped=report.skipped,
+            requests=report.requests,
+            elapsed=round(report.elapsed, 3),
+        ),
+    )
+
+
+def _log_warnings(kind: str, warnings: list[str]) -> None:
+    """Braze's errors that named no object: one warning for the call."""
+    if warnings:
+        log.warning(
+            "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
+            len(warnings),
+            warnings[0],
+            extra=log_fields("sync", kind=kind, count=len(warnings)),
+        )
+
+
+_Run = Tally  # the old name, for callers not yet moved

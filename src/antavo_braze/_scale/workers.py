@@ -40,7 +40,7 @@ from .._run.input import BadInput, reopen_input
 from .._run.interrupts import _is_default
 from .._run.progress import progress_callback
 from .._run.report import FieldCounts, Progress, SyncReport
-from .._run.tally import _Run
+from .._run.tally import Tally
 from ..exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 from .localpacer import SharedMemoryPacer
 from .redis import RedisPacer
@@ -265,7 +265,7 @@ def _fail_tail(
 ) -> SyncReport:
     """This worker's own records in ``[handled, furthest)``, which another worker read past:
     failed as interrupted before they were sent (what an earlier run settled stays skipped)."""
-    run = _Run(kind, sink=sink, line_of=share.line_of)
+    run = Tally(kind, sink=sink, line_of=share.line_of)
     name = signal.Signals(signum or signal.SIGINT).name
     reason = f"interrupted ({name}) before it was sent"
     key = share._key
