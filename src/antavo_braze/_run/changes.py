@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
+from functools import partial
 from typing import Any
 
 from .._build.batching import ATTRIBUTES, Item
@@ -49,7 +50,7 @@ def member_stages(
     """The member pipeline of a call: the one member builder, then change detection when
     there is a state store to compare with."""
     if state is None:
-        return lambda pairs, run: member_groups(mapper, pairs, run, on_invalid_field)
+        return partial(member_groups, mapper, on_invalid_field=on_invalid_field)
 
     def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         groups = member_groups(mapper, pairs, run, on_invalid_field, staged=True)

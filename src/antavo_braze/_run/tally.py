@@ -256,16 +256,17 @@ class Tally:
         """``(position, record)`` of the records a builder should see: an unreadable line
         (:class:`BadInput`) and a record an earlier run settled (:class:`Settled`, a resume)
         end here, once, before any builder sees them."""
-        for position, record in enumerate(records, start):
-            cls = record.__class__
+        for pair in enumerate(records, start):  # the pair itself goes on: the hot path
+            cls = pair[1].__class__
+            if cls is not BadInput and cls is not Settled:
+                yield pair
+                continue
+            position, record = pair
+            self.total += 1
             if cls is BadInput:
-                self.total += 1
                 self.fail(position, record, None, "input", record.reason, line=record.line)
-            elif cls is Settled:
-                self.total += 1
-                self.skip(position, record.reason)
             else:
-                yield position, record
+                self.skip(position, record.reason)
 
     def open(self, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
         """A record's objects, about to be batched: each carries its record (for the dead
