@@ -9,7 +9,7 @@ member builder (``_run/changes.py``).
 
 The member builder is the hot path: one ``Item`` per member, made with ``tuple.__new__`` (no
 Python-level ``__new__``), and a record's object left unencoded when its batch can encode it
-(``run.fresh``). It is pinned to :meth:`Mapper.map_member` by a twin test.
+(``run.fresh``). It is pinned to :meth:`Mapper.map_member` by a twin test (tests/test_records.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ __all__ = [
     "describe",
     "event_groups",
     "event_id",
-    "map_member",
     "member_groups",
     "record_id",
     "text_id",
@@ -270,14 +269,6 @@ def cleared_by(mapper: Mapper, record: Any, wire: AbcMapping[str, Any]) -> set[s
         if wire.get(plan.steps[n].remote_field, 0) is None
         and plan.steps[n].get(fields) is MISSING
     }
-
-
-def map_member(mapper: Mapper, record: Any) -> dict[str, Any]:
-    """A member's wire object, as :func:`member_groups` builds it (the plan, no refusals):
-    what the twin test compares with :meth:`Mapper.map_member`."""
-    absent = [0] * (len(mapper._fields.steps) * 2 + 1)
-    fields = record if record.__class__ is dict else member_fields(record)
-    return mapper._fields.fill(fields, {"external_id": mapper.member_id(record)}, absent)
 
 
 # --- events and attribute objects -----------------------------------------------------------
