@@ -531,7 +531,7 @@ class Tally:
             retries=0 if stats is None else stats.retries,
             rate_limit_waits=0 if stats is None else stats.rate_limited,
             rate_limit_wait=0.0 if stats is None else stats.rate_limit_wait,
-            requests_by_status=dict(sorted(stats.statuses.items())) if stats else {},
+            requests_by_status={} if stats is None else dict(sorted(stats.statuses.items())),
             merged=self.merged,
             deleted=self.deleted,
             clears_stopped=dict(self.clear_guard.stopped),
