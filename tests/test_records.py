@@ -102,7 +102,7 @@ def test_member_builder_twins_the_mapper(records: list[dict[str, Any]], fresh: b
     syncer = ab.Syncer(None, MAPPING)
     run = _tally(syncer, records)
     run.fresh = fresh
-    built = _built(member_groups(syncer.mapper, enumerate(records), run))
+    built = _built(member_groups(syncer.mapper, run.admitted(records), run))
     _check_twins(syncer, records, run, built)
 
 
@@ -118,7 +118,7 @@ def test_member_builder_with_the_change_stage_twins_the_mapper(
     syncer = ab.Syncer(None, MAPPING, state=store)
 
     def stage(run: Tally) -> Any:
-        groups = member_groups(syncer.mapper, enumerate(records), run, staged=True)
+        groups = member_groups(syncer.mapper, run.admitted(records), run, staged=True)
         return changed_groups(
             groups, run, syncer.mapper, store, secret=b"k", send_changed=False, chunk_size=5
         )
@@ -140,7 +140,7 @@ def test_a_stopped_change_stage_fails_what_it_held() -> None:
     syncer = ab.Syncer(None, MAPPING, state=store)
     records = [{"id": f"m{i}", "score": i} for i in range(5)]
     run = _tally(syncer, records)
-    groups = member_groups(syncer.mapper, enumerate(records), run, staged=True)
+    groups = member_groups(syncer.mapper, run.admitted(records), run, staged=True)
     stage = changed_groups(
         groups, run, syncer.mapper, store, secret=b"k", send_changed=False, chunk_size=3
     )

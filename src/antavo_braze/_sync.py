@@ -335,15 +335,14 @@ class Syncer:
 
     def _preview(self, kind: str, records: Iterable[Any], build: Build) -> list[dict[str, Any]]:
         run = self._new_run(kind, records, None)
-        run.progress = None
+        run.progress = None  # a preview is quick and says nothing on the way
         groups = build(run.admitted(rows_of(records)), run)
         return [loads(batch.body) for batch in pack(groups, self.limits)]
 
     def _sync(self, kind: str, records: Iterable[Any], workers: Workers) -> SyncReport:
         from ._scale.workers import run_in_workers, worker_count  # it builds on this module
 
-        count = worker_count(workers)
-        if count > 1:
+        if (count := worker_count(workers)) > 1:
             return run_in_workers(self, kind, records, count)
         return self._run(kind, records, self._builder(kind))
 
@@ -374,15 +373,16 @@ class Syncer:
         groups = build(run.admitted(until_interrupted(rows_of(records), interrupt)), run)
         packer = Packer(groups, self.limits)
         fatal: AntavoBrazeError | None = None
+        hard_stop = False
         try:
             with stop_on_signals(interrupt, self.handle_signals):
                 _send(client, self, run, packer, stats, interrupt)
         except KeyboardInterrupt:
-            pass  # a hard stop: what is still open fails as interrupted, below
+            hard_stop = True  # what is still open fails as interrupted, below
         except AntavoBrazeError as exc:
             fatal = exc  # every batch sent was settled; what was not sent is closed below
         finally:
-            groups.close()  # the builder counts the records it handled as it ends
+            groups.close()  # the builders fail what they still held as they end
             interrupt.close()
         signum = stats.interrupted or interrupt.signal
         if signum is None and fatal is None and (run.parts or packer.pending):
@@ -403,6 +403,8 @@ class Syncer:
             run.close_open(packer.pending, stopped)
             if each:  # the sender's window: what the stop left unread fails as not sent too
                 run.fail_unread(records, f"interrupted ({stopped}) before it was sent")  # type: ignore[arg-type]
+        elif hard_stop:
+            run.unread()  # what was cut short while mapped was never read
         report = run.report(stats)
         active = self._telemetry.active()
         if active is not None:
@@ -559,8 +561,7 @@ def fail_window(
     once the cause is fixed."""
     run = syncer._new_run(kind, records, syncer.dead_letter if hold is None else hold)
     run.skips = {}
-    for position, record in enumerate(records):
-        run.total += 1
+    for position, record in run.admitted(records):
         run.fail(
             position,
             record,

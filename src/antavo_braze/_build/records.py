@@ -82,8 +82,8 @@ def member_groups(
 ) -> Groups:
     """Members: the hot path, one ``(Item,)`` per member sent.
 
-    A record counts in ``run.total`` once handled (failed, skipped or yielded): one cut short
-    by a hard interrupt was never read, and ``--resume`` reads it again. With clearing
+    Records entered the tally in its pre-step; each leaves here failed, skipped or yielded
+    (one cut short by a hard interrupt is unread: ``--resume`` reads it again). With clearing
     fields, the records go through the clear guard (:func:`_guard_clears`). ``staged``: a
     change stage follows (``_run/changes.py``): each item keeps its ``wire`` dict and the
     stage, not this builder, counts what is cleared.
@@ -99,7 +99,7 @@ def member_groups(
     held: list[_Held] = []  # records waiting for the guard to judge
     guard = run.clear_guard
     mark = 0
-    mapped = others = 0  # records handled: mapped, or failed/refused while mapping
+    mapped = 0  # records whose fields were looked at (the field counts)
     try:
         for position, record in pairs:
             external_id = None
@@ -111,13 +111,11 @@ def member_groups(
                 wire = fill(fields, {"external_id": external_id}, absent)
             except CoercionError as exc:
                 values = _refused(mapper, run, position, record, external_id, exc, on_invalid_field)
-                others += 1
                 if values is None:
                     continue
                 wire = {"external_id": external_id, **values}
             except Exception as exc:  # a bad record fails alone, whatever is wrong with it
                 run.fail(position, record, record_id(record), "validation", describe(exc))
-                others += 1
                 continue
             else:
                 mapped += 1
@@ -151,7 +149,6 @@ def member_groups(
         _interrupted(run, held)
         raise
     finally:
-        run.total += mapped + others
         run.mapped += mapped
 
 
@@ -287,19 +284,15 @@ def event_groups(
         try:
             mapped = mapper.map_event(event)
         except CoercionError as exc:
-            run.total += 1
             run.fail_invalid(position, event, exc.record_id or event_id(event), [exc])
             continue
         except Exception as exc:
-            run.total += 1
             run.fail(position, event, event_id(event), "validation", describe(exc))
             continue
         if mapped.skipped:
-            run.total += 1
             run.skip(position, f"{NO_ACTION} {_action(event)!r}")
             continue
         if mapped.identity is not None:  # a merge or delete: applied after the run
-            run.total += 1
             action, into = mapped.identity
             external_id = mapper.event_customer(event)
             run.identities.append(Identity(position, event, external_id, action, into))
@@ -317,7 +310,6 @@ def wire_attribute_groups(pairs: Iterable[tuple[int, Any]], run: Tally) -> Group
         try:
             item = wire_item(ATTRIBUTES, wire, position, 1)
         except WireError as exc:
-            run.total += 1
             run.fail(position, wire, text_id(wire.get("external_id")), "validation", str(exc))
             continue
         yield run.open(position, wire, (item,))
@@ -336,7 +328,6 @@ def attribute_groups(
             try:
                 obj = mapper.attributes(member_id, values, types)
             except CoercionError as exc:
-                run.total += 1
                 run.fail_invalid(position, record, text_id(member_id), [exc])
                 continue
             yield run.open(position, record, (model_item(obj, position),))

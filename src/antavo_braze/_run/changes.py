@@ -172,7 +172,6 @@ def _check_ledger(
     in_flight = set(run.sent.values())
     for position, record, ledger_id in chunk:
         if ledger_id is not None and (ledger_id in hits or ledger_id in in_flight):
-            run.total += 1
             run.skip(position, ALREADY_SENT if ledger_id in hits else _REPEATED)
             continue
         if ledger_id is not None:

@@ -78,12 +78,10 @@ def replay_builder(
     def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
         for position, entry, ledger_id in unsent(pairs, run, state, _entry_event_key):
             if entry.replayed_at is not None and not again:
-                run.total += 1
                 run.skip(position, f"{_ALREADY_REPLAYED} (again=True / --again resends it)")
                 continue
             reason = _not_resent(entry, allow_duplicates)
             if reason is not None:
-                run.total += 1
                 run.skip(position, reason)
                 if run.sink is not None:
                     run.sink.write(entry)
@@ -92,7 +90,6 @@ def replay_builder(
                 parts = len(entry.objects)
                 items = tuple(wire_item(o.array, o.object, position, parts) for o in entry.objects)
             except WireError as exc:
-                run.total += 1
                 run.fail(position, entry, entry.record_id, "validation", str(exc))
                 continue
             resent.add(position)

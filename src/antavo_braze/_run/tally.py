@@ -257,24 +257,24 @@ class Tally:
         (:class:`BadInput`) and a record an earlier run settled (:class:`Settled`, a resume)
         end here, once, before any builder sees them."""
         for pair in enumerate(records, start):  # the pair itself goes on: the hot path
+            self.total += 1  # entered: it leaves through exactly one outcome
             cls = pair[1].__class__
             if cls is not BadInput and cls is not Settled:
                 yield pair
                 continue
             position, record = pair
-            self.total += 1
             if cls is BadInput:
                 self.fail(position, record, None, "input", record.reason, line=record.line)
             else:
                 self.skip(position, record.reason)
 
     def open(self, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
-        """A record's objects, about to be batched: each carries its record (for the dead
-        letter); a record with several objects is kept until its last answer."""
+        """A record's objects, about to be batched (sent: settled by the batch outcomes):
+        each carries its record (for the dead letter); a record with several objects is kept
+        until its last answer."""
         items = tuple(item._replace(source=record) for item in items)
         if len(items) > 1:
             self.parts[position] = _Parts(record, items)
-        self.total += 1
         return items
 
     def fail_unsent(self, position: int, record: Any, wire: dict[str, Any]) -> None:
@@ -491,11 +491,12 @@ class Tally:
                 position, parts.record, _record_key(parts.items[0]), "interrupted", reason,
                 retryable=True, outcome="not_sent", objects=_objects(left),
             )  # fmt: skip
+        self.unread()
 
-    def _field_counts(self) -> dict[str, FieldCounts]:
-        if not self.mapped:
-            return {}
-        return field_counts(self.field_names, self.absent, self.invalid, self.cleared, self.mapped)
+    def unread(self) -> None:
+        """A stopped run: records entered but never built (read ahead, or cut short while
+        mapped) leave the tally unread, so the report adds up and a resume reads them again."""
+        self.total = self.succeeded + self.failed + self.skipped
 
     def outcomes(self, count: int) -> list[RecordOutcome]:
         """Each of the first ``count`` records' own outcome (the run kept its skips)."""
