@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._run.tally import counted
+from antavo_braze._run.report import counted
 from antavo_braze.testing import FakeBraze
 
 from .conftest import in_threads

@@ -19,7 +19,7 @@ from antavo_braze._run.checkpoint import (
     merge_ranges,
     reopened,
 )
-from antavo_braze._run.tally import RecordFailure, SyncReport
+from antavo_braze._run.report import RecordFailure, SyncReport
 from antavo_braze.exceptions import ConfigurationError
 
 ranges = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 200)), max_size=30)

@@ -130,7 +130,7 @@ def test_stopped_while_held_adds_up(client: ab.BrazeClient) -> None:
     """Records the guard held back when the run stops are failed as interrupted (not sent)."""
     syncer = ab.Syncer(client, tier_mapping())
     run = syncer._new_run("member", None, None)
-    groups = syncer._member_builder()(iter(gold_members(150)), run)
+    groups = syncer._member_builder()(run.admitted(iter(gold_members(150))), run)
     first = next(groups)  # released once the 100th member was seen
     assert first[0].record == 0
     groups.close()

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import antavo_braze as ab
-from antavo_braze._run.tally import RecordFailure, RecordOutcome
+from antavo_braze._run.report import RecordFailure, RecordOutcome
 from antavo_braze._sender import may_retry, retry_delay
 from antavo_braze.testing import FakeBraze
 

@@ -569,7 +569,7 @@ def test_failure_groups_count_every_problem_once(
 ) -> None:
     """Groups account for every problem (a failure without problems counts once), group
     names never hold a value, and the most frequent group comes first."""
-    from antavo_braze._run.tally import failure_groups
+    from antavo_braze._run.report import failure_groups
 
     failures = []
     for index, (stage, found, retryable) in enumerate(specs):

@@ -36,8 +36,7 @@ from ._run.deadletter import (
 )
 from ._run.filecheck import FieldCheck, FileCheck, check_file
 from ._run.input import BadInput, RecordSource, read_records
-from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
-from ._run.tally import (
+from ._run.report import (
     DroppedField,
     FieldCounts,
     FieldProblem,
@@ -46,6 +45,7 @@ from ._run.tally import (
     RecordOutcome,
     SyncReport,
 )
+from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
 from ._scale.localpacer import SharedMemoryPacer
 from ._scale.redis import RedisOrder, RedisPacer, RedisStateStore
 from ._scale.shard import shard_of

@@ -11,13 +11,15 @@ deletions; each is verified (the profile gone from ``/users/export/ids``) before
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
 
 from ._braze.limits import IDS_PER_REQUEST
+from ._build.records import Identity
 from ._client import BrazeClient
-from ._run.tally import Stage, _Run
+from ._run.report import Stage
+from ._run.tally import Tally
 from ._telemetry import log_fields
 from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
 
@@ -27,6 +29,7 @@ __all__ = [
     "apply_identities",
     "delete_guard",
     "settle_dry_run",
+    "settle_identities",
 ]
 
 log = logging.getLogger("antavo_braze.sync")
@@ -34,16 +37,6 @@ log = logging.getLogger("antavo_braze.sync")
 GUARD_MIN_RECORDS = 100  # the mass-delete guard looks at runs of at least this many records
 _FIRST_CHECK = 0.2  # seconds before the first verification read; then doubling
 _MAX_CHECK_INTERVAL = 15.0
-
-
-class Identity(NamedTuple):
-    """One merge or delete collected from a run: its record and what to do."""
-
-    position: int
-    record: Any
-    external_id: str
-    action: str  # "merge" or "delete"
-    into: str | None = None
 
 
 def delete_guard(
@@ -74,7 +67,7 @@ def _stage_of(exc: AntavoBrazeError) -> tuple[Stage, bool]:
 
 def apply_identities(
     client: BrazeClient,
-    run: _Run,
+    run: Tally,
     identities: Sequence[Identity],
     *,
     allow_deletes: bool,
@@ -122,11 +115,45 @@ def apply_identities(
     return requests + _verify(client, run, queued, verify_within, sleep)
 
 
-def settle_dry_run(
-    run: _Run, identities: Sequence[Identity], *, allow_deletes: bool, max_delete_ratio: float
-) -> None:
-    """A dry run: merges and deletes the guards allow count as would-succeed; the rest fail
-    with the guard's reason, as the real run would."""
+def settle_identities(
+    client: BrazeClient,
+    run: Tally,
+    signum: int | None,
+    *,
+    allow_deletes: bool,
+    max_delete_ratio: float,
+    verify_within: float,
+) -> int:
+    """Merges and deletes collected by the run: applied now, or failed as not sent when the
+    run was stopped by ``signum``. Return the requests made."""
+    identities, run.identities = run.identities, []
+    if signum is None:
+        return apply_identities(
+            client,
+            run,
+            identities,
+            allow_deletes=allow_deletes,
+            max_delete_ratio=max_delete_ratio,
+            verify_within=verify_within,
+        )
+    name = signal.Signals(signum).name
+    for identity in identities:
+        run.fail(
+            identity.position,
+            identity.record,
+            identity.external_id,
+            "interrupted",
+            f"interrupted ({name}) before the {identity.action} was sent",
+            retryable=True,
+            outcome="not_sent",
+        )
+    return 0
+
+
+def settle_dry_run(run: Tally, *, allow_deletes: bool, max_delete_ratio: float) -> None:
+    """A dry run's merges and deletes: those the guards allow count as would-succeed; the
+    rest fail with the guard's reason, as the real run would."""
+    identities, run.identities = run.identities, []
     deletes = [i for i in identities if i.action == "delete"]
     refusal = delete_guard(
         len(deletes), run.total, allow_deletes=allow_deletes, max_delete_ratio=max_delete_ratio
@@ -140,7 +167,7 @@ def settle_dry_run(
             run.succeeded += 1
 
 
-def _fail_all(run: _Run, chunk: Sequence[Identity], exc: AntavoBrazeError) -> None:
+def _fail_all(run: Tally, chunk: Sequence[Identity], exc: AntavoBrazeError) -> None:
     stage, retryable = _stage_of(exc)
     for identity in chunk:
         run.fail(
@@ -155,7 +182,7 @@ def _fail_all(run: _Run, chunk: Sequence[Identity], exc: AntavoBrazeError) -> No
 
 def _verify(
     client: BrazeClient,
-    run: _Run,
+    run: Tally,
     queued: Sequence[Identity],
     within: float,
     sleep: Callable[[float], None],

@@ -47,8 +47,8 @@ from ._run.deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._run.filecheck import FileCheck, check_file
 from ._run.files import check_private, ensure_private_file, replace_private
 from ._run.input import RecordSource, read_records
+from ._run.report import Progress, SyncReport, counted
 from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
-from ._run.tally import Progress, SyncReport, counted
 from ._scale.redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
 from ._scale.shard import Sharded, parse_shard
 from ._sync import Syncer, needs_a_look

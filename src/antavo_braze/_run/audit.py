@@ -22,7 +22,7 @@ from .._build.coerce import to_datetime
 from .._build.mapper import Mapper
 from ..exceptions import CoercionError
 from .input import BadInput
-from .tally import SyncReport, counted
+from .report import SyncReport, counted
 
 __all__ = [
     "AuditExample",

@@ -24,7 +24,7 @@ from attrs import frozen
 from ..exceptions import ConfigurationError
 from .files import replace_private
 from .input import reopen_input
-from .tally import RecordFailure, SyncReport
+from .report import RecordFailure, SyncReport
 
 __all__ = [
     "Checkpoint",

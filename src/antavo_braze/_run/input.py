@@ -16,13 +16,15 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from collections.abc import Mapping as AbcMapping
 from os import PathLike
 from pathlib import Path
 from typing import IO, Any
 
 from attrs import frozen
 
+from .._build.records import event_id as event_id
+from .._build.records import record_id as record_id
+from .._build.records import text_id as text_id
 from ..exceptions import ConfigurationError
 
 __all__ = ["BadInput", "RecordSource", "read_records"]
@@ -459,20 +461,3 @@ def change_id(kind: str, record: Any) -> str | None:
     if kind == "attributes":  # a wire object, or the values refused at submit
         return text_id(record.get("external_id", record.get("id")))
     return record_id(record)
-
-
-def text_id(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def record_id(record: Any) -> str | None:
-    """A member record's id, as text."""
-    value = record.get("id") if isinstance(record, AbcMapping) else getattr(record, "id", None)
-    return text_id(value)
-
-
-def event_id(record: Any) -> str | None:
-    """The member an event belongs to (its customer), as text."""
-    if isinstance(record, AbcMapping):
-        return text_id(record.get("customer"))
-    return text_id(getattr(record, "customer_id", None))

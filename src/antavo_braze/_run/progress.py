@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .tally import Progress
+from collections.abc import Callable
+
+from .report import Progress, stderr_progress
 
 
 class TqdmProgress:
@@ -16,3 +18,18 @@ class TqdmProgress:
         self._bar.update(progress.done - self._done)
         self._done = progress.done
         self._bar.set_postfix(failed=progress.failed, requests=progress.requests, refresh=False)
+
+
+def progress_callback(
+    spec: bool | Callable[[Progress], None] | None, total: int | None
+) -> Callable[[Progress], None] | None:
+    """The progress callback of one call (the Syncer's ``progress``): the caller's, or a tqdm
+    bar of its own (a stderr line without tqdm)."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        try:
+            return TqdmProgress(total)  # a bar of its own per call
+        except ModuleNotFoundError:
+            return stderr_progress
+    return spec

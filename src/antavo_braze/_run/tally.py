@@ -1,11 +1,12 @@
-"""Record accounting: one outcome per input record, and the report that adds them up.
+"""Record accounting: one outcome per input record.
 
-A :class:`_Run` is the tally of one sync call. Records enter it when they are read, and leave
-it through exactly one of :meth:`_Run.succeed`, :meth:`_Run.fail` or :meth:`_Run.skip`. A
-record whose objects went into requests is settled from the batch outcomes
-(:meth:`_Run.settle`); whatever is still open when the run ends (an interrupt) is settled as
-interrupted by :meth:`_Run.report`. Nothing here does I/O except through the sinks it is
-given.
+A :class:`Tally` is the accounting of one sync call. Records enter it through its pre-step
+(:meth:`Tally.admitted`, where unreadable lines and records an earlier run settled end at
+once) and leave it through exactly one of: :meth:`Tally.fail`, :meth:`Tally.skip`, or
+:meth:`Tally.open` (sent), which :meth:`Tally.settle` ends from the batch outcomes. Whatever
+is still open when the run stops is failed as interrupted (:meth:`Tally.close_open`), and
+the report refuses to add up otherwise. Nothing here does I/O except through the sinks it
+is given. What it hands back, the report and its parts, is :mod:`.report`.
 """
 
 from __future__ import annotations
@@ -14,22 +15,39 @@ import hashlib
 import hmac
 import json
 import logging
-import re
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from datetime import date, datetime, timezone
-from html import escape
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
 
 import attrs
-from attrs import field, frozen
 
 from .._build.batching import ATTRIBUTES, BatchOutcome, Item
 from .._telemetry import log_fields
 from ..exceptions import CoercionError, short_repr
+from .checkpoint import Settled
 from .deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
+from .input import BadInput, change_id
+
+# The report's value types live in .report; these names are kept importable from here for
+# the callers written against the old home (the sender, the workers).
+from .report import (
+    DroppedField,
+    FieldCounts,
+    FieldProblem,
+    Progress,
+    RecordFailure,
+    RecordOutcome,
+    Stage,
+    SyncReport,
+    by_index,
+    counted,
+    failure_groups,
+    field_counts,
+    outcomes_of,
+    stderr_progress,
+)
 
 __all__ = [
     "CLEAR_GUARD_FROM",
@@ -42,101 +60,18 @@ __all__ = [
     "RecordOutcome",
     "Stage",
     "SyncReport",
+    "counted",
     "failure_groups",
     "fingerprint",
     "is_mass_clear",
     "record_view",
+    "stderr_progress",
 ]
 
 log = logging.getLogger("antavo_braze.sync")
 
-Stage = Literal["input", "validation", "braze", "transport", "interrupted", "antavo"]
 _PROGRESS_EVERY = 0.5  # seconds between progress callbacks
-_SHOWN_FAILURES = 20
-_GROUPED_FROM = 5  # more failures than this are shown grouped by stage, field and reason
-_SHOWN_GROUPS = 10
 CLEAR_GUARD_FROM = 100  # the mass-clear guard judges from this many members on
-_GROUP_EXAMPLES = 5  # input positions shown per failure group
-REPORT_VERSION = 1  # of SyncReport.to_dict()'s shape: bumped when a key changes meaning
-_HTML_ROWS = 200
-
-
-@frozen
-class FieldProblem:
-    """One field of a record that could not be sent: the loyalty ``field`` path, a short,
-    redacted form of its ``value``, and why."""
-
-    field: str
-    value: str
-    reason: str
-
-
-@frozen
-class RecordFailure:
-    """Why one input record failed.
-
-    ``index`` is its 0-based position in the input; ``line`` its 1-based line in the input
-    file, when known. ``stage``: ``"input"`` (unreadable line), ``"validation"``, ``"braze"``,
-    ``"transport"`` or ``"interrupted"``. ``field`` / ``value`` name the first bad field
-    (``problems`` lists all of them). ``outcome``: ``"failed"`` (not applied), ``"unknown"``
-    (Braze may have applied it) or ``"not_sent"``.
-    """
-
-    index: int
-    record_id: str | None
-    stage: Stage
-    reason: str
-    retryable: bool = False
-    field: str | None = None
-    value: str | None = None
-    line: int | None = None
-    outcome: Outcome = "failed"
-    problems: tuple[FieldProblem, ...] = ()
-
-
-@frozen
-class RecordOutcome:
-    """What became of one record: ``status`` ``"succeeded"``, ``"failed"`` (``failure`` says
-    the stage and reason; the record is in the dead letter) or ``"skipped"`` (``reason``)."""
-
-    status: Literal["succeeded", "failed", "skipped"]
-    record_id: str | None = None
-    reason: str | None = None
-    failure: RecordFailure | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True unless the record failed (a skip is not a failure)."""
-        return self.status != "failed"
-
-    @property
-    def stage(self) -> Stage | None:
-        """The failed stage (``None`` unless failed)."""
-        return None if self.failure is None else self.failure.stage
-
-
-@frozen
-class DroppedField:
-    """A field left out of a record that was sent anyway (``on_invalid_field="drop_field"``)."""
-
-    index: int
-    record_id: str | None
-    field: str
-    value: str
-    reason: str
-
-
-@frozen
-class FieldCounts:
-    """How one mapped field fared over a member sync: in how many records it was ``present``
-    (and sent), ``absent``, ``invalid``, and ``cleared`` (sent as null, ``when_missing``);
-    ``path`` is its ``loyalty_field``."""
-
-    present: int = 0
-    absent: int = 0
-    invalid: int = 0
-    cleared: int = 0
-    path: str = ""
 
 
 def is_mass_clear(seen: int, cleared: int, max_ratio: float | None) -> bool:
@@ -180,306 +115,6 @@ class ClearGuard:
                     count,
                     self.seen,
                 )
-
-
-def counted(count: int, noun: str) -> str:
-    """``count`` with its noun, singular for one: "1 record", "2 records", "0 records"."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-@frozen
-class SyncReport:
-    """One outcome per input record. Always ``total == succeeded + failed + skipped``.
-
-    ``fields`` counts, per remote field, how often it was present, absent, invalid or cleared
-    (member syncs); a field never present is named in ``str(report)``. ``skipped_by_reason``
-    says why records were skipped. ``possible_duplicates`` counts events and purchases that
-    succeeded after an earlier attempt whose answer was lost (Braze may hold them twice).
-    ``clears_stopped``: the fields the mass-clear guard stopped clearing, each with
-    ``(members that would have lost it, members seen)`` when it stopped.
-    """
-
-    total: int
-    succeeded: int
-    failed: int
-    skipped: int
-    requests: int
-    failures: tuple[RecordFailure, ...] = ()
-    attribute_values: int = 0  # attribute values Braze accepted (each one a data point)
-    attribute_values_saved: int = 0  # unchanged values change detection did not send
-    warnings: tuple[str, ...] = ()
-    elapsed: float = 0.0
-    fields: Mapping[str, FieldCounts] = field(factory=dict)
-    skipped_by_reason: Mapping[str, int] = field(factory=dict)
-    dropped: tuple[DroppedField, ...] = ()
-    possible_duplicates: int = 0
-    retries: int = 0
-    rate_limit_waits: int = 0
-    rate_limit_wait: float = 0.0  # seconds waited because Braze asked to (429)
-    requests_by_status: Mapping[str, int] = field(factory=dict)  # tries; "error": no answer
-    merged: int = 0  # profiles merged ("as": "merge"; Braze applies merges asynchronously)
-    deleted: int = 0  # profiles deleted and verified gone ("as": "delete")
-    clears_stopped: Mapping[str, tuple[int, int]] = field(factory=dict)
-    watermark: str | None = None  # a pull from Antavo: where the next pull of its kind starts
-
-    def __attrs_post_init__(self) -> None:
-        if self.total != self.succeeded + self.failed + self.skipped:  # pragma: no cover
-            raise AssertionError(f"report does not add up: {self!r}")
-
-    @property
-    def ok(self) -> bool:
-        """True when no record failed."""
-        return self.failed == 0
-
-    def summary(self) -> str:
-        """One line: counts, requests and time."""
-        rate = f", {self.total / self.elapsed:,.0f} records/s" if self.elapsed > 0 else ""
-        return (
-            f"{counted(self.total, 'record')}: {self.succeeded} succeeded, {self.failed} failed, "
-            f"{self.skipped} skipped; {counted(self.requests, 'request')}{rate}"
-        )
-
-    @property
-    def guard_stopped(self) -> bool:
-        """Whether a guard stopped part of the run (a mass clear): worth a look like a failure."""
-        return bool(self.clears_stopped)
-
-    def notes(self) -> list[str]:
-        """What looks wrong but is not an error: fields never found, values cleared, skips."""
-        lines = []
-        never = [
-            f"{c.path or name} (-> {name})"
-            for name, c in self.fields.items()
-            if c.absent and c.present == 0 and c.invalid == 0 and c.cleared == 0
-        ]
-        if never:
-            lines.append(
-                f"mapped path(s) found in no record, so never sent nor cleared: "
-                f"{', '.join(never)} (check the loyalty_field; "
-                "`antavo-braze validate MAPPING --input FILE`)"
-            )
-        for name, (count, seen) in self.clears_stopped.items():
-            lines.append(
-                f"STOPPED clearing {name}: {count} of the first {seen} members would have lost "
-                "it (a misspelled path or a partial export?); nothing more of it was cleared "
-                "(max_clear_ratio; --allow-mass-clear if this is meant)"
-            )
-        cleared = {name: c.cleared for name, c in self.fields.items() if c.cleared}
-        if cleared:
-            lines.append(
-                "cleared (null, when_missing: clear): "
-                + ", ".join(f"{name} x{count}" for name, count in cleared.items())
-            )
-        for reason, count in self.skipped_by_reason.items():
-            lines.append(f"skipped {count}: {reason}")
-        if self.dropped:
-            by_field: Counter[str] = Counter(d.field for d in self.dropped)
-            example = {d.field: d for d in reversed(self.dropped)}
-            lines.append(
-                f"{len(self.dropped)} invalid field value(s) left out (drop_field): "
-                + "; ".join(
-                    f"{name} x{count} (e.g. {_short(example[name].value)}: {example[name].reason})"
-                    for name, count in by_field.most_common(5)
-                )
-            )
-        if self.possible_duplicates:
-            lines.append(
-                f"{self.possible_duplicates} event record(s) succeeded after an attempt whose "
-                "answer was lost: Braze may have recorded them twice"
-            )
-        if self.merged:
-            lines.append(f"merged {self.merged} profile(s) into others (/users/merge)")
-        if self.deleted:
-            lines.append(f"deleted (verified) {self.deleted} profile(s) (/users/delete)")
-        if self.watermark is not None:
-            lines.append(f"watermark: the next pull starts at {self.watermark}")
-        if self.attribute_values_saved:
-            lines.append(
-                f"change detection left out {self.attribute_values_saved} unchanged attribute "
-                f"values ({self.attribute_values} sent)"
-            )
-        return lines
-
-    def failure_groups(self) -> list[tuple[tuple[str, str, str], int, RecordFailure]]:
-        """The failures grouped by ``(stage, field, reason)``, largest group first: each
-        with its count and its first failure (an example)."""
-        counts: Counter[tuple[str, str, str]] = Counter()
-        first: dict[tuple[str, str, str], RecordFailure] = {}
-        for failure in self.failures:
-            key = (failure.stage, failure.field or "-", _general_reason(failure))
-            counts[key] += 1
-            first.setdefault(key, failure)
-        return [(key, count, first[key]) for key, count in counts.most_common()]
-
-    def __str__(self) -> str:
-        lines = [self.summary(), *self.notes()]
-        if len(self.failures) <= _GROUPED_FROM:
-            for failure in self.failures:
-                where = f"line {failure.line}" if failure.line is not None else f"#{failure.index}"
-                lines.append(
-                    f"  {where} {failure.record_id or '?'} [{failure.stage}] {failure.reason}"
-                )
-            return "\n".join(lines)
-        groups = self.failure_groups()
-        lines.append(f"failures by stage, field and reason ({len(groups)} kinds):")
-        for (stage, name, reason), count, example in groups[:_SHOWN_GROUPS]:
-            where = f"line {example.line}" if example.line is not None else f"#{example.index}"
-            lines.append(
-                f"  {count:>7,} x [{stage}] {name}: {reason}  "
-                f"(e.g. {where} {example.record_id or '?'}"
-                + (f", value {_short(example.value)}" if example.value is not None else "")
-                + ")"
-            )
-        if len(groups) > _SHOWN_GROUPS:
-            rest = sum(count for _, count, _ in groups[_SHOWN_GROUPS:])
-            lines.append(f"  ... {rest:,} more in {len(groups) - _SHOWN_GROUPS} other kinds")
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        colour = "green" if self.ok else "firebrick"
-        parts = [f"<p style='color:{colour}'><b>{escape(self.summary())}</b></p>"]
-        parts += [f"<p>{escape(note)}</p>" for note in self.notes()]
-        if self.fields:
-            rows = "".join(
-                f"<tr><td><code>{escape(name)}</code></td><td>{c.present}</td>"
-                f"<td>{c.absent}</td><td>{c.invalid}</td><td>{c.cleared}</td></tr>"
-                for name, c in self.fields.items()
-            )
-            parts.append(
-                "<table><thead><tr><th>field</th><th>present</th><th>absent</th>"
-                f"<th>invalid</th><th>cleared</th></tr></thead><tbody>{rows}</tbody></table>"
-            )
-        if self.failures:
-            rows = "".join(
-                f"<tr><td>{f.index}</td><td>{'' if f.line is None else f.line}</td>"
-                f"<td>{escape(f.record_id or '')}</td><td>{f.stage}</td>"
-                f"<td>{escape(f.field or '')}</td><td>{escape(f.reason)}</td></tr>"
-                for f in self.failures[:_HTML_ROWS]
-            )
-            parts.append(
-                "<table><thead><tr><th>index</th><th>line</th><th>record</th><th>stage</th>"
-                f"<th>field</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
-            )
-            if len(self.failures) > _HTML_ROWS:
-                parts.append(
-                    f"<p>Showing {_HTML_ROWS} of {len(self.failures):,} failures: "
-                    "<code>pandas.DataFrame(report.failures_table())</code> has them all.</p>"
-                )
-        return "".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The outcome as JSON-ready data for schedulers and monitoring (what the CLI's
-        ``--report-json`` writes): counts, failures grouped by stage, field and reason,
-        requests, the watermark and timings. No member ids or values: the dead letter holds
-        the records."""
-        watermark = getattr(self, "watermark", None)
-        if isinstance(watermark, (datetime, date)):
-            watermark = watermark.isoformat()
-        by_stage: Counter[str] = Counter(f.stage for f in self.failures)
-        dropped: Counter[tuple[str, str]] = Counter((d.field, d.reason) for d in self.dropped)
-        return {
-            "report_version": REPORT_VERSION,
-            "ok": self.ok,
-            "counts": {
-                "total": self.total,
-                "succeeded": self.succeeded,
-                "failed": self.failed,
-                "skipped": self.skipped,
-                "possible_duplicates": self.possible_duplicates,
-                "attribute_values": self.attribute_values,
-                "attribute_values_saved": self.attribute_values_saved,
-                "merged": self.merged,
-                "deleted": self.deleted,
-            },
-            "skipped_by_reason": dict(self.skipped_by_reason),
-            "failures": failure_groups(self.failures),
-            "failures_by_stage": dict(sorted(by_stage.items())),
-            "failures_retryable": sum(1 for f in self.failures if f.retryable),
-            "dropped_fields": [
-                {"field": name, "reason": reason, "count": count}
-                for (name, reason), count in dropped.most_common()
-            ],
-            "fields": {name: attrs.asdict(counts) for name, counts in self.fields.items()},
-            "requests": self.requests,
-            "retries": self.retries,
-            "requests_by_status": dict(self.requests_by_status),
-            "rate_limit_waits": self.rate_limit_waits,
-            "rate_limit_wait_seconds": round(self.rate_limit_wait, 3),
-            "watermark": watermark,
-            "timings": {
-                "elapsed_seconds": round(self.elapsed, 3),
-                "records_per_second": round(self.total / self.elapsed, 1) if self.elapsed else None,
-            },
-            "warnings": list(self.warnings[:_SHOWN_FAILURES]),
-        }
-
-    def failures_table(self) -> list[dict[str, Any]]:
-        """The failures as rows of plain dicts (``pandas.DataFrame(report.failures_table())``)."""
-        return [
-            {
-                "index": f.index,
-                "line": f.line,
-                "record_id": f.record_id,
-                "stage": f.stage,
-                "field": f.field,
-                "value": f.value,
-                "reason": f.reason,
-                "retryable": f.retryable,
-                "outcome": f.outcome,
-            }
-            for f in self.failures
-        ]
-
-
-@frozen
-class Progress:
-    """How far a running sync has got (given to the ``progress`` callback)."""
-
-    done: int
-    succeeded: int
-    failed: int
-    skipped: int
-    requests: int
-    elapsed: float
-    total: int | None = None  # the input's length, when it has one
-
-    @property
-    def rate(self) -> float:
-        """Records finished per second so far."""
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def fraction(self) -> float | None:
-        """How much of the input is done (0 to 1), when its size is known."""
-        if not self.total:
-            return None
-        return min(1.0, self.done / self.total)
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left at the rate so far, when the input's size is known."""
-        if self.total is None or self.rate <= 0:
-            return None
-        return max(0, self.total - self.done) / self.rate
-
-    def line(self) -> str:
-        """A one-line rendering for terminals: with a known total, also the percentage and
-        the time left."""
-        of = f"/{self.total:,}" if self.total is not None else ""
-        fraction, eta = self.fraction, self.eta
-        share = f"{fraction:.0%}, " if fraction is not None else ""
-        left = f", ETA {_clock(eta)}" if eta is not None else ""
-        return (
-            f"{self.done:,}{of} records ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
-            f"ok, {self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
-        )
-
-
-def _clock(seconds: float) -> str:
-    """``H:MM:SS`` (whole seconds, rounded up: a last second left still shows)."""
-    whole = int(-(-seconds // 1))
-    hours, rest = divmod(whole, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 # --- values for dead letters and state --------------------------------------------------------
@@ -556,7 +191,7 @@ class _Parts:
         self.unknown = False
 
 
-class _Run:
+class Tally:
     """The tally of one sync call (see the module docstring)."""
 
     def __init__(
@@ -587,8 +222,6 @@ class _Run:
         self.saved = 0
         self.possible_duplicates = 0
         self.requests = 0
-        self.retries = 0
-        self.rate_limit_waits = 0
         self.started = time.perf_counter()
         self.next_progress = self.started + _PROGRESS_EVERY
         # Records whose objects are in flight carry themselves (Item.source); only records
@@ -599,11 +232,9 @@ class _Run:
         # The event ledger: ids of events in flight by position, and those Braze accepted.
         self.sent: dict[int, str] = {}
         self.sent_updates: list[str] = []
-        # Field presence (member syncs): absent counts are filled by the compiled plan.
-        self.field_names = field_names
-        # The compiled plan's counters: one per field (absent), then one per clearing field.
-        clearing = sum(clears for _, _, clears in field_names)
-        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
+        # Field presence (member syncs): absent counts are filled by the compiled plan, one
+        # per field, then one per clearing field, then every clear.
+        self.count_fields(field_names)
         self.cleared: Counter[str] = Counter()  # nulls sent per remote field
         self.clear_guard = ClearGuard(max_clear_ratio)
         self.invalid: Counter[str] = Counter()
@@ -620,6 +251,55 @@ class _Run:
         self.members_from: int | None = None
 
     # --- entering and leaving ------------------------------------------------------------
+
+    def admitted(self, records: Iterable[Any], start: int = 0) -> Iterator[tuple[int, Any]]:
+        """``(position, record)`` of the records a builder should see: an unreadable line
+        (:class:`BadInput`) and a record an earlier run settled (:class:`Settled`, a resume)
+        end here, once, before any builder sees them."""
+        for pair in enumerate(records, start):  # the pair itself goes on: the hot path
+            self.total += 1  # entered: it leaves through exactly one outcome
+            cls = pair[1].__class__
+            if cls is not BadInput and cls is not Settled:
+                yield pair
+                continue
+            position, record = pair
+            if cls is BadInput:
+                self.fail(position, record, None, "input", record.reason, line=record.line)
+            else:
+                self.skip(position, record.reason)
+
+    def open(self, position: int, record: Any, items: tuple[Item, ...]) -> tuple[Item, ...]:
+        """A record's objects, about to be batched (sent: settled by the batch outcomes):
+        each carries its record (for the dead letter); a record with several objects is kept
+        until its last answer."""
+        items = tuple(item._replace(source=record) for item in items)
+        if len(items) > 1:
+            self.parts[position] = _Parts(record, items)
+        return items
+
+    def fail_unsent(self, position: int, record: Any, wire: dict[str, Any]) -> None:
+        """A member's attributes object that was built but never sent (the run stopped)."""
+        self.fail(
+            position, record, wire["external_id"], "interrupted", "interrupted before it was sent",
+            retryable=True, outcome="not_sent",
+            objects=(DeadLetterObject(ATTRIBUTES, wire),),  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def fail_unread(self, records: Sequence[Any], reason: str) -> None:
+        """Fail as not sent the records a stopped run never read (a sender's window)."""
+        for position in range(self.total, len(records)):
+            record = records[position]
+            self.total += 1
+            self.fail(
+                position, record, change_id(self.kind, record), "interrupted", reason,
+                retryable=True, outcome="not_sent",
+            )  # fmt: skip
+
+    def count_fields(self, field_names: tuple[tuple[str, str, bool], ...]) -> None:
+        """Count field presence for these member fields (a run that also carries members)."""
+        self.field_names = field_names
+        clearing = sum(clears for _, _, clears in field_names)
+        self.absent = [0] * (len(field_names) + clearing + (1 if clearing else 0))
 
     def line(self, position: int) -> int | None:
         return None if self.line_of is None else self.line_of(position)
@@ -647,79 +327,15 @@ class _Run:
     ) -> None:
         self.failed += 1
         first = problems[0] if problems else None
-        line = self.line(position) if line is None else line
-        self.failures.append(
-            RecordFailure(
-                position,
-                record_id,
-                stage,
-                reason,
-                retryable,
-                None if first is None else first.field,
-                None if first is None else first.value,
-                line,
-                outcome,
-                problems,
-            )
-        )
+        failure = RecordFailure(
+            position, record_id, stage, reason, retryable,
+            None if first is None else first.field, None if first is None else first.value,
+            self.line(position) if line is None else line, outcome, problems,
+        )  # fmt: skip
+        self.failures.append(failure)
         if self.sink is not None:
-            self.sink.write(
-                self._entry(
-                    position,
-                    record,
-                    record_id,
-                    stage,
-                    reason,
-                    retryable,
-                    outcome,
-                    objects,
-                    first,
-                    line,
-                )
-            )
+            self.sink.write(_dead_letter_entry(self, failure, record, objects))
         self.tick()
-
-    def _entry(
-        self,
-        position: int,
-        record: Any,
-        record_id: str | None,
-        stage: str,
-        reason: str,
-        retryable: bool,
-        outcome: Outcome,
-        objects: tuple[DeadLetterObject, ...],
-        first: FieldProblem | None,
-        line: int | None,
-    ) -> DeadLetterEntry:
-        fields = {
-            "stage": stage,
-            "reason": reason,
-            "retryable": retryable,
-            "outcome": outcome,
-            "objects": objects,
-            "time": _utc_now(),
-            "field": None if first is None else first.field,
-            "value": None if first is None else first.value,
-        }
-        if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
-            return attrs.evolve(
-                record,
-                replays=record.replays + 1,
-                replayed_at=None,  # a new failure: the next replay may resend it
-                **fields,  # type: ignore[arg-type]
-            )
-        kind = self.kind if self.kind in ("member", "event", "attributes") else "member"
-        if self.members_from is not None and position >= self.members_from:
-            kind = "member"  # a member refreshed from Antavo, sent with a window's events
-        return DeadLetterEntry(
-            kind=kind,  # type: ignore[arg-type]
-            index=position,
-            record_id=record_id,
-            record=record_view(record),
-            line=line,
-            **fields,  # type: ignore[arg-type]
-        )
 
     def fail_invalid(
         self, position: int, record: Any, record_id: str | None, problems: list[CoercionError]
@@ -779,7 +395,7 @@ class _Run:
             if failure is not None:
                 parts.failed.append(item)
                 if parts.failure is None:
-                    parts.failure = (*failure, outcome.retryable, self._outcome_of(outcome))
+                    parts.failure = (*failure, outcome.retryable, _fate(outcome))
             else:
                 parts.done.append(item)
                 parts.unknown = parts.unknown or (outcome.unknown and item.array != ATTRIBUTES)
@@ -820,14 +436,6 @@ class _Run:
         if event_id is not None:
             self.sent_updates.append(event_id)
 
-    @staticmethod
-    def _outcome_of(outcome: BatchOutcome) -> Outcome:
-        if outcome.not_sent:
-            return "not_sent"
-        if outcome.error is not None and outcome.unknown:
-            return "unknown"
-        return "failed"
-
     def _failed_items(self, item: Item, outcome: BatchOutcome, failure: tuple[str, str]) -> None:
         stage, reason = failure
         whole = outcome.error is not None  # the request failed, not this object
@@ -838,7 +446,7 @@ class _Run:
             stage,  # type: ignore[arg-type]
             reason,
             retryable=outcome.retryable and whole,
-            outcome=self._outcome_of(outcome) if whole else "failed",
+            outcome=_fate(outcome) if whole else "failed",
             objects=_objects([item]),
         )
         self.states.pop(item.record, None)
@@ -883,155 +491,126 @@ class _Run:
                 position, parts.record, _record_key(parts.items[0]), "interrupted", reason,
                 retryable=True, outcome="not_sent", objects=_objects(left),
             )  # fmt: skip
+        self.unread()
+
+    def unread(self) -> None:
+        """A stopped run: records entered but never built (read ahead, or cut short while
+        mapped) leave the tally unread, so the report adds up and a resume reads them again."""
+        self.total = self.succeeded + self.failed + self.skipped
 
     def outcomes(self, count: int) -> list[RecordOutcome]:
-        """Each of the first ``count`` records' own outcome (the run kept its skips): a
-        record that neither failed nor was skipped succeeded."""
+        """Each of the first ``count`` records' own outcome (the run kept its skips)."""
         assert self.skips is not None, "outcomes need a run made with skips = {}"
-        failed = {f.index: f for f in self.failures}
-        out = []
-        for position in range(count):
-            failure = failed.get(position)
-            if failure is not None:
-                out.append(RecordOutcome("failed", failure.record_id, failure.reason, failure))
-            elif position in self.skips:
-                out.append(RecordOutcome("skipped", reason=self.skips[position]))
-            else:
-                out.append(RecordOutcome("succeeded"))
-        return out
+        return outcomes_of(self.failures, self.skips, count)
 
-    def fields_report(self) -> dict[str, FieldCounts]:
-        out: dict[str, FieldCounts] = {}
-        counts = self.absent[: len(self.field_names)]
-        for (location, remote, _), absent in zip(self.field_names, counts, strict=True):
-            invalid = self.invalid.get(location, 0)
-            out[remote] = FieldCounts(
-                present=max(0, self.mapped - absent - invalid),
-                absent=absent,
-                invalid=invalid,
-                cleared=self.cleared.get(remote, 0),
-                path=location,
-            )
-        return out
-
-    def report(
-        self,
-        *,
-        requests: int,
-        retries: int = 0,
-        rate_limit_waits: int = 0,
-        rate_limit_wait: float = 0.0,
-        statuses: Mapping[str, int] | None = None,
-    ) -> SyncReport:
+    def report(self, stats: Any = None, *, requests: int = 0) -> SyncReport:
+        """The report of the call; ``stats``: the send loop's ``CallStats`` (``None``: a call
+        that sent nothing, ``requests`` it would have made)."""
+        if self.parts:  # pragma: no cover - every record sent is settled or closed first
+            raise AssertionError(f"records left open: {sorted(self.parts)[:10]}")
         self.tick(force=True)
-        if self.warnings:
-            log.warning(
-                "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
-                len(self.warnings),
-                self.warnings[0],
-                extra=log_fields("sync", kind=self.kind, count=len(self.warnings)),
-            )
+        _log_warnings(self.kind, self.warnings)
         report = SyncReport(
             total=self.total,
             succeeded=self.succeeded,
             failed=self.failed,
             skipped=self.skipped,
-            requests=requests,
-            failures=tuple(sorted(self.failures, key=_by_index)),
+            requests=requests if stats is None else stats.requests,
+            failures=tuple(sorted(self.failures, key=by_index)),
             attribute_values=self.attribute_values,
             attribute_values_saved=self.saved,
             warnings=tuple(self.warnings),
             elapsed=time.perf_counter() - self.started,
-            fields=self.fields_report() if self.mapped else {},
+            fields=field_counts(
+                self.field_names, self.absent, self.invalid, self.cleared, self.mapped
+            )
+            if self.mapped
+            else {},
             skipped_by_reason=dict(self.skip_reasons),
             dropped=tuple(self.dropped),
             possible_duplicates=self.possible_duplicates,
-            retries=retries,
-            rate_limit_waits=rate_limit_waits,
-            rate_limit_wait=rate_limit_wait,
-            requests_by_status=dict(sorted(statuses.items())) if statuses else {},
+            retries=0 if stats is None else stats.retries,
+            rate_limit_waits=0 if stats is None else stats.rate_limited,
+            rate_limit_wait=0.0 if stats is None else stats.rate_limit_wait,
+            requests_by_status={} if stats is None else dict(sorted(stats.statuses.items())),
             merged=self.merged,
             deleted=self.deleted,
             clears_stopped=dict(self.clear_guard.stopped),
         )
-        log.info(
-            "%s sync: %s",
-            self.kind,
-            report.summary(),
-            extra=log_fields(
-                "sync",
-                kind=self.kind,
-                total=report.total,
-                succeeded=report.succeeded,
-                failed=report.failed,
-                skipped=report.skipped,
-                requests=report.requests,
-                elapsed=round(report.elapsed, 3),
-            ),
-        )
+        _log_report(self.kind, report)
         return report
 
 
-def failure_groups(failures: Iterable[RecordFailure]) -> list[dict[str, Any]]:
-    """Failures grouped by stage, field and reason (each problem of a record with several
-    bad fields counts in its own group), most frequent first: ``count``, how many of them
-    are ``retryable``, and the first few input ``indexes`` (and ``lines``) — never a
-    member's id or values."""
-    groups: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-    for failure in failures:
-        keys: list[tuple[str, str | None, str]]
-        if failure.problems:
-            keys = [
-                (failure.stage, p.field, p.reason.replace(p.value, "<value>"))
-                for p in failure.problems
-            ]
-        else:
-            reason = failure.reason
-            if failure.value:  # the value is its own column, never part of a group's name
-                reason = reason.replace(failure.value, "<value>")
-            keys = [(failure.stage, failure.field, reason)]
-        for key in keys:
-            group = groups.get(key)
-            if group is None:
-                stage, field_name, reason = key
-                group = groups[key] = {
-                    "stage": stage,
-                    "field": field_name,
-                    "reason": reason,
-                    "count": 0,
-                    "retryable": 0,
-                    "indexes": [],
-                    "lines": [],
-                }
-            group["count"] += 1
-            group["retryable"] += failure.retryable
-            if len(group["indexes"]) < _GROUP_EXAMPLES:
-                group["indexes"].append(failure.index)
-                if failure.line is not None:
-                    group["lines"].append(failure.line)
-    return sorted(groups.values(), key=lambda g: (-g["count"], g["stage"], g["reason"]))
+def _dead_letter_entry(
+    run: Tally, failure: RecordFailure, record: Any, objects: tuple[DeadLetterObject, ...]
+) -> DeadLetterEntry:
+    """The dead-letter entry of a failed record (a replayed entry carried forward)."""
+    fields = {
+        "stage": failure.stage,
+        "reason": failure.reason,
+        "retryable": failure.retryable,
+        "outcome": failure.outcome,
+        "objects": objects,
+        "time": _utc_now(),
+        "field": failure.field,
+        "value": failure.value,
+    }
+    if isinstance(record, DeadLetterEntry):  # a replay: carry the original forward
+        return attrs.evolve(
+            record,
+            replays=record.replays + 1,
+            replayed_at=None,  # a new failure: the next replay may resend it
+            **fields,  # type: ignore[arg-type]
+        )
+    kind = run.kind if run.kind in ("member", "event", "attributes") else "member"
+    if run.members_from is not None and failure.index >= run.members_from:
+        kind = "member"  # a member refreshed from Antavo, sent with a window's events
+    return DeadLetterEntry(
+        kind=kind,  # type: ignore[arg-type]
+        index=failure.index,
+        record_id=failure.record_id,
+        record=record_view(record),
+        line=failure.line,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
-def _by_index(failure: RecordFailure) -> int:
-    return failure.index
+def _fate(outcome: BatchOutcome) -> Outcome:
+    if outcome.not_sent:
+        return "not_sent"
+    if outcome.error is not None and outcome.unknown:
+        return "unknown"
+    return "failed"
 
 
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _log_report(kind: str, report: SyncReport) -> None:
+    """One log line per call, with its counts as structured fields."""
+    log.info(
+        "%s sync: %s",
+        kind,
+        report.summary(),
+        extra=log_fields(
+            "sync",
+            kind=kind,
+            total=report.total,
+            succeeded=report.succeeded,
+            failed=report.failed,
+            skipped=report.skipped,
+            requests=report.requests,
+            elapsed=round(report.elapsed, 3),
+        ),
+    )
 
 
-def _general_reason(failure: RecordFailure) -> str:
-    """A failure's reason without what is particular to its record (the value, a byte
-    offset), so that one fault hitting every record is one group."""
-    reason = failure.reason
-    if failure.field and reason.startswith(failure.field + ": "):
-        reason = reason[len(failure.field) + 2 :]
-    if failure.value is not None:
-        reason = reason.replace(failure.value, "…")
-    return re.sub(r"\d+", "N", reason) if failure.stage == "input" else reason
+def _log_warnings(kind: str, warnings: list[str]) -> None:
+    """Braze's errors that named no object: one warning for the call."""
+    if warnings:
+        log.warning(
+            "Braze reported %d error(s) it did not attribute to an object, e.g. %s",
+            len(warnings),
+            warnings[0],
+            extra=log_fields("sync", kind=kind, count=len(warnings)),
+        )
 
 
-def stderr_progress(progress: Progress) -> None:
-    """A progress callback printing one updating line to stderr."""
-    sys.stderr.write("\r" + progress.line())
-    sys.stderr.flush()
+_Run = Tally  # the old name, for callers not yet moved

@@ -38,7 +38,9 @@ from .._run.checkpoint import Settled
 from .._run.deadletter import JsonlDeadLetter, read_dead_letters
 from .._run.input import BadInput, reopen_input
 from .._run.interrupts import _is_default
-from .._run.tally import FieldCounts, Progress, SyncReport, _Run
+from .._run.progress import progress_callback
+from .._run.report import FieldCounts, Progress, SyncReport
+from .._run.tally import Tally
 from ..exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 from .localpacer import SharedMemoryPacer
 from .redis import RedisPacer
@@ -220,7 +222,7 @@ def _worker(job: _Job, index: int, conn: Connection) -> None:
         # Progress costs a clock read per record: only when someone watches.
         watched = syncer._progress not in (None, False)
         syncer._progress = _ProgressSlot(job.progress, index, share) if watched else None
-        build = syncer._member_builder() if job.kind == "member" else syncer._event_groups
+        build = syncer._builder(job.kind)
         try:
             report = syncer._run(job.kind, share, build)
         except SyncInterrupted as stop:
@@ -263,7 +265,7 @@ def _fail_tail(
 ) -> SyncReport:
     """This worker's own records in ``[handled, furthest)``, which another worker read past:
     failed as interrupted before they were sent (what an earlier run settled stays skipped)."""
-    run = _Run(kind, sink=sink, line_of=share.line_of)
+    run = Tally(kind, sink=sink, line_of=share.line_of)
     name = signal.Signals(signum or signal.SIGINT).name
     reason = f"interrupted ({name}) before it was sent"
     key = share._key
@@ -430,7 +432,7 @@ def run_in_workers(syncer: Syncer, kind: str, records: Iterable[Any], count: int
         alive_read, alive_write,
     )  # fmt: skip
     total = records_length(records)
-    progress = syncer._progress_callback(total)
+    progress = progress_callback(syncer._progress, total)
     connections: list[Connection] = []
     processes = []
     merged: SyncReport | None = None

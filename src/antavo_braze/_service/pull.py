@@ -16,8 +16,8 @@ import attrs
 
 from .._antavo.client import AntavoClient, TimeLike
 from .._antavo.shapes import format_time, to_utc
+from .._run.report import SyncReport
 from .._run.state import read_watermark, write_watermark
-from .._run.tally import SyncReport
 from .._telemetry import log_fields
 from ..exceptions import AntavoBrazeError, ConfigurationError, SyncInterrupted
 
