@@ -49,7 +49,8 @@ def test_a_members_change_of_another_kind_waits_for_the_next_window() -> None:
     """m1's event waits behind its member record; m2 still goes in the same window."""
     queue = queue_of(("member", "m1"), ("event", "m1"), ("member", "m2"))
     window = plan_window(queue, flush_at=75, cap=75)
-    assert [[c.key for c in send] for send in window.sends] == [["m1"], ["m2"]]
+    assert [c.key for c in window.sends] == ["m1", "m2"]
+    assert window.merges == ()
     assert [(c.kind, c.key) for c in window.held] == [("event", "m1")]
     taken = queue.take(window)
     assert [c.key for c in taken] == ["m1", "m2"]
@@ -73,15 +74,15 @@ def test_events_never_merge() -> None:
     """Each event is its own send, in order."""
     queue = queue_of(("event", "m1"), ("event", "m1"), ("event", "m1"))
     window = plan_window(queue, flush_at=75, cap=75)
-    assert [len(send) for send in window.sends] == [1, 1, 1]
-    assert [send[0].record["n"] for send in window.sends] == [0, 1, 2]
+    assert window.merges == ()
+    assert [c.record["n"] for c in window.sends] == [0, 1, 2]
 
 
 def test_a_size_trigger_takes_whole_requests_only() -> None:
     """With flush_at 2: two whole member requests go, the odd member and lone event wait."""
     queue = queue_of(*[("member", f"m{n}") for n in range(5)], ("event", "e1"))
     window = plan_window(queue, flush_at=2, cap=10, whole_requests_only=True)
-    assert [send[0].key for send in window.sends] == ["m0", "m1", "m2", "m3"]
+    assert [c.key for c in window.sends] == ["m0", "m1", "m2", "m3"]
     assert window.scanned == 4  # m4 and e1 stay queued, unlooked-at
     assert not window.held
 
@@ -90,7 +91,7 @@ def test_a_size_trigger_that_takes_nothing_takes_what_it_can() -> None:
     """Every whole request waits behind another kind: the window takes what it can."""
     queue = queue_of(("member", "m1"), ("event", "m1"), ("event", "m1"))
     window = plan_window(queue, flush_at=2, cap=10, whole_requests_only=True)
-    assert [(s[0].kind, s[0].key) for s in window.sends] == [("member", "m1")]
+    assert [(c.kind, c.key) for c in window.sends] == [("member", "m1")]
 
 
 def test_whole_requests_rounds_down_per_kind_within_the_cap() -> None:
@@ -125,7 +126,7 @@ def test_every_queued_change_is_taken_once_or_stays_queued_in_order(
     window = plan_window(
         queue, flush_at=flush_at, cap=flush_at * in_flight, whole_requests_only=whole
     )
-    placed = [c for send in window.sends for c in send] + list(window.held)
+    placed = [*window.sends, *(later for _, later in window.merges), *window.held]
     assert window.scanned == len(placed)
     assert sorted(map(id, placed)) == sorted(map(id, before[: window.scanned]))
     held_ids = {id(c) for c in window.held}
@@ -157,19 +158,19 @@ def test_a_window_keeps_each_members_order_and_merges_only_its_own_kind(
     window = plan_window(
         queue, flush_at=flush_at, cap=flush_at * in_flight, whole_requests_only=whole
     )
-    sent = {id(c) for send in window.sends for c in send}
+    sent = {id(c) for c in window.sends} | {id(later) for _, later in window.merges}
     for key in {c.key for c in before}:
         mine = [c for c in before if c.key == key]
         flags = [id(c) in sent for c in mine]
         assert flags == sorted(flags, reverse=True)  # a prefix of the member's changes
         assert len({c.kind for c in mine if id(c) in sent}) <= 1
-    for send in window.sends:
-        assert len({(c.kind, c.key) for c in send}) == 1
-        assert send[0].kind != "event" or len(send) == 1
-        positions = [before.index(c) for c in send]
-        assert positions == sorted(positions)
-    merged_keys = [(send[0].kind, send[0].key) for send in window.sends if send[0].kind != "event"]
-    assert len(merged_keys) == len(set(merged_keys))
+    for send, later in window.merges:
+        assert (send.kind, send.key) == (later.kind, later.key)
+        assert send.kind != "event"
+        assert before.index(send) < before.index(later)
+        assert id(send) in {id(c) for c in window.sends}
+    firsts = [(c.kind, c.key) for c in window.sends if c.kind != "event"]
+    assert len(firsts) == len(set(firsts))
 
 
 @given(
@@ -188,7 +189,7 @@ def test_a_window_respects_the_cap_and_the_whole_requests_rule(
     assert len(window.sends) <= cap
     assert window.scanned <= cap * SCAN_FACTOR
     limits = whole_requests(queue.kinds, cap, flush_at)
-    per_kind = Counter(send[0].kind for send in window.sends)
+    per_kind = Counter(c.kind for c in window.sends)
     within = all(count <= limits.get(kind, 0) for kind, count in per_kind.items())
     assert within or window == plan_window(queue, flush_at=flush_at, cap=cap)
 

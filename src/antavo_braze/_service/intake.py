@@ -79,7 +79,8 @@ class Intake:
                 worker.cond.wait(left)
             worker.outstanding += count  # room taken now, the changes queued below
             if worker.backlog is None:
-                self.receipts.remember(receipt)
+                if receipt is not None:
+                    self.receipts.remember(receipt)
                 self.enqueue(rows, records, [], submissions, context)
                 return True
             if worker.backlog.pending:  # written in order with the backlog being loaded
@@ -130,16 +131,19 @@ class Intake:
     ) -> None:
         """Queue accepted changes whose room is taken (lock held); while a spooled backlog
         loads, they wait on disk and are loaded in order with it."""
-        backlog = self.worker.backlog
-        for number, ((kind, key, _, seq), record) in enumerate(zip(rows, records, strict=True)):
-            if backlog is not None and backlog.pending:
-                backlog.waiting[ids[number]] = submissions[number]
-                continue
-            change = Change(kind, key, record, submissions[number], seq)  # type: ignore[arg-type]
-            change.context = context
-            if backlog is not None and ids:
-                change.spool_ids.append(ids[number])
-                backlog.known.add(ids[number])
-            self.worker.queue.push(change)
-        self.worker.counts["received"] += len(rows)
-        self.worker.cond.notify_all()
+        worker = self.worker
+        backlog = worker.backlog
+        if backlog is not None and backlog.pending:  # loaded, in order, with the rest
+            backlog.waiting.update(zip(ids, submissions, strict=True))
+        else:
+            push = worker.queue.push
+            for number, ((kind, key, _, seq), record) in enumerate(zip(rows, records, strict=True)):
+                change = Change(kind, key, record, submissions[number], seq)  # type: ignore[arg-type]
+                change.context = context
+                if ids:
+                    change.spool_ids.append(ids[number])
+                push(change)
+            if backlog is not None:
+                backlog.known.update(ids)
+        worker.counts["received"] += len(rows)
+        worker.cond.notify_all()

@@ -100,12 +100,14 @@ def units(change: Change) -> int:
 
 @frozen
 class Window:
-    """What the next window takes from the head of the queue: the first ``scanned`` queued
-    changes become ``sends`` (each a member's same-kind changes to merge, in queue order, or
-    one change) or ``held`` (left at the head of the queue, in order)."""
+    """What the next window takes from the head of the queue: of the first ``scanned``
+    queued changes, each is one of ``sends`` (in queue order), merged into an earlier send of
+    its member and kind (``merges``: ``(send, later change)`` pairs, in queue order), or
+    ``held`` (left at the head of the queue, in order)."""
 
     scanned: int
-    sends: tuple[tuple[Change, ...], ...]
+    sends: tuple[Change, ...]
+    merges: tuple[tuple[Change, Change], ...]
     held: tuple[Change, ...]
 
 
@@ -155,12 +157,9 @@ class ChangeQueue:
         for _ in range(window.scanned):
             self.kinds[self._changes.popleft().kind] -= 1
         self.push_front(window.held)
-        taken = []
-        for first, *later in window.sends:
-            for change in later:
-                first.absorb(change)
-            taken.append(first)
-        return taken
+        for send, later in window.merges:
+            send.absorb(later)
+        return list(window.sends)
 
 
 def whole_requests(kinds: Mapping[str, int], cap: int, flush_at: int) -> dict[str, int]:
@@ -187,8 +186,9 @@ def plan_window(
         limits = whole_requests(queue.kinds, cap, flush_at)
         limit = min(cap, sum(limits.values()))
     taken: Counter[str] = Counter()
-    sends: list[list[Change]] = []
-    merged: dict[tuple[str, str], list[Change]] = {}
+    sends: list[Change] = []
+    merges: list[tuple[Change, Change]] = []
+    first_of: dict[tuple[str, str], Change] = {}  # (kind, member) -> its send in this window
     kinds: dict[str, str] = {}
     held: list[Change] = []
     blocked: set[str] = set()
@@ -197,28 +197,28 @@ def plan_window(
         if len(sends) >= limit or scanned >= limit * SCAN_FACTOR:
             break
         scanned += 1
+        key = change.key
+        kind = change.kind
         if (
-            change.key in blocked
-            or kinds.get(change.key, change.kind) != change.kind
-            or (limits is not None and taken[change.kind] >= limits.get(change.kind, 0))
+            key in blocked
+            or kinds.get(key, kind) != kind
+            or (limits is not None and taken[kind] >= limits.get(kind, 0))
         ):
-            blocked.add(change.key)  # its earlier change goes first (or waits too)
+            blocked.add(key)  # its earlier change goes first (or waits too)
             held.append(change)
             continue
-        kinds[change.key] = change.kind
-        if change.kind != "event":
-            earlier = merged.get((change.kind, change.key))
+        kinds[key] = kind
+        if kind != "event":
+            earlier = first_of.get((kind, key))
             if earlier is not None:
-                earlier.append(change)
+                merges.append((earlier, change))
                 continue
-            merged[(change.kind, change.key)] = send = [change]
-        else:
-            send = [change]
-        sends.append(send)
-        taken[change.kind] += 1
+            first_of[(kind, key)] = change
+        sends.append(change)
+        taken[kind] += 1
     if not sends and limits is not None:
         return plan_window(queue, flush_at=flush_at, cap=cap)
-    return Window(scanned, tuple(tuple(s) for s in sends), tuple(held))
+    return Window(scanned, tuple(sends), tuple(merges), tuple(held))
 
 
 @frozen
