@@ -151,6 +151,16 @@ def test_pure_modules_do_no_io() -> None:
         assert not any(n.endswith("_client") for n in found), path.name
 
 
+def test_the_sender_window_planner_is_pure() -> None:
+    """The background sender's window decisions (_service/window.py) use no thread, file,
+    network or log, and of ours only the outcome values."""
+    path = SRC / "_service" / "window.py"
+    found = {n.split(".")[0] for n in imports_of(path)}
+    effects = NETWORK | {"threading", "sqlite3", "concurrent", "asyncio", "logging", "os"}
+    assert not found & effects, found
+    assert runtime_imports_of(path) <= {f"{PACKAGE}._run.tally"}, runtime_imports_of(path)
+
+
 def test_only_the_client_touches_the_network() -> None:
     """Network modules are imported by the client and its transport only (and testing/)."""
     network = NETWORK | {"ssl", "selectors"}

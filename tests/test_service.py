@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import antavo_braze as ab
 from antavo_braze._run.report import RecordFailure, RecordOutcome
-from antavo_braze._sender import may_retry, retry_delay
+from antavo_braze._service.window import may_retry, retry_delay
 from antavo_braze.testing import FakeBraze
 
 MAPPING = {"fields": [{"loyalty_field": "score", "remote_field": "points", "type": "number"}],
@@ -136,7 +136,7 @@ def test_sync_mode_sends_before_submit_returns(fake: FakeBraze) -> None:
         assert sender.submit_many("member", [{"id": "m2", "score": 1}], receipt="r") is not None
         assert sender.submit_many("member", [{"id": "m2", "score": 2}], receipt="r") is None
         stats = sender.stats()
-        assert sender._worker is None
+        assert sender._worker.thread is None
     assert (stats.received, stats.succeeded, stats.failed, stats.queued) == (4, 3, 1, 0)
     assert fake.profiles["m2"]["points"] == 1
     assert [e.record_id for e in letters.entries] == [None]

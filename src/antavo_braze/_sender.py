@@ -14,6 +14,10 @@ earlier one.
 With ``spool=PATH`` every submission is in an SQLite file before ``submit_*`` returns and
 leaves it only once its outcome is known (succeeded, skipped, or failed into the dead
 letter): a sender started on the same spool after a crash sends the rest (at least once).
+
+This module is the facade. The parts live in ``_service/``: ``window.py`` decides (pure: when
+a window goes, what it takes and merges, what a failed change does next), ``worker.py`` is the
+thread that sends, ``intake.py`` admits submissions (room, receipts, the spool write).
 """
 
 from __future__ import annotations
@@ -27,12 +31,10 @@ import logging
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from collections.abc import Mapping as AbcMapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
 from os import PathLike
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -41,24 +43,16 @@ from attrs import frozen
 
 from ._build.wire import model_item
 from ._fork import reset_after_fork
-from ._run.deadletter import DeadLetterEntry, DeadLetterSink
 from ._run.input import event_id, record_id
-from ._run.tally import RecordOutcome, Stage, failure_groups, record_view
+from ._run.tally import RecordOutcome, record_view
 from ._scale.redis import RedisOrder
+from ._service.intake import Intake
 from ._service.spool import RECEIPT_TTL, Row, Spool
+from ._service.window import Change, Kind, by_kind, pause_before, units
+from ._service.worker import Seams, Waiters, Worker
 from ._sync import Syncer, fail_window, sync_events_with_members, sync_window, telemetry_of
 from ._telemetry import Telemetry, log_fields
-from .exceptions import (
-    AntavoBrazeError,
-    AuthenticationError,
-    CoercionError,
-    ConfigurationError,
-    PermissionDeniedError,
-    QueueFull,
-    RateLimitError,
-    ServerError,
-    TransportError,
-)
+from .exceptions import CoercionError, ConfigurationError
 
 if TYPE_CHECKING:
     from ._antavo.client import AntavoClient
@@ -67,37 +61,10 @@ __all__ = ["BackgroundSender", "SenderStats", "Submission"]
 
 log = logging.getLogger("antavo_braze.sender")
 
-Kind = Literal["member", "event", "attributes"]
 OnFull = Literal["block", "raise"]
-_ORPHAN_CHECK = 10.0  # seconds between looks for spooled rows of processes that died
-_RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
-_SCAN_FACTOR = 4  # a window looks at most this many times its size of queued changes
-_REFRESH_THREADS = 8  # members read from Antavo at once (antavo=)
 MAX_RETRY_TIME = 3600.0  # seconds a change is retried through an outage before it fails
-_RETRY_DELAY_MAX = 30.0  # seconds between tries, at most: a recovered Braze is used soon
-_BUSY_WAIT = 0.05  # seconds before a member another process is sending is tried again
-_LINGER = 0.005  # seconds a window waits for company while a caller waits for an outcome
-
-
-class _Waiters:
-    """How many callers wait for an outcome right now: while any does, windows go out after
-    a short linger instead of the whole ``flush_interval`` (a handler that awaits each
-    outcome is not held to one window per interval)."""
-
-    __slots__ = ("count", "wake")
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self.count = 0
-        self.wake = wake
-
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
-        self.count += 1  # an int under the GIL: a racy read only shortens one linger
-        self.wake()
-        try:
-            yield
-        finally:
-            self.count -= 1
+# The Syncer's window functions, handed to the worker (the _service layer sits below _sync).
+_SEAMS = Seams(sync_window, sync_events_with_members, fail_window)
 
 
 class Submission:
@@ -105,7 +72,7 @@ class Submission:
 
     __slots__ = ("_future", "_waiters", "kind", "record_id")
 
-    def __init__(self, kind: Kind, record_id: str | None, waiters: _Waiters | None = None) -> None:
+    def __init__(self, kind: Kind, record_id: str | None, waiters: Waiters | None = None) -> None:
         self.kind = kind
         self.record_id = record_id
         self._future: Future[RecordOutcome] = Future()
@@ -166,134 +133,10 @@ class SenderStats:
     requests_by_status: AbcMapping[str, int] = attrs.field(factory=dict)
 
 
-class _Change:
-    """A queued change: what to send for which member (``key``), and who waits for it."""
-
-    __slots__ = (
-        "attempts", "context", "key", "kind", "queued_at", "record", "seq", "spool_ids",
-        "submissions",
-    )  # fmt: skip
-
-    def __init__(
-        self, kind: Kind, key: str, record: Any, submission: Submission | None, seq: int = 0
-    ) -> None:
-        self.kind = kind
-        self.seq = seq  # its place among every process's changes (RedisOrder), 0: none
-        self.key = key
-        self.record = record
-        self.submissions = [submission] if submission is not None else []
-        self.spool_ids: list[int] = []
-        self.queued_at = time.monotonic()
-        self.context: Any = None  # the submitter's trace context, when tracing
-        self.attempts = 0  # windows that failed it and could be tried again
-
-    def absorb(self, later: _Change) -> None:
-        """Merge a later change of the same member and kind: the latest value wins."""
-        if self.kind == "attributes":
-            self.record = {**self.record, **later.record}
-        else:
-            self.record = later.record
-        self.submissions.extend(later.submissions)
-        self.spool_ids.extend(later.spool_ids)
-        if self.context is None:
-            self.context = later.context
-        self.seq = max(self.seq, later.seq)
-
-
-def _units(change: _Change) -> int:
-    """How many submitted changes a (possibly merged) queued change stands for."""
-    return max(len(change.submissions), len(change.spool_ids))
-
-
-def may_retry(kind: str, outcome: RecordOutcome) -> bool:
-    """Whether a failed change is worth sending again later: Braze or the network failed it
-    and said it may succeed (a 429, a 5xx, a dropped connection) — unless it is an event that
-    may already have been recorded (its answer was lost), which a resend would record twice."""
-    failure = outcome.failure
-    if outcome.status != "failed" or failure is None or not failure.retryable:
-        return False
-    if failure.stage not in ("braze", "transport"):
-        return False
-    return not (kind == "event" and failure.outcome == "unknown")
-
-
-def _pause_before(changes: list[_Change]) -> float:
-    """How long to hold windows back before trying ``changes`` again: the backoff of the most
-    tried one, or a moment when they only waited for another process's request."""
-    attempts = max(c.attempts for c in changes)
-    return retry_delay(attempts) if attempts else _BUSY_WAIT
-
-
-def retry_delay(attempts: int) -> float:
-    """Seconds to wait before the next try of a change that failed ``attempts`` times:
-    doubling from half a second, at most ``_RETRY_DELAY_MAX``."""
-    doublings = min(max(attempts - 1, 0), 10)  # 0.5 s * 2**10 is well past the cap
-    return min(_RETRY_DELAY_MAX, 0.5 * 2.0**doublings)
-
-
-class _HeldLetters:
-    """A window's dead-letter entries, held until the sender knows which failures are final
-    (the others are tried again, and must not be in the dead letter)."""
-
-    def __init__(self) -> None:
-        self.entries: list[DeadLetterEntry] = []
-
-    def write(self, entry: DeadLetterEntry) -> None:
-        self.entries.append(entry)
-
-    def forward(self, sink: DeadLetterSink | None, positions: set[int]) -> None:
-        """Write the entries of the records at ``positions`` to ``sink``."""
-        if sink is None:
-            return
-        for entry in self.entries:
-            if entry.index in positions:
-                sink.write(entry)
-
-
-def _positions_from(start: int, items: list[Any]) -> set[int]:
-    """The run positions of ``items`` placed after ``start`` records."""
-    return set(range(start, start + len(items)))
-
-
-def _by_kind(changes: list[_Change]) -> Iterator[tuple[Kind, list[_Change]]]:
-    """The changes of each kind, in order (one Syncer call per kind)."""
-    kinds: tuple[Kind, ...] = ("member", "attributes", "event")
-    for kind in kinds:
-        same = [c for c in changes if c.kind == kind]
-        if same:
-            yield kind, same
-
-
 def _record_json(record: Any) -> str:
     """An input record as JSON text: the queued change is parsed from it (so what is sent no
     longer changes when the caller reuses its objects), and a spool stores it as it is."""
     return json.dumps(record_view(record), default=str)
-
-
-def _log_failures(changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
-    """One warning per kind of failure in a window (stage, field, reason; never a member's
-    id or values: the dead letter has the records)."""
-    for kind, same in _by_kind(changes):
-        failures = [
-            o.failure for c, o in zip(changes, outcomes, strict=True) if c in same and o.failure
-        ]
-        for group in failure_groups(failures):
-            log.warning(
-                "%d %s change(s) failed [%s]%s: %s",
-                group["count"],
-                kind,
-                group["stage"],
-                f" {group['field']}" if group["field"] else "",
-                group["reason"],
-                extra=log_fields(
-                    "sender",
-                    kind=kind,
-                    stage=group["stage"],
-                    field=group["field"],
-                    reason=group["reason"],
-                    count=group["count"],
-                ),
-            )
 
 
 async def _off_loop(call: Callable[[], Submission]) -> Submission:
@@ -318,6 +161,87 @@ if callable(_register_early):  # pragma: no branch - CPython
     _register_early(_flush_at_exit)
 else:  # pragma: no cover
     atexit.register(_flush_at_exit)
+
+
+def _check_settings(
+    syncer: Syncer,
+    flush_interval: float,
+    flush_at: int,
+    max_queue: int,
+    on_full: str,
+    max_retry_time: float,
+    sync_mode: bool,
+    spool: object,
+) -> None:
+    """Refuse a :class:`BackgroundSender` setting that cannot work, saying which and why."""
+    if syncer.client is None:
+        raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
+    if not flush_interval >= 0:
+        raise ConfigurationError("flush_interval must not be negative")
+    if not 1 <= flush_at <= syncer.limits.max_objects:
+        raise ConfigurationError(
+            f"flush_at must be between 1 and {syncer.limits.max_objects} (objects per request)"
+        )
+    if max_queue < 1:
+        raise ConfigurationError("max_queue must be at least 1")
+    if on_full not in ("block", "raise"):
+        raise ConfigurationError(f"on_full must be 'block' or 'raise', not {on_full!r}")
+    if not max_retry_time >= 0:
+        raise ConfigurationError("max_retry_time must not be negative")
+    if sync_mode and spool is not None:
+        raise ConfigurationError(
+            "sync_mode sends each change before submit returns: it takes no spool"
+        )
+
+
+def _send_now(
+    worker: Worker, rows: list[Row], records: list[Any], context: Any
+) -> list[Submission]:
+    """``sync_mode``: send in the caller's thread, retrying through an outage as the worker
+    would; the submissions are settled when this returns."""
+    window = []
+    for (kind, key, _, seq), record in zip(rows, records, strict=True):
+        change = Change(kind, key, record, Submission(kind, key), seq)  # type: ignore[arg-type]
+        change.context = context
+        window.append(change)
+    with worker.cond:
+        worker.counts["received"] += len(window)
+        worker.outstanding += len(window)
+        worker.in_flight += len(window)
+    submissions: list[Submission] = [c.submissions[0] for c in window]
+    while window:
+        window = worker.send(window)
+        if window:
+            time.sleep(pause_before(window))
+    return submissions
+
+
+def _report_unsent(syncer: Syncer, worker: Worker, left: list[Change], in_flight: int) -> None:
+    """Log what a closing sender leaves unsent; without a spool to keep them, dead-letter
+    the changes still queued (failed, not sent, retryable)."""
+    count = sum(units(c) for c in left)
+    if worker.spool is not None:
+        log.warning(
+            "closing with %d change(s) unsent and %d in flight: kept in the spool %s, "
+            "sent by the next sender on it",
+            count,
+            in_flight,
+            worker.spool.path,
+            extra=log_fields("sender", count=count),
+        )
+        return
+    log.warning(
+        "closing with %d change(s) unsent (written to the dead letter as not sent) and %d "
+        "in flight with unknown outcome",
+        count,
+        in_flight,
+        extra=log_fields("sender", count=count),
+    )
+    reason = "not sent: the sender closed before its turn"
+    for kind, changes in by_kind(left):
+        records = [c.record for c in changes]
+        outcomes = fail_window(syncer, kind, records, "interrupted", reason)
+        worker.finish(changes, outcomes, sent=False)
 
 
 class BackgroundSender:
@@ -368,24 +292,9 @@ class BackgroundSender:
         sync_mode: bool = False,
         order: RedisOrder | None = None,
     ) -> None:
-        if syncer.client is None:
-            raise ConfigurationError("a BackgroundSender needs a Syncer with a client")
-        if not flush_interval >= 0:
-            raise ConfigurationError("flush_interval must not be negative")
-        if not 1 <= flush_at <= syncer.limits.max_objects:
-            raise ConfigurationError(
-                f"flush_at must be between 1 and {syncer.limits.max_objects} (objects per request)"
-            )
-        if max_queue < 1:
-            raise ConfigurationError("max_queue must be at least 1")
-        if on_full not in ("block", "raise"):
-            raise ConfigurationError(f"on_full must be 'block' or 'raise', not {on_full!r}")
-        if not max_retry_time >= 0:
-            raise ConfigurationError("max_retry_time must not be negative")
-        if sync_mode and spool is not None:
-            raise ConfigurationError(
-                "sync_mode sends each change before submit returns: it takes no spool"
-            )
+        _check_settings(
+            syncer, flush_interval, flush_at, max_queue, on_full, max_retry_time, sync_mode, spool
+        )
         self.syncer = syncer
         self.flush_interval = float(flush_interval)
         self.flush_at = flush_at
@@ -402,68 +311,34 @@ class BackgroundSender:
         else:
             self._telemetry = Telemetry(tracer_provider, meter_provider)
         self._telemetry.watch(self)
-        self._closed = False
         self._reset()
         reset_after_fork(self)
         _LIVE.add(self)
         if self.spool is not None:  # what a stopped process left in the spool goes first
-            with self._cond:
-                self._start_worker()
+            with self._worker.cond:
+                self._worker.start()
 
-    def _reset(self) -> None:
+    def _reset(self, closed: bool = False) -> None:
         """This process's queue and worker (afresh in a forked child: the parent's queue is
         the parent's to send)."""
-        self._cond = threading.Condition()
-        self._queue: deque[_Change] = deque()
-        self._kinds: Counter[str] = Counter()  # queued changes by kind (whole requests)
-        self._outstanding = 0  # accepted and not settled: queued, backlog, in flight
-        self._in_flight = 0
-        self._flushing = 0
-        self._closing = False
-        self._worker: threading.Thread | None = None
-        self._paused_until = 0.0  # no window goes before (Braze failed the last one)
-        self._waiters = _Waiters(self._wake)
-        self._writing = 0  # submits writing to the spool outside the lock (group commit)
-        # Spooled rows not yet in memory (a restart's, a dead process's): while there are
-        # some, new submissions wait on disk too (``_waiting``), so that order holds.
-        self._backlog = False
-        self._cursor = 0  # the last spool id looked at in this pass over the backlog
-        self._known: set[int] = set()  # spool ids queued or in flight
-        self._waiting: dict[int, Submission] = {}
-        self._orphans_checked = 0.0
-        self._receipts: OrderedDict[str, float] = OrderedDict()  # receipt -> when (monotonic)
-        self._counts = dict.fromkeys(
-            (
-                "received",
-                "succeeded",
-                "failed",
-                "skipped",
-                "requests",
-                "rate_limit_waits",
-                "refreshed",
-                "refresh_failed",
-            ),
-            0,
+        self._worker = Worker(
+            self, _SEAMS, telemetry=self._telemetry, spool=self.spool, closed=closed
         )
-        self._rate_limit_wait = 0.0
-        self._statuses: Counter[str] = Counter()
+        self._cond = self._worker.cond
+        self._intake = Intake(self._worker)
 
     def _after_fork(self) -> None:
-        self._reset()
-
-    def _wake(self) -> None:
-        """A caller started waiting for an outcome: the worker looks at its window's time."""
-        with self._cond:
-            self._cond.notify_all()
+        self._reset(self._worker.closed)
 
     def __repr__(self) -> str:
         spool = f", spool={str(self.spool.path)!r}" if self.spool is not None else ""
-        return f"BackgroundSender(flush_at={self.flush_at}, outstanding={self._outstanding}{spool})"
+        outstanding = self._worker.outstanding
+        return f"BackgroundSender(flush_at={self.flush_at}, outstanding={outstanding}{spool})"
 
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        return self._closed
+        return self._worker.closed
 
     def __enter__(self) -> BackgroundSender:
         return self
@@ -582,8 +457,8 @@ class BackgroundSender:
         submission.record_id = outcome[0].record_id
         submission._settle(outcome[0])
         with self._cond:
-            self._counts["received"] += 1
-            self._counts["failed"] += 1
+            self._worker.counts["received"] += 1
+            self._worker.counts["failed"] += 1
         return submission
 
     def _submit(
@@ -594,14 +469,32 @@ class BackgroundSender:
         receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
-        if self._closed:
+        if self.closed:
             raise ConfigurationError("this BackgroundSender is closed")
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
         context = Telemetry.capture()
         seqs = self._stamp(len(changes))
         pairs = zip(changes, seqs, strict=True)
         rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
-        return self._submit_rows(rows, records, timeout, receipt, receipt_ttl, context)
+        intake = self._intake
+        if self.sync_mode:
+            with self._cond:
+                if intake.receipts.seen(receipt, receipt_ttl):
+                    return None
+                intake.receipts.remember(receipt)
+            return _send_now(intake.worker, rows, records, context)
+        waiters = intake.worker.waiters
+        submissions = [Submission(kind, key, waiters) for kind, key, _, _ in rows]  # type: ignore[arg-type]
+        admitted = intake.admit(
+            rows,
+            records,
+            submissions,
+            timeout=timeout,
+            receipt=receipt,
+            receipt_ttl=receipt_ttl,
+            context=context,
+        )
+        return submissions if admitted else None
 
     def _stamp(self, count: int) -> list[int]:
         """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
@@ -614,651 +507,65 @@ class BackgroundSender:
                         exc, count, extra=log_fields("sender", count=count))  # fmt: skip
             return [0] * count
 
-    def _submit_rows(
-        self,
-        changes: list[Row],
-        records: list[Any],
-        timeout: float | None,
-        receipt: str | None,
-        receipt_ttl: float,
-        context: Any,
-    ) -> list[Submission] | None:
-        count = len(changes)
-        if self.sync_mode:
-            return self._send_now(changes, records, receipt, receipt_ttl, context)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            self._start_worker()
-            if self.spool is None and self._seen(receipt, receipt_ttl):
-                return None
-            while count and self._outstanding + count > self.max_queue:
-                if self.on_full == "raise":
-                    raise QueueFull(f"{self._outstanding} changes are waiting (max_queue)")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise QueueFull(f"no room in the queue within {timeout}s")
-                self._cond.wait(left)
-            self._outstanding += count  # room taken now, the changes queued below
-            if self.spool is None:
-                if receipt is not None:
-                    self._remember(receipt)
-                return self._enqueue(changes, records, [], context)
-            if self._backlog:  # written in order with the backlog being loaded
-                return self._spool_and_enqueue(changes, records, receipt, receipt_ttl, context)
-            self._writing += 1
-        # Written without the lock: threads submitting at once share one disk sync.
-        try:
-            return self._spool_and_enqueue(changes, records, receipt, receipt_ttl, context)
-        finally:
-            with self._cond:
-                self._writing -= 1
-
-    def _remember(self, receipt: str) -> None:
-        self._receipts[receipt] = time.monotonic()
-        self._receipts.move_to_end(receipt)
-        if len(self._receipts) > _RECEIPTS_IN_MEMORY:
-            self._receipts.popitem(last=False)
-
-    def _seen(self, receipt: str | None, receipt_ttl: float) -> bool:
-        """Whether an in-memory receipt was accepted within ``receipt_ttl`` (lock held)."""
-        if receipt is None or receipt not in self._receipts:
-            return False
-        return time.monotonic() - self._receipts[receipt] < receipt_ttl
-
-    def _spool_and_enqueue(
-        self,
-        changes: list[Row],
-        records: list[Any],
-        receipt: str | None,
-        receipt_ttl: float,
-        context: Any,
-    ) -> list[Submission] | None:
-        """Write the changes to the spool, then queue them (their room is taken)."""
-        assert self.spool is not None
-        try:
-            ids = self.spool.add(changes, receipt, receipt_ttl)
-        except BaseException:
-            with self._cond:
-                self._outstanding -= len(changes)
-                self._cond.notify_all()
-            raise
-        with self._cond:
-            if ids is None:  # a redelivery
-                self._outstanding -= len(changes)
-                self._cond.notify_all()
-                return None
-            return self._enqueue(changes, records, ids, context)
-
-    def _enqueue(
-        self, changes: list[Row], records: list[Any], ids: list[int], context: Any
-    ) -> list[Submission]:
-        """Queue changes whose room is taken (lock held)."""
-        submissions = []
-        for number, ((kind, key, _, seq), record) in enumerate(zip(changes, records, strict=True)):
-            submission = Submission(kind, key, self._waiters)  # type: ignore[arg-type]
-            submissions.append(submission)
-            if self._backlog:
-                self._waiting[ids[number]] = submission  # loaded, in order, with the rest
-                continue
-            change = _Change(kind, key, record, submission, seq)  # type: ignore[arg-type]
-            change.context = context
-            if ids:
-                change.spool_ids.append(ids[number])
-                self._known.add(ids[number])
-            self._push(change)
-        self._counts["received"] += len(changes)
-        self._cond.notify_all()
-        return submissions
-
-    def _send_now(
-        self,
-        changes: list[Row],
-        records: list[Any],
-        receipt: str | None,
-        receipt_ttl: float,
-        context: Any,
-    ) -> list[Submission] | None:
-        """``sync_mode``: send in the caller's thread, retrying through an outage as the
-        worker would; the submissions are settled when this returns."""
-        window = []
-        with self._cond:
-            if receipt is not None:
-                if self._seen(receipt, receipt_ttl):
-                    return None
-                self._remember(receipt)
-            for (kind, key, _, seq), record in zip(changes, records, strict=True):
-                submission = Submission(kind, key)  # type: ignore[arg-type]
-                change = _Change(kind, key, record, submission, seq)  # type: ignore[arg-type]
-                change.context = context
-                window.append(change)
-            self._counts["received"] += len(window)
-            self._outstanding += len(window)
-            self._in_flight += len(window)
-        submissions = [c.submissions[0] for c in window]
-        while window:
-            window = self._send(window)
-            if window:
-                time.sleep(_pause_before(window))
-        return submissions
-
-    # --- the worker ---------------------------------------------------------------------
-
-    def _start_worker(self) -> None:
-        """Start this process's worker (called holding the lock); with a spool, first take
-        over the rows of processes that no longer run, and send this owner's rows first."""
-        if self._worker is not None and self._worker.is_alive():
-            return
-        if self.spool is not None and not self._writing:
-            self._adopt()
-            self._backlog = True
-        self._worker = threading.Thread(target=self._work, name="antavo-braze-sender", daemon=True)
-        self._worker.start()
-
-    def _adopt(self) -> None:
-        assert self.spool is not None
-        if self._writing:
-            return  # rows being written now must not be loaded as a backlog: next time
-        self._orphans_checked = time.monotonic()
-        adopted = self.spool.adopt_orphans()
-        if adopted:
-            log.warning(
-                "spool %s: sending %d change(s) a stopped process left unsent",
-                self.spool.path,
-                adopted,
-                extra=log_fields("sender", count=adopted),
-            )
-            self._backlog = True
-            self._cursor = 0
-
-    def _work(self) -> None:
-        while True:
-            try:
-                with self._cond:
-                    window = self._next_window()
-            except Exception:  # the spool could not be read: try again, never stop
-                log.exception("the background sender could not load its spool")
-                time.sleep(1.0)
-                continue
-            if window is None:
-                return
-            again = self._send(window)
-            if again:
-                self._retry_later(again)
-
-    def _retry_later(self, changes: list[_Change]) -> None:
-        """Put changes a window failed for now back at the head of the queue (they are the
-        oldest), and hold every window back for the backoff."""
-        delay = _pause_before(changes)
-        if any(c.attempts for c in changes):
-            log.warning(
-                "Braze failed %d change(s) for now; trying again in %.1fs (each for up to %.0fs)",
-                len(changes),
-                delay,
-                self.max_retry_time,
-            )
-        with self._cond:
-            self._in_flight -= sum(_units(c) for c in changes)
-            self._push_front(changes)
-            self._paused_until = time.monotonic() + delay
-            self._cond.notify_all()
-
-    def _next_window(self) -> list[_Change] | None:
-        """Wait for a window's worth of changes (or its time) and take them (lock held)."""
-        while True:
-            self._refill()
-            now = time.monotonic()
-            if self._queue and now < self._paused_until and not self._closing:
-                self._cond.wait(self._paused_until - now)  # backing off after a failure
-            elif self._queue:
-                interval = min(self.flush_interval, _LINGER) if self._waiters.count else None
-                due = self._queue[0].queued_at + (interval or self.flush_interval)
-                by_size = max(self._kinds.values(), default=0) >= self.flush_at  # a kind's request
-                urgent = now >= due or self._flushing or self._closing
-                if by_size or urgent:
-                    return self._take(by_size and not urgent)
-                self._cond.wait(due - now)
-            elif self._closing or self._closed:
-                return None
-            else:
-                self._cond.wait(_ORPHAN_CHECK)
-
-    def _refill(self) -> None:
-        """Load spooled rows in id order while there is a backlog (lock held)."""
-        spool = self.spool
-        if spool is None:
-            return
-        if time.monotonic() - self._orphans_checked > _ORPHAN_CHECK:
-            self._adopt()
-        room = self.max_queue - len(self._queue)
-        if not self._backlog or room <= 0:
-            return
-        rows = spool.load(self._cursor, room)
-        for spool_id, kind, key, record, seq in rows:
-            self._cursor = spool_id
-            if spool_id in self._known:
-                continue
-            submission = self._waiting.pop(spool_id, None)
-            if submission is None:
-                self._outstanding += 1  # not submitted by this run: a restart's, an orphan's
-            change = _Change(kind, key, json.loads(record), submission, seq)  # type: ignore[arg-type]
-            change.spool_ids.append(spool_id)
-            self._known.add(spool_id)
-            self._push(change)
-        if len(rows) < room:
-            self._backlog = False
-            self._cursor = 0
-            self._cond.notify_all()
-
-    def _push(self, change: _Change) -> None:
-        self._queue.append(change)
-        self._kinds[change.kind] += 1
-
-    def _push_front(self, changes: list[_Change]) -> None:
-        self._queue.extendleft(reversed(changes))
-        self._kinds.update(c.kind for c in changes)
-
-    def _pop(self) -> _Change:
-        change = self._queue.popleft()
-        self._kinds[change.kind] -= 1
-        return change
-
-    def _whole_requests(self, cap: int) -> dict[str, int]:
-        """On a size trigger: how many changes of each kind make whole requests (kinds with
-        less than a request queued wait for the next window, or the window's time)."""
-        limits = {}
-        for kind, count in self._kinds.items():
-            whole = min(count, cap) - min(count, cap) % self.flush_at
-            if whole:
-                limits[kind] = whole
-        return limits
-
-    def _take(self, whole_requests_only: bool) -> list[_Change]:
-        """The next window: in queue order, a member's changes only while they are of one
-        kind; same-kind member records and attribute updates merge. On a size trigger, only
-        whole requests of each kind (each kind is one request body), so mixed kinds never go
-        out as half-full requests of each."""
-        client = self.syncer.client
-        assert client is not None
-        cap = self.flush_at * client.max_in_flight
-        limit = min(len(self._queue), cap)
-        limits: dict[str, int] | None = None
-        if whole_requests_only:  # a size trigger: leave partial requests for the next window
-            limits = self._whole_requests(cap)
-            limit = min(cap, sum(limits.values()))
-        taken: Counter[str] = Counter()
-        window: list[_Change] = []
-        merged: dict[tuple[str, str], _Change] = {}
-        kinds: dict[str, str] = {}
-        held: list[_Change] = []
-        blocked: set[str] = set()
-        scanned = 0
-        while self._queue and len(window) < limit and scanned < limit * _SCAN_FACTOR:
-            change = self._pop()
-            scanned += 1
-            if (
-                change.key in blocked
-                or kinds.get(change.key, change.kind) != change.kind
-                or (limits is not None and taken[change.kind] >= limits.get(change.kind, 0))
-            ):
-                blocked.add(change.key)  # its earlier change goes first (or waits too)
-                held.append(change)
-                continue
-            kinds[change.key] = change.kind
-            if change.kind != "event":
-                earlier = merged.get((change.kind, change.key))
-                if earlier is not None:
-                    earlier.absorb(change)
-                    continue
-                merged[(change.kind, change.key)] = change
-            window.append(change)
-            taken[change.kind] += 1
-        self._push_front(held)
-        if not window and limits is not None:
-            return self._take(False)  # every whole request waits on other kinds: send all
-        self._in_flight += sum(_units(c) for c in window)
-        return window
-
-    def _send(self, window: list[_Change]) -> list[_Change]:
-        """Send a window, one Syncer call per kind, and settle what is final; return the
-        changes to try again later."""
-        self._telemetry.watch(self)  # a provider the application set since
-        contexts = [c.context for c in window]
-        with self._telemetry.window(contexts, sum(_units(c) for c in window)):
-            return self._send_window(window)
-
-    def _send_window(self, window: list[_Change]) -> list[_Change]:
-        again: list[_Change] = []
-        members: list[dict[str, Any]] | None = None
-        for kind, taken in _by_kind(window):
-            changes = self._claim(kind, taken, again)
-            if not changes:
-                continue
-            if kind == "event" and self.antavo is not None and members is None:
-                members = self._refresh(changes, self.antavo)  # Antavo's rule, once a window
-            held = _HeldLetters()
-            refreshed = (members or []) if kind == "event" else []
-            outcomes, retry = self._send_kind(kind, changes, held, refreshed)
-            self._release(kind, changes, outcomes)
-            again.extend(self._settle(kind, changes, outcomes, held, retry=retry))
-        return again
-
-    def _claim(self, kind: Kind, changes: list[_Change], later: list[_Change]) -> list[_Change]:
-        """With a :class:`RedisOrder`: the changes this process may send now. A member
-        another process is sending waits (into ``later``); a member snapshot older than one
-        already sent is skipped."""
-        order = self.order
-        if order is None:
-            return changes
-        members = [(c.key, c.seq if kind == "member" else 0) for c in changes]
-        try:
-            claims = order.claim(members)
-        except order.errors as exc:
-            log.warning("Redis unreachable (%s): %d change(s) wait for it", exc, len(changes))
-            for change in changes:
-                change.attempts += 1  # backs off like an outage
-            later.extend(changes)
-            return []
-        pairs = list(zip(changes, claims, strict=True))
-        later.extend(c for c, claim in pairs if claim == "busy")
-        stale = [c for c, claim in pairs if claim == "stale"]
-        if stale:
-            reason = "superseded: another process sent a newer change of this member"
-            self._finish(stale, [RecordOutcome("skipped", c.key, reason) for c in stale])
-        return [c for c, claim in pairs if claim == "send"]
-
-    def _release(self, kind: Kind, changes: list[_Change], outcomes: list[RecordOutcome]) -> None:
-        """End this window's claims, recording the member snapshots now in Braze."""
-        if self.order is None:
-            return
-        members = [
-            (c.key, c.seq if kind == "member" and o.status == "succeeded" else 0)
-            for c, o in zip(changes, outcomes, strict=True)
-        ]
-        try:
-            self.order.release(members)
-        except self.order.errors as exc:  # the claims lapse after their lease
-            log.warning("Redis unreachable (%s): claims lapse after %.0fs", exc, self.order.lease)
-
-    def _send_kind(
-        self,
-        kind: Kind,
-        changes: list[_Change],
-        held: _HeldLetters,
-        refreshed: list[dict[str, Any]],
-    ) -> tuple[list[RecordOutcome], bool]:
-        """Each change's outcome (failures written to ``held``), and whether failures that
-        may pass can be tried again (not when the credentials were refused). ``refreshed``:
-        the members read from Antavo for these events, sent in the same requests; each fails
-        alone, straight into the dead letter (a later window reads them again)."""
-        records = [c.record for c in changes]
-        try:
-            if refreshed:
-                report, outcomes, member_outcomes = sync_events_with_members(
-                    self.syncer, records, refreshed, hold=held
-                )
-                held.forward(self.syncer.dead_letter, _positions_from(len(records), refreshed))
-                self._count_refresh(member_outcomes)
-            else:
-                report, outcomes = sync_window(self.syncer, kind, records, hold=held)
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            log.error(
-                "Braze refused the credentials; the window is dead-lettered: %s",
-                exc,
-                extra=log_fields("sender", kind=kind, stage="braze", count=len(records)),
-            )
-            return self._fail_window(kind, records, refreshed, "braze", str(exc), held, exc), False
-        except (TransportError, RateLimitError, ServerError) as exc:
-            log.warning(
-                "a window could not be sent: %s",
-                exc,
-                extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
-            )
-            outcomes = self._fail_window(kind, records, refreshed, "transport", str(exc), held, exc)
-            return outcomes, True
-        except AntavoBrazeError as exc:  # a closed client, a bad setting: trying again won't do
-            log.error(
-                "a window could not be sent; it goes to the dead letter: %s",
-                exc,
-                extra=log_fields("sender", kind=kind, stage="transport", count=len(records)),
-            )
-            outcomes = self._fail_window(kind, records, refreshed, "transport", str(exc), held, exc)
-            return outcomes, False
-        except Exception as exc:  # a bug of ours: never leave a caller waiting for it
-            log.exception(
-                "the background sender failed on a window",
-                extra=log_fields("sender", kind=kind, count=len(records)),
-            )
-            reason = f"the sender failed: {type(exc).__name__}: {exc}"[:300]
-            outcomes = self._fail_window(
-                kind, records, refreshed, "transport", reason, held, retryable=False
-            )
-            return outcomes, False
-        with self._cond:
-            self._counts["requests"] += report.requests
-            self._counts["rate_limit_waits"] += report.rate_limit_waits
-            self._rate_limit_wait += report.rate_limit_wait
-            self._statuses.update(report.requests_by_status)
-        return outcomes, True
-
-    def _settle(
-        self,
-        kind: Kind,
-        changes: list[_Change],
-        outcomes: list[RecordOutcome],
-        held: _HeldLetters,
-        *,
-        retry: bool,
-    ) -> list[_Change]:
-        """Finish the changes whose outcome is final (their failures into the dead letter);
-        return those to try again (failed for now, and younger than ``max_retry_time``)."""
-        now = time.monotonic()
-        final: list[int] = []
-        again: list[_Change] = []
-        kept: list[_Change] = []
-        for position, (change, outcome) in enumerate(zip(changes, outcomes, strict=True)):
-            young = now - change.queued_at < self.max_retry_time
-            if not (retry and young and may_retry(kind, outcome)):
-                final.append(position)
-            elif not self._closed:
-                change.attempts += 1
-                again.append(change)
-            elif change.spool_ids:
-                kept.append(change)  # closed: the next sender on the spool tries again
-            else:
-                final.append(position)
-        try:
-            held.forward(self.syncer.dead_letter, set(final))
-        except Exception:  # a full disk must not stop the sender: the outcomes still say it
-            log.exception("failed changes could not be written to the dead letter")
-        self._finish([changes[p] for p in final], [outcomes[p] for p in final])
-        if kept:
-            with self._cond:
-                units = sum(_units(c) for c in kept)
-                self._outstanding -= units
-                self._in_flight -= units
-                self._known.difference_update(i for c in kept for i in c.spool_ids)
-                self._cond.notify_all()
-        return again
-
-    def _fail_window(
-        self,
-        kind: Kind,
-        records: list[Any],
-        members: list[Any],
-        stage: Stage,
-        reason: str,
-        held: _HeldLetters,
-        error: BaseException | None = None,
-        *,
-        retryable: bool = True,
-    ) -> list[RecordOutcome]:
-        """Fail a window that could not be sent: its records into ``held``, the members
-        refreshed for it straight into the dead letter. A run a fatal error stopped has
-        settled each record already (``error._outcomes``): those outcomes stand."""
-        if members:
-            failed = fail_window(self.syncer, "member", members, stage, reason)
-            self._count_refresh(failed)
-        settled = getattr(error, "_outcomes", None)
-        if settled is not None and not members and len(settled) == len(records):
-            return list(settled)
-        return fail_window(
-            self.syncer, kind, records, stage, reason, retryable=retryable, hold=held
-        )
-
-    def _count_refresh(self, outcomes: list[RecordOutcome]) -> None:
-        with self._cond:
-            for outcome in outcomes:
-                self._counts["refresh_failed" if outcome.status == "failed" else "refreshed"] += 1
-
-    def _refresh(self, window: list[_Change], antavo: AntavoClient) -> list[dict[str, Any]]:
-        """Antavo's rule: read each member with events in ``window`` once (the customer
-        objects to send with the events); a member Antavo cannot give fails alone, now
-        (stage ``antavo``, retryable), and its events still go."""
-        ids = list(
-            dict.fromkeys(
-                member_id
-                for change in window
-                if change.kind == "event" and (member_id := event_id(change.record)) is not None
-            )
-        )
-        if not ids:
-            return []
-
-        def fetch(member_id: str) -> dict[str, Any] | str:
-            try:
-                return antavo.customer(member_id)
-            except AntavoBrazeError as exc:
-                return str(exc)[:300]
-
-        with ThreadPoolExecutor(min(_REFRESH_THREADS, len(ids))) as pool:
-            found = list(pool.map(fetch, ids))
-        for member_id, result in zip(ids, found, strict=True):
-            if isinstance(result, str):
-                log.warning("could not read member %s from Antavo: %s", member_id, result)
-                self._count_refresh(
-                    fail_window(
-                        self.syncer,
-                        "member",
-                        [{"id": member_id}],
-                        "antavo",
-                        f"refresh from Antavo: {result}",
-                    )
-                )
-        return [m for m in found if isinstance(m, dict)]
-
-    def _finish(
-        self, changes: list[_Change], outcomes: list[RecordOutcome], *, sent: bool = True
-    ) -> None:
-        """Settle ``changes`` (taken in a window, or with ``sent=False`` still queued)."""
-        ids = [i for c in changes for i in c.spool_ids]
-        if self.spool is not None:
-            try:
-                self.spool.remove(ids)
-            except Exception:  # the outcome stands; the rows are sent again by a next start
-                log.exception("spool %s: settled rows could not be removed", self.spool.path)
-        settled = 0
-        with self._cond:
-            self._known.difference_update(ids)
-            for change, outcome in zip(changes, outcomes, strict=True):
-                count = _units(change)
-                settled += count
-                self._counts[outcome.status] += count
-                if outcome.record_id is None:
-                    outcome = attrs.evolve(outcome, record_id=change.key)
-                for submission in change.submissions:
-                    submission._settle(outcome)
-            self._outstanding -= settled
-            if sent:
-                self._in_flight -= settled
-            self._cond.notify_all()
-        _log_failures(changes, outcomes)
-
-    def _fail_unsent(self, left: list[_Change]) -> None:
-        """Dead-letter changes still queued when the sender closes (no spool to keep them)."""
-        reason = "not sent: the sender closed before its turn"
-        for kind, changes in _by_kind(left):
-            records = [c.record for c in changes]
-            outcomes = fail_window(self.syncer, kind, records, "interrupted", reason)
-            self._finish(changes, outcomes, sent=False)
-
     # --- flushing, closing, stats ---------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything queued now, without waiting for windows to fill; return True
         when nothing is left outstanding, False if ``timeout`` ran out first."""
+        worker = self._worker
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            if self.spool is not None or self._outstanding:
-                self._start_worker()  # a forked child's first call, or a spool's backlog
-            self._flushing += 1
+            if self.spool is not None or worker.outstanding:
+                worker.start()  # a forked child's first call, or a spool's backlog
+            worker.flushing += 1
             self._cond.notify_all()
             try:
-                while self._outstanding or self._backlog:
+                while worker.outstanding or worker.loading():
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         return False
                     self._cond.wait(left if left is not None else 1.0)
                 return True
             finally:
-                self._flushing -= 1
+                worker.flushing -= 1
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (within ``timeout``), then stop the worker; the sender then refuses
         submissions. What could not be sent stays in the spool, or without one goes to the
         dead letter (failed, not sent, retryable). The Syncer and client stay yours."""
-        if self._closed:
+        if self.closed:
             return
         done = self.flush(timeout)
-        self._closed = True
-        with self._cond:
-            self._closing = True
-            left = list(self._queue) if not done else []
-            self._queue.clear()
-            self._kinds.clear()
-            in_flight = self._in_flight
-            self._cond.notify_all()
         worker = self._worker
-        if done and worker is not None:
-            worker.join(timeout)
+        worker.closed = True
+        with self._cond:
+            worker.closing = True
+            left = worker.queue.clear() if not done else []
+            in_flight = worker.in_flight
+            self._cond.notify_all()
+        thread = worker.thread
+        if done and thread is not None:
+            thread.join(timeout)
         if left or in_flight:
-            self._report_unsent(left, in_flight)
-        if self.spool is not None and (worker is None or not worker.is_alive()):
+            _report_unsent(self.syncer, self._worker, left, in_flight)
+        if self.spool is not None and (thread is None or not thread.is_alive()):
             self.spool.close()
         _LIVE.discard(self)
 
-    def _report_unsent(self, left: list[_Change], in_flight: int) -> None:
-        count = sum(_units(c) for c in left)
-        if self.spool is not None:
-            log.warning(
-                "closing with %d change(s) unsent and %d in flight: kept in the spool %s, "
-                "sent by the next sender on it",
-                count,
-                in_flight,
-                self.spool.path,
-                extra=log_fields("sender", count=count),
-            )
-            return
-        log.warning(
-            "closing with %d change(s) unsent (written to the dead letter as not sent) and %d "
-            "in flight with unknown outcome",
-            count,
-            in_flight,
-            extra=log_fields("sender", count=count),
-        )
-        self._fail_unsent(left)
-
     def _at_exit(self) -> None:
-        if not self._closed and (self._outstanding or self._worker is not None):
+        worker = self._worker
+        if not self.closed and (worker.outstanding or worker.thread is not None):
             self.close(self.exit_timeout)
 
     def stats(self) -> SenderStats:
         """What this sender did so far, in this process."""
+        worker = self._worker
         with self._cond:
-            counts = self._counts
+            counts = worker.counts
             return SenderStats(
                 received=counts["received"],
-                queued=self._outstanding - self._in_flight,
-                in_flight=self._in_flight,
+                queued=worker.outstanding - worker.in_flight,
+                in_flight=worker.in_flight,
                 succeeded=counts["succeeded"],
                 failed=counts["failed"],
                 skipped=counts["skipped"],
@@ -1266,6 +573,6 @@ class BackgroundSender:
                 rate_limit_waits=counts["rate_limit_waits"],
                 refreshed=counts["refreshed"],
                 refresh_failed=counts["refresh_failed"],
-                rate_limit_wait=self._rate_limit_wait,
-                requests_by_status=dict(sorted(self._statuses.items())),
+                rate_limit_wait=worker.rate_limit_wait,
+                requests_by_status=dict(sorted(worker.statuses.items())),
             )
