@@ -9,6 +9,7 @@ import hmac
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 import urllib3
 
 import antavo_braze as ab
-from antavo_braze.serve import BasicAuth, JWTAuth, auth_from_env, create_app
+from antavo_braze.serve import BasicAuth, JWTAuth, _app, auth_from_env, create_app
 from antavo_braze.testing import FakeBraze
 
 from .conftest import DATA, in_threads
@@ -187,16 +188,64 @@ def test_bad_requests_get_clear_answers(receiver: Receiver) -> None:
     assert unauthorized.headers["WWW-Authenticate"].startswith("Basic")
 
 
-def test_a_full_queue_answers_503_so_antavo_retries(fake: FakeBraze) -> None:
+@pytest.mark.parametrize("spooled", [False, True])
+def test_a_full_queue_answers_503_so_antavo_retries(
+    fake: FakeBraze, tmp_path: Path, spooled: bool
+) -> None:
     """No room in the queue: 503 with Retry-After (Antavo redelivers), never a silent drop."""
     fake.latency = 2.0
-    with Receiver(fake, None, None) as running:
+    with Receiver(fake, None, tmp_path / "spool.db" if spooled else None) as running:
         running.sender.max_queue = 1
         running.sender.flush_at = 1
         answers = [running.post("/antavo/members", {"id": f"q{n}", "score": n}) for n in range(3)]
         assert [a.status for a in answers][:1] == [202]
         assert 503 in [a.status for a in answers]
         assert answers[-1].headers["Retry-After"] == "10"
+
+
+def test_webhooks_waiting_for_the_spool_are_bounded(
+    fake: FakeBraze, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the spool cannot be written, at most _COMMIT_QUEUE webhooks wait for it (beyond:
+    503, not sent); those waiting are answered 202 once it can, and are sent."""
+    monkeypatch.setattr(_app, "_COMMIT_QUEUE", 3)
+    spool = tmp_path / "spool.db"
+    with Receiver(fake, None, spool) as running:
+        assert running.post("/antavo/members", {"id": "first", "score": 0}).status == 202
+        blocker = sqlite3.connect(spool, isolation_level=None, check_same_thread=False)
+        blocker.execute("BEGIN IMMEDIATE")  # the spool's write lock: the committer waits
+        statuses: dict[str, int] = {}
+
+        def post(number: int) -> None:
+            member = f"w{number}"
+            with urllib3.PoolManager(retries=False, timeout=60) as http:
+                answer = http.request(
+                    "POST", f"http://127.0.0.1:{running.port}/antavo/members",
+                    body=json.dumps({"id": member, "score": number}).encode(),
+                )  # fmt: skip
+                statuses[member] = answer.status
+
+        holder = threading.Thread(target=post, args=(0,))
+        holder.start()  # taken by the committer, which then waits for the lock
+        time.sleep(0.5)
+        posters = [threading.Thread(target=post, args=(n,)) for n in range(1, 9)]
+        for poster in posters:
+            poster.start()  # 3 wait for the committer, the other 5 are refused at once
+        deadline = time.monotonic() + 20
+        while len(statuses) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused_while_locked = sorted(statuses.values())
+        blocker.execute("ROLLBACK")
+        for thread in (holder, *posters):
+            thread.join(60)
+        blocker.close()
+        assert running.sender.flush(timeout=30)
+    accepted = {m for m, status in statuses.items() if status == 202}
+    assert refused_while_locked == [503] * len(refused_while_locked)  # none waited for room
+    assert len(statuses) == 9
+    assert len(accepted) >= 4  # the batch being written and the 3 waiting
+    assert list(statuses.values()).count(503) == 9 - len(accepted) >= 4
+    assert {m for m in statuses if m.startswith("w")} & set(fake.profiles) == accepted
 
 
 def serve_process(fake: FakeBraze, tmp_path: Path, *extra: str, env: dict[str, str] | None = None

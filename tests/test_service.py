@@ -310,6 +310,91 @@ def test_concurrent_spooled_submits_share_disk_syncs(fake: FakeBraze, tmp_path: 
     assert sender.spool.count() == 0
 
 
+def test_submit_groups_writes_several_webhooks_in_one_transaction(
+    fake: FakeBraze, tmp_path: Path
+) -> None:
+    """Four webhooks in one submit_groups: one spool transaction; per group what submit_many
+    would answer (submissions, None for a redelivery, refused records in place)."""
+    with (
+        fake.client() as client,
+        ab.BackgroundSender(ab.Syncer(client, MAPPING), spool=tmp_path / "spool.db") as sender,
+    ):
+        assert sender.spool is not None
+        assert sender.submit_many("member", [{"id": "old", "score": 1}], receipt="seen")
+        commits = 0
+        real_write = sender.spool._file.write
+
+        def counting_write(**options):  # type: ignore[no-untyped-def]
+            nonlocal commits
+            if threading.current_thread().name != "antavo-braze-sender":
+                commits += 1
+            return real_write(**options)
+
+        sender.spool._file.write = counting_write  # type: ignore[method-assign]
+        event = {"customer": "e1", "action": "opt_in", "id": "ev1"}
+        results = sender.submit_groups(
+            [
+                (
+                    "member",
+                    [{"id": "a", "score": 1}, {"score": 2}, {"id": "b", "score": 3}],
+                    "k1",
+                    None,
+                ),
+                ("member", [{"id": "again", "score": 1}], "seen", None),
+                ("event", [event], None, None),
+                ("member", [{"id": "twice", "score": 1}], "k1", None),
+            ],
+            timeout=5,
+        )
+        sender.spool._file.write = real_write  # type: ignore[method-assign]
+        assert sender.flush(timeout=30)
+    assert commits == 1
+    first, redelivered, events, same_key = results
+    assert isinstance(first, list)
+    assert [s.result(0).status for s in first] == ["succeeded", "failed", "succeeded"]
+    assert "id: missing" in (first[1].result(0).reason or "")
+    assert redelivered is None
+    assert same_key is None  # the second "k1" of the same batch
+    assert isinstance(events, list)
+    assert events[0].result(0).ok
+    assert {"a", "b", "e1", "old"} <= set(fake.profiles)
+    assert not {"again", "twice"} & set(fake.profiles)
+    assert sender.spool.count() == 0
+
+
+def test_submit_groups_answers_each_group_about_room(fake: FakeBraze, tmp_path: Path) -> None:
+    """A group with no room gets QueueFull while the others are queued; a closed sender
+    answers every group with ConfigurationError; without a spool, as submit_many would."""
+    fake.latency = 1.0  # nothing settles (frees room) while the groups are submitted
+    with fake.client() as client:
+        spooled = ab.BackgroundSender(
+            ab.Syncer(client, MAPPING), spool=tmp_path / "spool.db", max_queue=2, on_full="raise"
+        )
+        results = spooled.submit_groups(
+            [
+                ("member", [{"id": "m1", "score": 1}], None, None),
+                ("member", [{"id": "m2", "score": 1}, {"id": "m3", "score": 1}], None, None),
+                ("member", [{"id": "m4", "score": 1}], None, None),
+            ]
+        )
+        spooled.close(timeout=30)
+        closed = spooled.submit_groups([("member", [{"id": "m5", "score": 1}], None, None)])
+        plain = ab.BackgroundSender(ab.Syncer(client, MAPPING))
+        in_memory = plain.submit_groups(
+            [
+                ("member", [{"id": "p1", "score": 1}], "r", None),
+                ("member", [{"id": "p2", "score": 1}], "r", None),
+            ]
+        )
+        plain.close(timeout=30)
+    assert [type(r) for r in results] == [list, ab.QueueFull, list]
+    assert isinstance(closed[0], ab.ConfigurationError)
+    assert isinstance(in_memory[0], list)
+    assert in_memory[1] is None
+    assert {"m1", "m4", "p1"} <= set(fake.profiles)
+    assert not {"m2", "m3", "m5", "p2"} & set(fake.profiles)
+
+
 # --- the spool stays bounded --------------------------------------------------------------
 
 

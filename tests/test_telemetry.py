@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -496,6 +497,52 @@ def test_asubmit_carries_the_trace_across_the_thread_pool(
         trace_id = asyncio.run(handler(sender))
     (window,) = [s for s in otel.spans() if s.name == "antavo_braze.sender.send"]
     assert window.context.trace_id == trace_id
+
+
+def test_serve_with_a_spool_carries_each_webhooks_trace_into_the_sender(
+    fake: FakeBraze, mapping: ab.Mapping, otel: Otel, tmp_path: Path
+) -> None:
+    """Two webhooks posted at once through a spooled serve app (one committer batch): each
+    request's span (set by an ASGI tracing middleware) is in the trace of the window sent."""
+    import asyncio
+
+    from antavo_braze.serve import create_app
+
+    tracer = otel.tracer_provider.get_tracer("asgi-middleware")
+
+    async def post(app: Any, member: str) -> tuple[int, int]:
+        body = json.dumps({"id": member, "score": 1}).encode()
+        answer: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body}
+
+        async def send(message: Any) -> None:
+            answer.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/antavo/members", "headers": [],
+                 "client": ("127.0.0.1", 5000)}  # fmt: skip
+        with tracer.start_as_current_span("POST /antavo/members") as span:
+            await app(scope, receive, send)
+        return answer[0]["status"], int(span.get_span_context().trace_id)
+
+    async def both(app: Any) -> list[tuple[int, int]]:
+        return list(await asyncio.gather(post(app, "m-1"), post(app, "m-2")))
+
+    with (
+        fake.client(**otel.providers) as client,
+        ab.BackgroundSender(
+            ab.Syncer(client, mapping), flush_interval=0.2, spool=tmp_path / "spool.db"
+        ) as sender,
+    ):
+        answers = asyncio.run(both(create_app(sender, auth=None)))
+        assert sender.flush(timeout=30)
+    assert [status for status, _ in answers] == [202, 202]
+    windows = [s for s in otel.spans() if s.name == "antavo_braze.sender.send"]
+    in_windows = {w.context.trace_id for w in windows} | {
+        link.context.trace_id for w in windows for link in w.links
+    }
+    assert {trace_id for _, trace_id in answers} <= in_windows
 
 
 def test_failed_tries_and_calls_are_marked_as_errors(

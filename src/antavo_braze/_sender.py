@@ -576,3 +576,114 @@ class BackgroundSender:
                 rate_limit_wait=worker.rate_limit_wait,
                 requests_by_status=dict(sorted(worker.statuses.items())),
             )
+
+    def submit_groups(
+        self,
+        groups: list[tuple[Literal["member", "event"], list[Any], str | None, float | None]],
+        *,
+        timeout: float | None = None,
+        contexts: list[Any] | None = None,
+    ) -> list[list[Submission] | Exception | None]:
+        """Several :meth:`submit_many` calls, each ``(kind, records, receipt, receipt_ttl)``,
+        written to the spool in one transaction (one disk sync) — for a caller holding
+        several webhooks at once (``serve``). Per group, in order: what :meth:`submit_many`
+        returns, or the exception it raises (:class:`QueueFull`: no room within ``timeout``,
+        one deadline for all the groups). ``contexts``: each group's trace
+        (``Telemetry.capture()`` in its caller); used with a spool."""
+        spool = self.spool
+        results: list[list[Submission] | Exception | None] = []
+        if spool is None or self._closed:  # no disk sync to share: one submit_many each
+            for kind, records, receipt, ttl in groups:
+                try:
+                    results.append(
+                        self.submit_many(
+                            kind, records, receipt=receipt, receipt_ttl=ttl, timeout=timeout
+                        )
+                    )
+                except Exception as exc:
+                    results.append(exc)
+            return results
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # Per group, as _submit_records and _submit do for one: its rows, parsed records
+        # and the records refused before queueing (by position).
+        prepared: list[tuple[list[Row], list[Any], dict[int, str]]] = []
+        for kind, records, _, _ in groups:
+            key_of = record_id if kind == "member" else event_id
+            rows: list[Row] = []
+            parsed: list[Any] = []
+            reasons: dict[int, str] = {}
+            for number, record in enumerate(records):
+                key = key_of(record)
+                if key is None:
+                    reasons[number] = f"{'id' if kind == 'member' else 'customer'}: missing"
+                    continue
+                try:
+                    text = _record_json(record)
+                except (TypeError, ValueError, RecursionError) as exc:
+                    reasons[number] = f"not JSON-like: {exc}"
+                    continue
+                rows.append((kind, key, text, 0))
+                parsed.append(json.loads(text))
+            prepared.append((rows, parsed, reasons))
+        seqs = iter(self._stamp(sum(len(rows) for rows, _, _ in prepared)))  # one INCRBY
+        for rows, _, _ in prepared:
+            rows[:] = [(kind, key, text, next(seqs)) for kind, key, text, _ in rows]
+        context_of = contexts if contexts is not None else [None] * len(groups)
+        results = [None] * len(groups)  # each set below
+        taken: list[int] = []  # the groups that got room, in order
+
+        def write() -> None:
+            """Spool the groups that got room, then queue them (their room is taken)."""
+            try:
+                written = spool.add_many([(prepared[n][0], *groups[n][2:]) for n in taken])
+            except BaseException as exc:
+                with self._cond:
+                    self._outstanding -= sum(len(prepared[n][0]) for n in taken)
+                    self._cond.notify_all()
+                if not isinstance(exc, Exception):
+                    raise
+                for n in taken:
+                    results[n] = exc
+                return
+            with self._cond:
+                for n, ids in zip(taken, written, strict=True):
+                    rows, parsed, _ = prepared[n]
+                    if ids is None:  # a redelivery
+                        self._outstanding -= len(rows)
+                        self._cond.notify_all()
+                    else:
+                        results[n] = self._enqueue(rows, parsed, ids, context_of[n])
+
+        with self._cond:
+            self._start_worker()
+            for n, (rows, _, _) in enumerate(prepared):
+                while rows and self._outstanding + len(rows) > self.max_queue:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if self.on_full == "raise" or (left is not None and left <= 0):
+                        break
+                    self._cond.wait(left)
+                if rows and self._outstanding + len(rows) > self.max_queue:
+                    results[n] = QueueFull(f"no room in the queue for {len(rows)} change(s)")
+                    continue
+                self._outstanding += len(rows)  # room taken now, the changes queued below
+                taken.append(n)
+            in_order = self._backlog  # written in order with the backlog being loaded
+            if in_order:
+                write()
+            else:
+                self._writing += 1
+        if not in_order:  # written without the lock: other submits share the disk sync
+            try:
+                write()
+            finally:
+                with self._cond:
+                    self._writing -= 1
+        for n, (kind, records, _, _) in enumerate(groups):
+            queued, reasons = results[n], prepared[n][2]
+            if isinstance(queued, list) and reasons:  # a redelivery's are dead-lettered already
+                refused = {i: self._refused(kind, records[i], why) for i, why in reasons.items()}
+                out = iter(queued)
+                results[n] = [
+                    refused[i] if i in refused else next(out) for i in range(len(records))
+                ]
+        return results

@@ -208,18 +208,31 @@ class Spool:
         ``None`` when ``receipt`` was accepted in the last ``receipt_ttl`` seconds (default
         ``RECEIPT_TTL``; a redelivery: nothing is stored). Threads adding at the same time
         share one transaction (one disk sync)."""
+        return self.add_many([(rows, receipt, receipt_ttl)])[0]
+
+    def add_many(
+        self, groups: Sequence[tuple[Sequence[Row], str | None, float | None]]
+    ) -> list[list[int] | None]:
+        """:meth:`add` for several ``(rows, receipt, receipt_ttl)`` groups at once (several
+        webhooks), in one transaction with whatever other threads add meanwhile; per group,
+        its ids or ``None`` (a redelivery)."""
         owner = self.owner
-        ttl = RECEIPT_TTL if receipt_ttl is None else receipt_ttl
-        mine = _Pending(rows, receipt, ttl)
+        mine = [
+            _Pending(rows, receipt, RECEIPT_TTL if ttl is None else ttl)
+            for rows, receipt, ttl in groups
+        ]
+        if not mine:
+            return []
+        last = mine[-1]  # appended together: all of them are done when the last one is
         with self._group:
-            self._pending.append(mine)
-            while self._committing and not mine.done:
+            self._pending.extend(mine)
+            while self._committing and not last.done:
                 self._group.wait()
-            if not mine.done:  # this thread writes the group, its own rows included
+            if not last.done:  # this thread writes the group, its own rows included
                 self._committing = True
                 group, self._pending = self._pending, []
-        if mine.done:
-            return self._result(mine)
+        if last.done:
+            return [self._result(pending) for pending in mine]
         try:
             with self._file.write() as db:
                 for pending in group:
@@ -233,7 +246,7 @@ class Spool:
                     pending.done = True
                 self._committing = False
                 self._group.notify_all()
-        return self._result(mine)
+        return [self._result(pending) for pending in mine]
 
     @staticmethod
     def _result(pending: _Pending) -> list[int] | None:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,8 @@ from typing import Any, Literal
 
 from .._fork import reset_after_fork
 from .._http.endpoint import is_loopback
-from .._sender import BackgroundSender, SenderStats
-from .._telemetry import log_fields
+from .._sender import BackgroundSender, SenderStats, Submission
+from .._telemetry import Telemetry, log_fields
 from ..exceptions import ConfigurationError, QueueFull
 from ._auth import (
     AUTH_ENVS,
@@ -44,11 +45,9 @@ DEDUPE_WINDOW = 600.0  # seconds a body hash is remembered (Antavo redelivers wi
 BODY_TIMEOUT = 10.0  # seconds a request's body may take to arrive
 SHUTDOWN_TIMEOUT = 10.0  # seconds the lifespan shutdown gives the sender to send what is queued
 _RESULTS = ("accepted", "duplicate", "rejected")
-# Threads for spooled submits: each waits for a disk sync, and every submit waiting at the
-# moment of a sync shares it (group commit), so the more wait at once, the fewer syncs per
-# webhook. The event loop's default pool (cores + 4 threads) capped a spooled ``serve`` at
-# ~0.5-0.75x its rate without a spool. Bounded: a thread is only a waiter (no CPU meanwhile).
-_SPOOLED_SUBMIT_THREADS = 64
+# Webhooks waiting for the spool's committer thread (beyond: 503). One per connection at a
+# time: ``antavo-braze serve`` holds at most 256 connections (MAX_CONNECTIONS).
+_COMMIT_QUEUE = 256
 _CHALLENGE = ((b"www-authenticate", b'Basic realm="antavo"'),)
 
 Scope = MutableMapping[str, Any]
@@ -58,6 +57,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _ENV: Any = object()
+
+_Group = tuple[Literal["member", "event"], list[Any], str | None, float | None]
+# A webhook waiting for the committer: its records, its trace, its answer, when it arrived.
+_Waiting = tuple[_Group, Any, asyncio.Future[list[Submission] | None], float]
 
 
 class _ReplyError(Exception):
@@ -128,22 +131,20 @@ class _Receiver:
         self.body_timeout = body_timeout
         self.shutdown_timeout = shutdown_timeout
         self.webhooks: Counter[str] = Counter()  # by result (_RESULTS)
-        self._submit_pool: ThreadPoolExecutor | None = None  # made on first spooled submit
+        self._setup_committer()
         reset_after_fork(self)
 
-    def _after_fork(self) -> None:
-        self._submit_pool = None  # the parent's threads do not exist in a forked child
+    def _setup_committer(self) -> None:
+        # Spooled webhooks go to ONE committer thread, which writes all those that arrived
+        # during its previous write in one transaction (one disk sync) and hands their
+        # answers back to the loop at once: no thread waits per webhook. Only the event
+        # loop's thread touches these (no lock).
+        self._commit_pool: ThreadPoolExecutor | None = None  # its thread, made on first use
+        self._arrived: list[_Waiting] = []  # the next batch
+        self._committing = False  # a batch is being written (or is about to be)
 
-    def _submitter(self) -> ThreadPoolExecutor | None:
-        """The pool spooled submits wait in (``None``: the loop's default pool, for a sender
-        without a spool, whose submits never wait on the disk)."""
-        if self.sender.spool is None:
-            return None
-        if self._submit_pool is None:  # only the event loop's thread gets here: no race
-            self._submit_pool = ThreadPoolExecutor(
-                _SPOOLED_SUBMIT_THREADS, thread_name_prefix="antavo-braze-submit"
-            )
-        return self._submit_pool
+    def _after_fork(self) -> None:
+        self._setup_committer()  # the parent's thread does not exist in a forked child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -185,8 +186,8 @@ class _Receiver:
                 # exit hook runs, so this is the last moment to send what was answered 202.
                 close = functools.partial(self.sender.close, self.shutdown_timeout)
                 await asyncio.get_running_loop().run_in_executor(None, close)
-                pool, self._submit_pool = self._submit_pool, None
-                if pool is not None:  # submits still in it are refused by the closed sender
+                pool, self._commit_pool = self._commit_pool, None
+                if pool is not None:  # batches after this are refused by the closed sender
                     await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -239,18 +240,21 @@ class _Receiver:
             raise _ReplyError(400, f"the body is not JSON: {str(exc)[:100]}") from None
         records = _records(kind, payload)
         receipt, windowed = receipt_for(path, headers, records, body, kind)
-        submit = functools.partial(
-            self.sender.submit_many,
-            kind,
-            records,
-            receipt=receipt,
-            receipt_ttl=self.dedupe_window if windowed else None,
-            timeout=_SUBMIT_TIMEOUT,
-        )
-        in_context = functools.partial(contextvars.copy_context().run, submit)  # its trace
+        ttl = self.dedupe_window if windowed else None
         try:
-            loop = asyncio.get_running_loop()
-            accepted = await loop.run_in_executor(self._submitter(), in_context)
+            if self.sender.spool is not None:
+                accepted = await self._spooled((kind, records, receipt, ttl))
+            else:  # queued in memory: no disk sync to wait for, nor to share
+                submit = functools.partial(
+                    self.sender.submit_many,
+                    kind,
+                    records,
+                    receipt=receipt,
+                    receipt_ttl=ttl,
+                    timeout=_SUBMIT_TIMEOUT,
+                )
+                in_context = functools.partial(contextvars.copy_context().run, submit)  # trace
+                accepted = await asyncio.get_running_loop().run_in_executor(None, in_context)
         except QueueFull:
             raise _ReplyError(503, "queue full: try again", ((b"retry-after", b"10"),)) from None
         except ConfigurationError:
@@ -265,6 +269,70 @@ class _Receiver:
             if refused:
                 answer["refused"] = refused  # in the dead letter already; resending won't help
         return 202, json.dumps(answer).encode(), b"application/json"
+
+    async def _spooled(self, group: _Group) -> list[Submission] | None:
+        """Submit one webhook's records through the committer: answered once they are in
+        the spool (synced), as :meth:`BackgroundSender.submit_many` would answer."""
+        if len(self._arrived) >= _COMMIT_QUEUE:
+            raise QueueFull(f"{len(self._arrived)} webhooks are waiting for the spool")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[Submission] | None] = loop.create_future()
+        self._arrived.append((group, Telemetry.capture(), answer, time.monotonic()))
+        if not self._committing:
+            self._committing = True
+            loop.call_soon(self._commit_next, loop)  # the webhooks of this loop turn join it
+        return await answer
+
+    def _commit_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand what arrived to the committer thread (on the loop's thread)."""
+        batch, self._arrived = self._arrived, []
+        if not batch:
+            self._committing = False
+            return
+        if self.sender.closed:  # shut down: no thread is started again
+            self._answer(loop, batch, ConfigurationError("the sender is closed"))
+            return
+        if self._commit_pool is None:
+            self._commit_pool = ThreadPoolExecutor(1, thread_name_prefix="antavo-braze-commit")
+        # The oldest webhook's wait for queue room counts from its arrival.
+        timeout = max(0.0, _SUBMIT_TIMEOUT - (time.monotonic() - batch[0][3]))
+        commit = functools.partial(
+            self.sender.submit_groups,
+            [group for group, _, _, _ in batch],
+            timeout=timeout,
+            contexts=[context for _, context, _, _ in batch],
+        )
+        written = loop.run_in_executor(self._commit_pool, commit)  # resolved once per batch
+        written.add_done_callback(functools.partial(self._committed, loop, batch))
+
+    def _committed(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        written: asyncio.Future[list[list[Submission] | Exception | None]],
+    ) -> None:
+        if written.cancelled():  # pragma: no cover - the loop is closing
+            results: list[Any] = [ConfigurationError("the commit was cancelled")] * len(batch)
+        elif written.exception() is not None:  # the spool could not be written
+            results = [written.exception()] * len(batch)
+        else:
+            results = written.result()
+        for (_, _, answer, _), result in zip(batch, results, strict=True):
+            if answer.done():  # its request was cancelled (the client went away)
+                continue
+            if isinstance(result, BaseException):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+        self._commit_next(loop)
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting], error: Exception
+    ) -> None:
+        for _, _, answer, _ in batch:
+            if not answer.done():
+                answer.set_exception(error)
+        self._commit_next(loop)
 
     async def _body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         """The whole body within ``body_timeout`` seconds (a slow client is cut off)."""
