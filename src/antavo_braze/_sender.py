@@ -46,7 +46,7 @@ from ._fork import reset_after_fork
 from ._run.input import event_id, record_id
 from ._run.tally import RecordOutcome, record_view
 from ._scale.redis import RedisOrder
-from ._service.intake import Intake
+from ._service.intake import Admission, Intake
 from ._service.spool import RECEIPT_TTL, Row, Spool
 from ._service.window import Change, Kind, by_kind, pause_before, units
 from ._service.worker import Seams, Waiters, Worker
@@ -430,24 +430,50 @@ class BackgroundSender:
         receipt: str | None = None,
         receipt_ttl: float = RECEIPT_TTL,
     ) -> list[Submission] | None:
-        keyed: list[tuple[Kind, str, str]] = []
-        reasons: dict[int, str] = {}
-        key_of = record_id if kind == "member" else event_id
-        for number, record in enumerate(records):
-            key = key_of(record)
-            if key is None:
-                reasons[number] = f"{'id' if kind == 'member' else 'customer'}: missing"
-                continue
-            try:
-                keyed.append((kind, key, _record_json(record)))
-            except (TypeError, ValueError, RecursionError) as exc:
-                reasons[number] = f"not JSON-like: {exc}"
+        keyed, reasons = _keyed(kind, records)
         queued = self._submit(keyed, timeout, receipt, receipt_ttl)
         if queued is None:
             return None  # a redelivery: its refused records are in the dead letter already
+        return self._with_refused(kind, records, queued, reasons)
+
+    def _with_refused(
+        self, kind: Kind, records: list[Any], queued: list[Submission], reasons: dict[int, str]
+    ) -> list[Submission]:
+        """One submission per record, in order: the queued ones and the refused ones."""
         refused = {n: self._refused(kind, records[n], reason) for n, reason in reasons.items()}
         out = iter(queued)
         return [refused[n] if n in refused else next(out) for n in range(len(records))]
+
+    def submit_groups(
+        self,
+        groups: list[tuple[Literal["member", "event"], list[Any], str | None, float | None]],
+        *,
+        timeout: float | None = None,
+        contexts: list[Any] | None = None,
+    ) -> list[list[Submission] | Exception | None]:
+        """Several :meth:`submit_many` calls, each ``(kind, records, receipt, receipt_ttl)``,
+        written to the spool in one transaction (one disk sync) — for a caller holding
+        several webhooks at once (``serve``). Per group, in order: what :meth:`submit_many`
+        returns, or the exception it raises (:class:`QueueFull`: no room within ``timeout``,
+        one deadline for all the groups). ``contexts``: each group's trace
+        (``Telemetry.capture()`` in its caller); used with a spool."""
+        if self.spool is None or self.closed or self.sync_mode:
+            return [_submit_many_or_error(self, *group, timeout) for group in groups]
+        prepared = [_keyed(kind, records) for kind, records, _, _ in groups]
+        waiters = self._intake.worker.waiters
+        admissions = _admissions(groups, prepared, self.order, waiters, contexts)
+        admitted = self._intake.admit_groups(admissions, timeout=timeout)
+        results: list[list[Submission] | Exception | None] = []
+        for (kind, records, _, _), (_, reasons), admission, answer in zip(
+            groups, prepared, admissions, admitted, strict=True
+        ):
+            if isinstance(answer, Exception):
+                results.append(answer)
+            elif not answer:
+                results.append(None)  # a redelivery
+            else:
+                results.append(self._with_refused(kind, records, admission.submissions, reasons))
+        return results
 
     def _refused(self, kind: Kind, record: Any, reason: str) -> Submission:
         """A change refused before queueing: failed at once (stage validation), and in the
@@ -473,7 +499,7 @@ class BackgroundSender:
             raise ConfigurationError("this BackgroundSender is closed")
         records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
         context = Telemetry.capture()
-        seqs = self._stamp(len(changes))
+        seqs = _stamp(self.order, len(changes))
         pairs = zip(changes, seqs, strict=True)
         rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
         intake = self._intake
@@ -495,17 +521,6 @@ class BackgroundSender:
             context=context,
         )
         return submissions if admitted else None
-
-    def _stamp(self, count: int) -> list[int]:
-        """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
-        if self.order is None or not count:
-            return [0] * count
-        try:
-            return self.order.stamp(count)
-        except self.order.errors as exc:
-            log.warning("Redis unreachable (%s): %d change(s) sent without cross-process order",
-                        exc, count, extra=log_fields("sender", count=count))  # fmt: skip
-            return [0] * count
 
     # --- flushing, closing, stats ---------------------------------------------------------
 
@@ -577,113 +592,75 @@ class BackgroundSender:
                 requests_by_status=dict(sorted(worker.statuses.items())),
             )
 
-    def submit_groups(
-        self,
-        groups: list[tuple[Literal["member", "event"], list[Any], str | None, float | None]],
-        *,
-        timeout: float | None = None,
-        contexts: list[Any] | None = None,
-    ) -> list[list[Submission] | Exception | None]:
-        """Several :meth:`submit_many` calls, each ``(kind, records, receipt, receipt_ttl)``,
-        written to the spool in one transaction (one disk sync) — for a caller holding
-        several webhooks at once (``serve``). Per group, in order: what :meth:`submit_many`
-        returns, or the exception it raises (:class:`QueueFull`: no room within ``timeout``,
-        one deadline for all the groups). ``contexts``: each group's trace
-        (``Telemetry.capture()`` in its caller); used with a spool."""
-        spool = self.spool
-        results: list[list[Submission] | Exception | None] = []
-        if spool is None or self._closed:  # no disk sync to share: one submit_many each
-            for kind, records, receipt, ttl in groups:
-                try:
-                    results.append(
-                        self.submit_many(
-                            kind, records, receipt=receipt, receipt_ttl=ttl, timeout=timeout
-                        )
-                    )
-                except Exception as exc:
-                    results.append(exc)
-            return results
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # Per group, as _submit_records and _submit do for one: its rows, parsed records
-        # and the records refused before queueing (by position).
-        prepared: list[tuple[list[Row], list[Any], dict[int, str]]] = []
-        for kind, records, _, _ in groups:
-            key_of = record_id if kind == "member" else event_id
-            rows: list[Row] = []
-            parsed: list[Any] = []
-            reasons: dict[int, str] = {}
-            for number, record in enumerate(records):
-                key = key_of(record)
-                if key is None:
-                    reasons[number] = f"{'id' if kind == 'member' else 'customer'}: missing"
-                    continue
-                try:
-                    text = _record_json(record)
-                except (TypeError, ValueError, RecursionError) as exc:
-                    reasons[number] = f"not JSON-like: {exc}"
-                    continue
-                rows.append((kind, key, text, 0))
-                parsed.append(json.loads(text))
-            prepared.append((rows, parsed, reasons))
-        seqs = iter(self._stamp(sum(len(rows) for rows, _, _ in prepared)))  # one INCRBY
-        for rows, _, _ in prepared:
-            rows[:] = [(kind, key, text, next(seqs)) for kind, key, text, _ in rows]
-        context_of = contexts if contexts is not None else [None] * len(groups)
-        results = [None] * len(groups)  # each set below
-        taken: list[int] = []  # the groups that got room, in order
 
-        def write() -> None:
-            """Spool the groups that got room, then queue them (their room is taken)."""
-            try:
-                written = spool.add_many([(prepared[n][0], *groups[n][2:]) for n in taken])
-            except BaseException as exc:
-                with self._cond:
-                    self._outstanding -= sum(len(prepared[n][0]) for n in taken)
-                    self._cond.notify_all()
-                if not isinstance(exc, Exception):
-                    raise
-                for n in taken:
-                    results[n] = exc
-                return
-            with self._cond:
-                for n, ids in zip(taken, written, strict=True):
-                    rows, parsed, _ = prepared[n]
-                    if ids is None:  # a redelivery
-                        self._outstanding -= len(rows)
-                        self._cond.notify_all()
-                    else:
-                        results[n] = self._enqueue(rows, parsed, ids, context_of[n])
+def _keyed(
+    kind: Literal["member", "event"], records: list[Any]
+) -> tuple[list[tuple[Kind, str, str]], dict[int, str]]:
+    """``(kind, member key, record JSON)`` for each record that can be queued, and the reason
+    for each one that cannot (by position): no id, or not JSON-like."""
+    keyed: list[tuple[Kind, str, str]] = []
+    reasons: dict[int, str] = {}
+    key_of = record_id if kind == "member" else event_id
+    for number, record in enumerate(records):
+        key = key_of(record)
+        if key is None:
+            reasons[number] = f"{'id' if kind == 'member' else 'customer'}: missing"
+            continue
+        try:
+            keyed.append((kind, key, _record_json(record)))
+        except (TypeError, ValueError, RecursionError) as exc:
+            reasons[number] = f"not JSON-like: {exc}"
+    return keyed, reasons
 
-        with self._cond:
-            self._start_worker()
-            for n, (rows, _, _) in enumerate(prepared):
-                while rows and self._outstanding + len(rows) > self.max_queue:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if self.on_full == "raise" or (left is not None and left <= 0):
-                        break
-                    self._cond.wait(left)
-                if rows and self._outstanding + len(rows) > self.max_queue:
-                    results[n] = QueueFull(f"no room in the queue for {len(rows)} change(s)")
-                    continue
-                self._outstanding += len(rows)  # room taken now, the changes queued below
-                taken.append(n)
-            in_order = self._backlog  # written in order with the backlog being loaded
-            if in_order:
-                write()
-            else:
-                self._writing += 1
-        if not in_order:  # written without the lock: other submits share the disk sync
-            try:
-                write()
-            finally:
-                with self._cond:
-                    self._writing -= 1
-        for n, (kind, records, _, _) in enumerate(groups):
-            queued, reasons = results[n], prepared[n][2]
-            if isinstance(queued, list) and reasons:  # a redelivery's are dead-lettered already
-                refused = {i: self._refused(kind, records[i], why) for i, why in reasons.items()}
-                out = iter(queued)
-                results[n] = [
-                    refused[i] if i in refused else next(out) for i in range(len(records))
-                ]
-        return results
+
+def _stamp(order: RedisOrder | None, count: int) -> list[int]:
+    """Order sequence numbers for ``count`` changes (0: no cross-process order)."""
+    if order is None or not count:
+        return [0] * count
+    try:
+        return order.stamp(count)
+    except order.errors as exc:
+        log.warning("Redis unreachable (%s): %d change(s) sent without cross-process order",
+                    exc, count, extra=log_fields("sender", count=count))  # fmt: skip
+        return [0] * count
+
+
+def _admissions(
+    groups: list[tuple[Literal["member", "event"], list[Any], str | None, float | None]],
+    prepared: list[tuple[list[tuple[Kind, str, str]], dict[int, str]]],
+    order: RedisOrder | None,
+    waiters: Waiters,
+    contexts: list[Any] | None,
+) -> list[Admission]:
+    """Each webhook's group, ready for the intake: spool rows (order stamps taken at once:
+    one INCRBY), parsed records, submissions, receipt and trace."""
+    seqs = iter(_stamp(order, sum(len(keyed) for keyed, _ in prepared)))
+    traces = contexts if contexts is not None else [None] * len(groups)
+    return [
+        Admission(
+            [(kind, key, text, next(seqs)) for kind, key, text in keyed],
+            [json.loads(text) for _, _, text in keyed],
+            [Submission(kind, key, waiters) for kind, key, _ in keyed],
+            receipt,
+            RECEIPT_TTL if ttl is None else ttl,
+            trace,
+        )
+        for (keyed, _), (_, _, receipt, ttl), trace in zip(prepared, groups, traces, strict=True)
+    ]
+
+
+def _submit_many_or_error(
+    sender: BackgroundSender,
+    kind: Literal["member", "event"],
+    records: list[Any],
+    receipt: str | None,
+    receipt_ttl: float | None,
+    timeout: float | None,
+) -> list[Submission] | Exception | None:
+    """``sender.submit_many``'s answer, or the exception it raised (one group of several)."""
+    try:
+        return sender.submit_many(
+            kind, records, receipt=receipt, receipt_ttl=receipt_ttl, timeout=timeout
+        )
+    except Exception as exc:
+        return exc

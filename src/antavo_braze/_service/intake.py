@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..exceptions import QueueFull
 from .spool import Row
 from .window import Change
 from .worker import Worker
 
-__all__ = ["Intake", "Receipts"]
+__all__ = ["Admission", "Intake", "Receipts"]
 
 RECEIPTS_IN_MEMORY = 100_000  # idempotency keys remembered without a spool
 
@@ -39,6 +39,18 @@ class Receipts:
         self._accepted.move_to_end(receipt)
         if len(self._accepted) > RECEIPTS_IN_MEMORY:
             self._accepted.popitem(last=False)
+
+
+class Admission(NamedTuple):
+    """One group of changes to admit: its spool rows, parsed records and submissions, the
+    idempotency receipt and its lifetime, and the submitter's trace context."""
+
+    rows: list[Row]
+    records: list[Any]
+    submissions: list[Any]
+    receipt: str | None
+    receipt_ttl: float
+    context: Any
 
 
 class Intake:
@@ -120,6 +132,78 @@ class Intake:
                 return False
             self.enqueue(rows, records, ids, submissions, context)
             return True
+
+    def admit_groups(
+        self, admissions: list[Admission], *, timeout: float | None
+    ) -> list[bool | Exception]:
+        """:meth:`admit` for several groups (several webhooks) with ONE spool write: one
+        deadline for all of them. Per group: True (queued), False (a redelivery), or the
+        exception that kept it out (:class:`QueueFull` when it found no room in time)."""
+        worker = self.worker
+        assert worker.spool is not None
+        assert worker.backlog is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answers: list[bool | Exception] = [False] * len(admissions)
+        taken: list[int] = []
+        with worker.cond:
+            worker.start()
+            settings = worker.settings
+            for number, admission in enumerate(admissions):
+                count = len(admission.rows)
+                while count and worker.outstanding + count > settings.max_queue:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if settings.on_full == "raise" or (left is not None and left <= 0):
+                        break
+                    worker.cond.wait(left)
+                if count and worker.outstanding + count > settings.max_queue:
+                    answers[number] = QueueFull(f"no room in the queue for {count} change(s)")
+                    continue
+                worker.outstanding += count  # room taken now, the changes queued below
+                taken.append(number)
+            backlog = worker.backlog
+            if backlog.pending:  # written in order with the backlog being loaded
+                self._spool_groups(admissions, taken, answers)
+                return answers
+            backlog.writing += 1
+        try:  # written without the lock: other submits share the disk sync
+            self._spool_groups(admissions, taken, answers)
+        finally:
+            with worker.cond:
+                backlog.writing -= 1
+        return answers
+
+    def _spool_groups(
+        self, admissions: list[Admission], taken: list[int], answers: list[bool | Exception]
+    ) -> None:
+        """Write the groups that got room in one spool transaction, then queue them."""
+        worker = self.worker
+        assert worker.spool is not None
+        try:
+            written = worker.spool.add_many(
+                [(admissions[n].rows, admissions[n].receipt, admissions[n].receipt_ttl)
+                 for n in taken]
+            )  # fmt: skip
+        except BaseException as exc:
+            with worker.cond:
+                worker.outstanding -= sum(len(admissions[n].rows) for n in taken)
+                worker.cond.notify_all()
+            if not isinstance(exc, Exception):
+                raise
+            for n in taken:
+                answers[n] = exc
+            return
+        with worker.cond:
+            for n, ids in zip(taken, written, strict=True):
+                admission = admissions[n]
+                if ids is None:  # a redelivery
+                    worker.outstanding -= len(admission.rows)
+                    worker.cond.notify_all()
+                    continue
+                self.enqueue(
+                    admission.rows, admission.records, ids, admission.submissions,
+                    admission.context,
+                )  # fmt: skip
+                answers[n] = True
 
     def enqueue(
         self,
