@@ -158,7 +158,7 @@ def test_the_sender_window_planner_is_pure() -> None:
     found = {n.split(".")[0] for n in imports_of(path)}
     effects = NETWORK | {"threading", "sqlite3", "concurrent", "asyncio", "logging", "os"}
     assert not found & effects, found
-    assert runtime_imports_of(path) <= {f"{PACKAGE}._run.tally"}, runtime_imports_of(path)
+    assert runtime_imports_of(path) <= {f"{PACKAGE}._run.report"}, runtime_imports_of(path)
 
 
 def test_only_the_client_touches_the_network() -> None:
@@ -293,3 +293,22 @@ def test_public_annotations_resolve_after_the_module_rename() -> None:
         value = getattr(ab, name)
         if isinstance(value, type) or callable(value):
             typing.get_type_hints(value)
+
+
+HOT_MARK = "HOT"
+
+
+def test_fast_tricks_stay_in_the_few_files_marked_hot() -> None:
+    """``x.__class__ is T`` and ``tuple.__new__`` (the hot path's exact-type and no-``__new__``
+    tricks) appear only in the few modules whose docstring starts with HOT; the rest of the
+    code reads plainly (``type(x) is T``, ``Item(...)``)."""
+    hot = []
+    for path in SRC.rglob("*.py"):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        text = path.read_text()
+        if doc.startswith(HOT_MARK):
+            hot.append(path.relative_to(SRC).as_posix())
+        elif "__class__ is" in text or "tuple.__new__" in text:
+            raise AssertionError(f"{path.relative_to(SRC)} uses a hot-path trick but is not HOT")
+    assert set(hot) <= {f"_build/{n}.py" for n in ("coerce", "mapper", "plan", "records", "wire")}
+    assert len(hot) >= 3, hot

@@ -636,7 +636,8 @@ def test_check_schema_flags_exactly_the_mismatched_types(
 
 
 def test_merge_refused_by_braze_fails_the_merge_records(fake: FakeBraze) -> None:
-    """A key without users.merge fails the merges (not retryable), naming the permission."""
+    """A key without users.merge fails the merges, naming the permission; retryable, as a 403 on
+    /users/track is (a key given the permission lets a replay send them)."""
     fake.add_key("no-merge", ["users.track"])
     with fake.client(api_key="no-merge") as client:
         report = ab.Syncer(client, IDENTITY_MAPPING).sync_events(
@@ -648,7 +649,7 @@ def test_merge_refused_by_braze_fails_the_merge_records(fake: FakeBraze) -> None
     assert (report.succeeded, report.failed, report.merged) == (1, 1, 0)
     failure = report.failures[0]
     assert failure.stage == "braze"
-    assert not failure.retryable
+    assert failure.retryable
     assert "users.merge" in failure.reason
 
 
@@ -736,3 +737,19 @@ def test_other_endpoints_rate_limit_headers_never_hold_back_track(fake: FakeBraz
         fake.inject(path="/users/track", status=201, headers=exhausted)
         client.track(attributes=[{"external_id": "m-1", "loyalty_points": 1}])
         assert pacer.try_acquire() > 0  # track's own window is honoured
+
+
+@pytest.mark.parametrize(("status", "retryable"), [(408, True), (400, False)])
+def test_a_merge_failure_is_as_retryable_as_the_retry_policy_says(
+    fake: FakeBraze, status: int, retryable: bool
+) -> None:
+    """A merge answered 408 every time fails retryable (as /users/track's would), a 400 not:
+    one answer to "retryable?", the retry policy's."""
+    fake.inject(times=20, status=status, path="/users/merge")
+    policy = ab.RetryPolicy(attempts=2, wait_initial=0.01, wait_max=0.02, wait_jitter=0)
+    with fake.client(retry=policy) as client:
+        report = ab.Syncer(client, IDENTITY_MAPPING).sync_events(
+            [{"customer": "a", "action": "customer_merge", "data": {"target": "b"}}]
+        )
+    assert report.failed == 1
+    assert report.failures[0].retryable is retryable

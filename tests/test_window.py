@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from antavo_braze._run.tally import RecordFailure, RecordOutcome
+from antavo_braze._run.report import RecordFailure, RecordOutcome
 from antavo_braze._service.window import (
     LINGER,
     SCAN_FACTOR,

@@ -21,7 +21,7 @@ from ._client import BrazeClient
 from ._run.report import Stage
 from ._run.tally import Tally
 from ._telemetry import log_fields
-from .exceptions import AntavoBrazeError, BrazeAPIError, TransportError
+from .exceptions import AntavoBrazeError, TransportError
 
 __all__ = [
     "GUARD_MIN_RECORDS",
@@ -58,11 +58,10 @@ def delete_guard(
 
 def _stage_of(exc: AntavoBrazeError) -> tuple[Stage, bool]:
     """``(stage, retryable)`` of an error that failed a merge or delete request."""
-    if isinstance(exc, TransportError):
-        return "transport", True
-    if isinstance(exc, BrazeAPIError):
-        return "braze", exc.status_code == 429 or exc.status_code >= 500
-    return "braze", False
+    # Retryable is the retry policy's one answer, carried on the error (a 408 may pass; a
+    # 401/403 passes once the key is fixed, as for /users/track).
+    stage: Stage = "transport" if isinstance(exc, TransportError) else "braze"
+    return stage, bool(exc.retryable)
 
 
 def apply_identities(

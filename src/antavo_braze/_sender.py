@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 from attrs import frozen
 
+from ._build.records import event_id, record_id
 from ._build.wire import model_item
 from ._fork import reset_after_fork
-from ._run.input import event_id, record_id
-from ._run.tally import RecordOutcome, record_view
+from ._run.report import RecordOutcome
+from ._run.tally import record_view
 from ._scale.redis import RedisOrder
 from ._service.intake import Admission, Intake
 from ._service.spool import RECEIPT_TTL, Row, Spool

@@ -34,6 +34,7 @@ from ._build.records import (
     NO_FIELD,
     InvalidField,
     attribute_groups,
+    change_id,
     event_groups,
     wire_attribute_groups,
 )
@@ -44,7 +45,7 @@ from ._json import loads
 from ._run.audit import AuditReport, drifted_members, new_tally
 from ._run.changes import event_key, member_stages, unsent
 from ._run.deadletter import DeadLetterSink, open_sink, start_sink
-from ._run.input import change_id, is_fresh, records_length, rows_of
+from ._run.input import is_fresh, records_length, rows_of
 from ._run.interrupts import stop_on_signals, until_interrupted
 from ._run.progress import progress_callback
 from ._run.replay import replay_file
@@ -330,7 +331,7 @@ class Syncer:
             fresh=is_fresh(records),
             field_names=self.mapper.fields if kind == "member" else (),
             event_arrays=kind in ("event", "replay"),
-            max_clear_ratio=self.max_clear_ratio if self.mapper._fields.clearing else None,
+            max_clear_ratio=self.max_clear_ratio if self.mapper.plan.clearing else None,
         )
 
     def _preview(self, kind: str, records: Iterable[Any], build: Build) -> list[dict[str, Any]]:

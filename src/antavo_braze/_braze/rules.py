@@ -17,16 +17,16 @@ from typing import Any
 from .limits import (
     DEFAULT_MAX_ARRAY_ITEMS,
     MAX_EXTERNAL_ID_BYTES,
+    MAX_INTEGER,
     MAX_NESTED_BYTES,
     MAX_PROPERTIES,
     MAX_STRING_LENGTH,
+    MIN_INTEGER,
     PRIMARY_IDENTIFIERS,
     SECONDARY_IDENTIFIERS,
 )
 
 __all__ = [
-    "INT64_MAX",
-    "INT64_MIN",
     "MAX_DEPTH",
     "array_problem",
     "depth_problem",
@@ -43,9 +43,6 @@ __all__ = [
     "time_problem",
 ]
 
-# Braze documents no numeric range [2.1]; JSON encoders (orjson) and Braze's number storage
-# stop at signed 64-bit integers, so a larger int can never arrive as the number it was.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Ours: Braze documents no depth limit [2.1]; deeper than this is certainly a mistake and
 # would only end in a RecursionError. Depth 0 is the attribute or property value itself.
 MAX_DEPTH = 32
@@ -59,8 +56,8 @@ def string_problem(text: str) -> str | None:
 
 
 def int_problem(value: int) -> str | None:
-    """Integers fit the signed 64-bit range (see :data:`INT64_MIN`)."""
-    if not INT64_MIN <= value <= INT64_MAX:
+    """Integers fit the signed 64-bit range (see :data:`MIN_INTEGER`)."""
+    if not MIN_INTEGER <= value <= MAX_INTEGER:
         return "outside the signed 64-bit range"
     return None
 
@@ -88,7 +85,7 @@ def name_problem(name: Any, what: str) -> str | None:
 def is_plain_key(key: Any) -> bool:
     """The quick form of :func:`key_problem` (``True`` exactly when it answers ``None``)."""
     return (
-        key.__class__ is str
+        type(key) is str
         and 0 < len(key) <= MAX_STRING_LENGTH
         and key[0] != "$"
         and "." not in key

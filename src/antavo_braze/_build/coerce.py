@@ -1,4 +1,4 @@
-"""Coercion of Python / Antavo values to JSON-ready Braze values. Pure: no I/O.
+"""HOT: coercion of Python / Antavo values to JSON-ready Braze values. Pure: no I/O.
 
 Every coercer is a plain function ``value -> JSON-ready value`` that raises
 :class:`~antavo_braze.CoercionError` (never another exception). :func:`coercer_for` returns the
@@ -22,13 +22,13 @@ from .._braze.limits import (
     MAX_NESTED_BYTES,
     MAX_STRING_LENGTH,
     MAX_VALUE_TEXT,
+    MAX_INTEGER,
     MAX_YEAR,
+    MIN_INTEGER,
     MIN_YEAR,
     STANDARD_ATTRIBUTES,
 )
 from .._braze.rules import (
-    INT64_MAX,
-    INT64_MIN,
     MAX_DEPTH,
     array_problem,
     depth_problem,
@@ -61,7 +61,7 @@ Coercer = Callable[[Any], Any]
 
 MAX_OBJECT_BYTES = MAX_NESTED_BYTES
 # The rules live in _braze/rules; these names serve the inline fast blocks.
-_INT_MIN, _INT_MAX = INT64_MIN, INT64_MAX
+_INT_MIN, _INT_MAX = MIN_INTEGER, MAX_INTEGER
 _MAX_DEPTH = MAX_DEPTH
 
 _UTC = timezone.utc

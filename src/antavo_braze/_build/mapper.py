@@ -1,4 +1,4 @@
-"""The mapper: Antavo members and events → Braze wire objects. Pure: no I/O.
+"""HOT: the mapper: Antavo members and events → Braze wire objects. Pure: no I/O.
 
 A :class:`Mapper` compiles a :class:`~antavo_braze.Mapping` once into a plan of
 ``(remote_field, getter, coercer)`` steps, so mapping a record does no per-value type dispatch.
@@ -148,11 +148,6 @@ class Mapper:
             )
             for trigger in mapping.triggers
         ]
-
-    @property
-    def _fields(self) -> Plan:
-        """The old name of :attr:`plan`, for callers not yet moved."""
-        return self.plan
 
     # --- members ----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "NO_FIELD",
     "Identity",
     "InvalidField",
+    "change_id",
     "describe",
     "event_groups",
     "event_id",
@@ -89,7 +90,7 @@ def member_groups(
     stage, not this builder, counts what is cleared.
     """
     member_id = mapper.member_id
-    plan = mapper._fields
+    plan = mapper.plan
     fill = plan.fill
     absent = run.absent
     new_item = _new_item
@@ -237,7 +238,7 @@ def _each_field(
 ) -> tuple[dict[str, Any], list[CoercionError]]:
     """The slow path: each field on its own. Absent fields after the one the plan stopped
     at were not counted by it: count them here."""
-    plan = mapper._fields
+    plan = mapper.plan
     fields = member_fields(record)
     values, problems = plan.each(fields)
     stopped = next(
@@ -256,7 +257,7 @@ def _each_field(
 def cleared_by(mapper: Mapper, record: Any, wire: AbcMapping[str, Any]) -> set[str]:
     """The remote fields ``wire`` clears (null because the record lacks them, ``when_missing:
     clear``), as opposed to nulls the record holds."""
-    plan = mapper._fields
+    plan = mapper.plan
     if not plan.clearing:
         return set()
     fields = member_fields(record)
@@ -363,3 +364,12 @@ def _action(record: Any) -> Any:
     if isinstance(record, AbcMapping):
         return record.get("action")
     return getattr(record, "action", None)
+
+
+def change_id(kind: str, record: Any) -> str | None:
+    """The member or event a background sender's change is about."""
+    if kind == "event":
+        return event_id(record)
+    if kind == "attributes":  # a wire object, or the values refused at submit
+        return text_id(record.get("external_id", record.get("id")))
+    return record_id(record)

@@ -1,4 +1,4 @@
-"""Braze wire objects -> batch items: the models, and plain dicts exactly as Braze documents them.
+"""HOT: Braze wire objects -> batch items: the models, and plain dicts exactly as Braze documents them.
 
 A plain dict is the escape hatch to every Braze feature (``_merge_objects``, ``$add`` /
 ``$remove`` / ``$update``, ``subscription_groups``, ``user_alias``...); it is checked against

@@ -53,7 +53,7 @@ _ADVICE: dict[str, tuple[str, bool]] = {
 
 def _kind(value: Any) -> str | None:
     """What an untyped value most likely means (``None``: nothing to advise)."""
-    if value.__class__ is bool or value is None:
+    if type(value) is bool or value is None:
         return None
     if isinstance(value, AbcMapping):
         return "object"
@@ -197,7 +197,7 @@ def check_file(
     """Map and coerce every mapped member field of the first ``limit`` records as a sync
     would; ``line_of`` gives a record's line in its file, for the examples."""
     mapper = Mapper(mapping)
-    steps = mapper._fields.steps
+    steps = mapper.plan.steps
     tallies = [_Tally() for _ in steps]
     ids = _Tally()
     read = unreadable = 0

@@ -22,9 +22,6 @@ from typing import IO, Any
 
 from attrs import frozen
 
-from .._build.records import event_id as event_id
-from .._build.records import record_id as record_id
-from .._build.records import text_id as text_id
 from ..exceptions import ConfigurationError
 
 __all__ = ["BadInput", "RecordSource", "read_records"]
@@ -447,17 +444,8 @@ def is_fresh(records: Iterable[Any]) -> bool:
     its batch is encoded (in one call); from any other iterable, which may reuse them for the
     next record, each object is encoded as it is built."""
     return (
-        records.__class__ is list
-        or records.__class__ is tuple
+        type(records) is list
+        or type(records) is tuple
         or getattr(records, "is_fresh", False) is True
         or _is_dataframe(records)
     )
-
-
-def change_id(kind: str, record: Any) -> str | None:
-    """The member or event a background sender's change is about."""
-    if kind == "event":
-        return event_id(record)
-    if kind == "attributes":  # a wire object, or the values refused at submit
-        return text_id(record.get("external_id", record.get("id")))
-    return record_id(record)

@@ -74,11 +74,10 @@ def _type_name(value: Any) -> str:
 def _advice_for_untyped(values: Counter[str], samples: list[Any]) -> str | None:
     """A type to declare when the values of an untyped field would be inferred wrongly."""
     if samples and all(
-        value.__class__ is int and _UNIX_SECONDS[0] <= value <= _UNIX_SECONDS[1]
-        for value in samples
+        type(value) is int and _UNIX_SECONDS[0] <= value <= _UNIX_SECONDS[1] for value in samples
     ):
         return "declare type: date (the values look like unix seconds)"
-    strings = [value for value in samples if value.__class__ is str]
+    strings = [value for value in samples if type(value) is str]
     if strings and len(strings) == len(samples):
         if all(_ISO_DATE.match(value) for value in strings):
             return "declare type: date (the values are date strings)"

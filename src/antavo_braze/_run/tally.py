@@ -24,17 +24,14 @@ from typing import Any
 import attrs
 
 from .._build.batching import ATTRIBUTES, BatchOutcome, Item
+from .._build.records import change_id
 from .._telemetry import log_fields
 from ..exceptions import CoercionError, short_repr
 from .checkpoint import Settled
 from .deadletter import DeadLetterEntry, DeadLetterObject, DeadLetterSink, Outcome
-from .input import BadInput, change_id
-
-# The report's value types live in .report; these names are kept importable from here for
-# the callers written against the old home (the sender, the workers).
+from .input import BadInput
 from .report import (
     DroppedField,
-    FieldCounts,
     FieldProblem,
     Progress,
     RecordFailure,
@@ -42,30 +39,17 @@ from .report import (
     Stage,
     SyncReport,
     by_index,
-    counted,
-    failure_groups,
     field_counts,
     outcomes_of,
-    stderr_progress,
 )
 
 __all__ = [
     "CLEAR_GUARD_FROM",
     "ClearGuard",
-    "DroppedField",
-    "FieldCounts",
-    "FieldProblem",
-    "Progress",
-    "RecordFailure",
-    "RecordOutcome",
-    "Stage",
-    "SyncReport",
-    "counted",
-    "failure_groups",
+    "Tally",
     "fingerprint",
     "is_mass_clear",
     "record_view",
-    "stderr_progress",
 ]
 
 log = logging.getLogger("antavo_braze.sync")
@@ -611,6 +595,3 @@ def _log_warnings(kind: str, warnings: list[str]) -> None:
             warnings[0],
             extra=log_fields("sync", kind=kind, count=len(warnings)),
         )
-
-
-_Run = Tally  # the old name, for callers not yet moved

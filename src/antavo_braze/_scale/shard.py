@@ -11,8 +11,9 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .._build.records import event_id, record_id
 from .._run.checkpoint import Settled
-from .._run.input import event_id, record_id, reopen_input
+from .._run.input import reopen_input
 from ..exceptions import ConfigurationError
 
 __all__ = ["Sharded", "parse_shard", "shard_of"]
@@ -71,7 +72,7 @@ class Sharded:
     def __iter__(self) -> Iterator[Any]:
         index, count = self.index, self.count
         for position, record in enumerate(self._records):
-            if record.__class__ is Settled:
+            if type(record) is Settled:
                 yield record
                 continue
             key = self._key(record)

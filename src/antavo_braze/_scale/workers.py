@@ -78,7 +78,8 @@ class _Share:
     there for :func:`_fail_tail`."""
 
     def __init__(self, records: Iterable[Any], index: int, count: int, kind: str) -> None:
-        from .._run.input import event_id, is_fresh, record_id, rows_of
+        from .._build.records import event_id, record_id
+        from .._run.input import is_fresh, rows_of
 
         self._records = iter(rows_of(records))
         self.index, self.count = index, count
@@ -272,10 +273,10 @@ def _fail_tail(
 
     def settle(position: int, record: Any) -> None:
         run.total += 1
-        if record.__class__ is Settled:
+        if type(record) is Settled:
             run.skip(position, record.reason)
         else:
-            record_id = None if record.__class__ is BadInput else key(record)
+            record_id = None if type(record) is BadInput else key(record)
             run.fail(
                 position, record, record_id, "interrupted", reason,
                 retryable=True, outcome="not_sent",

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from attrs import frozen
 
-from .._run.tally import RecordOutcome
+from .._run.report import RecordOutcome
 
 __all__ = [
     "KINDS",

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import attrs
 from attrs import frozen
 
+from .._build.records import event_id
 from .._run.deadletter import DeadLetterEntry, DeadLetterSink
-from .._run.input import event_id
-from .._run.tally import RecordOutcome, Stage, failure_groups
+from .._run.report import RecordOutcome, Stage, failure_groups
 from .._telemetry import log_fields
 from ..exceptions import (
     AntavoBrazeError,
@@ -52,7 +52,7 @@ from .window import (
 
 if TYPE_CHECKING:
     from .._antavo.client import AntavoClient
-    from .._run.tally import SyncReport
+    from .._run.report import SyncReport
     from .._scale.redis import RedisOrder
     from .._sync import Syncer
     from .._telemetry import Telemetry

@@ -231,15 +231,15 @@ class Shell:
     def _claim(self, body: Any) -> set[str]:
         """Note which profiles this request touches, counting overlaps with requests in flight."""
         ids: set[str] = set()
-        if body.__class__ is dict:
+        if type(body) is dict:
             for objects in body.values():
-                if objects.__class__ is list:
+                if type(objects) is list:
                     ids.update(
                         [
                             external_id
                             for obj in objects
-                            if obj.__class__ is dict
-                            and (external_id := obj.get("external_id")).__class__ is str
+                            if type(obj) is dict
+                            and type(external_id := obj.get("external_id")) is str
                         ]
                     )
         with self.fake._lock:
