@@ -312,3 +312,21 @@ def test_fast_tricks_stay_in_the_few_files_marked_hot() -> None:
             raise AssertionError(f"{path.relative_to(SRC)} uses a hot-path trick but is not HOT")
     assert set(hot) <= {f"_build/{n}.py" for n in ("coerce", "mapper", "plan", "records", "wire")}
     assert len(hot) >= 3, hot
+
+
+def test_the_syncer_reaches_the_client_through_its_seam() -> None:
+    """The Syncer and the layers below the roots use the client's package-level seam
+    (``send_batches``, ``telemetry_of``), never a private attribute of a client."""
+    files = [
+        SRC / "_sync.py",
+        *[p for pkg in ("_run", "_service", "_scale") for p in (SRC / pkg).glob("*.py")],
+    ]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "client"
+                and node.attr.startswith("_")
+            ):
+                raise AssertionError(f"{path.relative_to(SRC)} reads client.{node.attr}")

@@ -439,6 +439,34 @@ class BrazeClient:
         return _users.delete_users(self, external_ids)
 
 
+def send_batches(
+    client: BrazeClient,
+    batches: Iterable[Batch],
+    *,
+    stats: CallStats | None = None,
+    interrupt: Interrupt | None = None,
+    give_up_after: int | None = None,
+    grace: float | None = None,
+    telemetry: Telemetry | None = None,
+) -> Generator[BatchOutcome, None, None]:
+    """The seam between the Syncer and the client (one door, as httpx's transport has one
+    method): ``batches`` in, each one's :class:`BatchOutcome` out as it finishes, every batch
+    accounted for (see :meth:`BrazeClient._send_batches`)."""
+    return client._send_batches(
+        batches,
+        stats=stats,
+        interrupt=interrupt,
+        give_up_after=give_up_after,
+        grace=grace,
+        telemetry=telemetry,
+    )
+
+
+def telemetry_of(client: BrazeClient) -> Telemetry:
+    """The client's telemetry (spans, metrics), shared by a Syncer built on it."""
+    return client._telemetry
+
+
 def _checked_options(
     api_key: Any,
     max_in_flight: Any,

@@ -38,7 +38,8 @@ from ._build.records import (
     event_groups,
     wire_attribute_groups,
 )
-from ._client import BrazeClient
+from ._client import BrazeClient, send_batches
+from ._client import telemetry_of as client_telemetry
 from ._http import CallStats, Interrupt
 from ._identity import settle_dry_run, settle_identities
 from ._json import loads
@@ -152,7 +153,7 @@ class Syncer:
         self.verify_deletes_within = verify_deletes_within
         self._secret: bytes = getattr(state, "secret", None) or _PLAIN_SECRET
         if tracer_provider is None and meter_provider is None and client is not None:
-            self._telemetry = client._telemetry
+            self._telemetry = client_telemetry(client)
         else:
             self._telemetry = Telemetry(tracer_provider, meter_provider)
 
@@ -457,7 +458,8 @@ def _send(
     """Settle every batch outcome; a Ctrl-C in here asks the loop to drain (it goes on
     yielding what it finishes), a second one stops at once."""
     state = syncer.state
-    outcomes = client._send_batches(
+    outcomes = send_batches(
+        client,
         packer,
         stats=stats,
         interrupt=interrupt,
