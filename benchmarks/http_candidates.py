@@ -31,6 +31,7 @@ from tests.test_conformance import ANSWERED, OBJECTS, POLICY, REFUSED
 
 import antavo_braze as ab
 from antavo_braze._build.batching import Batch
+from antavo_braze._client import send_batches
 
 try:
     import aiohttp
@@ -124,7 +125,7 @@ def sdk_send(url: str, bodies: list[bytes], in_flight: int) -> tuple[float, floa
     batches = [Batch((), body, frozenset([f"b{i}"])) for i, body in enumerate(bodies)]
     with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
         wall, cpu = time.perf_counter(), time.process_time()
-        done = sum(1 for outcome in client._send_batches(batches) if outcome.error is None)
+        done = sum(1 for outcome in send_batches(client, batches) if outcome.error is None)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert done == len(bodies)
     return wall, cpu

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import antavo_braze as ab
+from antavo_braze._client import send_batches
 from antavo_braze._users import next_link
 from antavo_braze.testing import FakeBraze
 
@@ -454,7 +455,7 @@ def test_stopping_early_abandons_requests_in_flight_cleanly(fake: FakeBraze) -> 
 
     with fake.client(max_in_flight=4) as client:
         groups = [[model_item(obj, n)] for n, obj in enumerate(attrs(20))]
-        outcomes = client._send_batches(pack(groups, ab.BatchLimits(max_objects=1)))
+        outcomes = send_batches(client, pack(groups, ab.BatchLimits(max_objects=1)))
         first = next(outcomes)
         outcomes.close()
         assert first.error is None

@@ -278,51 +278,6 @@ class BrazeClient:
         2xx answer whose body is a JSON object, or raise the error it ended with."""
         return self._request(method, path, params, body)[0]
 
-    def _send_batches(
-        self,
-        batches: Iterable[Batch],
-        *,
-        stats: CallStats | None = None,
-        interrupt: Interrupt | None = None,
-        give_up_after: int | None = None,
-        grace: float | None = None,
-        telemetry: Telemetry | None = None,
-    ) -> Generator[BatchOutcome, None, None]:
-        """Outcomes of ``batches`` as they finish. A fatal failure (401, 403, TLS, Braze
-        unreachable) stops the loop taking work: what was queued comes back not sent, what was
-        in flight finishes, and then the error is raised (so every batch is accounted for).
-        ``telemetry``: the caller's, when it has its own providers."""
-        loop = self._loop(
-            stats,
-            interrupt=interrupt,
-            give_up_after=give_up_after,
-            grace=grace,
-            telemetry=telemetry,
-        )
-
-        def exchanges() -> Iterator[Exchange]:
-            for batch in batches:
-                if batch.oversize:
-                    oversize.append(batch)
-                    continue
-                yield Exchange("POST", TRACK, batch.body, keys=batch.keys, tag=batch)
-
-        oversize: list[Batch] = []
-        source = IterSource(exchanges(), self._registry)
-        results = loop.run(source)
-        fatal: AntavoBrazeError | None = None
-        for result in results:
-            while oversize:
-                yield oversize_outcome(oversize.pop())
-            if result.fatal and fatal is None:
-                fatal = result.error
-                loop.halt(source, f"the run stopped at {type(fatal).__name__}")
-            yield batch_outcome(result, self._key.redact)
-        while oversize:
-            yield oversize_outcome(oversize.pop())
-        if fatal is not None:
-            raise fatal
-
     # --- /users/track ----------------------------------------------------------------------
 
     @traced("track")
@@ -350,7 +305,7 @@ class BrazeClient:
             self.app_id,
         )
         stats = CallStats()
-        outcomes = self._send_batches(pack(groups, self.limits), stats=stats)
+        outcomes = send_batches(self, pack(groups, self.limits), stats=stats)
         accepted, rejected, warnings, error = settle_track(outcomes, where, groups)
         rejected.extend(
             RejectedObject(array, index, "validation", why) for array, index, why in refused
@@ -450,16 +405,40 @@ def send_batches(
     telemetry: Telemetry | None = None,
 ) -> Generator[BatchOutcome, None, None]:
     """The seam between the Syncer and the client (one door, as httpx's transport has one
-    method): ``batches`` in, each one's :class:`BatchOutcome` out as it finishes, every batch
-    accounted for (see :meth:`BrazeClient._send_batches`)."""
-    return client._send_batches(
-        batches,
-        stats=stats,
+    method): ``batches`` in, each one's :class:`BatchOutcome` out as it finishes. A fatal
+    failure (401, 403, TLS, Braze unreachable) stops the loop taking work: what was queued
+    comes back not sent, what was in flight finishes, and then the error is raised (so every
+    batch is accounted for). ``telemetry``: the caller's, when it has its own providers."""
+    loop = client._loop(
+        stats,
         interrupt=interrupt,
         give_up_after=give_up_after,
         grace=grace,
         telemetry=telemetry,
     )
+
+    def exchanges() -> Iterator[Exchange]:
+        for batch in batches:
+            if batch.oversize:
+                oversize.append(batch)
+                continue
+            yield Exchange("POST", TRACK, batch.body, keys=batch.keys, tag=batch)
+
+    oversize: list[Batch] = []
+    source = IterSource(exchanges(), client._registry)
+    results = loop.run(source)
+    fatal: AntavoBrazeError | None = None
+    for result in results:
+        while oversize:
+            yield oversize_outcome(oversize.pop())
+        if result.fatal and fatal is None:
+            fatal = result.error
+            loop.halt(source, f"the run stopped at {type(fatal).__name__}")
+        yield batch_outcome(result, client._key.redact)
+    while oversize:
+        yield oversize_outcome(oversize.pop())
+    if fatal is not None:
+        raise fatal
 
 
 def telemetry_of(client: BrazeClient) -> Telemetry:
