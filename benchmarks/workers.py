@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import MAPPING, machine, members
-from _server import fake_braze_process
+from _server import cpu_seconds, fake_braze_process, lean_fake_process
 
 import antavo_braze as ab
 from antavo_braze import _json
@@ -48,10 +48,11 @@ BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "10"))
 OLD = os.environ.get("BENCH_OLD")
 
 
-def sync(url: str, records: Any, workers: int) -> tuple[float, float, ab.SyncReport]:
-    """``(seconds, CPU seconds of this process and its workers, report)``; MAX_IN_FLIGHT is
-    the total, split between the workers (the same load on the server for every row)."""
-    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+def sync(
+    url: str, records: Any, workers: int, in_flight: int
+) -> tuple[float, float, ab.SyncReport]:
+    """``(seconds, CPU seconds of this process and its workers, report)``; ``in_flight`` per
+    process (each worker inherits the client's ``max_in_flight``)."""
     with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
         syncer = ab.Syncer(client, MAPPING)
         before = os.times()
@@ -67,11 +68,22 @@ def sync(url: str, records: Any, workers: int) -> tuple[float, float, ab.SyncRep
 
 
 def row(
-    label: str, count: int, seconds: float, requests: int, cpu: float | None, note: str = ""
+    label: str,
+    count: int,
+    seconds: float,
+    requests: int,
+    cpu: float | None,
+    note: str = "",
+    server_cpu: float | None = None,
 ) -> None:
     spent = "" if cpu is None else f"  {cpu * 1e6 / count:5.1f} CPU us/member"
+    if cpu is not None:
+        spent += f" ({cpu * 1e3 / requests:4.2f} ms/request"
+        if server_cpu is not None:
+            spent += f", fake {server_cpu * 1e3 / requests:4.2f}"
+        spent += ")"
     print(
-        f"  {label:30} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
+        f"  {label:38} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
         f"members/s  ({seconds:5.1f} s){spent}{note}"
     )
 
@@ -128,24 +140,46 @@ def main() -> None:
     )
     records = list(members(N))
     gc.freeze()  # generated up front, out of the GC's way (as in end_to_end.py)
-    with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
-        for workers in (0, *WORKERS):
-            seconds, cpu, report = sync(url, records, workers)
-            assert report.succeeded == N, report
-            label = "one process" if workers == 0 else f"{workers} workers"
-            row(label, N, seconds, report.requests, cpu)
-        if OLD:
-            old_tree(url)
-        # From a file, as the CLI reads it: every worker parses the whole file (no shared
-        # in-memory list whose pages each forked worker copies as it touches them).
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "members.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
-            for workers in (0, 2):
-                seconds, cpu, report = sync(url, ab.read_records(path), workers)
+    fakes = {
+        "FakeBraze": lambda: fake_braze_process(latency=LATENCY, record=False, validate=False),
+        "lean fake": lambda: lean_fake_process(LATENCY),
+    }
+    for name, start in fakes.items():
+        print(f" {name}:")
+        with start() as (url, stats):
+            # (workers, in flight per process): MAX_IN_FLIGHT in all, split between the
+            # workers; then MAX_IN_FLIGHT each (what a worker inherits from the client).
+            runs = [(0, MAX_IN_FLIGHT)]
+            runs += [(w, MAX_IN_FLIGHT // w) for w in WORKERS]
+            runs += [(w, MAX_IN_FLIGHT) for w in WORKERS if w == 2]
+            for workers, in_flight in runs:
+                server_before = cpu_seconds(stats["pid"])
+                seconds, cpu, report = sync(url, records, workers, in_flight)
+                server_after = cpu_seconds(stats["pid"])
+                server = (
+                    None
+                    if server_before is None or server_after is None
+                    else server_after - server_before
+                )
                 assert report.succeeded == N, report
                 label = "one process" if workers == 0 else f"{workers} workers"
-                row(f"{label}, from a file", N, seconds, report.requests, cpu)
+                label += f", {in_flight} in flight" + (" each" if workers else "")
+                row(label, N, seconds, report.requests, cpu, server_cpu=server)
+            if OLD:
+                old_tree(url)
+            if name != "FakeBraze":
+                continue
+            # From a file, as the CLI reads it: every worker parses the whole file (no shared
+            # in-memory list whose pages each forked worker copies as it touches them).
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "members.jsonl"
+                path.write_text("".join(json.dumps(r) + "\n" for r in records))
+                for workers in (0, 2):
+                    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+                    seconds, cpu, report = sync(url, ab.read_records(path), workers, in_flight)
+                    assert report.succeeded == N, report
+                    label = "one process" if workers == 0 else f"{workers} workers"
+                    row(f"{label}, from a file", N, seconds, report.requests, cpu)
     budget()
 
 
