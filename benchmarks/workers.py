@@ -1,11 +1,16 @@
 """One sync in N processes (``workers=N``) against a fake Braze in another process.
 
-FakeBraze runs in its own process (no validation, no recording) and answers every request after
-LATENCY seconds (100 ms, a real round trip). The same generated members (10-field mapping) are
-synced by one process, then by 2 and N workers (``Syncer.sync_members(..., workers=N)``),
+Two fakes, each in its own process, answering every request after LATENCY seconds (100 ms, a
+real round trip): FakeBraze (no validation, no recording; still ~0.65 ms of CPU per request,
+a thread per connection) and a lean asyncio stand-in (~0.1 ms per request) — on a 2-core
+machine the fake's CPU is taken from the client's, so the lean fake's rows are the closer to
+what the client does against Braze. The same generated members (10-field mapping) are synced
+by one process, one forked worker (``run_in_workers(..., 1)``: what fork and copy-on-write
+cost alone), then 2 and N workers (``Syncer.sync_members(..., workers=N)``) with
 MAX_IN_FLIGHT requests in flight in all (split between the workers, so the server sees the
-same load); all in the same run, against the same server. CPU us/member counts this process
-and its workers (not the server).
+same load), and 2 workers with MAX_IN_FLIGHT each (what each worker inherits from the
+client); all in the same run, against the same server. CPU us/member and ms/request count
+this process and its workers; ``fake`` is the fake's own CPU per request.
 With ``BENCH_OLD=/path/to/old/src`` the one-process figure of that older tree is printed too
 (same server, same members). Then the budget: with 100 requests/s configured
 (``InProcessPacer(requests=100, per=1)``, shared by the workers) and a fake that answers 429
@@ -31,10 +36,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import MAPPING, machine, members
-from _server import fake_braze_process
+from _server import cpu_seconds, fake_braze_process, lean_fake_process
 
 import antavo_braze as ab
 from antavo_braze import _json
+from antavo_braze._scale.workers import run_in_workers
 
 N = int(os.environ.get("BENCH_N", "100000"))
 LATENCY = float(os.environ.get("BENCH_LATENCY", "0.1"))
@@ -48,16 +54,19 @@ BUDGET_SECONDS = float(os.environ.get("BENCH_BUDGET_SECONDS", "10"))
 OLD = os.environ.get("BENCH_OLD")
 
 
-def sync(url: str, records: Any, workers: int) -> tuple[float, float, ab.SyncReport]:
-    """``(seconds, CPU seconds of this process and its workers, report)``; MAX_IN_FLIGHT is
-    the total, split between the workers (the same load on the server for every row)."""
-    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+def sync(
+    url: str, records: Any, workers: int, in_flight: int
+) -> tuple[float, float, ab.SyncReport]:
+    """``(seconds, CPU seconds of this process and its workers, report)``; ``in_flight`` per
+    process (each worker inherits the client's ``max_in_flight``)."""
     with ab.BrazeClient(url, "test-key", max_in_flight=in_flight) as client:
         syncer = ab.Syncer(client, MAPPING)
         before = os.times()
         started = time.perf_counter()
         if workers == 0:  # one process, the plain call
             report = syncer.sync_members(records)
+        elif workers == 1:  # one forked worker: what fork and copy-on-write cost alone
+            report = run_in_workers(syncer, "member", records, 1)
         else:
             report = syncer.sync_members(records, workers=workers)
         seconds = time.perf_counter() - started
@@ -67,11 +76,22 @@ def sync(url: str, records: Any, workers: int) -> tuple[float, float, ab.SyncRep
 
 
 def row(
-    label: str, count: int, seconds: float, requests: int, cpu: float | None, note: str = ""
+    label: str,
+    count: int,
+    seconds: float,
+    requests: int,
+    cpu: float | None,
+    note: str = "",
+    server_cpu: float | None = None,
 ) -> None:
     spent = "" if cpu is None else f"  {cpu * 1e6 / count:5.1f} CPU us/member"
+    if cpu is not None:
+        spent += f" ({cpu * 1e3 / requests:4.2f} ms/request"
+        if server_cpu is not None:
+            spent += f", fake {server_cpu * 1e3 / requests:4.2f}"
+        spent += ")"
     print(
-        f"  {label:30} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
+        f"  {label:38} {requests / seconds:>7,.0f} requests/s  {count / seconds:>8,.0f} "
         f"members/s  ({seconds:5.1f} s){spent}{note}"
     )
 
@@ -128,24 +148,46 @@ def main() -> None:
     )
     records = list(members(N))
     gc.freeze()  # generated up front, out of the GC's way (as in end_to_end.py)
-    with fake_braze_process(latency=LATENCY, record=False, validate=False) as (url, _):
-        for workers in (0, *WORKERS):
-            seconds, cpu, report = sync(url, records, workers)
-            assert report.succeeded == N, report
-            label = "one process" if workers == 0 else f"{workers} workers"
-            row(label, N, seconds, report.requests, cpu)
-        if OLD:
-            old_tree(url)
-        # From a file, as the CLI reads it: every worker parses the whole file (no shared
-        # in-memory list whose pages each forked worker copies as it touches them).
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "members.jsonl"
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
-            for workers in (0, 2):
-                seconds, cpu, report = sync(url, ab.read_records(path), workers)
+    fakes = {
+        "FakeBraze": lambda: fake_braze_process(latency=LATENCY, record=False, validate=False),
+        "lean fake": lambda: lean_fake_process(LATENCY),
+    }
+    for name, start in fakes.items():
+        print(f" {name}:")
+        with start() as (url, stats):
+            # (workers, in flight per process): MAX_IN_FLIGHT in all, split between the
+            # workers; then MAX_IN_FLIGHT each (what a worker inherits from the client).
+            runs = [(0, MAX_IN_FLIGHT), (1, MAX_IN_FLIGHT)]
+            runs += [(w, MAX_IN_FLIGHT // w) for w in WORKERS]
+            runs += [(w, MAX_IN_FLIGHT) for w in WORKERS if w == 2]
+            for workers, in_flight in runs:
+                server_before = cpu_seconds(stats["pid"])
+                seconds, cpu, report = sync(url, records, workers, in_flight)
+                server_after = cpu_seconds(stats["pid"])
+                server = (
+                    None
+                    if server_before is None or server_after is None
+                    else server_after - server_before
+                )
                 assert report.succeeded == N, report
-                label = "one process" if workers == 0 else f"{workers} workers"
-                row(f"{label}, from a file", N, seconds, report.requests, cpu)
+                label = {0: "one process", 1: "1 forked worker"}.get(workers, f"{workers} workers")
+                label += f", {in_flight} in flight" + (" each" if workers > 1 else "")
+                row(label, N, seconds, report.requests, cpu, server_cpu=server)
+            if OLD:
+                old_tree(url)
+            if name != "FakeBraze":
+                continue
+            # From a file, as the CLI reads it: every worker parses the whole file (no shared
+            # in-memory list whose pages each forked worker copies as it touches them).
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "members.jsonl"
+                path.write_text("".join(json.dumps(r) + "\n" for r in records))
+                for workers in (0, 2):
+                    in_flight = MAX_IN_FLIGHT // max(workers, 1)
+                    seconds, cpu, report = sync(url, ab.read_records(path), workers, in_flight)
+                    assert report.succeeded == N, report
+                    label = "one process" if workers == 0 else f"{workers} workers"
+                    row(f"{label}, from a file", N, seconds, report.requests, cpu)
     budget()
 
 
