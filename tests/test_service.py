@@ -157,6 +157,28 @@ def test_sync_mode_waits_out_an_outage_in_the_callers_thread(fake: FakeBraze) ->
 # --- fork -----------------------------------------------------------------------------------
 
 
+def test_a_finalizer_entering_the_fork_gate_inside_its_lock_does_not_deadlock() -> None:
+    """The garbage collector can close an SQLite connection (a finalizer that enters the fork
+    gate) while this thread holds the gate's own lock, inside its notify_all: that must not
+    wait on itself (it hung a whole test run once)."""
+    from antavo_braze._fork import ForkGate
+
+    gate = ForkGate()
+    done = threading.Event()
+
+    def finalizer_inside_the_lock() -> None:
+        with gate._cond, gate.entered():  # the lock held, as during notify_all; then the finalizer
+            pass
+        with gate.entered():  # and the gate still counts and lets threads in afterwards
+            done.set()
+
+    thread = threading.Thread(target=finalizer_inside_the_lock, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done.is_set()
+    assert gate._inside == 0
+
+
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forks_while_a_spooled_sender_starts_and_submits_never_hang(
     fake: FakeBraze, tmp_path: Path

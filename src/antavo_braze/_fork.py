@@ -55,7 +55,9 @@ class ForkGate:
             )
 
     def _setup(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Re-entrant: the garbage collector may run a finalizer that enters the gate (an
+        # SQLite connection closing) while this thread holds the lock, inside notify_all.
+        self._cond = threading.Condition(threading.RLock())
         self._inside = 0
         self._forking = False
         self._forker: int | None = None  # the thread in the fork handler (it never waits)
