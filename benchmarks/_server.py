@@ -23,9 +23,17 @@ def _serve(options: dict[str, Any], pipe: Any) -> None:
 def fake_braze_process(**options: Any) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (url, stats); stats holds the server's ``pid``, the rest is filled in when the
     block ends."""
+    with _server_process(_serve, options) as served:
+        yield served
+
+
+@contextmanager
+def _server_process(target: Any, argument: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run ``target(argument, pipe)`` in a spawned process: it sends its URL, waits for
+    "stop", then sends its stats."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_serve, args=(options, child), daemon=True)
+    process = context.Process(target=target, args=(argument, child), daemon=True)
     process.start()
     stats: dict[str, Any] = {"pid": process.pid}
     try:
@@ -64,6 +72,8 @@ def _serve_lean(latency: float, pipe: Any) -> None:
                 served += 1
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
+        except asyncio.CancelledError:  # the server stopping: a quiet end, not a traceback
+            writer.close()
 
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
@@ -80,18 +90,8 @@ def _serve_lean(latency: float, pipe: Any) -> None:
 def lean_fake_process(latency: float) -> Iterator[tuple[str, dict[str, Any]]]:
     """As :func:`fake_braze_process`, with :func:`_serve_lean`: a fake that costs this
     machine's cores as little as it can, so the client's figures are the client's."""
-    context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
-    process = context.Process(target=_serve_lean, args=(latency, child), daemon=True)
-    process.start()
-    stats: dict[str, Any] = {"pid": process.pid}
-    try:
-        url = parent.recv()
-        yield url, stats
-    finally:
-        parent.send("stop")
-        stats.update(parent.recv())
-        process.join(10)
+    with _server_process(_serve_lean, latency) as served:
+        yield served
 
 
 def cpu_seconds(pid: int) -> float | None:
