@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as AbcMapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -498,30 +498,17 @@ class BackgroundSender:
         """Queue ``(kind, member key, record JSON)`` changes (and spool them, with a spool)."""
         if self.closed:
             raise ConfigurationError("this BackgroundSender is closed")
-        records = [json.loads(text) for _, _, text in changes]  # parsed before taking the lock
-        context = Telemetry.capture()
-        seqs = _stamp(self.order, len(changes))
-        pairs = zip(changes, seqs, strict=True)
-        rows: list[Row] = [(kind, key, text, seq) for (kind, key, text), seq in pairs]
         intake = self._intake
+        seqs = iter(_stamp(self.order, len(changes)))
+        context = Telemetry.capture()
+        admission = _admission(changes, seqs, intake.worker.waiters, receipt, receipt_ttl, context)
         if self.sync_mode:
             with self._cond:
                 if intake.receipts.seen(receipt, receipt_ttl):
                     return None
                 intake.receipts.remember(receipt)
-            return _send_now(intake.worker, rows, records, context)
-        waiters = intake.worker.waiters
-        submissions = [Submission(kind, key, waiters) for kind, key, _, _ in rows]  # type: ignore[arg-type]
-        admitted = intake.admit(
-            rows,
-            records,
-            submissions,
-            timeout=timeout,
-            receipt=receipt,
-            receipt_ttl=receipt_ttl,
-            context=context,
-        )
-        return submissions if admitted else None
+            return _send_now(intake.worker, admission.rows, admission.records, context)
+        return admission.submissions if intake.admit(admission, timeout=timeout) else None
 
     # --- flushing, closing, stats ---------------------------------------------------------
 
@@ -638,16 +625,29 @@ def _admissions(
     seqs = iter(_stamp(order, sum(len(keyed) for keyed, _ in prepared)))
     traces = contexts if contexts is not None else [None] * len(groups)
     return [
-        Admission(
-            [(kind, key, text, next(seqs)) for kind, key, text in keyed],
-            [json.loads(text) for _, _, text in keyed],
-            [Submission(kind, key, waiters) for kind, key, _ in keyed],
-            receipt,
-            RECEIPT_TTL if ttl is None else ttl,
-            trace,
-        )
+        _admission(keyed, seqs, waiters, receipt, ttl, trace)
         for (keyed, _), (_, _, receipt, ttl), trace in zip(prepared, groups, traces, strict=True)
     ]
+
+
+def _admission(
+    keyed: list[tuple[Kind, str, str]],
+    seqs: Iterator[int],
+    waiters: Waiters,
+    receipt: str | None,
+    receipt_ttl: float | None,
+    context: Any,
+) -> Admission:
+    """One group of changes, ready for the intake: spool rows (with their order stamps), the
+    records parsed before any lock is taken, one submission each, receipt and trace."""
+    return Admission(
+        [(kind, key, text, next(seqs)) for kind, key, text in keyed],
+        [json.loads(text) for _, _, text in keyed],
+        [Submission(kind, key, waiters) for kind, key, _ in keyed],
+        receipt,
+        RECEIPT_TTL if receipt_ttl is None else receipt_ttl,
+        context,
+    )
 
 
 def _submit_many_or_error(

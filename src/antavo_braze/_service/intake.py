@@ -60,78 +60,47 @@ class Intake:
         self.worker = worker
         self.receipts = Receipts()
 
-    def admit(
-        self,
-        rows: list[Row],
-        records: list[Any],
-        submissions: list[Any],
-        *,
-        timeout: float | None,
-        receipt: str | None,
-        receipt_ttl: float,
-        context: Any,
-    ) -> bool:
-        """Take room in the queue for ``rows`` (waiting for it, or raising
+    def admit(self, admission: Admission, *, timeout: float | None) -> bool:
+        """Take room in the queue for the admission's rows (waiting for it, or raising
         :class:`QueueFull`), then queue them; with a spool, write them to it first. False:
-        ``receipt`` was accepted before (a redelivery), nothing is queued."""
-        count = len(rows)
+        its receipt was accepted before (a redelivery), nothing is queued."""
         worker = self.worker
+        if worker.spool is not None:  # the spool's path: a group of one
+            (answer,) = self.admit_groups([admission], timeout=timeout)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
         deadline = None if timeout is None else time.monotonic() + timeout
         with worker.cond:
             worker.start()
-            if worker.spool is None and self.receipts.seen(receipt, receipt_ttl):
+            if self.receipts.seen(admission.receipt, admission.receipt_ttl):
                 return False
-            settings = worker.settings  # read now: a caller may tune a running sender
-            while count and worker.outstanding + count > settings.max_queue:
-                if settings.on_full == "raise":
-                    raise QueueFull(f"{worker.outstanding} changes are waiting (max_queue)")
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise QueueFull(f"no room in the queue within {timeout}s")
-                worker.cond.wait(left)
-            worker.outstanding += count  # room taken now, the changes queued below
-            if worker.backlog is None:
-                if receipt is not None:
-                    self.receipts.remember(receipt)
-                self.enqueue(rows, records, [], submissions, context)
-                return True
-            if worker.backlog.pending:  # written in order with the backlog being loaded
-                return self._spool(rows, records, submissions, receipt, receipt_ttl, context)
-            backlog = worker.backlog
-            backlog.writing += 1
-        # Written without the lock: threads submitting at once share one disk sync.
-        try:
-            return self._spool(rows, records, submissions, receipt, receipt_ttl, context)
-        finally:
-            with worker.cond:
-                backlog.writing -= 1
-
-    def _spool(
-        self,
-        rows: list[Row],
-        records: list[Any],
-        submissions: list[Any],
-        receipt: str | None,
-        receipt_ttl: float,
-        context: Any,
-    ) -> bool:
-        """Write the changes to the spool, then queue them (their room is taken)."""
-        worker = self.worker
-        assert worker.spool is not None
-        try:
-            ids = worker.spool.add(rows, receipt, receipt_ttl)
-        except BaseException:
-            with worker.cond:
-                worker.outstanding -= len(rows)
-                worker.cond.notify_all()
-            raise
-        with worker.cond:
-            if ids is None:  # a redelivery
-                worker.outstanding -= len(rows)
-                worker.cond.notify_all()
-                return False
-            self.enqueue(rows, records, ids, submissions, context)
+            full = self._take_room(len(admission.rows), deadline, timeout)
+            if full is not None:
+                raise full
+            if admission.receipt is not None:
+                self.receipts.remember(admission.receipt)
+            self.enqueue(
+                admission.rows, admission.records, [], admission.submissions, admission.context
+            )
             return True
+
+    def _take_room(
+        self, count: int, deadline: float | None, timeout: float | None
+    ) -> QueueFull | None:
+        """Take room in the queue for ``count`` changes (lock held), waiting for it until
+        ``deadline``; the :class:`QueueFull` to answer when there is none."""
+        worker = self.worker
+        settings = worker.settings  # read now: a caller may tune a running sender
+        while count and worker.outstanding + count > settings.max_queue:
+            if settings.on_full == "raise":
+                return QueueFull(f"{worker.outstanding} changes are waiting (max_queue)")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return QueueFull(f"no room in the queue within {timeout}s")
+            worker.cond.wait(left)
+        worker.outstanding += count  # room taken now, the changes queued by the caller
+        return None
 
     def admit_groups(
         self, admissions: list[Admission], *, timeout: float | None
@@ -147,19 +116,12 @@ class Intake:
         taken: list[int] = []
         with worker.cond:
             worker.start()
-            settings = worker.settings
             for number, admission in enumerate(admissions):
-                count = len(admission.rows)
-                while count and worker.outstanding + count > settings.max_queue:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if settings.on_full == "raise" or (left is not None and left <= 0):
-                        break
-                    worker.cond.wait(left)
-                if count and worker.outstanding + count > settings.max_queue:
-                    answers[number] = QueueFull(f"no room in the queue for {count} change(s)")
-                    continue
-                worker.outstanding += count  # room taken now, the changes queued below
-                taken.append(number)
+                full = self._take_room(len(admission.rows), deadline, timeout)
+                if full is None:
+                    taken.append(number)
+                else:
+                    answers[number] = full
             backlog = worker.backlog
             if backlog.pending:  # written in order with the backlog being loaded
                 self._spool_groups(admissions, taken, answers)
