@@ -179,6 +179,41 @@ def test_a_finalizer_entering_the_fork_gate_inside_its_lock_does_not_deadlock() 
     assert gate._inside == 0
 
 
+def test_a_finalizer_entering_the_fork_gate_as_its_thread_leaves_does_not_wait() -> None:
+    """A GC finalizer that enters the fork gate while its thread is leaving it (taking the
+    gate's lock), with a fork waiting for that thread to leave, passes straight through (it
+    hung a CI run: the finalizer waited for the fork, the fork for the thread)."""
+    from antavo_braze._fork import ForkGate
+
+    gate = ForkGate()
+    armed = threading.Event()
+    done = threading.Event()
+
+    class FinalizerOnAcquire(threading.Condition):
+        def __enter__(self) -> bool:
+            entered = super().__enter__()
+            if armed.is_set():  # the collector runs a finalizer as the lock is taken
+                armed.clear()
+                gate._forking = True  # a fork is waiting for this thread to leave
+                with gate.entered():
+                    pass
+                gate._forking = False
+            return entered
+
+    gate._cond = FinalizerOnAcquire(threading.RLock())
+
+    def leave_with_a_finalizer() -> None:
+        with gate.entered():
+            armed.set()
+        done.set()
+
+    thread = threading.Thread(target=leave_with_a_finalizer, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert done.is_set()
+    assert gate._inside == 0
+
+
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forks_while_a_spooled_sender_starts_and_submits_never_hang(
     fake: FakeBraze, tmp_path: Path

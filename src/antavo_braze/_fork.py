@@ -81,12 +81,14 @@ class ForkGate:
         try:
             yield
         finally:
-            self._depth.n = depth
             if depth == 0:
                 with self._cond:
                     self._inside = max(0, self._inside - 1)  # 0 in a child forked inside
                     if not self._inside:
                         self._cond.notify_all()
+            # Only now: a GC finalizer entering the gate while this thread leaves it is still
+            # inside (it must not wait for a fork that waits for this thread).
+            self._depth.n = depth
 
     def _before_fork(self) -> None:
         if getattr(self._depth, "n", 0):
