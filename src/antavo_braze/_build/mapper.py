@@ -39,9 +39,11 @@ from .ecommerce import ORDER_PLACED, order_placed_properties
 from .mapping import Mapping
 from .plan import MISSING, Getter, Plan, compile_fields, compile_getter
 
-__all__ = ["MISSING", "MappedEvent", "Mapper", "get_path", "member_fields", "utc_now"]
+__all__ = ["MISSING", "SHORT_ID", "MappedEvent", "Mapper", "get_path", "member_fields", "utc_now"]
 
-_SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4  # characters: at most 4 UTF-8 bytes each
+# An id string this short (and not blank) is a valid external_id as it is: its UTF-8 cannot
+# exceed the byte limit. The record builder tests it inline (records.py); _external_id here.
+SHORT_ID = MAX_EXTERNAL_ID_BYTES // 4  # characters: at most 4 UTF-8 bytes each
 
 
 def utc_now() -> datetime:
@@ -93,7 +95,7 @@ class MappedEvent:
 
 
 def _external_id(value: Any, field: str) -> str:
-    if value.__class__ is str and 0 < len(value) <= _SHORT_ID and not value.isspace():
+    if value.__class__ is str and 0 < len(value) <= SHORT_ID and not value.isspace():
         return value  # short enough that its UTF-8 cannot exceed the byte limit
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CoercionError(value, "external_id", "expected a string id", field=field)
@@ -132,6 +134,8 @@ class Mapper:
         self.plan = compile_fields(mapping.fields, *options, when_missing=mapping.when_missing)
         self._id_field = mapping.id_field
         self._get_id = compile_getter(mapping.id_field)
+        #: The id field when it is a plain key (the record builder reads it inline), else None.
+        self.id_key = None if "." in mapping.id_field else mapping.id_field
         self._events: dict[str, tuple[EventMapping, Plan | None]] = {}
         for entry in mapping.events:
             label = f"event {entry.action}"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from .._json import dumps_object, loads
 from ..exceptions import CoercionError
 from .batching import ATTRIBUTES, Item
-from .mapper import MISSING, Mapper, member_fields
+from .mapper import MISSING, SHORT_ID, Mapper, member_fields
 from .wire import WireError, model_item, wire_item
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def member_groups(
     stage, not this builder, counts what is cleared.
     """
     member_id = mapper.member_id
+    id_key = mapper.id_key
     plan = mapper.plan
     fill = plan.fill
     absent = run.absent
@@ -107,8 +108,17 @@ def member_groups(
             if clearing:
                 mark = absent[-1]  # every clear so far
             try:
-                external_id = member_id(record)
-                fields = record if record.__class__ is dict else member_fields(record)
+                if record.__class__ is dict and id_key is not None:
+                    fields = record
+                    value = record.get(id_key)
+                    # Mapper's short-id test, inline; any other id takes member_id (it explains).
+                    if value.__class__ is str and 0 < len(value) <= SHORT_ID and not value.isspace():
+                        external_id = value
+                    else:
+                        external_id = member_id(record)
+                else:
+                    external_id = member_id(record)
+                    fields = member_fields(record)
                 wire = fill(fields, {"external_id": external_id}, absent)
             except CoercionError as exc:
                 values = _refused(mapper, run, position, record, external_id, exc, on_invalid_field)
