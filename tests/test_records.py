@@ -68,6 +68,15 @@ def _expected(mapper: Any, record: Any) -> dict[str, Any] | None:
     return _wire(model_item(obj, 0))
 
 
+def _id_problem(mapper: Any, record: Any) -> str | None:
+    """Why the mapper refuses ``record``'s id (``None``: the id is fine)."""
+    try:
+        mapper.member_id(record)
+    except CoercionError as exc:
+        return exc.reason
+    return None
+
+
 def _tally(syncer: ab.Syncer, records: list[Any]) -> Tally:
     run = syncer._new_run("member", records, None)
     run.progress = None
@@ -91,11 +100,10 @@ def _check_twins(
         expected = _expected(syncer.mapper, record)
         if expected is None:
             assert position in failed, (record, run.failures)
-            try:
-                syncer.mapper.member_id(record)
-            except CoercionError as exc:  # a bad id fails the record for that reason alone
+            reason = _id_problem(syncer.mapper, record)
+            if reason is not None:  # a bad id fails the record for that reason alone
                 assert failed[position].reason.startswith("id: "), failed[position]
-                assert failed[position].reason.endswith(exc.reason), failed[position]
+                assert failed[position].reason.endswith(reason), failed[position]
         elif len(expected) == 1:  # only the external_id: nothing mapped is present
             assert position not in built
             assert position not in failed
