@@ -43,6 +43,7 @@ def tests(session: nox.Session) -> None:
             "tests/test_sync.py",
             "tests/test_json.py",
             "tests/test_fast_paths.py",
+            "tests/test_input.py",
         )
 
 

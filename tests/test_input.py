@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -237,13 +238,58 @@ _JSON_VALUES = st.recursive(
 )
 
 
+def _read_line(data: bytes) -> object:
+    """What read_records makes of a JSON Lines file holding the one line ``data``."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "line.jsonl"
+        path.write_bytes(data + b"\n")
+        return list(read_records(path))
+
+
 @settings(max_examples=200, deadline=None)
 @given(record=st.dictionaries(st.text(max_size=4), _JSON_VALUES, max_size=4))
 def test_a_line_reads_as_the_standard_parser_reads_it(record: dict[str, object]) -> None:
     """A line reads exactly as json.loads reads it, NaN and huge numbers included (a guard for
-    a faster parser: orjson reads integers beyond 64 bits as floats)."""
+    the faster parser: orjson reads integers beyond 64 bits as floats)."""
     text = json.dumps(record)
     assert repr(_parse(text, 1)) == repr(json.loads(text))
+    assert repr(_read_line(text.encode())) == repr([json.loads(text)])
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"id": "a", "n": 18446744073709551616}',  # past 64 bits
+        '{"id": "a", "n": -9223372036854775809}',  # 19 digits, past 64 bits
+        '{"id": "a", "n": 9999999999999999999}',  # 19 digits, within 64 bits
+        '{"id": "a", "n": 123456789012345678901234567890}',
+        '{"id": "a", "x": 3.14159265358979323846264}',
+        '{"id": "a", "n": NaN, "m": -Infinity, "big": 1e400}',
+        '{"id": "a", "s": "\\ud800 lone"}',
+        '{"id": "a", "dup": 1, "dup": 2}',
+        '{"id": "ü", "nested": {"deep": [[[{"k": [1, 2.5, null, true]}]]]}}',
+    ],
+)
+def test_lines_that_parsers_read_differently_read_as_json_reads_them(line: str) -> None:
+    """Numbers past 64 bits, NaN, lone surrogates, duplicate keys: exactly as json.loads reads
+    them, whichever parser the SDK uses (orjson reads the first as floats and refuses the rest)."""
+    assert repr(_read_line(line.encode())) == repr([json.loads(line)])
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"id": "a",}', "not valid JSON"),
+        (b'{"id": "\xff"}', "not valid utf-8"),
+        (b'["a"]', "expected a JSON object, got list"),
+    ],
+)
+def test_lines_no_parser_takes_keep_their_reasons(data: bytes, reason: str) -> None:
+    """A line that is not a record is one BadInput with the standard reason, whichever parser
+    the SDK uses."""
+    (bad,) = _read_line(data)
+    assert isinstance(bad, BadInput)
+    assert reason in bad.reason, bad
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])

@@ -98,6 +98,7 @@ def member_groups(
     keep = run.fresh or staged  # the batch (or the stage) encodes the objects (see is_fresh)
     clearing = bool(plan.clearing)
     clear_steps = [plan.steps[n] for n in plan.clearing]
+    fields: AbcMapping[str, Any]
     held: list[_Held] = []  # records waiting for the guard to judge
     guard = run.clear_guard
     mark = 0

@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from attrs import frozen
 
+from .. import _json
 from ..exceptions import ConfigurationError
 
 __all__ = ["BadInput", "RecordSource", "read_records"]
@@ -198,6 +199,26 @@ def _looks_like_utf16(head: bytes) -> bool:
 
 # --- JSON -------------------------------------------------------------------------------------
 
+# orjson reads a JSON Lines record three times as fast as json, but not always alike: an integer
+# past 64 bits becomes a float (json keeps it exact), and what orjson refuses json may take
+# (NaN, lone surrogates) or explain. So orjson reads a line only when it holds no run of 19
+# digits (a 19-digit negative may already be past 64 bits) and parses; json reads the rest,
+# with the results and errors it always had.
+_DIGITS_ONLY = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_NUMBER = b"0" * 19
+_UTF8 = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
+
+
+def _quick_record(raw: bytes) -> Any:
+    """The record on a UTF-8 line as orjson reads it, or ``None``: the standard path decides."""
+    try:
+        value = _json.loads(raw)
+    except ValueError:  # orjson.JSONDecodeError; json's own message comes from the slow path
+        return None
+    if not isinstance(value, dict) or _LONG_NUMBER in raw.translate(_DIGITS_ONLY):
+        return None
+    return value
+
 
 def _parse(text: str, line: int) -> Any:
     try:
@@ -237,12 +258,18 @@ def _json_rows(
     if array_allowed and head.startswith(b"["):
         yield from _array_rows(buffered, encoding)
         return
+    quick = _json.BACKEND == "orjson" and encoding.lower().replace("_", "-") in _UTF8
     for number, raw, too_long in _lines(buffered):
         if too_long:
             yield number, BadInput(number, f"line longer than {MAX_LINE_BYTES} bytes")
             continue
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
+        if quick:
+            record = _quick_record(raw)
+            if record is not None:
+                yield number, record
+                continue
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
