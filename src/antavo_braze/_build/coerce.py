@@ -91,7 +91,7 @@ def _fail(
 
 def coerce_number(value: Any) -> int | float | None:
     """int stays int; finite float; integral Decimal -> int; numeric strings -> number."""
-    cls = value.__class__
+    cls = type(value)
     if cls is int:
         if _INT_MIN <= value <= _INT_MAX:
             return value  # type: ignore[no-any-return]
@@ -154,7 +154,7 @@ def _decimal_to_number(value: Decimal, original: object) -> int | float:
 
 def _make_string_coercer(truncate: bool) -> Coercer:
     def coerce_string(value: Any) -> str | None:
-        cls = value.__class__
+        cls = type(value)
         if cls is str:
             text: str = value
         elif value is None:
@@ -217,7 +217,7 @@ def coerce_boolean(value: Any) -> bool | None:
 
 def to_datetime(value: Any) -> datetime | None:
     """Parse any accepted date input into an aware UTC datetime (``None`` passes through)."""
-    cls = value.__class__
+    cls = type(value)
     if cls is str:
         moment = _parse_date_string(value)
     elif cls is int:
@@ -313,7 +313,7 @@ def format_datetime(moment: datetime) -> str:
 
 def coerce_date(value: Any) -> str | None:
     """Any accepted date input -> ISO 8601 UTC string."""
-    cls = value.__class__
+    cls = type(value)
     if cls is int:  # unix seconds, Antavo's optin_at: cached day prefix + time-of-day tables
         day, second = divmod(value, 86_400)
         prefix: str | None = _DAY_PREFIXES.get(day)
@@ -380,17 +380,17 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
     small = min(max_items, _SMALL_NODES)
 
     def coerce_array(value: Any) -> list[Any] | None:
-        if value.__class__ is list and len(value) <= small:
+        if type(value) is list and len(value) <= small:
             # Fast path: a short list of distinct, short strings is already what Braze takes.
             for item in value:
-                if item.__class__ is not str or len(item) > MAX_STRING_LENGTH:
+                if type(item) is not str or len(item) > MAX_STRING_LENGTH:
                     break
             else:
                 if len(value) < 2 or len(set(value)) == len(value):
                     return value
         if value is None:
             return None
-        if value.__class__ is not list and (
+        if type(value) is not list and (
             isinstance(value, (str, bytes, Mapping))
             or not isinstance(value, (list, tuple, set, frozenset))
         ):
@@ -409,7 +409,7 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
         out: list[Any] = []
         key: Any
         for index, item in enumerate(items):
-            if item.__class__ is str and len(item) <= MAX_STRING_LENGTH:
+            if type(item) is str and len(item) <= MAX_STRING_LENGTH:
                 # A str never equals the tuple keys of numbers and bools: it is its own key.
                 scalar, key = item, item
             else:
@@ -484,7 +484,7 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
 
     def nested(value: Any, owner: BrazeType, depth: int, nodes: list[int]) -> Any:
         nodes[0] += 1
-        cls = value.__class__
+        cls = type(value)
         # Fast paths for JSON-shaped data, by exact class.
         if cls is str:
             return value if len(value) <= MAX_STRING_LENGTH else string(value)
@@ -504,7 +504,7 @@ def _make_nested_coercer(truncate: bool, max_items: int) -> Nested:
             for key, item in value.items():
                 if not _is_plain_key(key):
                     _check_key(key, owner)  # raises the explanation
-                item_class = item.__class__
+                item_class = type(item)
                 # Scalars inline: most leaves are short strings, ints and bools.
                 if (
                     (item_class is str and len(item) <= MAX_STRING_LENGTH)
@@ -584,7 +584,7 @@ def _clean_nodes(value: dict[Any, Any] | list[Any], depth: int, max_items: int) 
     if depth > _MAX_DEPTH:
         return -1
     items: Iterable[Any]
-    if value.__class__ is dict:
+    if type(value) is dict:
         if not (_VALID_KEYS.issuperset(value) or _learn_keys(value)):
             return -1
         items = value.values()
@@ -594,7 +594,7 @@ def _clean_nodes(value: dict[Any, Any] | list[Any], depth: int, max_items: int) 
         items = value
     nodes = 1 + len(value)
     for item in items:
-        cls = item.__class__
+        cls = type(item)
         if cls is str:
             if len(item) > MAX_STRING_LENGTH:
                 return -1
@@ -628,11 +628,11 @@ def _make_object_coercer(truncate: bool, max_items: int) -> Coercer:
     nested = _make_nested_coercer(truncate, max_items)
 
     def coerce_object(value: Any) -> dict[str, Any] | None:
-        if value.__class__ is dict and 0 <= _clean_nodes(value, 0, max_items) <= _SMALL_NODES:
+        if type(value) is dict and 0 <= _clean_nodes(value, 0, max_items) <= _SMALL_NODES:
             return value
         if value is None:
             return None
-        if value.__class__ is not dict and not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise _fail(value, BrazeType.OBJECT, f"expected a mapping, got {type_name(value)}")
         nodes = [0]
         out: dict[str, Any] = nested(value, BrazeType.OBJECT, 0, nodes)
@@ -648,10 +648,10 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
     nested = _make_nested_coercer(truncate, max_items)
 
     def coerce_array_of_objects(value: Any) -> list[dict[str, Any]] | None:
-        if value.__class__ is list:
+        if type(value) is list:
             total = 0
             for item in value:
-                count = _clean_nodes(item, 1, max_items) if item.__class__ is dict else -1
+                count = _clean_nodes(item, 1, max_items) if type(item) is dict else -1
                 if count < 0:
                     break
                 total += count
@@ -660,7 +660,7 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
                     return value
         if value is None:
             return None
-        if value.__class__ is not list and (
+        if type(value) is not list and (
             isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple))
         ):
             raise _fail(
@@ -671,7 +671,7 @@ def _make_array_of_objects_coercer(truncate: bool, max_items: int) -> Coercer:
         out: list[dict[str, Any]] = []
         nodes = [0]
         for index, item in enumerate(value):
-            if (item.__class__ is not dict and not isinstance(item, Mapping)) or (
+            if (type(item) is not dict and not isinstance(item, Mapping)) or (
                 len(item) == 1 and "$time" in item
             ):
                 raise _fail(
@@ -723,7 +723,7 @@ def _make_inferring_coercer(table: dict[BrazeType, Coercer]) -> Coercer:
     )
 
     def coerce_inferred(value: Any) -> Any:
-        cls = value.__class__
+        cls = type(value)
         # Fast paths for the common scalars, in order of frequency in Antavo data.
         if cls is str:
             return string(value)
@@ -892,7 +892,7 @@ EVENT_PROPERTY = "event property"
 
 
 def _property_value(value: Any, depth: int) -> Any:
-    cls = value.__class__
+    cls = type(value)
     if cls is str:
         if len(value) > MAX_STRING_LENGTH:
             raise _fail(value, EVENT_PROPERTY, string_problem(value) or "")
@@ -934,7 +934,7 @@ def _property_value(value: Any, depth: int) -> Any:
 
 
 def _check_property_key(key: Any) -> str:
-    if key.__class__ is str and 0 < len(key) <= MAX_STRING_LENGTH and key[0] != "$":
+    if type(key) is str and 0 < len(key) <= MAX_STRING_LENGTH and key[0] != "$":
         return key  # the fast block of name_problem
     problem = name_problem(key, "property")
     if problem is not None:
@@ -966,7 +966,7 @@ def coerce_properties(
     if problem is not None:
         raise _fail(data, EVENT_PROPERTY, problem)
     # Braze's 100 KB applies to properties holding arrays or objects.
-    if any(v.__class__ is dict or v.__class__ is list for v in out.values()):
+    if any(type(v) is dict or type(v) is list for v in out.values()):
         problem = size_problem(_json_size(out), MAX_OBJECT_BYTES)
         if problem is not None:
             raise _fail(data, EVENT_PROPERTY, problem)

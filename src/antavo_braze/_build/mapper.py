@@ -58,7 +58,7 @@ def get_path(record: Any, path: str) -> Any:
 
 def member_fields(member: Any) -> abc.Mapping[str, Any]:
     """The field values of a member record (a dict, or :class:`LoyaltyMember`'s ``fields``)."""
-    if member.__class__ is dict:
+    if type(member) is dict:
         return member
     return member.fields if isinstance(member, LoyaltyMember) else member
 
@@ -95,7 +95,7 @@ class MappedEvent:
 
 
 def _external_id(value: Any, field: str) -> str:
-    if value.__class__ is str and 0 < len(value) <= SHORT_ID and not value.isspace():
+    if type(value) is str and 0 < len(value) <= SHORT_ID and not value.isspace():
         return value  # short enough that its UTF-8 cannot exceed the byte limit
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise CoercionError(value, "external_id", "expected a string id", field=field)
@@ -158,7 +158,7 @@ class Mapper:
     def member_id(self, member: Any) -> str:
         """The ``external_id`` of a member (dict with the mapping's ``id_field``, ``"id"``
         by default, or :class:`LoyaltyMember`)."""
-        if member.__class__ is dict or isinstance(member, abc.Mapping):
+        if type(member) is dict or isinstance(member, abc.Mapping):
             value = self._get_id(member)
             if value is MISSING:
                 raise CoercionError(

@@ -101,8 +101,8 @@ class Fill(Protocol):
 
 # Values of these exact classes need no coercer call: the plan tests them inline.
 INLINE_CHECKS = {
-    BrazeType.NUMBER: "v.__class__ is int and MIN_INTEGER <= v <= MAX_INTEGER",
-    BrazeType.STRING: "v.__class__ is str and len(v) <= MAX_STRING_LENGTH",
+    BrazeType.NUMBER: "type(v) is int and MIN_INTEGER <= v <= MAX_INTEGER",
+    BrazeType.STRING: "type(v) is str and len(v) <= MAX_STRING_LENGTH",
     BrazeType.BOOLEAN: "v is True or v is False",
 }
 

@@ -109,11 +109,11 @@ def member_groups(
             if clearing:
                 mark = absent[-1]  # every clear so far
             try:
-                if record.__class__ is dict and id_key is not None:
+                if type(record) is dict and id_key is not None:
                     fields = record
                     value = record.get(id_key)
                     # Mapper's short-id test, inline; any other id takes member_id (it explains).
-                    if value.__class__ is str and 0 < len(value) <= SHORT_ID and not value.isspace():
+                    if type(value) is str and 0 < len(value) <= SHORT_ID and not value.isspace():
                         external_id = value
                     else:
                         external_id = member_id(record)

@@ -60,7 +60,7 @@ class WireError(ValueError):
 def profile_key(obj: Mapping[str, Any]) -> str:
     """The profile a wire object touches (requests touching one never overlap)."""
     external_id = obj.get("external_id")
-    if external_id.__class__ is str:
+    if type(external_id) is str:
         return external_id
     alias = obj.get("user_alias")
     if isinstance(alias, Mapping):
@@ -80,7 +80,7 @@ def model_item(
 ) -> Item:
     """A model object as an item (``app_id`` fills events and purchases that have none;
     ``source`` is the input record it was built from)."""
-    cls = obj.__class__
+    cls = type(obj)
     if cls is AttributesObject:
         wire = unstructure_attributes(obj)  # type: ignore[arg-type]
         values = len(obj.attributes)  # type: ignore[union-attr]
@@ -109,7 +109,7 @@ def wire_item(
     :class:`WireError` naming the rule it breaks."""
     if not isinstance(obj, Mapping):
         raise WireError(f"a wire object must be a dict, not {type(obj).__name__}")
-    if not all(key.__class__ is str for key in obj):
+    if not all(type(key) is str for key in obj):
         raise WireError("wire object keys must be strings")
     key = _check_identifiers(obj)
     for flag in _FLAGS:
@@ -248,7 +248,7 @@ def _check_attribute_value(value: Any) -> None:
 
 def _array_key(item: Any) -> Any:
     # Braze collapses duplicates; numbers compare as numbers, apart from booleans (as coercion).
-    return item if item.__class__ is str else (item.__class__ is bool, item)
+    return item if type(item) is str else (type(item) is bool, item)
 
 
 def _check_scalar_array(value: list[Any]) -> None:

@@ -208,7 +208,7 @@ class Connection:
         conn = self.h11
         while True:
             event = conn.next_event()
-            cls = event.__class__
+            cls = type(event)
             if cls is h11.Data:
                 self._take(event.data)  # type: ignore[union-attr]
             elif event is h11.NEED_DATA:

@@ -242,7 +242,7 @@ class Tally:
         end here, once, before any builder sees them."""
         for pair in enumerate(records, start):  # the pair itself goes on: the hot path
             self.total += 1  # entered: it leaves through exactly one outcome
-            cls = pair[1].__class__
+            cls = type(pair[1])
             if cls is not BadInput and cls is not Settled:
                 yield pair
                 continue

@@ -96,7 +96,7 @@ class _Share:
 
     def owner(self, position: int, record: Any) -> int:
         """The worker that owns ``record``, at ``position`` of the input."""
-        cls = record.__class__
+        cls = type(record)
         if cls is dict:  # the common case, without record_id's general lookup
             key = record.get(self._field)
         else:
@@ -138,7 +138,7 @@ class _ListShare(_Share):
 
 def _owners(records: Any, count: int, kind: str) -> bytes | None:
     """Each position's worker, for a list or tuple (worked out once, before the fork)."""
-    if records.__class__ not in (list, tuple) or count > 255:
+    if type(records) not in (list, tuple) or count > 255:
         return None
     share = _Share((), 0, count, kind)
     return bytes([share.owner(position, r) for position, r in enumerate(records)])
