@@ -47,17 +47,20 @@ def _server_process(target: Any, argument: Any) -> Iterator[tuple[str, dict[str,
 
 def _serve_lean(latency: float, pipe: Any) -> None:
     """A minimal Braze stand-in on one asyncio thread: reads each request, answers
-    ``{"message": "success"}`` after ``latency`` seconds; counts requests (nothing else)."""
+    ``{"message": "success"}`` after ``latency`` seconds; counts requests and the objects
+    in them (``"external_id"`` keys, one per member object), and notes when each arrived."""
     import asyncio
+    import time
 
     answer = (
         b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
         b'Content-Length: 21\r\n\r\n{"message":"success"}'
     )
-    served = 0
+    served = objects = 0
+    arrived: list[float] = []  # time.monotonic() of each request
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal served
+        nonlocal served, objects
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -65,7 +68,9 @@ def _serve_lean(latency: float, pipe: Any) -> None:
                 for line in head.split(b"\r\n"):
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
-                await reader.readexactly(length)
+                body = await reader.readexactly(length)
+                arrived.append(time.monotonic())
+                objects += body.count(b'"external_id"')
                 if latency:
                     await asyncio.sleep(latency)
                 writer.write(answer)
@@ -81,7 +86,7 @@ def _serve_lean(latency: float, pipe: Any) -> None:
         pipe.send(f"http://127.0.0.1:{port}")
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, pipe.recv)  # wait for "stop"
-        pipe.send({"status_counts": {201: served}, "objects_received": 0})
+        pipe.send({"status_counts": {201: served}, "objects_received": objects, "arrived": arrived})
 
     asyncio.run(main())
 
