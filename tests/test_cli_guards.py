@@ -182,6 +182,23 @@ def test_dry_run_shows_bodies(tmp_path: Path) -> None:
     assert "dry run, nothing sent: 1 record: 1 would be sent in 1 request," in result.stdout
 
 
+def test_utf16_json_lines_are_one_clear_error_then_read_with_the_encoding(tmp_path: Path) -> None:
+    """A UTF-16 JSON Lines file read as UTF-8 exits 2 with one line naming --encoding, no
+    traceback; with --encoding utf-16 every record reads (a dry run)."""
+    mapping = write_mapping(tmp_path, TIER_MAPPING)
+    members = tmp_path / "m.jsonl"
+    rows = [{"id": "m-1", "score": 7}, {"id": "m-2", "score": 8}]
+    members.write_bytes("".join(json.dumps(row) + "\n" for row in rows).encode("utf-16"))
+    command = ("sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet")
+    refused = run(*command, "--dry-run")
+    assert refused.returncode == 2, refused
+    assert "looks like UTF-16" in refused.stderr and "--encoding utf-16" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    read = run(*command, "--dry-run", "--encoding", "utf-16")
+    assert read.returncode == 0, read.stderr
+    assert "2 records: 2 would be sent in 1 request" in read.stdout, read.stdout
+
+
 def test_two_replays_of_one_dead_letter_do_not_double_events(
     fake: FakeBraze, tmp_path: Path
 ) -> None:

@@ -292,6 +292,41 @@ def test_lines_no_parser_takes_keep_their_reasons(data: bytes, reason: str) -> N
     assert reason in bad.reason, bad
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_json_lines_in_a_wide_encoding_read_line_by_line(tmp_path: Path, encoding: str) -> None:
+    """JSON Lines in UTF-16 or UTF-32 (whose line end is not the byte \\n) read as their text
+    splits, each record on its own line; a line that does not decode fails alone."""
+    path = tmp_path / "m.jsonl"
+    plain = encoding if encoding.endswith(("le", "be")) else f"{encoding}-le"  # no second BOM
+    bad = "\ud800".encode(plain, "surrogatepass")  # a lone surrogate: not valid text
+    path.write_bytes(
+        '{"id": "a", "name": "Zoë 😀"}\n\n{"id": "b"}\n'.encode(encoding)
+        + '{"id": "'.encode(plain)
+        + bad
+        + '"}\n{"id": "c"}\n'.encode(plain)
+    )
+    source = read_records(path, encoding=encoding)
+    found = list(source)
+    assert found[:2] == [{"id": "a", "name": "Zoë 😀"}, {"id": "b"}]
+    assert [source.line_of(i) for i in range(2)] == [1, 3]
+    assert isinstance(found[2], BadInput), found
+    assert f"not valid {encoding}" in found[2].reason, found[2]
+    assert found[3:] == [{"id": "c"}]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_in_utf16_read_as_utf8_is_one_clear_error(tmp_path: Path, suffix: str) -> None:
+    """A UTF-16 JSON Lines or JSON file read as UTF-8 is one error naming the fix, not a
+    failure per line; with the encoding it reads (a JSON array too)."""
+    path = tmp_path / f"m{suffix}"
+    text = '[{"id": "a"}, {"id": "b"}]' if suffix == ".json" else '{"id": "a"}\n{"id": "b"}\n'
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(ConfigurationError) as caught:
+        records(path)
+    assert "--encoding utf-16" in str(caught.value)
+    assert records(path, encoding="utf-16") == [{"id": "a"}, {"id": "b"}]
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
 def test_a_utf16_csv_read_as_utf8_is_one_clear_error(tmp_path: Path, encoding: str) -> None:
     """A UTF-16 CSV (with or without its mark) read as UTF-8: one error naming --encoding."""

@@ -46,7 +46,7 @@ from ._run.checkpoint import Checkpoint, Resumed, checkpoint_path
 from ._run.deadletter import JsonlDeadLetter, entry_to_json, read_dead_letters
 from ._run.filecheck import FileCheck, check_file
 from ._run.files import check_private, ensure_private_file, replace_private
-from ._run.input import RecordSource, read_records
+from ._run.input import RecordSource, is_wide, read_records
 from ._run.report import Progress, SyncReport, counted
 from ._run.state import MemoryStateStore, SqliteStateStore, StateStore
 from ._scale.redis import RedisOrder, RedisPacer, RedisStateStore, redis_failures
@@ -182,7 +182,7 @@ def _input_size(args: argparse.Namespace) -> int | None:
     kind = args.format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}.get(
         suffixes[-1] if suffixes else ""
     )
-    if kind not in ("jsonl", "csv") or not path.is_file():
+    if kind not in ("jsonl", "csv") or not path.is_file() or is_wide(args.encoding):
         return None
     lines, last = 0, b"\n"
     try:

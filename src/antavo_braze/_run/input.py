@@ -25,7 +25,7 @@ from attrs import frozen
 from .. import _json
 from ..exceptions import ConfigurationError
 
-__all__ = ["BadInput", "RecordSource", "read_records"]
+__all__ = ["BadInput", "RecordSource", "is_wide", "read_records"]
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one record; a longer line is a bad record, not a hang
 _SNIFF_BYTES = 64 * 1024
@@ -156,7 +156,7 @@ def read_records(
         raise ConfigurationError(f"unknown input format {format!r} (jsonl, json or csv)")
     handle, kind = _open_binary(path, format)
     name = "<stdin>" if str(path) == "-" else str(path)
-    if kind == "csv" and name != "<stdin>":  # a peek at standard input would wait for it
+    if name != "<stdin>":  # a peek at standard input would wait for it
         handle = _refuse_utf16_as_utf8(handle, encoding, name)
     if kind == "csv":
         tsv = ".tsv" in [suffix.lower() for suffix in Path(str(path)).suffixes]
@@ -175,7 +175,8 @@ def read_records(
 
 def _refuse_utf16_as_utf8(handle: IO[bytes], encoding: str, name: str) -> IO[bytes]:
     """A UTF-16 file read as UTF-8 fails on every line with a baffling reason (NUL bytes,
-    "new-line character seen in unquoted field"): say so once, with the fix."""
+    "new-line character seen in unquoted field", "not valid JSON"): say so once, with the
+    fix."""
     if encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig"):
         return handle
     buffered: Any = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
@@ -232,7 +233,7 @@ def _parse(text: str, line: int) -> Any:
     return value
 
 
-def _lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes, bool]]:
+def _lines(handle: Any) -> Iterator[tuple[int, bytes, bool]]:
     """``(line number, bytes, too_long)``; an over-long line is cut and its rest skipped."""
     number = 0
     with handle:
@@ -248,16 +249,57 @@ def _lines(handle: IO[bytes]) -> Iterator[tuple[int, bytes, bool]]:
             yield number, raw, too_long
 
 
+def is_wide(encoding: str) -> bool:
+    """Whether ``encoding`` writes a line end as more than the byte ``\\n`` (UTF-16, UTF-32):
+    such a file cannot be split into lines (or have them counted) as bytes."""
+    try:
+        return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    except LookupError:
+        return False
+
+
+def _mark_undecodable(error: UnicodeError) -> tuple[str, int]:
+    # A lone surrogate in place of what did not decode: it cannot be encoded back to UTF-8
+    # (below), so its line fails alone, and nothing is silently replaced.
+    assert isinstance(error, UnicodeDecodeError)
+    return "\udcff", error.end
+
+
+codecs.register_error("antavo_braze.undecodable", _mark_undecodable)
+
+
+class _AsUtf8:
+    """A binary file in a wide encoding (UTF-16, UTF-32) read a line at a time as UTF-8 bytes,
+    so JSON Lines split where its text does. What does not decode stays undecodable: its line
+    fails alone."""
+
+    def __init__(self, handle: IO[bytes], encoding: str) -> None:
+        self._text = io.TextIOWrapper(
+            handle, encoding=encoding, errors="antavo_braze.undecodable", newline="\n"
+        )
+
+    def readline(self, size: int) -> bytes:
+        return self._text.readline(size).encode("utf-8", "surrogateescape")
+
+    def __enter__(self) -> _AsUtf8:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._text.close()
+
+
 def _json_rows(
     handle: IO[bytes], encoding: str, *, array_allowed: bool
 ) -> Iterator[tuple[int, Any]]:
     buffered: Any = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
-    head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES].lstrip()
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[len(codecs.BOM_UTF8) :].lstrip()
-    if array_allowed and head.startswith(b"["):
+    head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
+    start = head.decode(encoding, errors="ignore").lstrip(" \t\r\n\ufeff")
+    if array_allowed and start.startswith("["):
         yield from _array_rows(buffered, encoding)
         return
+    named = encoding  # as the caller gave it, for the error message
+    if is_wide(encoding):
+        buffered, encoding = _AsUtf8(buffered, encoding), "utf-8"
     quick = _json.BACKEND == "orjson" and encoding.lower().replace("_", "-") in _UTF8
     for number, raw, too_long in _lines(buffered):
         if too_long:
@@ -274,7 +316,7 @@ def _json_rows(
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
             reason = (
-                f"not valid {encoding} (byte {exc.start + 1}); "
+                f"not valid {named} (byte {exc.start + 1}); "
                 "pass the file's encoding with --encoding (encoding=...)"
             )
             yield number, BadInput(number, reason)
