@@ -192,7 +192,8 @@ def test_utf16_json_lines_are_one_clear_error_then_read_with_the_encoding(tmp_pa
     command = ("sync", "members", "--mapping", str(mapping), "--input", str(members), "--quiet")
     refused = run(*command, "--dry-run")
     assert refused.returncode == 2, refused
-    assert "looks like UTF-16" in refused.stderr and "--encoding utf-16" in refused.stderr
+    assert "looks like UTF-16" in refused.stderr
+    assert "--encoding utf-16" in refused.stderr
     assert "Traceback" not in refused.stderr
     read = run(*command, "--dry-run", "--encoding", "utf-16")
     assert read.returncode == 0, read.stderr
