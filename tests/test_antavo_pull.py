@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,25 @@ def test_watermark_stays_when_a_record_failed_without_a_dead_letter(
     assert again.failed == 5
     assert state.get_watermark("events") == again.watermark == "2026-05-28T20:26:50Z"
     assert len(dead.read_text().splitlines()) == 5
+
+
+def test_an_unsettled_pull_without_a_state_store_says_where_to_pull_from(
+    antavo: FakeAntavo, fake: FakeBraze, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a state store no watermark is kept: the warning of an unsettled window says to
+    pull again from its start, not that a watermark "stays"."""
+    add_events(antavo, 5)
+    fake.inject(times=5, status=400, body={"message": "bad"})
+    with (
+        caplog.at_level(logging.WARNING, logger="antavo_braze"),
+        fake.client() as braze,
+        antavo.client() as reader,
+    ):
+        report = ab.Syncer(braze, MAPPING).pull_events(reader, since=T0, until=T0 + 10)
+    assert report.failed == 5
+    (warning,) = [r.getMessage() for r in caplog.records if "not settled" in r.getMessage()]
+    assert "pull again from 2026-05-28T20:26:40Z (no state store keeps a watermark)" in warning
+    assert "watermark stays" not in warning
 
 
 def test_antavo_failing_mid_pull_raises_with_the_partial_report(

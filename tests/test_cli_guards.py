@@ -267,7 +267,7 @@ def test_fake_braze_command_is_used_by_sync(tmp_path: Path) -> None:
         server.send_signal(signal.SIGINT)
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
-    assert "stopped: it holds 1 profiles, 0 events, 0 purchases" in out
+    assert "stopped: it holds 1 profile, 0 events, 0 purchases" in out
 
 
 def validate(mapping: Path, records: Path, *more: str) -> subprocess.CompletedProcess[str]:

@@ -592,7 +592,7 @@ def cmd_fake(args: argparse.Namespace) -> int:
     finally:
         for name, handler in previous.items():
             signal.signal(name, handler)
-    counts = ", ".join(f"{len(value)} {name}" for name, value in held.items())
+    counts = ", ".join(counted(len(value), name.removesuffix("s")) for name, value in held.items())
     print(f"stopped: it holds {counts}" + (f" (written to {args.dump})" if args.dump else ""))
     if not args.dump:
         print(json.dumps(held, indent=2, sort_keys=True, default=str))

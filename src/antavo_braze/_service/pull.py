@@ -87,11 +87,13 @@ def pull(
         write_watermark(state, kind, mark)
     elif not settled:
         log.warning(
-            "pull of %s: the window %s .. %s is not settled; the watermark stays at %s",
+            "pull of %s: the window %s .. %s is not settled; %s",
             kind,
             format_time(start),
             format_time(end),
-            mark,
+            f"the watermark stays at {mark}"
+            if state is not None  # without a state store no watermark is kept: say what to do
+            else f"pull again from {mark} (no state store keeps a watermark)",
             extra=log_fields(
                 "pull",
                 kind="member" if kind == "members" else "event",
