@@ -1,5 +1,5 @@
-"""Sessions: tests, lint, typing, docs, floors, bench. Each installs what it needs into its own
-venv."""
+"""Sessions: tests (with an orjson leg and a compiled-hot-path leg), slow, lint, typing, docs,
+floors, bench. Each installs what it needs into its own venv."""
 
 from __future__ import annotations
 
@@ -45,6 +45,41 @@ def tests(session: nox.Session) -> None:
             "tests/test_fast_paths.py",
             "tests/test_input.py",
         )
+        compiled_leg(session)
+
+
+# The tests that run every rule of the coercion module, again on its compiled build.
+COMPILED_TESTS = (
+    "tests/test_coerce.py",
+    "tests/test_fast_paths.py",
+    "tests/test_records.py",
+    "tests/test_mapper.py",
+    "tests/test_plan.py",
+    "tests/test_sync.py",
+    "tests/test_beyond_track.py",
+)
+
+
+def compiled_leg(session: nox.Session) -> None:
+    """Install the wheel with the compiled hot path (mypyc, as HATCH_BUILD_HOOK_ENABLE_MYPYC
+    builds it) and run the coercion tests on it: the same source must follow the same rules
+    compiled. Skipped, saying so, on a machine without a C compiler."""
+    import shutil
+    import sysconfig
+
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        session.warn(f"no C compiler ({compiler}): the compiled hot path is not tested here")
+        return
+    session.install(".[test]", env={"HATCH_BUILD_HOOK_ENABLE_MYPYC": "true"})
+    session.run(
+        "python",
+        "-c",
+        "from pathlib import Path; from antavo_braze._build import coerce; "
+        "assert Path(coerce.__file__).suffix == '.so', coerce.__file__",
+    )
+    session.run("pytest", "-q", "-p", "no:cacheprovider", *COMPILED_TESTS)
+    session.install("-e", ".[test]")  # the venv is reused: back to the editable source
 
 
 # Extras whose floors are proven with the runtime dependencies' (the others are test tools).
@@ -126,7 +161,8 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: print figures (never asserted). Pass names to run a subset."""
-    session.install("-e", ".[fast,test,redis]", "psutil", "aiohttp")  # aiohttp: http_candidates
+    # aiohttp: http_candidates; mypy (mypyc): pipeline's compiled hot path
+    session.install("-e", ".[fast,test,redis]", "psutil", "aiohttp", "mypy")
     names = session.posargs or [
         "pipeline",
         "end_to_end",

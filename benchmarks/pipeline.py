@@ -2,15 +2,20 @@
 
 Compares the SDK with the simplest hand-written loop (no validation, json.dumps into 75-object
 bodies), and the SDK's list input (a batch serialized at a time) with the same members from an
-iterator (each object serialized as it is built). Runs itself twice, with and without orjson
-(ANTAVO_BRAZE_JSON=json forces the stdlib). Prints figures; asserts nothing.
+iterator (each object serialized as it is built). Runs itself with and without orjson
+(ANTAVO_BRAZE_JSON=json forces the stdlib), then with orjson and the compiled hot path (the
+coercion module built with mypyc, as `HATCH_BUILD_HOOK_ENABLE_MYPYC=true` builds a wheel:
+compiled here from the same source into a temporary folder; skipped, saying why, without mypyc
+or a C compiler). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +25,7 @@ from _common import MAPPING, machine, members, reference_bodies
 
 import antavo_braze as ab
 from antavo_braze import _json
+from antavo_braze._build import coerce
 
 N = int(os.environ.get("BENCH_N", "100000"))
 ROUNDS = 7
@@ -62,8 +68,9 @@ def run_once() -> None:
             function(records)
             times.append(time.perf_counter() - started)
     sdk_time, stream_time, ref_time = min(sdk_times), min(stream_times), min(ref_times)
+    build = "compiled" if Path(coerce.__file__).suffix != ".py" else "python"
     print(
-        f"  json={_json.BACKEND:6}  sdk {N / sdk_time:>9,.0f} members/s   "
+        f"  json={_json.BACKEND:6} {build:8}  sdk {N / sdk_time:>9,.0f} members/s   "
         f"reference {N / ref_time:>9,.0f} members/s   ratio {ref_time / sdk_time:.2f}   "
         f"(from an iterator: {N / stream_time:>9,.0f} members/s)"
     )
@@ -80,6 +87,31 @@ def main() -> None:
     for backend in ("json", "orjson"):
         env = {**os.environ, "BENCH_CHILD": "1", "ANTAVO_BRAZE_JSON": backend}
         subprocess.run([sys.executable, __file__], env=env, check=True)
+    with tempfile.TemporaryDirectory() as folder:
+        problem = compile_hot_path(Path(folder))
+        if problem is not None:
+            print(f"  compiled hot path: not measured ({problem})")
+            return
+        path = os.pathsep.join(filter(None, [folder, os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "BENCH_CHILD": "1", "ANTAVO_BRAZE_JSON": "orjson", "PYTHONPATH": path}
+        subprocess.run([sys.executable, __file__], env=env, check=True)
+
+
+def compile_hot_path(folder: Path) -> str | None:
+    """Copy the package into ``folder`` and compile its coercion module with mypyc there (as
+    the wheel build hook does); ``None`` when done, else why not."""
+    mypyc = shutil.which("mypyc", path=str(Path(sys.executable).parent)) or shutil.which("mypyc")
+    if mypyc is None:
+        return "mypyc is not installed: pip install mypy"
+    skip = shutil.ignore_patterns("*.so", "__pycache__")
+    shutil.copytree(Path(ab.__file__).parent, folder / "antavo_braze", ignore=skip)
+    done = subprocess.run(
+        [mypyc, "--ignore-missing-imports", "antavo_braze/_build/coerce.py"],
+        cwd=folder, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return "mypyc failed: " + (done.stdout + done.stderr).strip().splitlines()[-1][:200]
+    return None
 
 
 if __name__ == "__main__":

@@ -407,6 +407,7 @@ def _make_array_coercer(max_items: int, truncate: bool) -> Coercer:
         items = _sorted_if_set(value)
         seen: set[Any] = set()
         out: list[Any] = []
+        scalar: Any  # (declared: a compiled build checks what a name holds against its type)
         key: Any
         for index, item in enumerate(items):
             if type(item) is str and len(item) <= MAX_STRING_LENGTH:
