@@ -4,9 +4,9 @@ Compares the SDK with the simplest hand-written loop (no validation, json.dumps 
 bodies), and the SDK's list input (a batch serialized at a time) with the same members from an
 iterator (each object serialized as it is built). Runs itself with and without orjson
 (ANTAVO_BRAZE_JSON=json forces the stdlib), then with orjson and the compiled hot path (the
-coercion module built with mypyc, as `HATCH_BUILD_HOOK_ENABLE_MYPYC=true` builds a wheel:
-compiled here from the same source into a temporary folder; skipped, saying why, without mypyc
-or a C compiler). Prints figures; asserts nothing.
+coercion rules and record builders built with mypyc, as `HATCH_BUILD_HOOK_ENABLE_MYPYC=true`
+builds a wheel; compiled here from the same source into a temporary folder; skipped, saying
+why, without mypyc or a C compiler). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -97,16 +97,25 @@ def main() -> None:
         subprocess.run([sys.executable, __file__], env=env, check=True)
 
 
+def compiled_modules() -> list[str]:
+    """What the wheel build hook compiles: pyproject.toml's mypyc ``include`` (one list)."""
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    include = config["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["mypyc"]["include"]
+    return [path.removeprefix("/src/") for path in include]
+
+
 def compile_hot_path(folder: Path) -> str | None:
-    """Copy the package into ``folder`` and compile its coercion module with mypyc there (as
-    the wheel build hook does); ``None`` when done, else why not."""
+    """Copy the package into ``folder`` and compile its hot modules with mypyc there (as the
+    wheel build hook does); ``None`` when done, else why not."""
     mypyc = shutil.which("mypyc", path=str(Path(sys.executable).parent)) or shutil.which("mypyc")
     if mypyc is None:
         return "mypyc is not installed: pip install mypy"
     skip = shutil.ignore_patterns("*.so", "__pycache__")
     shutil.copytree(Path(ab.__file__).parent, folder / "antavo_braze", ignore=skip)
     done = subprocess.run(
-        [mypyc, "--ignore-missing-imports", "antavo_braze/_build/coerce.py"],
+        [mypyc, "--ignore-missing-imports", *compiled_modules()],
         cwd=folder, capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -125,3 +128,17 @@ def test_compiled_plan_agrees_with_coerce(braze_type: ab.BrazeType, value: Any) 
             raise exc.at("v") from None
 
     assert outcome(planned, value) == outcome(general, value)
+
+
+def test_version_says_which_hot_path_and_json_run() -> None:
+    """``antavo-braze --version`` names the hot path this installation imports (compiled in
+    the wheel built with mypyc, else Python) and the JSON library."""
+    from antavo_braze import _json
+    from antavo_braze._build import coerce
+
+    done = subprocess.run(
+        [sys.executable, "-m", "antavo_braze.cli", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    hot = "python" if Path(coerce.__file__ or "").suffix == ".py" else "compiled"
+    assert f"(hot path: {hot}, JSON: {_json.BACKEND})" in done.stdout, done.stdout

@@ -172,6 +172,16 @@ class _TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+def _build() -> str:
+    """What this installation runs: the hot path compiled (the wheel built with mypyc) or as
+    Python, and the JSON library."""
+    from . import _json
+    from ._build import coerce
+
+    hot = "python" if Path(coerce.__file__ or "").suffix == ".py" else "compiled"
+    return f"hot path: {hot}, JSON: {_json.BACKEND}"
+
+
 def _input_size(args: argparse.Namespace) -> int | None:
     """How many records ``--input`` holds, when that is cheap to know: a plain (not
     compressed) JSON Lines or CSV file, one record per line (a CSV header is not one)."""
@@ -1451,7 +1461,9 @@ def build_parser() -> argparse.ArgumentParser:
         "4 nothing sent: every record was skipped for a reason that needs a look (no mapped "
         "field present, unmatched action), 130/143 interrupted by SIGINT/SIGTERM.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__} ({_build()})"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(

@@ -14,6 +14,7 @@ Python-level ``__new__``), and a record's object left unencoded when its batch c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from collections.abc import Mapping as AbcMapping
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -334,17 +335,26 @@ def attribute_groups(
     types: AbcMapping[str, Any] | None,
 ) -> Callable[[Iterable[tuple[int, Any]], Tally], Groups]:
     """The builder of a one-off attributes sync (types inferred unless given)."""
+    # A partial, not a closure: a generator closure closed before its first step fails when
+    # this module is compiled (mypyc).
+    return functools.partial(_attribute_groups, mapper, member_id, values, types)
 
-    def build(pairs: Iterable[tuple[int, Any]], run: Tally) -> Groups:
-        for position, record in pairs:
-            try:
-                obj = mapper.attributes(member_id, values, types)
-            except CoercionError as exc:
-                run.fail_invalid(position, record, text_id(member_id), [exc])
-                continue
-            yield run.open(position, record, (model_item(obj, position),))
 
-    return build
+def _attribute_groups(
+    mapper: Mapper,
+    member_id: str,
+    values: AbcMapping[str, Any],
+    types: AbcMapping[str, Any] | None,
+    pairs: Iterable[tuple[int, Any]],
+    run: Tally,
+) -> Groups:
+    for position, record in pairs:
+        try:
+            obj = mapper.attributes(member_id, values, types)
+        except CoercionError as exc:
+            run.fail_invalid(position, record, text_id(member_id), [exc])
+            continue
+        yield run.open(position, record, (model_item(obj, position),))
 
 
 # --- ids of records, for the report and the dead letter --------------------------------------
