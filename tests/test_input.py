@@ -310,7 +310,7 @@ def test_json_lines_in_a_wide_encoding_read_line_by_line(tmp_path: Path, encodin
     assert found[:2] == [{"id": "a", "name": "Zoë 😀"}, {"id": "b"}]
     assert [source.line_of(i) for i in range(2)] == [1, 3]
     assert isinstance(found[2], BadInput), found
-    assert f"not valid {encoding}" in found[2].reason, found[2]
+    assert f"not valid {encoding} (character 9)" in found[2].reason, found[2]
     assert found[3:] == [{"id": "c"}]
 
 

@@ -298,7 +298,8 @@ def _json_rows(
         yield from _array_rows(buffered, encoding)
         return
     named = encoding  # as the caller gave it, for the error message
-    if is_wide(encoding):
+    wide = is_wide(encoding)
+    if wide:
         buffered, encoding = _AsUtf8(buffered, encoding), "utf-8"
     quick = _json.BACKEND == "orjson" and encoding.lower().replace("_", "-") in _UTF8
     for number, raw, too_long in _lines(buffered):
@@ -315,8 +316,14 @@ def _json_rows(
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
+            # A wide file's line was re-read as UTF-8: count characters, not those bytes.
+            where = (
+                f"character {len(raw[: exc.start].decode(encoding)) + 1}"
+                if wide
+                else f"byte {exc.start + 1}"
+            )
             reason = (
-                f"not valid {named} (byte {exc.start + 1}); "
+                f"not valid {named} ({where}); "
                 "pass the file's encoding with --encoding (encoding=...)"
             )
             yield number, BadInput(number, reason)
