@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -58,6 +59,21 @@ def test_basic_auth() -> None:
     assert "s3cret" not in repr(auth)
     with pytest.raises(ab.ConfigurationError):
         BasicAuth("no-colon")
+
+
+def test_a_short_basic_password_is_accepted_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Basic password under 16 characters works but is warned about (without the password);
+    a long one is not."""
+    with caplog.at_level(logging.WARNING, logger="antavo_braze.serve"):
+        short = BasicAuth("antavo:s3cret")
+        BasicAuth("antavo:" + "x7Qp2mVz9LkR4tWb")
+    assert short({"authorization": basic("antavo:s3cret")})
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "the password is 6 characters" in warning
+    assert "16 or more" in warning
+    assert "s3cret" not in warning
 
 
 def test_jwt_auth() -> None:

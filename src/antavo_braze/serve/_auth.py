@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import math
 import os
 import re
@@ -34,12 +35,15 @@ JWT_ISSUER_ENV = "ANTAVO_BRAZE_WEBHOOK_JWT_ISSUER"
 ESCHER_ENV = "ANTAVO_BRAZE_WEBHOOK_ESCHER_"  # KEY, SECRET, SCOPE, ALGO_PREFIX, VENDOR_KEY
 AUTH_ENVS = (BASIC_ENV, JWT_ENV, JWT_PUBLIC_KEY_ENV, ESCHER_ENV + "KEY")
 
+MIN_SECRET_LENGTH = 16  # characters of a shared secret or password
 JWT_MAX_AGE = 300.0  # seconds a token may be valid for (exp - iat, and exp - now)
 ESCHER_CLOCK_SKEW = 300  # seconds between the signer's clock and ours
 _MAX_HEADER = 8192  # characters of an Authorization header we look at
 _MAX_ESCHER_HEADER = 1024  # a real Escher Authorization header is ~250 characters
 _LEEWAY = 30.0  # seconds of clock difference allowed for exp / nbf / iat
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+log = logging.getLogger("antavo_braze.serve")
 
 
 class Authenticator(Protocol):
@@ -63,6 +67,16 @@ class BasicAuth:
         user, sep, password = credentials.partition(":")
         if not sep or not user or not password:
             raise ConfigurationError(f"{BASIC_ENV} must be user:password (both non-empty)")
+        if len(password) < MIN_SECRET_LENGTH:
+            # Not refused (Antavo's Trusted sites take what they are given, and a receiver
+            # behind a private network may not need more), but never silently accepted.
+            log.warning(
+                "%s: the password is %d characters; whoever reaches the receiver can guess a "
+                "short one: use %d or more random characters",
+                BASIC_ENV,
+                len(password),
+                MIN_SECRET_LENGTH,
+            )
         self._expected = credentials.encode()
 
     def __repr__(self) -> str:
@@ -240,8 +254,10 @@ class EscherAuth:
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9/\-_ ]+", key or ""):
             raise ConfigurationError(f"{ESCHER_ENV}KEY must be letters, digits, '/', '-', '_'")
-        if len(secret or "") < 16:
-            raise ConfigurationError(f"{ESCHER_ENV}SECRET must be at least 16 characters long")
+        if len(secret or "") < MIN_SECRET_LENGTH:
+            raise ConfigurationError(
+                f"{ESCHER_ENV}SECRET must be at least {MIN_SECRET_LENGTH} characters long"
+            )
         if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", scope or ""):
             raise ConfigurationError(
                 f"{ESCHER_ENV}SCOPE must look like eu-west-1/execute-api/aws4_request"
