@@ -107,9 +107,9 @@ class InProcessPacer:
     ``max_rate_limit_wait``). ``requests`` per ``per`` seconds and ``hourly`` set a budget up
     front (your contract's limits, from Braze's API Usage Dashboard) instead of waiting for
     the headers to tell. The burst budget is counted from the answers, as
-    :func:`burst_wait` says: a request takes a slot when it is sent and gives it back ``per``
-    seconds after its answer, so no ``per`` seconds at Braze ever see more than ``requests``.
-    ``clock`` is for tests.
+    :class:`~antavo_braze.SharedMemoryPacer`'s: a request takes a slot when it is sent and
+    gives it back ``per`` seconds after its answer, so no ``per`` seconds at Braze (which
+    counts a request when it arrives) ever see more than ``requests``. ``clock`` is for tests.
     """
 
     def __init__(
