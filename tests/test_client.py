@@ -472,6 +472,27 @@ def test_pacing_with_seconds_remaining_reset() -> None:
     assert fake.status_counts[429] <= 1
 
 
+def test_a_configured_burst_budget_holds_where_braze_counts() -> None:
+    """requests=3 per 0.5 s against a fake allowing exactly that, with late arrivals: no 429.
+
+    Braze counts a request when it arrives. Here the first three wait 1.05 s on the way in,
+    the next three 0.55 s, the last three not at all: a budget counted from the sends lets
+    a group go every 0.5 s and all nine arrive together (one 0.5 s window holds at least five:
+    429s). Counted from the answers, a group goes only 0.5 s after the last one was answered.
+    """
+    budget, window = 3, 0.5
+    with FakeBraze(rate_limit=budget, rate_window=window) as fake:
+        fake.inject(times=budget, delay=2 * window + 0.05)
+        fake.inject(times=budget, delay=window + 0.05)
+        pacer = ab.InProcessPacer(requests=budget, per=window)
+        limits = ab.BatchLimits(max_objects=1)  # one request per object
+        with fake.client(max_in_flight=3 * budget, pacer=pacer, limits=limits) as client:
+            result = client.track(attributes=attrs(3 * budget))
+        assert fake.status_counts[429] == 0, fake.status_counts
+        assert result.accepted == 3 * budget
+        assert result.requests == 3 * budget
+
+
 def test_thirty_percent_503_still_delivers_everything() -> None:
     """With 30% of requests failing 503, retries still deliver all 10,000 objects."""
     with FakeBraze() as fake:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import antavo_braze as ab
+from antavo_braze._http.pacing import POLL_SECONDS, burst_wait
 
 from .conftest import FakeClock
 
@@ -154,17 +158,90 @@ def test_headers_never_hold_longer_than_max_wait() -> None:
 
 
 def test_configured_burst_budget() -> None:
-    """requests/per caps a burst window before any header says so."""
+    """requests/per caps a burst before any header says so, and a slot comes back ``per``
+    seconds after its request's ANSWER (not its send, as before: Braze counts a request when
+    it arrives, so a window counted from the sends let a late arrival meet the next burst)."""
     clock = FakeClock()
     p = ab.InProcessPacer(clock=clock, requests=3, per=3.0)
     for _ in range(3):
         p.acquire()
     assert clock.waits == []
+    assert p.try_acquire() == POLL_SECONDS  # all three in flight: only an answer frees a slot
+    clock.now += 1.0
+    p.observe(201, {})  # answered 1 s after it was sent
+    assert p.try_acquire() == 3.0  # its slot comes back 3 s after the answer, not 2 s
+    clock.now += 0.5
+    p.observe(None, {})  # a failed try gives its slot back the same way
+    p.observe(500, {})
     p.acquire()
-    assert clock.waits == [3.0]  # the 4th waits until the first three leave the window
+    assert clock.waits == [2.5]  # the first answer's slot, 3 s after it
+    assert p.try_acquire() == 0.5  # the two later answers' slots come back 3.5 s after the first
     p.acquire()
     p.acquire()
-    assert p.try_acquire() == 3.0  # 3 in this window again: the next waits a full window
+    assert p.try_acquire() == POLL_SECONDS  # three in flight again
+
+
+def test_configured_burst_budget_keeps_no_more_than_requests_answers() -> None:
+    """Answers that never took a slot (more observe() than acquire()) are not kept beyond
+    the budget: memory stays bounded, and the budget still lets requests go later."""
+    clock = FakeClock()
+    p = ab.InProcessPacer(clock=clock, requests=2, per=3.0)
+    for _ in range(1000):
+        p.observe(201, {})
+    assert len(p._answers) == 2
+    assert p.try_acquire() == 3.0
+    clock.now += 3.0
+    assert p.try_acquire() == 0
+
+
+def test_burst_wait_decision() -> None:
+    """The one rule both pacers follow: room → 0; full with recent answers → until the oldest
+    answer's slot comes back; every slot in flight → a short poll."""
+    decide = {"requests": 3, "per": 3.0, "now": 10.0, "oldest_answer": 8.0}
+    assert burst_wait(answered=1, in_flight=1, **decide) == 0.0
+    assert burst_wait(answered=1, in_flight=2, **decide) == 1.0
+    assert burst_wait(answered=3, in_flight=0, **decide) == 1.0
+    assert burst_wait(answered=0, in_flight=3, **decide) == POLL_SECONDS
+
+
+_STATUSES = st.sampled_from([200, 201, 400, 429, 500, None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requests=st.integers(1, 5),
+    per=st.integers(1, 4),
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 8), st.integers(0, 50), _STATUSES), max_size=80
+    ),
+)
+def test_no_instant_holds_more_than_the_budget(
+    requests: int, per: int, steps: list[tuple[bool, int, int, int | None]]
+) -> None:
+    """Whatever the order of sends and answers, no instant lies in more than ``requests``
+    intervals [send, answer + per): as Braze counts a request somewhere in [send, answer],
+    no ``per``-second window at Braze sees more than ``requests``. And a request is held
+    only when that many slots are taken."""
+    clock = FakeClock()
+    p = ab.InProcessPacer(clock=clock, requests=requests, per=float(per))
+    in_flight: list[float] = []  # send times
+    held: list[tuple[float, float]] = []  # [send, answer + per)
+    for send, half_seconds, pick, status in steps:
+        clock.now += half_seconds / 2  # exact in binary: no rounding at the window's edge
+        now = clock.now
+        if send:
+            taken = sum(end > now for _, end in held) + len(in_flight)
+            wait = p.try_acquire()
+            assert (wait == 0) == (taken < requests), (wait, taken)
+            if wait == 0:
+                in_flight.append(now)
+        elif in_flight:
+            sent = in_flight.pop(pick % len(in_flight))
+            p.observe(status, {})
+            held.append((sent, now + per))
+    held += [(sent, math.inf) for sent in in_flight]
+    for instant, _ in held:
+        assert sum(start <= instant < end for start, end in held) <= requests
 
 
 def test_configured_hourly_budget() -> None:

@@ -462,6 +462,26 @@ def test_stopping_early_abandons_requests_in_flight_cleanly(fake: FakeBraze) -> 
         assert client.track(attributes=attrs(5)).ok
 
 
+def test_stopping_early_gives_back_the_pacer_slots_in_flight(fake: FakeBraze) -> None:
+    """A request abandoned in flight gives its burst-budget slot back (a budget counted from
+    the answers would otherwise lose a slot for good, and a client whose every slot leaked
+    would wait forever)."""
+    from antavo_braze._build.batching import pack
+    from antavo_braze._build.wire import model_item
+
+    pacer = ab.InProcessPacer(requests=2, per=0.1)
+    fake.inject(times=1, delay=1.0)  # whichever request comes first is slow; the other is not
+    with fake.client(max_in_flight=2, pacer=pacer) as client:
+        groups = [[model_item(obj, n)] for n, obj in enumerate(attrs(2))]
+        outcomes = send_batches(client, pack(groups, ab.BatchLimits(max_objects=1)))
+        first = next(outcomes)
+        assert "in_flight=1" in repr(pacer)  # the slow one
+        outcomes.close()
+        assert first.error is None
+        assert "in_flight=0" in repr(pacer)
+        assert client.track(attributes=attrs(4)).ok
+
+
 # --- plain wire dicts through track() -------------------------------------------------------------
 
 

@@ -345,6 +345,7 @@ class AntavoClient:
             try:
                 outcome, body, status, headers, error = self._attempt(url)
             except BaseException as exc:
+                self._pacer.observe(None, {})  # its slot comes back, as for a failed try
                 if active is not None:
                     active.end_try(tried, None, exc=exc)
                 raise

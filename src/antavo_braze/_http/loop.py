@@ -412,6 +412,7 @@ class SendLoop:
             exchange.fresh = True
             if connection.untouched and isinstance(exc, OSError):
                 connection.close()
+                self.pacer.observe(None, {})  # its slot: the retry takes another
                 if self.telemetry is not None:  # the try that never was ends its span
                     self.telemetry.end_try(exchange, None)
                 exchange.attempt -= 1
@@ -483,8 +484,10 @@ class SendLoop:
         for future, exchange in self._connecting:
             future.add_done_callback(_close_when_connected)
             dropped.append(exchange)
-        if self.telemetry is not None:
-            for exchange in dropped:
+        for exchange in dropped:
+            # Each took a pacer slot: give it back, or a budget counted in flight shrinks.
+            self.pacer.observe(None, {})
+            if self.telemetry is not None:
                 self.telemetry.end_try(exchange, None)
         self._active.clear()
         self._connecting = []

@@ -17,12 +17,41 @@ from typing import Protocol, runtime_checkable
 from .._braze.headers import limit, remaining, reset_in_seconds, retry_after_seconds
 from .._fork import reset_after_fork
 
-__all__ = ["SYSTEM_CLOCK", "Clock", "InProcessPacer", "NonBlockingPacer", "Pacer", "SystemClock"]
+__all__ = [
+    "POLL_SECONDS",
+    "SYSTEM_CLOCK",
+    "Clock",
+    "InProcessPacer",
+    "NonBlockingPacer",
+    "Pacer",
+    "SystemClock",
+    "burst_wait",
+]
 
 # A reset this much later than the known one starts a new window (reset readings in whole
 # seconds jitter by up to one second).
 _NEW_WINDOW_SLACK = 0.5
-_POLL = 0.005
+POLL_SECONDS = 0.005  # how soon to ask again when only an answer can free a slot
+
+
+def burst_wait(
+    *, answered: int, in_flight: int, requests: int, oldest_answer: float, per: float, now: float
+) -> float:
+    """Seconds until one more request may go under a burst budget of ``requests`` per ``per``
+    seconds, counted from the answers (0: it may go now).
+
+    A request holds its slot from its send until ``per`` seconds after its answer. Braze
+    counts a request when it arrives, after its send and before its answer, so every request
+    Braze counts in a ``per``-second window still held its slot at that window's last
+    instant: however the network delays one request against another, no window sees more
+    than ``requests``. ``answered``: answers within the last ``per`` seconds, the oldest at
+    ``oldest_answer`` (unused when there is none); ``in_flight``: requests sent, not answered.
+    """
+    if answered + in_flight < requests:
+        return 0.0
+    if answered:
+        return oldest_answer + per - now  # the oldest answer's slot comes back first
+    return POLL_SECONDS  # every slot is in flight: one comes back with an answer
 
 
 class Clock(Protocol):
@@ -77,7 +106,10 @@ class InProcessPacer:
     No hold is ever longer than ``max_wait`` seconds (the client passes its policy's
     ``max_rate_limit_wait``). ``requests`` per ``per`` seconds and ``hourly`` set a budget up
     front (your contract's limits, from Braze's API Usage Dashboard) instead of waiting for
-    the headers to tell. ``clock`` is for tests.
+    the headers to tell. The burst budget is counted from the answers, as
+    :class:`~antavo_braze.SharedMemoryPacer`'s: a request takes a slot when it is sent and
+    gives it back ``per`` seconds after its answer, so no ``per`` seconds at Braze (which
+    counts a request when it arrives) ever see more than ``requests``. ``clock`` is for tests.
     """
 
     def __init__(
@@ -100,7 +132,9 @@ class InProcessPacer:
         self._window_requests = requests
         self._per = per
         self._hourly = hourly
-        self._sent: deque[float] = deque()  # monotonic send times within the last `per`
+        # Monotonic answer times within the last `per` (each holds a slot until `per` after
+        # it); never more than `requests` of them, as every answer first took a slot.
+        self._answers: deque[float] = deque(maxlen=requests or 0)
         self._hour: tuple[int, int] = (-1, 0)  # (clock hour, requests counted in it)
         self._lock = threading.Lock()
         self._budget: float | None = None  # requests we may still send in this window
@@ -133,11 +167,17 @@ class InProcessPacer:
         """Seconds until the configured budget (burst window, hourly) allows one more."""
         wait = 0.0
         if self._window_requests is not None:
-            sent = self._sent
-            while sent and sent[0] <= now - self._per:
-                sent.popleft()
-            if len(sent) >= self._window_requests:
-                wait = sent[0] + self._per - now
+            answers = self._answers
+            while answers and answers[0] <= now - self._per:
+                answers.popleft()
+            wait = burst_wait(
+                answered=len(answers),
+                in_flight=self._in_flight,
+                requests=self._window_requests,
+                oldest_answer=answers[0] if answers else now,
+                per=self._per,
+                now=now,
+            )
         if self._hourly is not None:
             epoch = self._clock.time()
             hour = int(epoch // 3600)
@@ -161,7 +201,7 @@ class InProcessPacer:
                 if self._window_end is not None:
                     wait = self._window_end - now
                 elif self._in_flight:
-                    wait = _POLL  # the window's end arrives with the next response
+                    wait = POLL_SECONDS  # the window's end arrives with the next response
                 else:
                     self._budget = None  # nothing will tell us more: try
                     wait = 0
@@ -174,8 +214,6 @@ class InProcessPacer:
                 self._held_since = None
             if self._budget is not None:
                 self._budget -= 1
-            if self._window_requests is not None:
-                self._sent.append(now)
             if self._hourly is not None:
                 hour = int(self._clock.time() // 3600)
                 current, count = self._hour
@@ -184,10 +222,13 @@ class InProcessPacer:
             return 0.0
 
     def observe(self, status: int | None, headers: Mapping[str, str]) -> None:
-        """Update the budget from a response's headers (and hold everyone after a 429)."""
+        """Give the request's slot back (it counts for ``per`` more seconds), and update the
+        budget from the response's headers (and hold everyone after a 429)."""
         with self._lock:
             self._in_flight = max(0, self._in_flight - 1)
             now = self._clock.monotonic()
+            if self._window_requests is not None:
+                self._answers.append(now)  # full: the oldest, never counted out, leaves
             now_epoch = self._clock.time()
             cap = now + self._max_wait if self._max_wait is not None else None
             if status == 429:

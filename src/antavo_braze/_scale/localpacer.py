@@ -6,12 +6,13 @@ budget (``Syncer.sync_members(..., workers=N)`` uses it). It keeps what
 :class:`~antavo_braze.InProcessPacer` keeps — what Braze's headers say is left, a 429's pause,
 the configured burst and hourly budgets — where every process sees it.
 
-The burst budget is counted from the answers: a request takes a slot when it is sent and
-gives it back ``per`` seconds after its answer came. Braze (and a fake) counts a request when
-it arrives, which is after it was sent and before it was answered, so however the network
-delays one request against another, no ``per``-second window on the server ever sees more
-than ``requests`` of them. In a steady stream this costs nothing (a slot comes back ``per``
-seconds after it was last used, as with a count from the send).
+The burst budget is counted from the answers, as :class:`~antavo_braze.InProcessPacer`'s is
+(one rule for both: ``burst_wait`` in ``_http/pacing.py``): a request takes a slot when it is
+sent and gives it back ``per`` seconds after its answer came. Braze (and a fake) counts a
+request when it arrives, which is after it was sent and before it was answered, so however
+the network delays one request against another, no ``per``-second window on the server ever
+sees more than ``requests`` of them. In a steady stream this costs nothing (a slot comes back
+``per`` seconds after it was last used, as with a count from the send).
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from typing import Any
 from .._braze.headers import limit, remaining, reset_in_seconds, retry_after_seconds
 from .._braze.limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from .._fork import reset_after_fork
+from .._http.pacing import POLL_SECONDS, burst_wait
 from ..exceptions import ConfigurationError
 
 __all__ = ["SharedMemoryPacer"]
 
 _NEW_WINDOW_SLACK = 0.5  # as InProcessPacer: reset readings in whole seconds jitter
-_POLL = 0.005
 _NONE = math.nan  # "not known" in a slot of doubles
 
 # Slots of the shared block (doubles), then the ring of answer times.
@@ -121,11 +122,14 @@ class SharedMemoryPacer:
         wait = 0.0
         if self.requests is not None:
             answered = self._recent(now)
-            if answered + shared[_IN_FLIGHT] >= self.requests:
-                # The oldest answer's slot comes back first; with every slot in flight, one
-                # comes back with its answer.
-                oldest = shared[_RING + int(shared[_HEAD])]
-                wait = oldest + self.per - now if answered else _POLL
+            wait = burst_wait(
+                answered=answered,
+                in_flight=int(shared[_IN_FLIGHT]),
+                requests=self.requests,
+                oldest_answer=shared[_RING + int(shared[_HEAD])],
+                per=self.per,
+                now=now,
+            )
         if self.hourly is not None:
             epoch = _time.time()
             hour = int(epoch // 3600)
@@ -147,7 +151,7 @@ class SharedMemoryPacer:
                 if shared[_WINDOW_END] == shared[_WINDOW_END]:
                     wait = shared[_WINDOW_END] - now
                 elif shared[_IN_FLIGHT]:
-                    wait = _POLL  # the window's end arrives with the next response
+                    wait = POLL_SECONDS  # the window's end arrives with the next response
                 else:
                     shared[_BUDGET] = _NONE  # nothing will tell us more: try
                     wait = 0
