@@ -64,12 +64,36 @@ def test_slots_are_handed_out_atomically_across_processes(redis_url: str, redis_
 
 
 def test_refused_slot_says_how_long_to_wait(redis_db: Any) -> None:
-    """A spent burst window answers with the time until its oldest slot expires."""
+    """A spent burst window answers with the time until its oldest answer's slot comes back
+    (``per`` after that answer); with every slot in flight, a short poll."""
     pacer = ab.RedisPacer(redis_db, key="window", requests=2, per=2.0)
     assert pacer.try_acquire() == 0
     assert pacer.try_acquire() == 0
+    assert 0 < pacer.try_acquire() < 0.1  # both in flight: only an answer frees one
+    pacer.observe(201, {})
+    pacer.observe(201, {})
     wait = pacer.try_acquire()
     assert 1.0 < wait <= 2.0
+
+
+def test_a_burst_budget_holds_where_braze_counts(redis_url: str) -> None:
+    """requests=3 per 0.5 s through Redis against a fake allowing exactly that, with late
+    arrivals: no 429 (as tests/test_client.py shows for the in-process pacer). Counted from
+    the sends, a group would go every 0.5 s and all nine arrive together."""
+    budget, window = 3, 0.5
+    with FakeBraze(rate_limit=budget, rate_window=window) as fake:
+        fake.inject(times=budget, delay=2 * window + 0.05)
+        fake.inject(times=budget, delay=window + 0.05)
+        pacer = ab.RedisPacer(redis_url, key="late", requests=budget, per=window)
+        pacer.reset()
+        limits = ab.BatchLimits(max_objects=1)  # one request per object
+        with fake.client(max_in_flight=3 * budget, pacer=pacer, limits=limits) as client:
+            result = client.track(
+                attributes=[ab.AttributesObject(f"m{i}", {"n": i}) for i in range(3 * budget)]
+            )
+        assert fake.status_counts[429] == 0, fake.status_counts
+        assert result.accepted == 3 * budget
+        assert result.requests == 3 * budget
 
 
 def test_a_dead_workers_slots_expire(redis_url: str, redis_db: Any) -> None:

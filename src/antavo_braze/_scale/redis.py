@@ -4,10 +4,13 @@
 one atomic Lua script that reads Redis's own clock (``TIME``), so workers on different
 machines agree on the windows without agreeing on their clocks. What it keeps, per ``key``:
 
-- ``{key}:sent`` — a sorted set of the send slots taken in the last ``per`` seconds (the
-  configured burst budget); a slot is a timestamp, so it expires by itself;
 - ``{key}:flight`` — requests sent and not yet answered (scored by when they stop counting:
   a worker that dies mid-request leaks nothing past its ``slot_ttl``);
+- ``{key}:sent`` — the answers of the last ``per`` seconds, by when they came. The configured
+  burst budget is counted as the in-process pacers count it (``burst_wait`` in
+  ``_http/pacing.py``; here in Lua, where the workers meet): a request holds its slot from
+  its send (in flight) until ``per`` seconds after its answer, so no window Braze counts in
+  sees more than ``requests``;
 - ``{key}:budget`` — what Braze's ``X-RateLimit-Remaining`` said is left, living until the
   window's reset; ``{key}:hold`` — a pause every worker observes (a 429's ``Retry-After``);
 - ``{key}:hour`` — ``"<hour>:<count>"`` for the optional hourly budget.
@@ -30,7 +33,7 @@ from typing import Any, Literal
 from .._braze.headers import remaining, reset_in_seconds, retry_after_seconds
 from .._braze.limits import TRACK_RATE_REQUESTS, TRACK_RATE_SECONDS
 from .._fork import reset_after_fork
-from .._http.pacing import InProcessPacer
+from .._http.pacing import POLL_SECONDS, InProcessPacer
 from .._run.state import key_from_env
 from .._telemetry import log_fields
 from ..exceptions import ConfigurationError
@@ -45,7 +48,7 @@ _REDIS_RETRY_AFTER = 30.0  # seconds on the in-process fallback before Redis is 
 # Redis before 5 replicates scripts verbatim and refuses writes after TIME unless a script
 # asks for effects replication (a no-op since Redis 5).
 # KEYS: sent, flight, budget, hold, hour. ARGV: requests (0 = none), per ms, hourly (0 = none),
-# token, slot ttl ms. Returns 0 (a slot is taken) or the milliseconds to wait.
+# token, slot ttl ms, poll ms. Returns 0 (a slot is taken) or the milliseconds to wait.
 _ACQUIRE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -63,10 +66,14 @@ end
 local requests = tonumber(ARGV[1])
 local per = tonumber(ARGV[2])
 if requests > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)
-  if redis.call('ZCARD', KEYS[1]) >= requests then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return math.max(1, tonumber(oldest[2]) + per - now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - per)  -- answers whose slot came back
+  local answered = redis.call('ZCARD', KEYS[1])
+  if answered + redis.call('ZCARD', KEYS[2]) >= requests then
+    if answered > 0 then  -- the oldest answer's slot comes back first
+      local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+      return math.max(1, tonumber(oldest[2]) + per - now)
+    end
+    return tonumber(ARGV[6])  -- every slot is in flight: one comes back with an answer
   end
 end
 local hourly = tonumber(ARGV[3])
@@ -80,10 +87,6 @@ if hourly > 0 then
   end
   if used >= hourly then return (hour + 1) * 3600000 - now end
 end
-if requests > 0 then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], per + 1000)
-end
 if hourly > 0 then
   redis.call('SET', KEYS[5], hour .. ':' .. (used + 1), 'PX', 3700000)
 end
@@ -92,13 +95,17 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) + 1000)
 return 0
 """
 
-# KEYS: flight, budget, hold. ARGV: token, status (0 = none), retry-after ms (-1 = none),
-# remaining (-1 = none), reset-in ms (-1 = none), max wait ms.
+# KEYS: flight, budget, hold, sent. ARGV: token, status (0 = none), retry-after ms (-1 = none),
+# remaining (-1 = none), reset-in ms (-1 = none), max wait ms, requests (0 = none), per ms.
 _OBSERVE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREM', KEYS[1], ARGV[1])
+if tonumber(ARGV[7]) > 0 then  -- the slot counts until per after the answer (also a late one)
+  redis.call('ZADD', KEYS[4], now, ARGV[1])
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[8]) + 1000)
+end
 local status = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[6])
 if status == 429 then
@@ -261,6 +268,7 @@ class RedisPacer:
                         self.hourly or 0,
                         token,
                         int(self.slot_ttl * 1000),
+                        max(1, round(POLL_SECONDS * 1000)),
                     ],
                 )
             )
@@ -295,7 +303,7 @@ class RedisPacer:
         k = self._keys
         try:
             self._observe(
-                keys=[k["flight"], k["budget"], k["hold"]],
+                keys=[k["flight"], k["budget"], k["hold"], k["sent"]],
                 args=[
                     token,
                     status or 0,
@@ -303,6 +311,8 @@ class RedisPacer:
                     -1 if left is None else int(left),
                     -1 if reset_in is None else int(reset_in * 1000),
                     int(self.max_wait * 1000),
+                    self.requests or 0,
+                    int(self.per * 1000),
                 ],
             )
         except self._errors as exc:
