@@ -482,6 +482,20 @@ def test_stopping_early_gives_back_the_pacer_slots_in_flight(fake: FakeBraze) ->
         assert client.track(attributes=attrs(4)).ok
 
 
+@pytest.mark.timeout(60)
+def test_a_try_refused_before_it_left_gives_back_its_pacer_slot(fake: FakeBraze) -> None:
+    """A request h11 refuses to write (a space in the path) raises at once and gives its
+    burst-budget slot back: the next requests go (with one slot, a leaked one would hold
+    every later request for good)."""
+    pacer = ab.InProcessPacer(requests=1, per=0.2)
+    with fake.client(pacer=pacer) as client:
+        for _ in range(2):  # on a new connection, then on the kept-alive one
+            with pytest.raises(Exception, match="target"):
+                client.request("GET", "/users/track bad")
+            assert "in_flight=0" in repr(pacer)
+            assert client.track(attributes=attrs(3)).ok
+
+
 # --- plain wire dicts through track() -------------------------------------------------------------
 
 

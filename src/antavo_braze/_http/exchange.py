@@ -30,6 +30,7 @@ class Exchange:
         "keys",
         "method",
         "path",
+        "slot",
         "span",
         "started",
         "tag",
@@ -59,6 +60,7 @@ class Exchange:
         self.deadline = 0.0
         self.started = 0.0
         self.span: Any = None  # the current try's span, when tracing (_telemetry)
+        self.slot = False  # the current try holds a pacer slot (given back exactly once)
 
 
 class Result(NamedTuple):

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import CancelledError, Future
 from typing import Protocol
 
@@ -273,7 +273,26 @@ class SendLoop:
                     self._pacer_wait = wait
                     return
             exchange = heapq.heappop(self._retries)[2] if retry_due else source.take()
-            self._attempt(exchange, now)
+            exchange.slot = True
+            try:
+                self._attempt(exchange, now)
+            except BaseException:
+                # Raised before or while the try got under way (h11 refusing the request
+                # line, a pool closed meanwhile): no answer will give its slot back.
+                self._give_back(exchange)
+                raise
+
+    def _give_back(
+        self,
+        exchange: Exchange,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """End the pacer slot of ``exchange``'s try (what its answer said, if it has one):
+        once, whichever path ends the try first, so a slot is neither lost nor freed twice."""
+        if exchange.slot:
+            exchange.slot = False
+            self.pacer.observe(status, {} if headers is None else headers)
 
     def _attempt(self, exchange: Exchange, now: float) -> None:
         exchange.attempt += 1
@@ -297,7 +316,11 @@ class SendLoop:
         if exchange.body is not None:
             headers = [*headers, (b"content-length", str(len(exchange.body)).encode())]
         target = (self._prefix + exchange.target).encode()
-        connection.start(exchange.method.encode(), target, headers, exchange.body)
+        try:
+            connection.start(exchange.method.encode(), target, headers, exchange.body)
+        except BaseException:  # h11 refusing the request: never under way, nothing else closes it
+            connection.close()
+            raise
         connection.deadline = exchange.deadline
         self._active[connection] = exchange
         try:
@@ -394,8 +417,8 @@ class SendLoop:
         # /users/track budget, so other answers only give back their slot (an export's or
         # /custom_attributes' window must not hold back track; those keep their own budgets).
         track = exchange.path == TRACK
-        self.pacer.observe(
-            response.status_code if track else None, response.headers if track else {}
+        self._give_back(
+            exchange, response.status_code if track else None, response.headers if track else {}
         )
         self._settle(exchange, self._judge.answered(exchange, response))
 
@@ -412,7 +435,7 @@ class SendLoop:
             exchange.fresh = True
             if connection.untouched and isinstance(exc, OSError):
                 connection.close()
-                self.pacer.observe(None, {})  # its slot: the retry takes another
+                self._give_back(exchange)  # its slot: the retry takes another
                 if self.telemetry is not None:  # the try that never was ends its span
                     self.telemetry.end_try(exchange, None)
                 exchange.attempt -= 1
@@ -423,7 +446,7 @@ class SendLoop:
         self._attempt_failed(exchange, exc)
 
     def _attempt_failed(self, exchange: Exchange, exc: BaseException) -> None:
-        self.pacer.observe(None, {})
+        self._give_back(exchange)
         self._settle(exchange, self._judge.failed(exchange, exc))
 
     def _settle(self, exchange: Exchange, verdict: Verdict) -> None:
@@ -484,9 +507,11 @@ class SendLoop:
         for future, exchange in self._connecting:
             future.add_done_callback(_close_when_connected)
             dropped.append(exchange)
+        # One exchange may be in both (a connect done, its send raising as it began).
+        dropped = list({id(exchange): exchange for exchange in dropped}.values())
         for exchange in dropped:
             # Each took a pacer slot: give it back, or a budget counted in flight shrinks.
-            self.pacer.observe(None, {})
+            self._give_back(exchange)
             if self.telemetry is not None:
                 self.telemetry.end_try(exchange, None)
         self._active.clear()
