@@ -327,6 +327,44 @@ def test_json_in_utf16_read_as_utf8_is_one_clear_error(tmp_path: Path, suffix: s
     assert records(path, encoding="utf-16") == [{"id": "a"}, {"id": "b"}]
 
 
+@pytest.mark.parametrize(
+    ("encoding", "written"), [("utf-16", "utf-16-le"), ("utf-32", "utf-32-be")]
+)
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_utf16_or_32_without_a_byte_order_mark_names_the_byte_order(
+    tmp_path: Path, encoding: str, written: str, suffix: str
+) -> None:
+    """--encoding utf-16 (or utf-32) on a file without the byte-order mark that encoding needs
+    is one clear error naming -le / -be, not a traceback; with the byte order it reads."""
+    path = tmp_path / f"m{suffix}"
+    text = {".jsonl": '{"id": "a"}\n', ".json": '[{"id": "a"}]', ".csv": "id\na\n"}[suffix]
+    path.write_bytes(text.encode(written))
+    with pytest.raises(ConfigurationError) as caught:
+        records(path, encoding=encoding)
+    assert f"--encoding {encoding}-le or {encoding}-be" in str(caught.value)
+    assert records(path, encoding=written) == [{"id": "a"}]
+
+
+def test_utf32_read_as_utf8_names_utf32() -> None:
+    """A UTF-32 file read as UTF-8 is told apart from UTF-16: the fix names utf-32."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "m.jsonl"
+        path.write_bytes('{"id": "a"}\n'.encode("utf-32"))
+        with pytest.raises(ConfigurationError) as caught:
+            records(path)
+    assert "--encoding utf-32" in str(caught.value)
+
+
+def test_a_record_nested_past_what_json_reads_is_one_bad_line() -> None:
+    """A line nested about 1,000 deep (orjson reads it, json runs out of recursion) is a bad
+    input line whichever parser the SDK uses, not a record for one and a failure for the
+    other."""
+    line = '{"id": "a", "deep": ' + "[" * 1000 + "]" * 1000 + "}"
+    (found,) = _read_line(line.encode())
+    assert isinstance(found, BadInput), found
+    assert "nested too deeply" in found.reason
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
 def test_a_utf16_csv_read_as_utf8_is_one_clear_error(tmp_path: Path, encoding: str) -> None:
     """A UTF-16 CSV (with or without its mark) read as UTF-8: one error naming --encoding."""

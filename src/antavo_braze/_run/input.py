@@ -174,19 +174,35 @@ def read_records(
 
 
 def _refuse_utf16_as_utf8(handle: IO[bytes], encoding: str, name: str) -> IO[bytes]:
-    """A UTF-16 file read as UTF-8 fails on every line with a baffling reason (NUL bytes,
-    "new-line character seen in unquoted field", "not valid JSON"): say so once, with the
-    fix."""
-    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "utf-8-sig"):
+    """A UTF-16 or UTF-32 file read as UTF-8 fails on every line with a baffling reason (NUL
+    bytes, "new-line character seen in unquoted field", "not valid JSON"), and one read as
+    ``utf-16``/``utf-32`` without the byte-order mark those need fails with a traceback: say
+    so once, with the fix."""
+    codec = codecs.lookup(encoding).name
+    utf8 = codec in ("utf-8", "utf-8-sig")
+    if not utf8 and codec not in ("utf-16", "utf-32"):
         return handle
     buffered: Any = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
     head = buffered.peek(_SNIFF_BYTES)[:_SNIFF_BYTES]
-    if _looks_like_utf16(head):
-        buffered.close()
-        raise ConfigurationError(
-            f"{name} looks like UTF-16 (a UTF-16 byte-order mark or NUL bytes), not {encoding}: "
-            "pass --encoding utf-16 (encoding='utf-16')"
+    problem = None
+    if utf8 and head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        problem = f"looks like UTF-32 (a UTF-32 byte-order mark), not {encoding}: pass "
+        problem += "--encoding utf-32 (encoding='utf-32')"
+    elif utf8 and _looks_like_utf16(head):
+        problem = f"looks like UTF-16 (a UTF-16 byte-order mark or NUL bytes), not {encoding}: "
+        problem += "pass --encoding utf-16 (encoding='utf-16')"
+    elif not utf8 and head:
+        marks = (
+            (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+            if codec == "utf-16"
+            else (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
         )
+        if not head.startswith(marks):
+            problem = f"has no byte-order mark, which {encoding} needs to tell the byte order: "
+            problem += f"pass --encoding {codec}-le or {codec}-be (encoding='{codec}-le')"
+    if problem is not None:
+        buffered.close()
+        raise ConfigurationError(f"{name} {problem}")
     return buffered  # type: ignore[no-any-return]
 
 
@@ -207,6 +223,7 @@ def _looks_like_utf16(head: bytes) -> bool:
 # with the results and errors it always had.
 _DIGITS_ONLY = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
 _LONG_NUMBER = b"0" * 19
+_DEEP = 900  # brackets in a line from which json may run out of recursion (orjson: 1024)
 _UTF8 = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
 
 
@@ -218,6 +235,8 @@ def _quick_record(raw: bytes) -> Any:
         return None
     if not isinstance(value, dict) or _LONG_NUMBER in raw.translate(_DIGITS_ONLY):
         return None
+    if len(raw) >= _DEEP and raw.count(b"[") + raw.count(b"{") >= _DEEP:
+        return None  # orjson nests deeper than json (which refuses it): json says what it says
     return value
 
 
@@ -274,12 +293,20 @@ class _AsUtf8:
     fails alone."""
 
     def __init__(self, handle: IO[bytes], encoding: str) -> None:
+        self._encoding = encoding
         self._text = io.TextIOWrapper(
             handle, encoding=encoding, errors="antavo_braze.undecodable", newline="\n"
         )
 
     def readline(self, size: int) -> bytes:
-        return self._text.readline(size).encode("utf-8", "surrogateescape")
+        try:
+            line = self._text.readline(size)
+        except UnicodeError as exc:  # utf-16 / utf-32 without a byte-order mark (stdin)
+            raise ConfigurationError(
+                f"the input cannot be read as {self._encoding} ({exc}): pass the encoding "
+                "with its byte order (--encoding utf-16-le, utf-16-be, ...)"
+            ) from None
+        return line.encode("utf-8", "surrogateescape")
 
     def __enter__(self) -> _AsUtf8:
         return self
