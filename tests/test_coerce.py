@@ -13,6 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import antavo_braze as ab
+from antavo_braze._build import coerce as coerce_module
 from antavo_braze._build.coerce import coerce_properties, infer_type, standard_coercer
 
 UTC = timezone.utc
@@ -557,3 +558,29 @@ def test_repeated_number_and_date_shapes_are_coerced_or_refused(piece: str, time
         assert date.type == "date"
     else:
         assert date.endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"truncate_strings": 1},
+        {"truncate_strings": None},
+        {"max_array_items": 500.0},
+        {"max_array_items": True},
+        {"max_array_items": 0},
+    ],
+)
+def test_coercion_options_of_the_wrong_type_are_a_clear_error(options: dict[str, Any]) -> None:
+    """truncate_strings must be a bool and max_array_items a whole number >= 1: anything else
+    is refused, never read loosely: a ConfigurationError naming the option from a Syncer (in
+    both builds) and from coerce() (the compiled build's typed entry refuses a wrong type
+    first, with a TypeError, and its int parameter reads True as 1)."""
+    compiled = not coerce_module.__file__ or not coerce_module.__file__.endswith(".py")
+    if not (compiled and options.get("max_array_items") is True):  # compiled: True is 1 there
+        with pytest.raises(
+            (ab.ConfigurationError, TypeError), match=next(iter(options)) + "|expected"
+        ):
+            ab.coerce("x", "string", **options)
+    mapping = {"fields": [{"loyalty_field": "t", "remote_field": "t", "type": "string"}]}
+    with pytest.raises(ab.ConfigurationError, match=next(iter(options))):
+        ab.Syncer(None, mapping, **options)

@@ -198,6 +198,20 @@ def test_sync_attributes(fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Ma
     assert bad.failures[0].record_id == "m-1"
 
 
+def test_sync_attributes_takes_any_id_the_mapper_judges(
+    fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping
+) -> None:
+    """A one-off attribute sync with an integer id sends it as text; a boolean or null id
+    fails its one record with the reason (the same in the compiled build)."""
+    syncer = ab.Syncer(client, mapping)
+    assert syncer.sync_attributes(123, {"tag": "x"}).succeeded == 1  # type: ignore[arg-type]
+    assert fake.profiles["123"] == {"tag": "x"}
+    for bad in (True, None):
+        report = syncer.sync_attributes(bad, {"tag": "x"})  # type: ignore[arg-type]
+        assert (report.total, report.failed) == (1, 1), report
+        assert "expected a string id" in report.failures[0].reason
+
+
 def test_preview_is_offline(fake: FakeBraze, client: ab.BrazeClient, mapping: ab.Mapping) -> None:
     """preview_* return the bodies that would be sent and send nothing."""
     syncer = ab.Syncer(client, mapping)

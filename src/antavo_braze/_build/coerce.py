@@ -43,7 +43,7 @@ from .._braze.rules import (
     string_problem,
 )
 from .._braze.types import BrazeType, BrazeTypeLike
-from ..exceptions import CoercionError
+from ..exceptions import CoercionError, ConfigurationError
 
 __all__ = [
     "DEFAULT_MAX_ARRAY_ITEMS",
@@ -51,6 +51,7 @@ __all__ = [
     "MAX_STRING_LENGTH",
     "STANDARD_ATTRIBUTES",
     "Coercer",
+    "check_options",
     "coerce",
     "coercer_for",
     "infer_type",
@@ -824,6 +825,20 @@ _STANDARD_SPECIAL: dict[str, Coercer] = {
 }
 
 
+def check_options(max_array_items: Any, truncate_strings: Any) -> None:
+    """The coercion options, exactly typed (Python would read 1 as True and 500.0 as 500; a
+    compiled build refuses them at its typed entry points): a clear error instead. Called
+    where the options come in (``coerce``, the Mapper), before any typed function sees them."""
+    if type(truncate_strings) is not bool:
+        raise ConfigurationError(
+            f"truncate_strings must be True or False, not {truncate_strings!r}"
+        )
+    if type(max_array_items) is not int or max_array_items < 1:
+        raise ConfigurationError(
+            f"max_array_items must be a whole number >= 1, not {max_array_items!r}"
+        )
+
+
 def standard_coercer(name: str, *, truncate_strings: bool = False) -> Coercer | None:
     """The coercer for Braze standard profile attribute ``name``, or ``None`` if it is custom."""
     if name in _STANDARD_SPECIAL:
@@ -878,6 +893,7 @@ def coerce(
     ``None`` stays ``None`` for every type (Braze then removes the attribute). Raises
     :class:`~antavo_braze.CoercionError` naming the value, the type and the reason.
     """
+    check_options(max_array_items, truncate_strings)
     try:
         coercer = coercer_for(
             type, max_array_items=max_array_items, truncate_strings=truncate_strings

@@ -29,6 +29,7 @@ from ..models import (
 )
 from .coerce import (
     DEFAULT_MAX_ARRAY_ITEMS,
+    check_options,
     coerce_date,
     coerce_number,
     coerce_properties,
@@ -124,6 +125,7 @@ class Mapper:
         truncate_strings: bool = False,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
+        check_options(max_array_items, truncate_strings)
         self.mapping = mapping
         self.app_id = app_id
         self._clock = clock

@@ -330,7 +330,7 @@ def wire_attribute_groups(pairs: Iterable[tuple[int, Any]], run: Tally) -> Group
 
 def attribute_groups(
     mapper: Mapper,
-    member_id: str,
+    member_id: Any,  # any value: Mapper.attributes explains a bad one (the record fails)
     values: AbcMapping[str, Any],
     types: AbcMapping[str, Any] | None,
 ) -> Callable[[Iterable[tuple[int, Any]], Tally], Groups]:
@@ -342,7 +342,7 @@ def attribute_groups(
 
 def _attribute_groups(
     mapper: Mapper,
-    member_id: str,
+    member_id: Any,
     values: AbcMapping[str, Any],
     types: AbcMapping[str, Any] | None,
     pairs: Iterable[tuple[int, Any]],
