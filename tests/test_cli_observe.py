@@ -108,6 +108,8 @@ def test_progress_line_shows_percentage_and_eta() -> None:
     unknown = ab.Progress(done=250, succeeded=250, failed=0, skipped=0, requests=4, elapsed=5.0)
     assert "%" not in unknown.line()
     assert "ETA" not in unknown.line()
+    one = ab.Progress(done=1, succeeded=1, failed=0, skipped=0, requests=1, elapsed=1.0)
+    assert one.line().startswith("1 record (")  # the singular for one
 
 
 @given(

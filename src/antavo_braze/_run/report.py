@@ -408,8 +408,10 @@ class Progress:
         fraction, eta = self.fraction, self.eta
         share = f"{fraction:.0%}, " if fraction is not None else ""
         left = f", ETA {_clock(eta)}" if eta is not None else ""
+        # "1 record", "1/1 record"; "0/1 records", "2 records" (the count that ends the run)
+        noun = "record" if (self.done if self.total is None else self.total) == 1 else "records"
         return (
-            f"{self.done:,}{of} records ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
+            f"{self.done:,}{of} {noun} ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
             f"ok, {self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
         )
 
