@@ -68,7 +68,7 @@ def run_once() -> None:
             function(records)
             times.append(time.perf_counter() - started)
     sdk_time, stream_time, ref_time = min(sdk_times), min(stream_times), min(ref_times)
-    build = "compiled" if Path(coerce.__file__).suffix != ".py" else "python"
+    build = coerce.BUILD
     print(
         f"  json={_json.BACKEND:6} {build:8}  sdk {N / sdk_time:>9,.0f} members/s   "
         f"reference {N / ref_time:>9,.0f} members/s   ratio {ref_time / sdk_time:.2f}   "

@@ -575,7 +575,7 @@ def test_coercion_options_of_the_wrong_type_are_a_clear_error(options: dict[str,
     is refused, never read loosely: a ConfigurationError naming the option from a Syncer (in
     both builds) and from coerce() (the compiled build's typed entry refuses a wrong type
     first, with a TypeError, and its int parameter reads True as 1)."""
-    compiled = not coerce_module.__file__ or not coerce_module.__file__.endswith(".py")
+    compiled = coerce_module.BUILD == "compiled"
     if not (compiled and options.get("max_array_items") is True):  # compiled: True is 1 there
         with pytest.raises(
             (ab.ConfigurationError, TypeError), match=next(iter(options)) + "|expected"

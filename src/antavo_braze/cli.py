@@ -178,8 +178,7 @@ def _build() -> str:
     from . import _json
     from ._build import coerce
 
-    hot = "python" if Path(coerce.__file__ or "").suffix == ".py" else "compiled"
-    return f"hot path: {hot}, JSON: {_json.BACKEND}"
+    return f"hot path: {coerce.BUILD}, JSON: {_json.BACKEND}"
 
 
 def _input_size(args: argparse.Namespace) -> int | None:

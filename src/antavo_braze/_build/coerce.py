@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from .._braze.limits import (
@@ -46,6 +47,7 @@ from .._braze.types import BrazeType, BrazeTypeLike
 from ..exceptions import CoercionError, ConfigurationError
 
 __all__ = [
+    "BUILD",
     "DEFAULT_MAX_ARRAY_ITEMS",
     "MAX_OBJECT_BYTES",
     "MAX_STRING_LENGTH",
@@ -59,6 +61,10 @@ __all__ = [
 ]
 
 Coercer = Callable[[Any], Any]
+
+# "compiled" when this module is the extension the wheel's optional mypyc build makes of it
+# (the hot path), "python" when it runs as source.
+BUILD = "compiled" if __file__.endswith(tuple(EXTENSION_SUFFIXES)) else "python"
 
 MAX_OBJECT_BYTES = MAX_NESTED_BYTES
 # The rules live in _braze/rules; these names serve the inline fast blocks.

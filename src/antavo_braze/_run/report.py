@@ -121,9 +121,14 @@ class FieldCounts:
     path: str = ""
 
 
+def plural(count: int, noun: str) -> str:
+    """``noun`` as it goes with ``count``: singular for one ("record", "records")."""
+    return noun if count == 1 else f"{noun}s"
+
+
 def counted(count: int, noun: str) -> str:
     """``count`` with its noun, singular for one: "1 record", "2 records", "0 records"."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    return f"{count} {plural(count, noun)}"
 
 
 @frozen
@@ -408,8 +413,8 @@ class Progress:
         fraction, eta = self.fraction, self.eta
         share = f"{fraction:.0%}, " if fraction is not None else ""
         left = f", ETA {_clock(eta)}" if eta is not None else ""
-        # "1 record", "1/1 record"; "0/1 records", "2 records" (the count that ends the run)
-        noun = "record" if (self.done if self.total is None else self.total) == 1 else "records"
+        # "1 record", "0/1 record", "2/5 records": the count that ends the run decides
+        noun = plural(self.done if self.total is None else self.total, "record")
         return (
             f"{self.done:,}{of} {noun} ({share}{self.rate:,.0f}/s{left}): {self.succeeded:,} "
             f"ok, {self.failed:,} failed, {self.skipped:,} skipped, {self.requests:,} requests"
