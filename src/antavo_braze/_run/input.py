@@ -179,7 +179,7 @@ def _refuse_utf16_as_utf8(handle: IO[bytes], encoding: str, name: str) -> IO[byt
     ``utf-16``/``utf-32`` without the byte-order mark those need fails with a traceback: say
     so once, with the fix."""
     codec = codecs.lookup(encoding).name
-    utf8 = codec in ("utf-8", "utf-8-sig")
+    utf8 = _is_utf8(encoding)
     if not utf8 and codec not in ("utf-16", "utf-32"):
         return handle
     buffered: Any = handle if hasattr(handle, "peek") else io.BufferedReader(handle)
@@ -224,7 +224,6 @@ def _looks_like_utf16(head: bytes) -> bool:
 _DIGITS_ONLY = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
 _LONG_NUMBER = b"0" * 19
 _DEEP = 900  # brackets in a line from which json may run out of recursion (orjson: 1024)
-_UTF8 = frozenset({"utf-8", "utf8", "utf-8-sig", "utf8-sig"})
 
 
 def _quick_record(raw: bytes) -> Any:
@@ -266,6 +265,11 @@ def _lines(handle: Any) -> Iterator[tuple[int, bytes, bool]]:
                 while raw and not raw.endswith(b"\n"):
                     raw = handle.readline(MAX_LINE_BYTES)
             yield number, raw, too_long
+
+
+def _is_utf8(encoding: str) -> bool:
+    """Whether ``encoding`` is UTF-8 under any of its names (with or without the BOM)."""
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
 def is_wide(encoding: str) -> bool:
@@ -328,7 +332,7 @@ def _json_rows(
     wide = is_wide(encoding)
     if wide:
         buffered, encoding = _AsUtf8(buffered, encoding), "utf-8"
-    quick = _json.BACKEND == "orjson" and encoding.lower().replace("_", "-") in _UTF8
+    quick = _json.BACKEND == "orjson" and _is_utf8(encoding)
     for number, raw, too_long in _lines(buffered):
         if too_long:
             yield number, BadInput(number, f"line longer than {MAX_LINE_BYTES} bytes")
@@ -425,7 +429,7 @@ def _csv_rows(
     handle: IO[bytes], encoding: str, delimiter: str | None, *, tsv: bool
 ) -> Iterator[tuple[int, Any]]:
     named = encoding  # as the caller gave it, for the error message
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+    if _is_utf8(encoding):
         encoding = "utf-8-sig"  # Excel writes a byte-order mark
     # Undecodable bytes are kept as surrogates, so one bad row fails alone.
     text = io.TextIOWrapper(handle, encoding=encoding, errors="surrogateescape", newline="")
@@ -469,7 +473,7 @@ def _undecodable(column: str, encoding: str) -> str:
     """Why a cell could not be read, with the fix: the file's real encoding."""
     hint = (
         "a Latin-1 / Windows-1252 export? pass --encoding cp1252 (encoding='cp1252')"
-        if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+        if _is_utf8(encoding)
         else "pass the file's encoding with --encoding (encoding=...)"
     )
     return f"column {column!r}: bytes that are not valid {encoding} ({hint})"
