@@ -4,6 +4,7 @@ sync_mode for job workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -292,6 +294,26 @@ time.sleep(3600)
 """
 
 
+@contextlib.contextmanager
+def submitter_writes(sender: ab.BackgroundSender) -> Iterator[list[int]]:
+    """Within the block, ``[n]``: the spool's write transactions opened by submitting threads
+    (not the sender's own), the real writes counted as they pass."""
+    commits = [0]
+    assert sender.spool is not None
+    real_write = sender.spool._file.write
+
+    def counting_write(**options):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name != "antavo-braze-sender":
+            commits[0] += 1
+        return real_write(**options)
+
+    sender.spool._file.write = counting_write  # type: ignore[method-assign]
+    try:
+        yield commits
+    finally:
+        sender.spool._file.write = real_write  # type: ignore[method-assign]
+
+
 def test_a_second_process_never_sends_a_live_owners_rows(fake: FakeBraze, tmp_path: Path) -> None:
     """Process A holds 20 spooled changes; B on the same spool — even when A's pid means
     nothing to B, as from another container — sends none of them; once A is killed, a sender
@@ -335,16 +357,6 @@ def test_concurrent_spooled_submits_share_disk_syncs(fake: FakeBraze, tmp_path: 
         ) as sender,
     ):
         assert sender.spool is not None
-        commits = 0  # write transactions opened by submitting threads (not the sender's)
-        real_write = sender.spool._file.write
-
-        def counting_write(**options):  # type: ignore[no-untyped-def]
-            nonlocal commits
-            if threading.current_thread().name != "antavo-braze-sender":
-                commits += 1
-            return real_write(**options)
-
-        sender.spool._file.write = counting_write  # type: ignore[method-assign]
         barrier = threading.Barrier(16)
         submissions: list[ab.Submission] = []
 
@@ -353,17 +365,18 @@ def test_concurrent_spooled_submits_share_disk_syncs(fake: FakeBraze, tmp_path: 
             for n in range(50):
                 submissions.append(sender.submit_member({"id": f"m{thread}-{n}", "score": n}))
 
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        with submitter_writes(sender) as commits:
+            threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
         assert sender.flush(timeout=60)
         adds = sender.stats().received
     assert adds == 800
     assert {s.result(0).status for s in submissions} == {"succeeded"}
     assert len(fake.profiles) == 800
-    assert 0 < commits < 800  # 800 if every submit had synced the disk on its own
+    assert 0 < commits[0] < 800  # 800 if every submit had synced the disk on its own
     assert sender.spool.count() == 0
 
 
@@ -378,34 +391,24 @@ def test_submit_groups_writes_several_webhooks_in_one_transaction(
     ):
         assert sender.spool is not None
         assert sender.submit_many("member", [{"id": "old", "score": 1}], receipt="seen")
-        commits = 0
-        real_write = sender.spool._file.write
-
-        def counting_write(**options):  # type: ignore[no-untyped-def]
-            nonlocal commits
-            if threading.current_thread().name != "antavo-braze-sender":
-                commits += 1
-            return real_write(**options)
-
-        sender.spool._file.write = counting_write  # type: ignore[method-assign]
         event = {"customer": "e1", "action": "opt_in", "id": "ev1"}
-        results = sender.submit_groups(
-            [
-                (
-                    "member",
-                    [{"id": "a", "score": 1}, {"score": 2}, {"id": "b", "score": 3}],
-                    "k1",
-                    None,
-                ),
-                ("member", [{"id": "again", "score": 1}], "seen", None),
-                ("event", [event], None, None),
-                ("member", [{"id": "twice", "score": 1}], "k1", None),
-            ],
-            timeout=5,
-        )
-        sender.spool._file.write = real_write  # type: ignore[method-assign]
+        with submitter_writes(sender) as commits:
+            results = sender.submit_groups(
+                [
+                    (
+                        "member",
+                        [{"id": "a", "score": 1}, {"score": 2}, {"id": "b", "score": 3}],
+                        "k1",
+                        None,
+                    ),
+                    ("member", [{"id": "again", "score": 1}], "seen", None),
+                    ("event", [event], None, None),
+                    ("member", [{"id": "twice", "score": 1}], "k1", None),
+                ],
+                timeout=5,
+            )
         assert sender.flush(timeout=30)
-    assert commits == 1
+    assert commits[0] == 1
     first, redelivered, events, same_key = results
     assert isinstance(first, list)
     assert [s.result(0).status for s in first] == ["succeeded", "failed", "succeeded"]
